@@ -1,0 +1,24 @@
+//! The sluice daemon and CLI, as a library so the binary stays a thin edge.
+//!
+//! A redirected connection flows one way through these modules:
+//!
+//! ```text
+//! redirect (accept) → identity (who, where to) → policy (decide) → store (open record,
+//! durable) → relay (upstream, byte counts) → store (close record)
+//! ```
+//!
+//! `bpf` and `cgroup` set the interception up; `control` serves the CLI; `cli` is the
+//! client side of every subcommand.
+
+pub mod bpf;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod identity;
+pub mod policy;
+pub mod protocol;
+pub mod redirect;
+pub mod relay;
+pub mod store;

@@ -1,0 +1,68 @@
+//! The session record: one per connection (or refused attempt), as stored and as the
+//! control API and `sluice sessions ... --json` print it.
+//!
+//! This shape is part of sluice's stable interface (documented in `docs/api.md`):
+//! fields may be added, never renamed or removed.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Whether a session is still relaying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Allowed and still relaying.
+    Open,
+    /// Finished; `ended_at` and `close_reason` say when and why.
+    Closed,
+}
+
+/// The decision that let a session through or stopped it, and which rule made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// `allow`, `deny` or `review`.
+    pub action: String,
+    /// The deciding rule's name (`default-deny` when no rule matched).
+    pub rule: String,
+    /// A sentence for humans.
+    pub reason: String,
+}
+
+/// One connection from an agent, allowed or not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: u64,
+    pub state: SessionState,
+    /// The managed child cgroup the process ran in.
+    pub agent: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The task's comm at connect time.
+    pub comm: String,
+    /// `/proc/PID/exe` at accept time; `None` when the process was already gone.
+    pub exe: Option<String>,
+    /// The cgroup v2 path of the process, relative to the cgroup2 mount.
+    pub cgroup: String,
+    /// The agent's own address (`ip:port`).
+    pub source: String,
+    /// Where the agent was connecting to (`ip:port`).
+    pub destination: String,
+    /// `tcp` or `udp`.
+    pub transport: String,
+    /// The policy resource the destination matched, if any.
+    pub resource: Option<String>,
+    pub decision: DecisionRecord,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    /// Bytes from the agent to the upstream.
+    pub bytes_up: u64,
+    /// Bytes from the upstream to the agent.
+    pub bytes_down: u64,
+    /// Why it ended: `client_closed`, `upstream_closed`, `denied`, `upstream_unreachable`,
+    /// `daemon_restart`, an I/O error, ...
+    pub close_reason: Option<String>,
+}

@@ -1,0 +1,370 @@
+//! The programs themselves. See the crate docs for how they fit together.
+//!
+//! Minimum kernels (each program's own note is on it): the whole set needs 5.8 for the
+//! getpeername hooks and `bpf_get_netns_cookie` in sock_addr programs (5.7), BPF ring
+//! buffers (5.8) and socket-local storage in sock_addr programs.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    btf_maps::{Array, LruHashMap, RingBuf, SkStorage},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
+    },
+    macros::{btf_map, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockOpsContext},
+};
+use sluice_common::{
+    AF_INET, AF_INET6, ConnKey, HOOK_CONNECT, HOOK_SENDMSG, MAX_DAEMON_PORTS, Origin,
+    RedirectConfig, Refusal, RefusalReason,
+};
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const DNS_PORT: u16 = 53;
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+/// `::ffff:0:0/96`, the third word of a v4-mapped address in network byte order.
+const V4_MAPPED_WORD: u32 = 0xffffu32.to_be();
+
+#[btf_map]
+static SLUICE_CONFIG: Array<RedirectConfig, 1> = Array::new();
+
+#[btf_map]
+static SLUICE_SOCKET_ORIGIN: SkStorage<Origin> = SkStorage::new();
+
+#[btf_map]
+static SLUICE_PENDING: LruHashMap<u64, Origin, 16384> = LruHashMap::new();
+
+#[btf_map]
+static SLUICE_CONNECTIONS: LruHashMap<ConnKey, Origin, 65536> = LruHashMap::new();
+
+#[btf_map]
+static SLUICE_REFUSALS: RingBuf<Refusal, { 256 * 1024 }> = RingBuf::new();
+
+/// An original destination, with v4-mapped IPv6 already folded to IPv4.
+#[derive(Clone, Copy)]
+struct Destination {
+    ip: [u32; 4],
+    port: u16,
+    family: u16,
+    v4_mapped: bool,
+}
+
+#[inline(always)]
+fn enabled_config() -> Option<&'static RedirectConfig> {
+    let config = SLUICE_CONFIG.get(0)?;
+    (config.enabled == 1).then_some(config)
+}
+
+/// The identity of the calling task, plus the socket's cookies.
+#[inline(always)]
+fn origin_for(ctx: &SockAddrContext, destination: &Destination) -> Origin {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let ctx_ptr = ctx.sock_addr.cast::<c_void>();
+    Origin {
+        dst_ip: destination.ip,
+        dst_port: destination.port,
+        dst_family: destination.family,
+        v4_mapped: destination.v4_mapped as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx_ptr) },
+        socket_cookie: unsafe { bpf_get_socket_cookie(ctx_ptr) },
+        connect_ns: unsafe { bpf_ktime_get_ns() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn refuse(reason: RefusalReason, protocol: u32, hook: u32, origin: Origin) -> i32 {
+    // A full ring buffer loses the report, never the refusal.
+    let _ = SLUICE_REFUSALS.output(
+        Refusal {
+            reason: reason as u32,
+            protocol,
+            hook,
+            _reserved: 0,
+            origin,
+        },
+        0,
+    );
+    REFUSE
+}
+
+#[inline(always)]
+fn is_daemon_port(config: &RedirectConfig, port: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_DAEMON_PORTS {
+        let daemon_port = config.daemon_ports[i];
+        if daemon_port != 0 && daemon_port == port {
+            return true;
+        }
+        i += 1;
+    }
+    port == config.listen_port
+}
+
+#[inline(always)]
+fn is_listener(config: &RedirectConfig, destination: &Destination) -> bool {
+    if destination.port != config.listen_port {
+        return false;
+    }
+    if destination.family == AF_INET {
+        destination.ip[0] == config.listen_ip4
+    } else {
+        destination.ip == config.listen_ip6
+    }
+}
+
+/// The common decision of both connect hooks. Returns `ALLOW` after rewriting the
+/// destination, or `REFUSE`.
+#[inline(always)]
+fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
+    let sock_addr = unsafe { &*ctx.sock_addr };
+    let protocol = sock_addr.protocol;
+    let origin = origin_for(ctx, &destination);
+
+    let Some(config) = enabled_config() else {
+        return refuse(RefusalReason::NotConfigured, protocol, HOOK_CONNECT, origin);
+    };
+    if origin.netns_cookie != config.netns_cookie {
+        return refuse(RefusalReason::ForeignNetns, protocol, HOOK_CONNECT, origin);
+    }
+    match protocol {
+        IPPROTO_TCP => {}
+        IPPROTO_UDP if destination.port == DNS_PORT => return ALLOW,
+        IPPROTO_UDP => return refuse(RefusalReason::Udp, protocol, HOOK_CONNECT, origin),
+        _ => return refuse(RefusalReason::Protocol, protocol, HOOK_CONNECT, origin),
+    }
+
+    // Another instance of these programs (the previous daemon's, while a restarted one
+    // takes over) already redirected this socket: leave it as it is.
+    let existing = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(ctx) };
+    if !existing.is_null() && is_listener(config, &destination) {
+        return ALLOW;
+    }
+    if is_daemon_port(config, destination.port) {
+        return refuse(RefusalReason::DaemonPort, protocol, HOOK_CONNECT, origin);
+    }
+
+    let stored = unsafe { SLUICE_SOCKET_ORIGIN.get_or_insert_ptr_mut(ctx, None) };
+    if stored.is_null() {
+        // Without a record the daemon could not tell where this was going.
+        return refuse(RefusalReason::NotConfigured, protocol, HOOK_CONNECT, origin);
+    }
+    unsafe { *stored = origin };
+    if SLUICE_PENDING
+        .insert(origin.socket_cookie, origin, 0)
+        .is_err()
+    {
+        return refuse(RefusalReason::NotConfigured, protocol, HOOK_CONNECT, origin);
+    }
+
+    let port = (config.listen_port.to_be()) as u32;
+    unsafe {
+        let sock_addr = &mut *ctx.sock_addr;
+        if sock_addr.user_family == AF_INET as u32 {
+            sock_addr.user_ip4 = config.listen_ip4;
+        } else if destination.v4_mapped {
+            sock_addr.user_ip6[0] = 0;
+            sock_addr.user_ip6[1] = 0;
+            sock_addr.user_ip6[2] = V4_MAPPED_WORD;
+            sock_addr.user_ip6[3] = config.listen_ip4;
+        } else {
+            sock_addr.user_ip6[0] = config.listen_ip6[0];
+            sock_addr.user_ip6[1] = config.listen_ip6[1];
+            sock_addr.user_ip6[2] = config.listen_ip6[2];
+            sock_addr.user_ip6[3] = config.listen_ip6[3];
+        }
+        sock_addr.user_port = port;
+    }
+    ALLOW
+}
+
+#[inline(always)]
+fn destination4(ctx: &SockAddrContext) -> Destination {
+    let sock_addr = unsafe { &*ctx.sock_addr };
+    Destination {
+        ip: [sock_addr.user_ip4, 0, 0, 0],
+        port: u16::from_be(sock_addr.user_port as u16),
+        family: AF_INET,
+        v4_mapped: false,
+    }
+}
+
+#[inline(always)]
+fn destination6(ctx: &SockAddrContext) -> Destination {
+    let sock_addr = unsafe { &*ctx.sock_addr };
+    // Word by word: the verifier rejects a read through an offset context pointer.
+    let ip = [
+        sock_addr.user_ip6[0],
+        sock_addr.user_ip6[1],
+        sock_addr.user_ip6[2],
+        sock_addr.user_ip6[3],
+    ];
+    let port = u16::from_be(sock_addr.user_port as u16);
+    if ip[0] == 0 && ip[1] == 0 && ip[2] == V4_MAPPED_WORD {
+        Destination {
+            ip: [ip[3], 0, 0, 0],
+            port,
+            family: AF_INET,
+            v4_mapped: true,
+        }
+    } else {
+        Destination {
+            ip,
+            port,
+            family: AF_INET6,
+            v4_mapped: false,
+        }
+    }
+}
+
+/// Redirects IPv4 TCP connects. Minimum kernel: 5.8 (netns cookie 5.7, ring buffer 5.8).
+#[cgroup_sock_addr(connect4)]
+pub fn sluice_connect4(ctx: SockAddrContext) -> i32 {
+    handle_connect(&ctx, destination4(&ctx))
+}
+
+/// Redirects IPv6 TCP connects; v4-mapped destinations are handled as IPv4.
+/// Minimum kernel: 5.8.
+#[cgroup_sock_addr(connect6)]
+pub fn sluice_connect6(ctx: SockAddrContext) -> i32 {
+    handle_connect(&ctx, destination6(&ctx))
+}
+
+#[inline(always)]
+fn handle_sendmsg(ctx: &SockAddrContext, destination: Destination) -> i32 {
+    let protocol = unsafe { (*ctx.sock_addr).protocol };
+    let origin = origin_for(ctx, &destination);
+    let Some(config) = enabled_config() else {
+        return refuse(RefusalReason::NotConfigured, protocol, HOOK_SENDMSG, origin);
+    };
+    if origin.netns_cookie != config.netns_cookie {
+        return refuse(RefusalReason::ForeignNetns, protocol, HOOK_SENDMSG, origin);
+    }
+    if destination.port == DNS_PORT {
+        return ALLOW;
+    }
+    refuse(RefusalReason::Udp, protocol, HOOK_SENDMSG, origin)
+}
+
+/// Refuses unconnected IPv4 UDP sends other than DNS. Minimum kernel: 5.8.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sluice_sendmsg4(ctx: SockAddrContext) -> i32 {
+    handle_sendmsg(&ctx, destination4(&ctx))
+}
+
+/// Refuses unconnected IPv6 UDP sends other than DNS. Minimum kernel: 5.8.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sluice_sendmsg6(ctx: SockAddrContext) -> i32 {
+    handle_sendmsg(&ctx, destination6(&ctx))
+}
+
+/// Shows the agent the destination it asked for. Minimum kernel: 5.8.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sluice_getpeername4(ctx: SockAddrContext) -> i32 {
+    let origin = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(&ctx) };
+    if origin.is_null() {
+        return ALLOW;
+    }
+    unsafe {
+        let origin = &*origin;
+        let sock_addr = &mut *ctx.sock_addr;
+        sock_addr.user_ip4 = origin.dst_ip[0];
+        sock_addr.user_port = origin.dst_port.to_be() as u32;
+    }
+    ALLOW
+}
+
+/// Shows the agent the destination it asked for, v4-mapped where it asked that way.
+/// Minimum kernel: 5.8.
+#[cgroup_sock_addr(getpeername6)]
+pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
+    let origin = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(&ctx) };
+    if origin.is_null() {
+        return ALLOW;
+    }
+    unsafe {
+        let origin = &*origin;
+        let sock_addr = &mut *ctx.sock_addr;
+        if origin.v4_mapped == 1 {
+            sock_addr.user_ip6[0] = 0;
+            sock_addr.user_ip6[1] = 0;
+            sock_addr.user_ip6[2] = V4_MAPPED_WORD;
+            sock_addr.user_ip6[3] = origin.dst_ip[0];
+        } else {
+            sock_addr.user_ip6[0] = origin.dst_ip[0];
+            sock_addr.user_ip6[1] = origin.dst_ip[1];
+            sock_addr.user_ip6[2] = origin.dst_ip[2];
+            sock_addr.user_ip6[3] = origin.dst_ip[3];
+        }
+        sock_addr.user_port = origin.dst_port.to_be() as u32;
+    }
+    ALLOW
+}
+
+/// `true` for `::ffff:a.b.c.d`.
+#[inline(always)]
+fn is_v4_mapped(ip: &[u32; 4]) -> bool {
+    ip[0] == 0 && ip[1] == 0 && ip[2] == V4_MAPPED_WORD
+}
+
+/// Files each redirected connection's record under its 4-tuple, just before the SYN
+/// leaves. Minimum kernel: 5.0 (socket cookie in sock_ops).
+#[sock_ops]
+pub fn sluice_sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
+        return 1;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast::<c_void>()) };
+    let Some(origin) = (unsafe { SLUICE_PENDING.get(cookie) }) else {
+        return 1;
+    };
+    let origin = *origin;
+
+    // sock_ops keeps the remote port in network order in the upper half on little endian.
+    let remote_port = ctx.remote_port();
+    let remote_port_be = if remote_port > 0xffff {
+        (remote_port >> 16) as u16
+    } else {
+        remote_port as u16
+    };
+    let mut key = ConnKey {
+        family: AF_INET as u32,
+        src_ip: [0; 4],
+        dst_ip: [0; 4],
+        src_port: ctx.local_port() as u16,
+        dst_port: u16::from_be(remote_port_be),
+    };
+    if ctx.family() == AF_INET as u32 {
+        key.src_ip[0] = ctx.local_ip4();
+        key.dst_ip[0] = ctx.remote_ip4();
+    } else {
+        let local = ctx.local_ip6();
+        let remote = ctx.remote_ip6();
+        if is_v4_mapped(&local) && is_v4_mapped(&remote) {
+            key.src_ip[0] = local[3];
+            key.dst_ip[0] = remote[3];
+        } else {
+            key.family = AF_INET6 as u32;
+            key.src_ip = local;
+            key.dst_ip = remote;
+        }
+    }
+    let _ = SLUICE_CONNECTIONS.insert(key, origin, 0);
+    let _ = SLUICE_PENDING.remove(cookie);
+    1
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
