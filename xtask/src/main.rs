@@ -1,1 +1,250 @@
-fn main() {}
+//! Developer and CI tasks for sluice, run as `cargo xtask <task>` (an alias in
+//! `.cargo/config.toml`).
+//!
+//! Building sluice needs more than cargo (a nightly with `rust-src` and a
+//! `bpf-linker` matched to its LLVM), and testing it needs root and a few Debian
+//! packages. These tasks put all of that in one place, so the README's commands and
+//! CI (`.ci/run`) do exactly the same thing on a fresh machine.
+
+mod setup;
+mod shell;
+
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::shell::{cargo, run, step};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set-up, build, run and test sluice"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Prepare this (Debian) machine to build and test sluice, skipping what is done.
+    Setup,
+    /// Build the `sluice` binary (daemon and CLI).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build in release mode and run the daemon with the workspace's policies (as root).
+    Run {
+        /// Extra arguments for `sluice daemon`, after `--`.
+        #[arg(last = true)]
+        daemon_args: Vec<OsString>,
+    },
+    /// Lint, build and run every test, as CI does (as root).
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test`, after `--` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_test_args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run_task(cli.task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Just the chain of messages: they say what failed and how to fix it.
+            eprintln!("\nerror: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> Result<()> {
+    let workspace = workspace_root()?;
+    match task {
+        Task::Setup => step("setup", || setup::all(&workspace)),
+        Task::Build { release } => build(&workspace, release),
+        Task::Run { daemon_args } => run_daemon(&workspace, &daemon_args),
+        Task::Test {
+            no_lint,
+            cargo_test_args,
+        } => test(&workspace, no_lint, &cargo_test_args),
+    }
+}
+
+fn build(workspace: &Path, release: bool) -> Result<()> {
+    step("setup", || setup::toolchain(workspace))?;
+    step("build", || {
+        let mut cmd = cargo(workspace);
+        cmd.args(["build", "-p", "sluice"]);
+        if release {
+            cmd.arg("--release");
+        }
+        run(&mut cmd)
+    })
+}
+
+fn run_daemon(workspace: &Path, daemon_args: &[OsString]) -> Result<()> {
+    require_root(
+        "run",
+        "the daemon loads eBPF programs and attaches them to cgroups",
+    )?;
+    step("setup", || setup::all(workspace))?;
+    step("build", || {
+        run(cargo(workspace).args(["build", "-p", "sluice", "--release"]))
+    })?;
+    let binary = target_dir(workspace).join("release/sluice");
+    let mut daemon = std::process::Command::new(&binary);
+    daemon
+        .arg("daemon")
+        .arg("--policy-dir")
+        .arg(workspace.join("policies"))
+        .args(daemon_args);
+    println!("\n=== run ===\n$ {}", shell::display(&daemon));
+    // exec, not spawn: the daemon takes over this process, so Ctrl-C reaches it.
+    let error = daemon.exec();
+    Err(error).with_context(|| format!("could not start {}", binary.display()))
+}
+
+fn test(workspace: &Path, no_lint: bool, cargo_test_args: &[OsString]) -> Result<()> {
+    require_root(
+        "test",
+        "the integration tests create cgroups and attach eBPF programs",
+    )?;
+    step("setup", || setup::all(workspace))?;
+    if no_lint {
+        println!("\n(--no-lint: skipping fmt and clippy)");
+    } else {
+        step("fmt", || {
+            run(cargo(workspace).args(["fmt", "--all", "--", "--check"]))
+        })?;
+        step("clippy", || {
+            run(cargo(workspace).args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "sluice-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        })?;
+    }
+    // The integration tests start the binaries themselves, so they must exist first.
+    step("build", || {
+        run(cargo(workspace).args(["build", "--workspace", "--exclude", "sluice-ebpf", "--bins"]))
+    })?;
+    let debug = target_dir(workspace).join("debug");
+    step("test", || {
+        run(cargo(workspace)
+            .env("SLUICE_BIN", debug.join("sluice"))
+            .env("SLUICE_PROBE", debug.join("sluice-probe"))
+            .args(["test", "--workspace", "--exclude", "sluice-ebpf"])
+            .args(cargo_test_args))
+    })?;
+    println!("\nall steps passed");
+    Ok(())
+}
+
+/// Whether this process's effective uid is 0, read from `/proc/self/status`
+/// (`Uid: <real> <effective> <saved> <fs>`) to keep xtask free of libc bindings.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|uids| uids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+fn require_root(task: &str, why: &str) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask {task}` must run as root: {why}.\n    \
+             fix: run it from a root shell, or: sudo -E env \"PATH=$PATH\" cargo xtask {task}"
+        );
+    }
+    Ok(())
+}
+
+/// The workspace root: cargo tells a running package its manifest directory, and
+/// this crate sits one level below the root.
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = manifest_dir
+        .parent()
+        .context("xtask's manifest directory has no parent")?
+        .to_path_buf();
+    if !root.join("Cargo.toml").is_file() {
+        bail!("{} is not the sluice workspace root", root.display());
+    }
+    Ok(root)
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+fn target_dir(workspace: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn everything_after_the_first_double_dash_goes_to_cargo_test() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "test",
+            "--no-lint",
+            "--",
+            "a_filter",
+            "--",
+            "--nocapture",
+        ])
+        .unwrap();
+        let Task::Test {
+            no_lint,
+            cargo_test_args,
+        } = cli.task
+        else {
+            panic!("parsed as another task");
+        };
+        assert!(no_lint);
+        assert_eq!(cargo_test_args, ["a_filter", "--", "--nocapture"]);
+    }
+
+    #[test]
+    fn extra_args_need_a_double_dash() {
+        assert!(Cli::try_parse_from(["xtask", "test", "a_filter"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "run", "--verbose"]).is_err());
+    }
+}
