@@ -1,0 +1,117 @@
+//! The control API's wire types and the interface the daemon implements to answer it.
+//!
+//! Everything here is serialized as documented in `docs/api.md`, which is also the
+//! `--json` output of the CLI: fields may be added, never renamed or removed.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::auth::PeerInfo;
+use crate::store::SessionRecord;
+
+/// How many sessions `GET /v1/sessions` returns when the request names no `limit`.
+pub const DEFAULT_SESSION_LIMIT: usize = 100;
+
+/// What the daemon is doing, as `GET /v1/status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The daemon's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    pub uptime_seconds: u64,
+    /// The managed cgroup root, as an absolute path on the cgroup2 mount.
+    pub cgroup_root: String,
+    /// Every eBPF program the daemon manages and whether it is attached.
+    pub programs: Vec<ProgramStatus>,
+    /// The redirect listeners' addresses (`ip:port`).
+    pub listeners: Vec<String>,
+    pub policy: PolicyStatus,
+    pub store: StoreStatus,
+    /// The running kernel's release (`uname -r`).
+    pub kernel: String,
+}
+
+/// One eBPF program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub attached: bool,
+}
+
+/// The loaded policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// The policy directory.
+    pub dir: String,
+    pub agents: usize,
+    pub resources: usize,
+    pub rules: usize,
+}
+
+/// The session store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// The store's directory.
+    pub path: String,
+    /// Every session recorded.
+    pub sessions: u64,
+    /// Sessions still relaying.
+    pub open: u64,
+    /// Sessions the policy refused.
+    pub denied: u64,
+}
+
+/// The filter of `GET /v1/sessions`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionQuery {
+    /// Only this agent's sessions.
+    pub agent: Option<String>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+impl Default for SessionQuery {
+    fn default() -> Self {
+        Self {
+            agent: None,
+            limit: DEFAULT_SESSION_LIMIT,
+        }
+    }
+}
+
+/// The body of every error response: `{"error": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// A backend failure; the message reaches the client in a 500 response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// What the control server needs from the daemon.
+///
+/// Methods are called from blocking threads (`spawn_blocking`), so they may do store
+/// I/O directly.
+pub trait ControlBackend: Send + Sync + 'static {
+    fn status(&self) -> StatusReport;
+    /// Sessions matching `query`, newest first, at most `query.limit`.
+    fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRecord>, BackendError>;
+    fn get_session(&self, id: u64) -> Result<Option<SessionRecord>, BackendError>;
+    /// A peer was refused access to the control API, once per connection.
+    fn refused(&self, peer: &PeerInfo, reason: &str);
+}

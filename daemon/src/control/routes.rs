@@ -1,0 +1,308 @@
+//! Every route of the control API, in one table ([`ROUTES`]), and their handlers.
+//!
+//! Adding a route is one line in the table plus a handler `fn(&Call) -> Result<Reply,
+//! ApiError>`. Handlers run on a blocking thread, so they may call the backend (and its
+//! store I/O) directly. Matching, 404, 405 and query/body decoding live here and nowhere
+//! else.
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{
+    api::{ControlBackend, DEFAULT_SESSION_LIMIT, ErrorBody, SessionQuery},
+    auth::PeerInfo,
+    query,
+};
+
+/// A handler: answers one request.
+pub type Handler = fn(&Call<'_>) -> Result<Reply, ApiError>;
+
+/// One route: a method and a path pattern whose `{name}` segments capture.
+pub struct Route {
+    pub method: Method,
+    pub pattern: &'static str,
+    pub handler: Handler,
+}
+
+/// The routing table.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        pattern: "/v1/status",
+        handler: status,
+    },
+    Route {
+        method: Method::GET,
+        pattern: "/v1/sessions",
+        handler: list_sessions,
+    },
+    Route {
+        method: Method::GET,
+        pattern: "/v1/sessions/{id}",
+        handler: get_session,
+    },
+];
+
+fn status(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    Reply::json(&call.backend.status())
+}
+
+fn list_sessions(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&["agent", "limit"])?;
+    let agent = call.query_param("agent")?.map(str::to_owned);
+    if agent.as_deref() == Some("") {
+        return Err(ApiError::bad_request("agent must not be empty"));
+    }
+    let limit = match call.query_param("limit")? {
+        None => DEFAULT_SESSION_LIMIT,
+        Some(limit) => limit.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "limit must be a non-negative integer, not {limit:?}"
+            ))
+        })?,
+    };
+    let sessions = call
+        .backend
+        .list_sessions(&SessionQuery { agent, limit })
+        .map_err(|error| ApiError::internal(error.message))?;
+    Reply::json(&sessions)
+}
+
+fn get_session(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    let id = call.param("id")?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("session id must be a number, not {id:?}")))?;
+    match call.backend.get_session(id) {
+        Ok(Some(session)) => Reply::json(&session),
+        Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
+        Err(error) => Err(ApiError::internal(error.message)),
+    }
+}
+
+/// Everything a handler gets to see of a request.
+pub struct Call<'a> {
+    /// The authorized peer (later: recorded as the approver).
+    pub peer: &'a PeerInfo,
+    pub backend: &'a dyn ControlBackend,
+    /// `{name}` captures of the route's pattern.
+    pub params: Vec<(&'static str, String)>,
+    /// Decoded query parameters, in order.
+    pub query: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Call<'_> {
+    /// A `{name}` capture of the route's pattern.
+    pub fn param(&self, name: &str) -> Result<&str, ApiError> {
+        self.params
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_str())
+            .ok_or_else(|| ApiError::internal(format!("route has no {{{name}}} segment")))
+    }
+
+    /// A query parameter given at most once.
+    pub fn query_param(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        let mut values = self.query.iter().filter(|(key, _)| key == name);
+        let first = values.next().map(|(_, value)| value.as_str());
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(format!(
+                "query parameter {name:?} given more than once"
+            )));
+        }
+        Ok(first)
+    }
+
+    /// Refuses parameters the route does not know, so a misspelt filter is an error
+    /// rather than silently ignored.
+    pub fn only_query_params(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        match self
+            .query
+            .iter()
+            .find(|(key, _)| !allowed.contains(&key.as_str()))
+        {
+            None => Ok(()),
+            Some((key, _)) => Err(ApiError::bad_request(format!(
+                "unknown query parameter {key:?}"
+            ))),
+        }
+    }
+
+    /// The request body as JSON.
+    pub fn json_body<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|error| ApiError::bad_request(format!("invalid JSON body: {error}")))
+    }
+}
+
+/// A successful response: a status and a JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// 200 with `value` as JSON.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, ApiError> {
+        Self::json_with_status(StatusCode::OK, value)
+    }
+
+    pub fn json_with_status<T: Serialize + ?Sized>(
+        status: StatusCode,
+        value: &T,
+    ) -> Result<Self, ApiError> {
+        let mut body = serde_json::to_vec(value)
+            .map_err(|error| ApiError::internal(format!("cannot encode the response: {error}")))?;
+        body.push(b'\n');
+        Ok(Self { status, body })
+    }
+}
+
+/// An error response: `{"error": message}` with `status`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// For 405: the methods the path does accept.
+    pub allow: Vec<Method>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            allow: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    pub fn into_reply(self) -> Reply {
+        let mut body = serde_json::to_vec(&ErrorBody {
+            error: self.message,
+        })
+        .unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
+        body.push(b'\n');
+        Reply {
+            status: self.status,
+            body,
+        }
+    }
+}
+
+/// Finds the route for `method` and `path` and runs it. Blocking (the handlers are).
+pub fn dispatch(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: Bytes,
+    peer: &PeerInfo,
+    backend: &dyn ControlBackend,
+) -> Result<Reply, ApiError> {
+    let mut allow = Vec::new();
+    for route in ROUTES {
+        let Some(params) = match_pattern(route.pattern, path) else {
+            continue;
+        };
+        if route.method != *method {
+            allow.push(route.method.clone());
+            continue;
+        }
+        let query = query::parse(query.unwrap_or("")).map_err(ApiError::bad_request)?;
+        let call = Call {
+            peer,
+            backend,
+            params,
+            query,
+            body,
+        };
+        return (route.handler)(&call);
+    }
+    if allow.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no such route: {method} {path}"
+        )));
+    }
+    let mut error = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{path} does not accept {method}"),
+    );
+    error.allow = allow;
+    Err(error)
+}
+
+/// The `{name}` captures if `path` matches `pattern` segment by segment.
+fn match_pattern(pattern: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
+    let mut pattern_segments = pattern.split('/');
+    let mut path_segments = path.split('/');
+    let mut params = Vec::new();
+    loop {
+        match (pattern_segments.next(), path_segments.next()) {
+            (None, None) => return Some(params),
+            (Some(expected), Some(segment)) => {
+                if let Some(name) = expected
+                    .strip_prefix('{')
+                    .and_then(|rest| rest.strip_suffix('}'))
+                {
+                    if segment.is_empty() {
+                        return None;
+                    }
+                    params.push((name, segment.to_owned()));
+                } else if expected != segment {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_segments() {
+        assert_eq!(match_pattern("/v1/status", "/v1/status"), Some(vec![]));
+        assert_eq!(match_pattern("/v1/status", "/v1/status/"), None);
+        assert_eq!(match_pattern("/v1/status", "/v1/statusx"), None);
+        assert_eq!(
+            match_pattern("/v1/sessions/{id}", "/v1/sessions/42"),
+            Some(vec![("id", "42".to_owned())])
+        );
+        assert_eq!(match_pattern("/v1/sessions/{id}", "/v1/sessions/"), None);
+        assert_eq!(match_pattern("/v1/sessions/{id}", "/v1/sessions/4/x"), None);
+    }
+
+    #[test]
+    fn every_pattern_is_distinct() {
+        for (index, route) in ROUTES.iter().enumerate() {
+            assert!(route.pattern.starts_with("/v1/"), "{}", route.pattern);
+            for other in ROUTES.iter().skip(index + 1) {
+                assert!(
+                    route.pattern != other.pattern || route.method != other.method,
+                    "duplicate route {} {}",
+                    route.method,
+                    route.pattern
+                );
+            }
+        }
+    }
+}
