@@ -1,0 +1,290 @@
+//! The policy: who may reach what, and do which operations there.
+//!
+//! One model serves every protocol: agents (processes, by managed cgroup and optionally
+//! uid and executable), resources (addresses and ports speaking a protocol) and rules
+//! (agent × resource × operation classes → allow, deny or review). Nothing matches by
+//! default, so anything not allowed is denied. The file format and the decision
+//! semantics are documented for users in `policies/README.md`; this module is their
+//! single implementation, so the daemon, the per-statement checks and `sluice policy
+//! check` cannot disagree.
+
+mod load;
+mod model;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
+pub use model::{
+    Action, Agent, Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule,
+    Selector, UnknownOperation,
+};
+use model::{OperationMatch, Specificity};
+
+use crate::store::record::DecisionRecord;
+
+/// What the daemon knows about the process behind a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentFacts<'a> {
+    /// The managed cgroup the process runs in.
+    pub agent: &'a str,
+    pub uid: u32,
+    /// The process's executable; `None` when it could not be read.
+    pub exe: Option<&'a Path>,
+}
+
+/// The outcome of a policy question, with the rule that settled it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub action: Action,
+    /// The deciding rule's name, or [`DEFAULT_DENY_RULE`].
+    pub rule: String,
+    /// A sentence for humans.
+    pub reason: String,
+    /// The resource the question was about, if any.
+    pub resource: Option<String>,
+}
+
+impl Decision {
+    /// The decision as a session record stores it.
+    pub fn record(&self) -> DecisionRecord {
+        DecisionRecord {
+            action: self.action.to_string(),
+            rule: self.rule.clone(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// How much a policy defines (for `sluice status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCounts {
+    pub agents: usize,
+    pub resources: usize,
+    pub rules: usize,
+}
+
+/// A loaded, checked policy. Immutable: a reload builds a new one.
+///
+/// The default policy has no rules and so denies everything.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    agents: Vec<Agent>,
+    resources: Vec<Resource>,
+    rules: Vec<Rule>,
+}
+
+/// The best rule so far while deciding.
+struct Candidate<'p> {
+    rule: &'p Rule,
+    specificity: Specificity,
+    action: Action,
+}
+
+impl Policy {
+    /// Loads every `*.toml` file directly in `dir`, sorted by file name (dot-files are
+    /// skipped). A directory without policy files is valid and denies everything; a
+    /// missing directory is an error.
+    pub fn load_dir(dir: &Path) -> Result<Policy, PolicyErrors> {
+        load::load_dir(dir)
+    }
+
+    /// Builds a policy from `(path, text)` pairs, taken in the order given.
+    pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyErrors> {
+        load::from_sources(sources)
+    }
+
+    pub fn agents(&self) -> &[Agent] {
+        &self.agents
+    }
+
+    pub fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|resource| resource.name == name)
+    }
+
+    pub fn counts(&self) -> PolicyCounts {
+        PolicyCounts {
+            agents: self.agents.len(),
+            resources: self.resources.len(),
+            rules: self.rules.len(),
+        }
+    }
+
+    /// The resource a destination belongs to: the most specific match (longest prefix,
+    /// then narrowest port range), the first defined on a tie.
+    ///
+    /// An IPv4-mapped IPv6 destination (`::ffff:a.b.c.d`) is matched as the IPv4 address
+    /// it reaches.
+    pub fn resource_for(&self, destination: SocketAddr) -> Option<&Resource> {
+        let destination = canonical(destination);
+        let mut best: Option<(&Resource, _)> = None;
+        for resource in &self.resources {
+            if let Some(quality) = resource.match_destination(destination)
+                && best
+                    .as_ref()
+                    .is_none_or(|(_, best_quality)| quality > *best_quality)
+            {
+                best = Some((resource, quality));
+            }
+        }
+        best.map(|(resource, _)| resource)
+    }
+
+    /// Whether the process may open a connection to `destination`.
+    pub fn decide_connection(&self, agent: &AgentFacts<'_>, destination: SocketAddr) -> Decision {
+        let destination = canonical(destination);
+        let resource = self
+            .resource_for(destination)
+            .map(|resource| resource.name.as_str());
+        let target = match resource {
+            Some(name) => format!("{destination} (resource `{name}`)"),
+            None => format!("{destination} (no resource)"),
+        };
+        self.decide_about(agent, resource, Operation::Connect, &target)
+    }
+
+    /// Whether the process may perform `operation` on `resource` (`None`: a destination
+    /// that is no resource, which only rules for `*` match).
+    pub fn decide(
+        &self,
+        agent: &AgentFacts<'_>,
+        resource: Option<&str>,
+        operation: Operation,
+    ) -> Decision {
+        let target = match resource {
+            Some(name) => format!("resource `{name}`"),
+            None => "a destination that is no resource".to_owned(),
+        };
+        self.decide_about(agent, resource, operation, &target)
+    }
+
+    fn decide_about(
+        &self,
+        facts: &AgentFacts<'_>,
+        resource: Option<&str>,
+        operation: Operation,
+        target: &str,
+    ) -> Decision {
+        let same_name = self.agents.iter().find(|agent| agent.name == facts.agent);
+        let identified = same_name.filter(|agent| agent.satisfies_constraints(facts));
+
+        let mut best: Option<Candidate<'_>> = None;
+        for rule in &self.rules {
+            let agent_named = match &rule.agent {
+                Selector::Any => false,
+                Selector::Named(name) if identified.is_some_and(|agent| &agent.name == name) => {
+                    true
+                }
+                Selector::Named(_) => continue,
+            };
+            let resource_named = match &rule.resource {
+                Selector::Any => false,
+                Selector::Named(name) if resource == Some(name.as_str()) => true,
+                Selector::Named(_) => continue,
+            };
+            let (operation_match, action) = match rule.operations.match_of(operation) {
+                Some(operation_match) => (operation_match, rule.action),
+                // Statements can only be judged on a connection that was let through.
+                None if operation == Operation::Connect && rule.action != Action::Deny => {
+                    (OperationMatch::Implied, Action::Allow)
+                }
+                None => continue,
+            };
+            let candidate = Candidate {
+                rule,
+                specificity: Specificity {
+                    agent_named,
+                    resource_named,
+                    operation: operation_match,
+                },
+                action,
+            };
+            let better = best.as_ref().is_none_or(|best| {
+                (candidate.specificity, candidate.action.severity())
+                    > (best.specificity, best.action.severity())
+            });
+            if better {
+                best = Some(candidate);
+            }
+        }
+
+        let constraint_note = match (same_name, identified) {
+            (Some(agent), None) => format!(
+                " (the process, uid {}, does not meet agent `{}`'s uid/exe constraints, so only rules for \"*\" applied)",
+                facts.uid, agent.name
+            ),
+            _ => String::new(),
+        };
+        let resource = resource.map(str::to_owned);
+        let Some(best) = best else {
+            return Decision {
+                action: Action::Deny,
+                rule: DEFAULT_DENY_RULE.to_owned(),
+                reason: format!(
+                    "no rule matches {operation} by agent `{}` on {target}, so it is denied{constraint_note}",
+                    facts.agent
+                ),
+                resource,
+            };
+        };
+        let rule = best.rule;
+        let reason = if best.specificity.operation == OperationMatch::Implied {
+            format!(
+                "rule `{}` ({}) {} {} by agent `{}` there, which implies connect to {target}{constraint_note}",
+                rule.name,
+                rule.location,
+                verb(rule.action),
+                rule.operations,
+                facts.agent,
+            )
+        } else {
+            format!(
+                "rule `{}` ({}) {} {operation} by agent `{}` on {target}{constraint_note}",
+                rule.name,
+                rule.location,
+                verb(best.action),
+                facts.agent
+            )
+        };
+        Decision {
+            action: best.action,
+            rule: rule.name.clone(),
+            reason,
+            resource,
+        }
+    }
+}
+
+/// Lists every problem in the policy directory; empty when it loads cleanly.
+pub fn check_dir(dir: &Path) -> Vec<Diagnostic> {
+    match Policy::load_dir(dir) {
+        Ok(_) => Vec::new(),
+        Err(PolicyErrors(diagnostics)) => diagnostics,
+    }
+}
+
+fn verb(action: Action) -> &'static str {
+    match action {
+        Action::Allow => "allows",
+        Action::Deny => "denies",
+        Action::Review => "sends to review",
+    }
+}
+
+fn canonical(destination: SocketAddr) -> SocketAddr {
+    SocketAddr::new(destination.ip().to_canonical(), destination.port())
+}

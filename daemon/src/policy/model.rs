@@ -1,0 +1,388 @@
+//! The checked policy's building blocks: what the loader produces and the decision code
+//! reads. Every value here has already been validated, so matching cannot fail.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::AgentFacts;
+
+/// What a rule tells sluice to do with the operations it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the operation through.
+    Allow,
+    /// Refuse the operation.
+    Deny,
+    /// Hold the operation for a human; it does not go through without an approval.
+    Review,
+}
+
+impl Action {
+    /// The name used in policy files, records and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Review => "review",
+        }
+    }
+
+    /// Breaks ties between equally specific rules: deny beats review beats allow.
+    pub(super) fn severity(self) -> u8 {
+        match self {
+            Self::Allow => 0,
+            Self::Review => 1,
+            Self::Deny => 2,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// A word that is not an operation class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown operation class `{0}` (expected `*`, connect, read, write, ddl, dcl, admin, dangerous or unparsed)"
+)]
+pub struct UnknownOperation(pub String);
+
+/// The class of an operation, the same for every protocol.
+///
+/// A protocol decoder gives each operation exactly one class; when several fit, the most
+/// sensitive one counts (`dangerous` over `dcl` over `admin` over `ddl` over `write` over
+/// `read`), so that `DROP TABLE` is `dangerous` and not merely `ddl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// Opening a connection to the destination (for database protocols: up to and
+    /// including authentication). Decided once per connection.
+    Connect,
+    /// Reads data without changing it: `SELECT`, `SHOW`, `COPY ... TO`; HTTP `GET`/`HEAD`.
+    Read,
+    /// Changes data: `INSERT`, `UPDATE`/`DELETE` with a `WHERE`, `COPY ... FROM`; HTTP
+    /// `POST`/`PUT`/`PATCH`.
+    Write,
+    /// Changes the schema without destroying data: `CREATE`, `ALTER`, `COMMENT`.
+    Ddl,
+    /// Changes who may do what: `GRANT`, `REVOKE`, `CREATE ROLE`, `ALTER USER`.
+    Dcl,
+    /// Administers the server: `VACUUM`, `CHECKPOINT`, `ALTER SYSTEM`, terminating backends.
+    Admin,
+    /// Destroys data or is hard to undo: `DROP`, `TRUNCATE`, `UPDATE`/`DELETE` without a
+    /// `WHERE`; HTTP `DELETE`.
+    Dangerous,
+    /// Anything the decoder could not classify (unknown syntax, a protocol it does not
+    /// decode). Denied unless a rule says otherwise, like everything else.
+    Unparsed,
+}
+
+impl Operation {
+    /// Every class, in declaration order.
+    pub const ALL: [Operation; 8] = [
+        Self::Connect,
+        Self::Read,
+        Self::Write,
+        Self::Ddl,
+        Self::Dcl,
+        Self::Admin,
+        Self::Dangerous,
+        Self::Unparsed,
+    ];
+
+    /// The name used in policy files, records and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Ddl => "ddl",
+            Self::Dcl => "dcl",
+            Self::Admin => "admin",
+            Self::Dangerous => "dangerous",
+            Self::Unparsed => "unparsed",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Operation {
+    type Err = UnknownOperation;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|operation| operation.as_str() == text)
+            .ok_or_else(|| UnknownOperation(text.to_owned()))
+    }
+}
+
+/// The protocol a resource speaks, which picks the decoder for its connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque bytes: only the connection itself is judged.
+    #[default]
+    Tcp,
+    Postgres,
+    Mysql,
+    Http,
+    Kubernetes,
+}
+
+impl Protocol {
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+            Self::Http => "http",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// Where something was defined: 1-based line and column in a policy file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "{}:{}:{}",
+            self.file.display(),
+            self.line,
+            self.column
+        )
+    }
+}
+
+/// An inclusive range of ports; a single port is a range of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// How many ports the range holds; the narrower range is the more specific.
+    pub fn width(self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(formatter, "{}", self.first)
+        } else {
+            write!(formatter, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// A process that counts as an agent the rules can name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agent {
+    /// The managed cgroup the agent runs in (`sluice run --agent NAME`).
+    pub name: String,
+    /// When set, only processes with one of these uids are this agent.
+    pub uids: Option<Vec<u32>>,
+    /// When set, only processes running one of these executables are this agent.
+    pub exe: Option<Vec<PathBuf>>,
+    pub location: Location,
+}
+
+impl Agent {
+    /// Whether the process is this agent: same cgroup name and every constraint met.
+    pub fn admits(&self, facts: &AgentFacts<'_>) -> bool {
+        facts.agent == self.name && self.satisfies_constraints(facts)
+    }
+
+    /// Whether the process meets the `uids` and `exe` constraints (ignoring the name).
+    pub(super) fn satisfies_constraints(&self, facts: &AgentFacts<'_>) -> bool {
+        let uid_ok = self
+            .uids
+            .as_ref()
+            .is_none_or(|uids| uids.contains(&facts.uid));
+        let exe_ok = self.exe.as_ref().is_none_or(|allowed| {
+            facts
+                .exe
+                .is_some_and(|exe| allowed.iter().any(|path| path == exe))
+        });
+        uid_ok && exe_ok
+    }
+}
+
+/// How well a destination matches a resource; the greater value is the more specific.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct AddressMatch {
+    prefix_len: u8,
+    /// `u32::MAX - width`, so that a narrower port range compares greater.
+    port_narrowness: u32,
+}
+
+/// Something agents connect to: a set of addresses and ports speaking one protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resource {
+    pub name: String,
+    /// Addresses and networks; a bare address is a /32 (IPv4) or /128 (IPv6).
+    pub addresses: Vec<IpNet>,
+    pub ports: Vec<PortRange>,
+    pub protocol: Protocol,
+    pub location: Location,
+}
+
+impl Resource {
+    /// Whether the destination is this resource, and how specifically.
+    ///
+    /// The destination must already be canonical (IPv4-mapped IPv6 turned into IPv4).
+    pub(super) fn match_destination(&self, destination: SocketAddr) -> Option<AddressMatch> {
+        let ip: IpAddr = destination.ip();
+        let prefix_len = self
+            .addresses
+            .iter()
+            .filter(|network| network.contains(&ip))
+            .map(IpNet::prefix_len)
+            .max()?;
+        let width = self
+            .ports
+            .iter()
+            .filter(|range| range.contains(destination.port()))
+            .map(|range| range.width())
+            .min()?;
+        Some(AddressMatch {
+            prefix_len,
+            port_narrowness: u32::MAX - width,
+        })
+    }
+}
+
+/// A rule's agent or resource: a name, or `*` for any.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Selector {
+    Any,
+    Named(String),
+}
+
+impl Selector {
+    pub(super) fn parse(text: &str) -> Self {
+        if text == "*" {
+            Self::Any
+        } else {
+            Self::Named(text.to_owned())
+        }
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => formatter.write_str("*"),
+            Self::Named(name) => formatter.write_str(name),
+        }
+    }
+}
+
+/// How a rule's operation list matched an operation; later variants are more specific.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum OperationMatch {
+    /// Only for `connect`: implied by an allow or review rule for other operations.
+    Implied,
+    /// Through `*`.
+    Wildcard,
+    /// The operation is listed by name.
+    Explicit,
+}
+
+/// The operations a rule covers: classes listed by name, and/or `*` for all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OperationSet {
+    /// `*` was listed.
+    pub wildcard: bool,
+    /// Classes listed by name, sorted, without repeats.
+    pub classes: Vec<Operation>,
+}
+
+impl OperationSet {
+    pub(super) fn match_of(&self, operation: Operation) -> Option<OperationMatch> {
+        if self.classes.contains(&operation) {
+            Some(OperationMatch::Explicit)
+        } else if self.wildcard {
+            Some(OperationMatch::Wildcard)
+        } else {
+            None
+        }
+    }
+
+    /// Whether some operation is covered by both sets at the same specificity.
+    pub(super) fn overlaps_at_same_specificity(&self, other: &Self) -> bool {
+        (self.wildcard && other.wildcard)
+            || self
+                .classes
+                .iter()
+                .any(|class| other.classes.contains(class))
+    }
+}
+
+impl fmt::Display for OperationSet {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut words: Vec<&str> = self.classes.iter().map(|class| class.as_str()).collect();
+        if self.wildcard {
+            words.insert(0, "*");
+        }
+        formatter.write_str(&words.join(", "))
+    }
+}
+
+/// One rule: which agent may do which operations on which resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// The `name` key, or `FILE:LINE` of the rule's table when it has none.
+    pub name: String,
+    pub agent: Selector,
+    pub resource: Selector,
+    pub operations: OperationSet,
+    pub action: Action,
+    pub location: Location,
+}
+
+/// How specifically a rule matched; compared field by field, in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Specificity {
+    pub agent_named: bool,
+    pub resource_named: bool,
+    pub operation: OperationMatch,
+}
