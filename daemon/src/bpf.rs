@@ -1,1 +1,406 @@
-//! TODO
+//! Loads sluice's eBPF programs, attaches them to the managed cgroup and pins them.
+//!
+//! The links and maps are pinned on bpffs so that the programs stay attached when the
+//! daemon stops or crashes: an agent's connects then go to a listener that is not
+//! there and are refused (fail closed). A restarted daemon reuses the pinned maps,
+//! attaches fresh links and only then drops the old ones, so there is no moment at
+//! which an agent's connect goes out unredirected.
+//!
+//! The programs themselves and their minimum kernels are documented in
+//! `ebpf/sluice-ebpf`.
+
+use std::{
+    ffi::CString,
+    fs,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
+};
+use sluice_common::{ConnKey, MAX_DAEMON_PORTS, Origin, RedirectConfig, map_names};
+
+/// The programs' object file, built by `build.rs`.
+static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice"));
+
+/// Every program, as named in the object, with its kind.
+pub const PROGRAMS: &[(&str, ProgramKind)] = &[
+    ("sluice_connect4", ProgramKind::SockAddr),
+    ("sluice_connect6", ProgramKind::SockAddr),
+    ("sluice_sendmsg4", ProgramKind::SockAddr),
+    ("sluice_sendmsg6", ProgramKind::SockAddr),
+    ("sluice_getpeername4", ProgramKind::SockAddr),
+    ("sluice_getpeername6", ProgramKind::SockAddr),
+    ("sluice_sock_ops", ProgramKind::SockOps),
+];
+
+/// The attach families the programs belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    SockAddr,
+    SockOps,
+}
+
+/// Errors setting up or using the interception.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error(
+        "this sluice binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it normally"
+    )]
+    NoPrograms,
+    #[error("cannot prepare the bpffs directory {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot mount bpffs at /sys/fs/bpf: {0}")]
+    MountBpffs(nix::Error),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {name} could not be attached as a pinnable link (kernel 5.7+): {source}")]
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("more than {MAX_DAEMON_PORTS} daemon ports to protect")]
+    TooManyDaemonPorts,
+}
+
+/// What the programs need to know about the daemon.
+#[derive(Clone, Debug)]
+pub struct RedirectTarget {
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    pub port: u16,
+    /// Other TCP ports of the daemon (metrics, ...) that agents must not reach.
+    pub other_daemon_ports: Vec<u16>,
+    /// The network namespace the daemon serves.
+    pub netns_cookie: u64,
+}
+
+/// The attached programs and the maps the daemon reads.
+pub struct Interception {
+    // Keeps the programs and map fds alive for the daemon's lifetime.
+    _ebpf: Ebpf,
+    connections: Mutex<BpfHashMap<MapData, ConnKey, Origin>>,
+    refusals: Option<RingBuf<MapData>>,
+    bpffs_dir: PathBuf,
+}
+
+impl Interception {
+    /// Loads the programs, points them at `target`, attaches them to `cgroup` and pins
+    /// everything under `bpffs_dir`.
+    pub fn install(
+        cgroup: &Path,
+        bpffs_dir: &Path,
+        target: &RedirectTarget,
+    ) -> Result<Self, BpfError> {
+        if PROGRAMS_OBJECT.is_empty() {
+            return Err(BpfError::NoPrograms);
+        }
+        ensure_bpffs()?;
+        let maps_dir = bpffs_dir.join("maps");
+        let links_dir = bpffs_dir.join("links");
+        for dir in [bpffs_dir, &maps_dir, &links_dir] {
+            fs::create_dir_all(dir).map_err(|source| BpfError::Bpffs {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+
+        let mut ebpf = match load(&maps_dir) {
+            Ok(ebpf) => ebpf,
+            Err(error) => {
+                // Pinned maps from an incompatible build: start them afresh.
+                tracing::warn!(%error, "pinned maps unusable, recreating them");
+                remove_dir_entries(&maps_dir);
+                load(&maps_dir)?
+            }
+        };
+        write_config(&mut ebpf, target)?;
+
+        let cgroup_dir = fs::File::open(cgroup).map_err(|source| BpfError::Cgroup {
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        let old_links = pinned_links(&links_dir);
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // Cgroup bpf_links always coexist with other links; `Single` means flags 0,
+        // which is what link_create takes for cgroups.
+        for &(name, kind) in PROGRAMS {
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::MissingProgram(name))?;
+            let program_error = |source| BpfError::Program { name, source };
+            // Only bpf_link attachments (kernel 5.7+) can be pinned.
+            let link_error = |source| BpfError::Link { name, source };
+            let link: FdLink = match kind {
+                ProgramKind::SockAddr => {
+                    let program: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
+                    program.load().map_err(program_error)?;
+                    let id = program
+                        .attach(&cgroup_dir, CgroupAttachMode::Single)
+                        .map_err(program_error)?;
+                    program
+                        .take_link(id)
+                        .map_err(program_error)?
+                        .try_into()
+                        .map_err(link_error)?
+                }
+                ProgramKind::SockOps => {
+                    let program: &mut SockOps = program.try_into().map_err(program_error)?;
+                    program.load().map_err(program_error)?;
+                    let id = program
+                        .attach(&cgroup_dir, CgroupAttachMode::Single)
+                        .map_err(program_error)?;
+                    program
+                        .take_link(id)
+                        .map_err(program_error)?
+                        .try_into()
+                        .map_err(link_error)?
+                }
+            };
+            // bpffs refuses names with a dot.
+            let pin_path = links_dir.join(format!("{name}-{generation}"));
+            link.pin(&pin_path).map_err(|source| BpfError::Pin {
+                path: pin_path.clone(),
+                source,
+            })?;
+        }
+        // The new links are in place: now the old ones can go.
+        for old in old_links {
+            if let Err(error) = fs::remove_file(&old) {
+                tracing::warn!(path = %old.display(), %error, "cannot remove an old pinned link");
+            }
+        }
+
+        let connections = ebpf
+            .take_map(map_names::CONNECTIONS)
+            .ok_or(BpfError::MissingMap("SLUICE_CONNECTIONS"))?;
+        let connections = BpfHashMap::try_from(connections).map_err(|source| BpfError::Map {
+            name: "SLUICE_CONNECTIONS",
+            source,
+        })?;
+        let refusals = ebpf
+            .take_map(map_names::REFUSALS)
+            .ok_or(BpfError::MissingMap("SLUICE_REFUSALS"))?;
+        let refusals = RingBuf::try_from(refusals).map_err(|source| BpfError::Map {
+            name: "SLUICE_REFUSALS",
+            source,
+        })?;
+        Ok(Self {
+            _ebpf: ebpf,
+            connections: Mutex::new(connections),
+            refusals: Some(refusals),
+            bpffs_dir: bpffs_dir.to_owned(),
+        })
+    }
+
+    /// Takes the record the programs filed for a redirected connection, by its 4-tuple
+    /// as the agent's side sees it. The record is removed: each is used once.
+    pub fn take_origin(&self, key: &ConnKey) -> Option<Origin> {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let origin = connections.get(key, 0).ok()?;
+        let _ = connections.remove(key);
+        Some(origin)
+    }
+
+    /// The refusal ring buffer; it can be taken once, by the task that drains it.
+    pub fn take_refusals(&mut self) -> Option<RingBuf<MapData>> {
+        self.refusals.take()
+    }
+
+    /// Which programs have a pinned (so attached) link right now.
+    pub fn attached_programs(&self) -> Vec<(String, bool)> {
+        attached_programs(&self.bpffs_dir)
+    }
+}
+
+/// Which of [`PROGRAMS`] have a pinned link under `bpffs_dir`.
+pub fn attached_programs(bpffs_dir: &Path) -> Vec<(String, bool)> {
+    let links = pinned_links(&bpffs_dir.join("links"));
+    PROGRAMS
+        .iter()
+        .map(|(name, _)| {
+            let attached = links.iter().any(|link| {
+                link.file_name()
+                    .and_then(|f| f.to_str())
+                    .and_then(|f| f.rsplit_once('-'))
+                    .is_some_and(|(program, _)| program == *name)
+            });
+            ((*name).to_owned(), attached)
+        })
+        .collect()
+}
+
+/// Detaches the programs and forgets the pinned maps: what `sluice detach` does.
+/// Agents in the managed cgroup are no longer intercepted afterwards.
+pub fn uninstall(bpffs_dir: &Path) -> Result<usize, BpfError> {
+    let links = pinned_links(&bpffs_dir.join("links"));
+    let count = links.len();
+    for link in links {
+        fs::remove_file(&link).map_err(|source| BpfError::Bpffs { path: link, source })?;
+    }
+    remove_dir_entries(&bpffs_dir.join("maps"));
+    for dir in [
+        bpffs_dir.join("links"),
+        bpffs_dir.join("maps"),
+        bpffs_dir.to_owned(),
+    ] {
+        let _ = fs::remove_dir(dir);
+    }
+    Ok(count)
+}
+
+fn load(maps_dir: &Path) -> Result<Ebpf, aya::EbpfError> {
+    let mut loader = EbpfLoader::new();
+    for name in [
+        map_names::CONFIG,
+        map_names::SOCKET_ORIGIN,
+        map_names::PENDING,
+        map_names::CONNECTIONS,
+        map_names::REFUSALS,
+    ] {
+        loader.map_pin_path(name, maps_dir.join(name));
+    }
+    loader.load(PROGRAMS_OBJECT)
+}
+
+fn write_config(ebpf: &mut Ebpf, target: &RedirectTarget) -> Result<(), BpfError> {
+    if target.other_daemon_ports.len() > MAX_DAEMON_PORTS {
+        return Err(BpfError::TooManyDaemonPorts);
+    }
+    let mut daemon_ports = [0u16; MAX_DAEMON_PORTS];
+    for (slot, port) in daemon_ports.iter_mut().zip(&target.other_daemon_ports) {
+        *slot = *port;
+    }
+    let ip6 = target.ipv6.octets();
+    let word =
+        |i: usize| u32::from_ne_bytes([ip6[4 * i], ip6[4 * i + 1], ip6[4 * i + 2], ip6[4 * i + 3]]);
+    let config = RedirectConfig {
+        netns_cookie: target.netns_cookie,
+        listen_ip4: u32::from_ne_bytes(target.ipv4.octets()),
+        listen_ip6: [word(0), word(1), word(2), word(3)],
+        listen_port: target.port,
+        enabled: 1,
+        daemon_ports,
+    };
+    let map = ebpf
+        .map_mut(map_names::CONFIG)
+        .ok_or(BpfError::MissingMap("SLUICE_CONFIG"))?;
+    let mut array: Array<&mut MapData, RedirectConfig> =
+        Array::try_from(map).map_err(|source| BpfError::Map {
+            name: "SLUICE_CONFIG",
+            source,
+        })?;
+    array.set(0, config, 0).map_err(|source| BpfError::Map {
+        name: "SLUICE_CONFIG",
+        source,
+    })
+}
+
+fn pinned_links(links_dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(links_dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn remove_dir_entries(dir: &Path) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let _ = fs::remove_file(entry.path());
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless a bpf file system is already there.
+fn ensure_bpffs() -> Result<(), BpfError> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mounted = mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        fields.nth(1) == Some("/sys/fs/bpf") && fields.next() == Some("bpf")
+    });
+    if mounted {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        "/sys/fs/bpf",
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(BpfError::MountBpffs)
+}
+
+/// The network namespace cookie of the namespace `socket` lives in.
+pub fn netns_cookie(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether `path` is on a bpf file system (used by `sluice status` and `run`).
+pub fn is_pinned(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct; c_path is NUL terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) };
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Raw fd of the refusal ring buffer, for registering with tokio.
+pub fn ring_fd(ring: &RingBuf<MapData>) -> std::os::fd::RawFd {
+    ring.as_raw_fd()
+}

@@ -1,1 +1,396 @@
-//! TODO
+//! The `sluice` command line: argument parsing and each subcommand's client side.
+//!
+//! Everything that talks to a running daemon goes through the control API; `run` and
+//! `detach` work on the cgroup and bpffs directly because they must work (and fail
+//! closed) while no daemon is up.
+
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Args, Parser, Subcommand};
+use time::format_description::well_known::Rfc3339;
+
+use crate::{
+    bpf,
+    cgroup::ManagedRoot,
+    config::{Config, DEFAULT_CONFIG_PATH},
+    control::{ClientError, ControlClient, StatusReport},
+    store::SessionRecord,
+};
+
+/// sluice: one inspectable choke point for everything your agents connect to.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The daemon's configuration file.
+    #[arg(long, global = true, env = "SLUICE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach the programs, listen, decide, relay and record.
+    Daemon(DaemonArgs),
+    /// Run a command as an agent, inside the managed cgroup.
+    Run(RunArgs),
+    /// Show whether the daemon is up and the interception attached.
+    Status {
+        /// Print the status as JSON (see docs/api.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List and inspect recorded sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Detach the programs and drop their pinned maps. Agents are no longer
+    /// intercepted afterwards; use when uninstalling.
+    Detach,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Overrides `daemon.policy_dir`.
+    #[arg(long)]
+    pub policy_dir: Option<PathBuf>,
+    /// Overrides `daemon.state_dir`.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The agent's name: the managed child cgroup the command runs in.
+    #[arg(long)]
+    pub agent: String,
+    /// Run the command as this user (name or uid), with its primary group.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions, newest first.
+    List {
+        /// Only this agent's sessions.
+        #[arg(long)]
+        agent: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON (an array of session records, see docs/api.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one session.
+    Show {
+        id: u64,
+        /// Print JSON (one session record, see docs/api.md).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy directory; errors are printed as FILE:LINE:COL.
+    Check { dir: PathBuf },
+}
+
+/// Errors of the CLI's own commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Bpf(#[from] crate::bpf::BpfError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+    #[error(
+        "the interception is not installed ({missing} not attached under {bpffs}): start `sluice daemon` first; refusing to run an unprotected agent"
+    )]
+    NotIntercepted { missing: String, bpffs: String },
+    #[error("no session {0}")]
+    NoSuchSession(u64),
+    #[error("unknown user {0}")]
+    UnknownUser(String),
+    #[error("{0}")]
+    System(String),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot run {command}: {source}")]
+    Exec {
+        command: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Policy(PolicyCommand::Check { dir }) => Ok(policy_check(&dir)),
+        Command::Run(args) => run_agent(&Config::load(&cli.config)?, args),
+        Command::Detach => detach(&Config::load(&cli.config)?),
+        Command::Daemon(args) => {
+            let mut config = Config::load(&cli.config)?;
+            if let Some(dir) = args.policy_dir {
+                config.daemon.policy_dir = dir;
+            }
+            if let Some(dir) = args.state_dir {
+                config.daemon.state_dir = dir;
+            }
+            runtime()?.block_on(crate::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let client = client(&cli.config)?;
+            let status = runtime()?.block_on(client.status())?;
+            if json {
+                print_json(&status);
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions(SessionsCommand::List { agent, limit, json }) => {
+            let client = client(&cli.config)?;
+            let sessions =
+                runtime()?.block_on(client.list_sessions(agent.as_deref(), Some(limit)))?;
+            if json {
+                print_json(&sessions);
+            } else {
+                print_session_table(&sessions);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions(SessionsCommand::Show { id, json }) => {
+            let client = client(&cli.config)?;
+            let session = runtime()?
+                .block_on(client.get_session(id))?
+                .ok_or(CliError::NoSuchSession(id))?;
+            if json {
+                print_json(&session);
+            } else {
+                print_session(&session);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+fn client(config_path: &Path) -> Result<ControlClient, CliError> {
+    Ok(ControlClient::new(
+        Config::load(config_path)?.control.socket,
+    ))
+}
+
+fn policy_check(dir: &Path) -> ExitCode {
+    let diagnostics = crate::policy::check_dir(dir);
+    if diagnostics.is_empty() {
+        println!("{}: ok", dir.display());
+        return ExitCode::SUCCESS;
+    }
+    for diagnostic in &diagnostics {
+        eprintln!("{diagnostic}");
+    }
+    eprintln!("{} error(s)", diagnostics.len());
+    ExitCode::FAILURE
+}
+
+/// Places this process in the agent's cgroup, drops privileges, and execs the command.
+/// Refuses when the programs are not attached: an agent must never run unprotected.
+fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
+    let root = ManagedRoot::resolve(&config.cgroup.root)?;
+    let missing: Vec<String> = bpf::attached_programs(&config.cgroup.bpffs_dir)
+        .into_iter()
+        .filter(|(_, attached)| !attached)
+        .map(|(name, _)| name)
+        .collect();
+    if !root.exists() || !missing.is_empty() {
+        return Err(CliError::NotIntercepted {
+            missing: if missing.is_empty() {
+                "the managed cgroup".into()
+            } else {
+                missing.join(", ")
+            },
+            bpffs: config.cgroup.bpffs_dir.display().to_string(),
+        });
+    }
+    let user = args.user.as_deref().map(resolve_user).transpose()?;
+    root.enter(&args.agent, std::process::id())?;
+
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| CliError::System("no command given".into()))?;
+    let mut command = std::process::Command::new(program);
+    command.args(rest);
+    if let Some(user) = user {
+        let (uid, gid) = (user.uid, user.gid);
+        let name = std::ffi::CString::new(user.name.as_bytes())
+            .map_err(|_| CliError::UnknownUser(user.name.clone()))?;
+        // SAFETY: runs between fork and exec; only async-signal-safe calls.
+        unsafe {
+            command.pre_exec(move || {
+                nix::unistd::initgroups(&name, gid)?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+                Ok(())
+            });
+        }
+        command.env("USER", &user.name).env("HOME", &user.dir);
+    }
+    let error = command.exec();
+    Err(CliError::Exec {
+        command: program.to_string_lossy().into_owned(),
+        source: error,
+    })
+}
+
+fn resolve_user(user: &str) -> Result<nix::unistd::User, CliError> {
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(user),
+    };
+    found
+        .map_err(|e| CliError::System(format!("looking up user {user}: {e}")))?
+        .ok_or_else(|| CliError::UnknownUser(user.to_owned()))
+}
+
+fn detach(config: &Config) -> Result<ExitCode, CliError> {
+    let links = bpf::uninstall(&config.cgroup.bpffs_dir)?;
+    println!(
+        "detached {links} program link(s) from {}",
+        config.cgroup.bpffs_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(error) => eprintln!("sluice: cannot encode JSON: {error}"),
+    }
+}
+
+fn print_status(status: &StatusReport) {
+    let attached = status.programs.iter().filter(|p| p.attached).count();
+    println!(
+        "daemon:     up (pid {}, version {}, up {}s)",
+        status.pid, status.version, status.uptime_seconds
+    );
+    println!("kernel:     {}", status.kernel);
+    println!("cgroup:     {}", status.cgroup_root);
+    println!("programs:   {attached}/{} attached", status.programs.len());
+    for program in &status.programs {
+        let state = if program.attached {
+            "attached"
+        } else {
+            "NOT ATTACHED"
+        };
+        println!("  {:<22} {state}", program.name);
+    }
+    println!("listeners:  {}", status.listeners.join(", "));
+    println!(
+        "policy:     {} ({} agents, {} resources, {} rules)",
+        status.policy.dir, status.policy.agents, status.policy.resources, status.policy.rules
+    );
+    println!(
+        "store:      {} ({} sessions, {} open, {} denied)",
+        status.store.path, status.store.sessions, status.store.open, status.store.denied
+    );
+}
+
+fn timestamp(at: time::OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+}
+
+fn print_session_table(sessions: &[SessionRecord]) {
+    println!(
+        "{:>6}  {:<20}  {:<12}  {:>7}  {:<16}  {:<24}  {:<28}  {:>9}  {:>9}  CLOSE",
+        "ID", "STARTED", "AGENT", "PID", "COMM", "DESTINATION", "DECISION", "UP", "DOWN"
+    );
+    for session in sessions {
+        let started = timestamp(session.started_at);
+        let decision = format!("{} ({})", session.decision.action, session.decision.rule);
+        println!(
+            "{:>6}  {:<20}  {:<12}  {:>7}  {:<16}  {:<24}  {:<28}  {:>9}  {:>9}  {}",
+            session.id,
+            started.get(..19).unwrap_or(&started),
+            session.agent,
+            session.pid,
+            session.comm,
+            format!("{}/{}", session.transport, session.destination),
+            decision,
+            session.bytes_up,
+            session.bytes_down,
+            session.close_reason.as_deref().unwrap_or("open"),
+        );
+    }
+}
+
+fn print_session(session: &SessionRecord) {
+    let field = |name: &str, value: &str| println!("{name:<14} {value}");
+    field("id", &session.id.to_string());
+    field("agent", &session.agent);
+    field(
+        "process",
+        &format!(
+            "pid {} tid {} uid {} gid {} comm {}",
+            session.pid, session.tid, session.uid, session.gid, session.comm
+        ),
+    );
+    field("exe", session.exe.as_deref().unwrap_or("(gone)"));
+    field("cgroup", &session.cgroup);
+    field("source", &session.source);
+    field(
+        "destination",
+        &format!("{}/{}", session.transport, session.destination),
+    );
+    field("resource", session.resource.as_deref().unwrap_or("-"));
+    field(
+        "decision",
+        &format!(
+            "{} by rule {}: {}",
+            session.decision.action, session.decision.rule, session.decision.reason
+        ),
+    );
+    field(
+        "upstream via",
+        session.upstream_local.as_deref().unwrap_or("-"),
+    );
+    field("started", &timestamp(session.started_at));
+    field(
+        "ended",
+        &session
+            .ended_at
+            .map_or_else(|| "(open)".to_owned(), timestamp),
+    );
+    field(
+        "bytes",
+        &format!("{} up, {} down", session.bytes_up, session.bytes_down),
+    );
+    field("closed by", session.close_reason.as_deref().unwrap_or("-"));
+}

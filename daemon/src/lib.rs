@@ -20,5 +20,7 @@ pub mod identity;
 pub mod policy;
 pub mod protocol;
 pub mod redirect;
+pub mod refusals;
 pub mod relay;
+pub mod session;
 pub mod store;

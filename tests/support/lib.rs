@@ -1,1 +1,347 @@
+//! Shared pieces of sluice's end-to-end tests: a real daemon per test, real sinks on
+//! loopback, and the real `sluice` CLI to drive and inspect it.
+//!
+//! Every test daemon gets its own managed cgroup root, bpffs directory, redirect port,
+//! control socket and store, so tests run in parallel without seeing each other.
+//! These tests need root (cgroups, eBPF): `cargo xtask test` runs them so.
 
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static NEXT_DAEMON: AtomicUsize = AtomicUsize::new(0);
+
+/// The `sluice` binary under test.
+pub fn sluice_bin() -> PathBuf {
+    std::env::var_os("SLUICE_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice"),
+        PathBuf::from,
+    )
+}
+
+/// The probe binary (built with this package's tests).
+pub fn probe_bin() -> PathBuf {
+    std::env::var_os("SLUICE_PROBE").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice-probe"),
+        PathBuf::from,
+    )
+}
+
+/// Fails the test early and clearly when not root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests attach eBPF programs and manage cgroups: run them as root (cargo xtask test)"
+    );
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// The cgroup2 mount, from /proc/mounts.
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .expect("no cgroup2 mount")
+}
+
+/// A daemon of its own for one test.
+pub struct TestDaemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub port: u16,
+    pub cgroup_root: PathBuf,
+    pub bpffs_dir: PathBuf,
+    pub control_socket: PathBuf,
+    log_path: PathBuf,
+}
+
+impl TestDaemon {
+    /// Writes a config and the given policy, starts the daemon and waits until it answers.
+    pub fn start(policy: &str) -> Self {
+        require_root();
+        let n = NEXT_DAEMON.fetch_add(1, Ordering::SeqCst);
+        let name = format!("sluice-test-{}-{n}", std::process::id());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy_dir = dir.path().join("policies");
+        std::fs::create_dir(&policy_dir).expect("policy dir");
+        std::fs::write(policy_dir.join("test.toml"), policy).expect("write policy");
+        let port = free_port();
+        let cgroup_root = cgroup2_mount().join(&name);
+        let bpffs_dir = PathBuf::from("/sys/fs/bpf").join(&name);
+        let control_socket = dir.path().join("control.sock");
+        let config_path = dir.path().join("sluice.toml");
+        let config = format!(
+            "[daemon]\nstate_dir = {state:?}\npolicy_dir = {policy:?}\n\
+             [redirect]\nport = {port}\n\
+             [cgroup]\nroot = {root:?}\nbpffs_dir = {bpffs:?}\n\
+             [control]\nsocket = {socket:?}\n",
+            state = dir.path().join("state"),
+            policy = policy_dir,
+            root = cgroup_root,
+            bpffs = bpffs_dir,
+            socket = control_socket,
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("daemon.log");
+        let mut daemon = Self {
+            child: None,
+            dir,
+            config_path,
+            port,
+            cgroup_root,
+            bpffs_dir,
+            control_socket,
+            log_path,
+        };
+        daemon.launch();
+        daemon
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("daemon log");
+        let child = Command::new(sluice_bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("daemon")
+            .env("SLUICE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start sluice daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.sluice(&["status", "--json"]);
+            if status.status.success() {
+                return;
+            }
+            if let Some(exit) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("daemon exited with {exit} during start:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Kills the daemon without letting it clean up (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same configuration and state.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Runs the `sluice` CLI against this daemon.
+    pub fn sluice(&self, args: &[&str]) -> Output {
+        Command::new(sluice_bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("SLUICE_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sluice")
+    }
+
+    /// Runs `program args` as agent `agent` through `sluice run`.
+    pub fn run_agent(&self, agent: &str, program: &str, args: &[&str]) -> Output {
+        let mut all = vec!["run", "--agent", agent, "--", program];
+        all.extend_from_slice(args);
+        self.sluice(&all)
+    }
+
+    /// Runs the probe as `agent` and parses its JSON report.
+    pub fn probe(&self, agent: &str, args: &[&str]) -> Value {
+        let probe = probe_bin();
+        let output = self.run_agent(agent, &probe.to_string_lossy(), args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "probe printed no JSON ({e}); status {}, stdout {stdout:?}, stderr {:?}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
+
+    /// `sluice sessions list --json`, newest first.
+    pub fn sessions(&self, agent: Option<&str>) -> Vec<Value> {
+        let mut args = vec!["sessions", "list", "--json", "--limit", "100000"];
+        if let Some(agent) = agent {
+            args.extend_from_slice(&["--agent", agent]);
+        }
+        let output = self.sluice(&args);
+        assert!(
+            output.status.success(),
+            "sessions list failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("sessions list JSON")
+    }
+
+    /// Waits until `predicate` holds for the session list (close records are batched).
+    pub fn wait_for_sessions(
+        &self,
+        agent: Option<&str>,
+        what: &str,
+        predicate: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let sessions = self.sessions(agent);
+            if predicate(&sessions) {
+                return sessions;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; sessions: {sessions:#?}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.sluice(&["detach"]);
+        remove_cgroup_tree(&self.cgroup_root);
+    }
+}
+
+/// Removes a cgroup directory tree bottom-up (cgroup dirs are removed with rmdir).
+pub fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// A TCP server on a loopback address that greets each connection with
+/// `SINK <its address>` and echoes lines back; it records every peer it saw.
+pub struct Sink {
+    pub addr: SocketAddr,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    lines: Arc<Mutex<HashMap<SocketAddr, Vec<String>>>>,
+}
+
+impl Sink {
+    pub fn start(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind sink {addr}: {e}"));
+        let addr = listener.local_addr().expect("sink address");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::new(Mutex::new(HashMap::new()));
+        let (peers_in, lines_in) = (Arc::clone(&peers), Arc::clone(&lines));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                peers_in.lock().unwrap().push(peer);
+                let lines = Arc::clone(&lines_in);
+                std::thread::spawn(move || serve_sink_connection(stream, addr, peer, &lines));
+            }
+        });
+        Self { addr, peers, lines }
+    }
+
+    /// Every peer address that connected so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+
+    /// The lines received from `peer`.
+    pub fn lines_from(&self, peer: SocketAddr) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .get(&peer)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn serve_sink_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    lines: &Mutex<HashMap<SocketAddr, Vec<String>>>,
+) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    if writeln!(writer, "SINK {addr}").is_err() {
+        return;
+    }
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { return };
+        lines
+            .lock()
+            .unwrap()
+            .entry(peer)
+            .or_default()
+            .push(line.clone());
+        if writeln!(writer, "{line}").is_err() {
+            return;
+        }
+    }
+}
+
+/// A field of a JSON object as a string, or "".
+pub fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value.get(field).and_then(Value::as_str).unwrap_or_default()
+}

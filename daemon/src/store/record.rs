@@ -49,6 +49,9 @@ pub struct SessionRecord {
     pub source: String,
     /// Where the agent was connecting to (`ip:port`).
     pub destination: String,
+    /// The daemon's own address on its upstream connection, to match server-side logs.
+    #[serde(default)]
+    pub upstream_local: Option<String>,
     /// `tcp` or `udp`.
     pub transport: String,
     /// The policy resource the destination matched, if any.

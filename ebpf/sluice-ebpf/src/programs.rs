@@ -167,12 +167,31 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
         return refuse(RefusalReason::NotConfigured, protocol, HOOK_CONNECT, origin);
     }
 
-    let port = (config.listen_port.to_be()) as u32;
+    if destination.family == AF_INET && !destination.v4_mapped {
+        rewrite4(ctx, config);
+    } else {
+        rewrite6(ctx, config, destination.v4_mapped);
+    }
+    ALLOW
+}
+
+/// Points an IPv4 connect at the listener. Only valid in the connect4 hook.
+#[inline(always)]
+fn rewrite4(ctx: &SockAddrContext, config: &RedirectConfig) {
     unsafe {
         let sock_addr = &mut *ctx.sock_addr;
-        if sock_addr.user_family == AF_INET as u32 {
-            sock_addr.user_ip4 = config.listen_ip4;
-        } else if destination.v4_mapped {
+        sock_addr.user_ip4 = config.listen_ip4;
+        sock_addr.user_port = config.listen_port.to_be() as u32;
+    }
+}
+
+/// Points an IPv6 connect at the listener (its v4-mapped form for v4-mapped
+/// destinations). Only valid in the connect6 hook.
+#[inline(always)]
+fn rewrite6(ctx: &SockAddrContext, config: &RedirectConfig, v4_mapped: bool) {
+    unsafe {
+        let sock_addr = &mut *ctx.sock_addr;
+        if v4_mapped {
             sock_addr.user_ip6[0] = 0;
             sock_addr.user_ip6[1] = 0;
             sock_addr.user_ip6[2] = V4_MAPPED_WORD;
@@ -183,9 +202,8 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
             sock_addr.user_ip6[2] = config.listen_ip6[2];
             sock_addr.user_ip6[3] = config.listen_ip6[3];
         }
-        sock_addr.user_port = port;
+        sock_addr.user_port = config.listen_port.to_be() as u32;
     }
-    ALLOW
 }
 
 #[inline(always)]
