@@ -311,3 +311,47 @@ fn sluice_run_exits_with_the_commands_status() {
     let output = daemon.run_agent("probe", "/bin/sh", &["-c", "exit 7"]);
     assert_eq!(output.status.code(), Some(7));
 }
+
+#[test]
+fn agents_run_as_the_given_user_and_are_recorded_with_their_uid() {
+    let daemon = TestDaemon::start(POLICY);
+    let sink = Sink::start("127.0.0.2:0");
+    let probe = sluice_tests::probe_bin();
+    let report = daemon.probe_with(
+        "probe",
+        &["--user", "nobody"],
+        &[probe.to_str().unwrap(), "tcp", &sink.addr.to_string()],
+    );
+    assert_eq!(report["ok"], true, "{report}");
+    let session = closed_session(&daemon, &sink.addr.to_string());
+    assert_eq!(session["uid"], 65534, "{session:#}");
+}
+
+#[test]
+fn connects_from_another_network_namespace_are_refused() {
+    let daemon = TestDaemon::start(POLICY);
+    let probe = sluice_tests::probe_bin();
+    // In a fresh namespace 127.0.0.2 would be that namespace's own loopback: a way
+    // around the daemon if it were allowed.
+    let report = daemon.probe_with(
+        "probe",
+        &[],
+        &[
+            "unshare",
+            "--net",
+            "sh",
+            "-c",
+            "ip link set lo up; exec \"$0\" \"$@\"",
+            probe.to_str().unwrap(),
+            "tcp",
+            "127.0.0.2:80",
+        ],
+    );
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(
+        text(&report, "error").contains("PermissionDenied"),
+        "{report}"
+    );
+    let sessions = daemon.wait_for_sessions(Some("probe"), "the refusal", |s| !s.is_empty());
+    assert_eq!(sessions[0]["decision"]["rule"], "kernel:foreign_netns");
+}

@@ -202,7 +202,19 @@ impl TestDaemon {
     /// Runs the probe as `agent` and parses its JSON report.
     pub fn probe(&self, agent: &str, args: &[&str]) -> Value {
         let probe = probe_bin();
-        let output = self.run_agent(agent, &probe.to_string_lossy(), args);
+        let mut all = vec![probe.to_str().expect("utf-8 probe path")];
+        all.extend_from_slice(args);
+        self.probe_with(agent, &[], &all)
+    }
+
+    /// Runs `command` (which must end up running the probe) as `agent`, with extra
+    /// `sluice run` options, and parses the probe's JSON report.
+    pub fn probe_with(&self, agent: &str, run_options: &[&str], command: &[&str]) -> Value {
+        let mut all = vec!["run", "--agent", agent];
+        all.extend_from_slice(run_options);
+        all.push("--");
+        all.extend_from_slice(command);
+        let output = self.sluice(&all);
         let stdout = String::from_utf8_lossy(&output.stdout);
         serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
             panic!(
