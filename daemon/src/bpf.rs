@@ -166,31 +166,24 @@ impl Interception {
             let program_error = |source| BpfError::Program { name, source };
             // Only bpf_link attachments (kernel 5.7+) can be pinned.
             let link_error = |source| BpfError::Link { name, source };
+            // The two program types share no attach trait in aya, hence the macro.
+            macro_rules! load_attach_take {
+                ($program_type:ty) => {{
+                    let program: &mut $program_type = program.try_into().map_err(program_error)?;
+                    program.load().map_err(program_error)?;
+                    let id = program
+                        .attach(&cgroup_dir, CgroupAttachMode::Single)
+                        .map_err(program_error)?;
+                    program
+                        .take_link(id)
+                        .map_err(program_error)?
+                        .try_into()
+                        .map_err(link_error)?
+                }};
+            }
             let link: FdLink = match kind {
-                ProgramKind::SockAddr => {
-                    let program: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
-                    program.load().map_err(program_error)?;
-                    let id = program
-                        .attach(&cgroup_dir, CgroupAttachMode::Single)
-                        .map_err(program_error)?;
-                    program
-                        .take_link(id)
-                        .map_err(program_error)?
-                        .try_into()
-                        .map_err(link_error)?
-                }
-                ProgramKind::SockOps => {
-                    let program: &mut SockOps = program.try_into().map_err(program_error)?;
-                    program.load().map_err(program_error)?;
-                    let id = program
-                        .attach(&cgroup_dir, CgroupAttachMode::Single)
-                        .map_err(program_error)?;
-                    program
-                        .take_link(id)
-                        .map_err(program_error)?
-                        .try_into()
-                        .map_err(link_error)?
-                }
+                ProgramKind::SockAddr => load_attach_take!(CgroupSockAddr),
+                ProgramKind::SockOps => load_attach_take!(SockOps),
             };
             // bpffs refuses names with a dot.
             let pin_path = links_dir.join(format!("{name}-{generation}"));
