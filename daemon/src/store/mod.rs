@@ -1,3 +1,535 @@
-//! TODO
+//! The session store: sluice's audit trail on disk.
+//!
+//! Every connection an agent makes (allowed or not) gets one [`SessionRecord`], kept in a
+//! sled database in the daemon's store directory. The daemon writes a session's open
+//! record *durably* before it sends the first byte upstream, so no traffic ever leaves
+//! the host without a record of it surviving a crash.
+//!
+//! # Layout
+//!
+//! | tree       | key                          | value                                  |
+//! |------------|------------------------------|----------------------------------------|
+//! | `sessions` | session id, `u64` big-endian | the [`SessionRecord`] as JSON          |
+//! | `meta`     | `counts`                     | [`StoreCounts`] as JSON                |
+//! | `meta`     | `last_session_id`            | highest session id ever handed out, BE |
+//!
+//! Big-endian keys make sled's byte order the id order, so scans run oldest to newest.
+//! Later additions (an append-only event log with a hash chain, exporter cursors,
+//! retention) get trees of their own and go through the same writer, so that one
+//! group commit stays atomic across all of them.
+//!
+//! # One writer, group commit
+//!
+//! All mutations are commands sent over a bounded queue (callers wait for room: that is
+//! the backpressure) to a single writer thread (see `writer.rs`). The writer drains
+//! whatever is queued, applies it as one sled transaction over the trees, calls `flush`
+//! (fsync) once for the lot, then answers the waiters. Under load, hundreds of durable
+//! writes share one fsync.
+//!
+//! * [`Durability::Durable`]: the call returns once the write has been flushed.
+//! * [`Durability::Batched`]: the call returns once the write is queued; the writer
+//!   flushes at most `flush_interval` after it was queued. If a batched write later
+//!   fails, the caller has already moved on: the failure is logged and counted in
+//!   [`StoreStats::failed_commits`].
+//!
+//! A failed commit or flush is reported (as [`StoreError`]) to every waiter of that
+//! group; the writer itself never stops on an error and keeps serving. Note that sled
+//! 0.34 keeps the first I/O error it meets (a full disk, say) and fails every later
+//! write with it: the store then refuses writes, and the daemon fails closed, until it
+//! is restarted. Reads keep working.
+//!
+//! # Reads
+//!
+//! Reads go straight to sled from the caller's thread: they are in-memory lookups or
+//! short scans, fast enough to call from async code. They see every committed write,
+//! flushed or not.
+//!
+//! # Counts
+//!
+//! [`StoreCounts`] is maintained by the writer in the same transaction as the records
+//! it counts, so [`Store::counts`] is one key lookup, never a scan. A store without the
+//! counts key (created before it existed) is counted once at open.
+//!
+//! # Session ids
+//!
+//! [`Store::next_session_id`] is an in-memory counter, starting at 1. Every commit
+//! persists the highest id handed out so far, and at open the counter resumes after the
+//! larger of that and the highest stored session id. Ids therefore never repeat across
+//! restarts; the one exception is an id handed out after the last commit before a
+//! crash, which no stored record can mention.
+
 pub mod record;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
 pub use record::*;
+
+use crate::config::StoreConfig;
+use writer::{Command, PutRequest, RecordSummary, Writer, WriterStats};
+
+/// The sled tree holding one record per session.
+const SESSIONS_TREE: &str = "sessions";
+/// The sled tree holding the store's own bookkeeping.
+const META_TREE: &str = "meta";
+/// `meta` key of the maintained [`StoreCounts`].
+const COUNTS_KEY: &[u8] = b"counts";
+/// `meta` key of the highest session id handed out, `u64` big-endian.
+const LAST_SESSION_ID_KEY: &[u8] = b"last_session_id";
+
+/// Largest encoded record accepted. sled 0.34 writes larger values to separate blob
+/// files, and a failed blob write (a full disk) leaves its log stuck: every later flush
+/// would hang instead of failing. Real records are well under a kilobyte.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// Upper bound of sled's page cache: the store is append-mostly and read rarely.
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Errors from the store. The daemon fails closed on any of them for the session at hand.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the store directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("cannot start the store writer: {0}")]
+    Spawn(std::io::Error),
+    #[error("store read failed: {0}")]
+    Read(sled::Error),
+    #[error("store write failed: {0}")]
+    Commit(sled::Error),
+    #[error("store flush failed: {0}")]
+    Flush(sled::Error),
+    #[error("cannot encode session {id}: {source}")]
+    Encode { id: u64, source: serde_json::Error },
+    #[error("session {id} encodes to {len} bytes, more than the {max} a record may have")]
+    TooLarge { id: u64, len: usize, max: usize },
+    #[error("stored value {key} is unreadable: {source}")]
+    Decode {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("stored session key is {len} bytes long, expected 8")]
+    CorruptKey { len: usize },
+    #[error("the store is shut down")]
+    Closed,
+}
+
+/// When a write call may return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the write is on disk (flushed). For records that must survive a crash
+    /// before the daemon acts, such as a session's open record.
+    Durable,
+    /// As soon as the write is queued; it is flushed within the flush interval.
+    Batched,
+}
+
+/// How the store runs.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Longest time a batched write waits for its flush.
+    pub flush_interval: Duration,
+    /// How many writes may wait for the writer before callers wait for room.
+    pub queue_capacity: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self::from(&StoreConfig::default())
+    }
+}
+
+impl From<&StoreConfig> for StoreOptions {
+    fn from(config: &StoreConfig) -> Self {
+        Self {
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            queue_capacity: 1024,
+        }
+    }
+}
+
+/// Which sessions [`Store::list_sessions`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Only sessions of this agent (managed child cgroup name).
+    pub agent: Option<String>,
+    /// At most this many: the newest ones.
+    pub limit: Option<usize>,
+    /// Only sessions with an id strictly greater than this.
+    pub since_id: Option<u64>,
+}
+
+/// Totals over all stored sessions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreCounts {
+    /// Stored session records.
+    pub sessions: u64,
+    /// Records still in [`SessionState::Open`].
+    pub open: u64,
+    /// Records whose decision was `deny`.
+    pub denied: u64,
+}
+
+/// What the writer has done since the store was opened (not persisted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// Group commits applied (one sled transaction each).
+    pub commits: u64,
+    /// Flushes (fsyncs) attempted.
+    pub flushes: u64,
+    /// Session records written by successful commits.
+    pub records_written: u64,
+    /// Group commits that failed.
+    pub failed_commits: u64,
+    /// Flushes that failed.
+    pub failed_flushes: u64,
+}
+
+/// A handle on the store; clones share one database and one writer.
+///
+/// The writer stops, after a final flush, when the last clone is dropped (the drop
+/// waits for it, so the directory can be reopened right after) or on [`Store::shutdown`].
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    sessions: sled::Tree,
+    meta: sled::Tree,
+    next_session_id: Arc<AtomicU64>,
+    stats: Arc<WriterStats>,
+    /// `None` only while dropping.
+    commands: Option<mpsc::Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Store {
+    /// Opens (or creates, mode 0700) the store in `dir` and starts its writer.
+    ///
+    /// Blocking: call it before serving, not from a busy async task.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let open_error = |source| StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        };
+        // sled's own periodic flush is off: the writer decides when data is durable.
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .flush_every_ms(None)
+            .open()
+            .map_err(open_error)?;
+        let sessions = db.open_tree(SESSIONS_TREE).map_err(open_error)?;
+        let meta = db.open_tree(META_TREE).map_err(open_error)?;
+
+        let counts = match read_counts(&meta)? {
+            Some(counts) => counts,
+            None => count_sessions(&sessions)?,
+        };
+        let last_session_id = last_session_id(&sessions, &meta)?;
+        let next_session_id = Arc::new(AtomicU64::new(last_session_id.saturating_add(1)));
+        let stats = Arc::new(WriterStats::default());
+
+        let queue_capacity = options.queue_capacity.max(1);
+        let (commands, receiver) = mpsc::channel(queue_capacity);
+        let writer = Writer::new(
+            db,
+            sessions.clone(),
+            meta.clone(),
+            counts,
+            last_session_id,
+            Arc::clone(&next_session_id),
+            Arc::clone(&stats),
+            options.flush_interval,
+            queue_capacity,
+        );
+        let writer = writer::spawn(writer, receiver)?;
+
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                sessions,
+                meta,
+                next_session_id,
+                stats,
+                commands: Some(commands),
+                writer: Some(writer),
+            }),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Hands out the next session id: increasing, never 0, never reused (see the module
+    /// docs for the one crash-time exception).
+    pub fn next_session_id(&self) -> u64 {
+        self.inner.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Inserts or replaces the record stored under `record.id`.
+    ///
+    /// With [`Durability::Durable`] it returns once the record is flushed, with
+    /// [`Durability::Batched`] once it is queued. If the future is dropped after the
+    /// record was queued, the write still happens.
+    pub async fn put_session(
+        &self,
+        record: &SessionRecord,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let encoded = encode_record(record)?;
+        let mut put = PutRequest {
+            id: record.id,
+            encoded,
+            summary: RecordSummary::of(record),
+            queued_at: Instant::now(),
+            reply: None,
+        };
+        match durability {
+            Durability::Batched => self.send(Command::Put(put)).await,
+            Durability::Durable => {
+                let (reply, answer) = oneshot::channel();
+                put.reply = Some(reply);
+                self.send(Command::Put(put)).await?;
+                answer.await.map_err(|_| StoreError::Closed)?
+            }
+        }
+    }
+
+    /// The record of session `id`, if stored.
+    pub fn get_session(&self, id: u64) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner
+            .sessions
+            .get(session_key(id))
+            .map_err(StoreError::Read)?
+            .map(|value| decode_record(id, &value))
+            .transpose()
+    }
+
+    /// The records matching `filter`, in ascending id order (the newest `limit` ones
+    /// when a limit is given).
+    pub fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError> {
+        let first_id = match filter.since_id {
+            None => 0,
+            Some(since_id) => match since_id.checked_add(1) {
+                Some(first_id) => first_id,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut records = Vec::new();
+        if limit == 0 {
+            return Ok(records);
+        }
+        // Newest first, so a limit stops the scan early; reversed at the end.
+        for entry in self.inner.sessions.range(session_key(first_id)..).rev() {
+            let (key, value) = entry.map_err(StoreError::Read)?;
+            let record = decode_record(decode_session_key(&key)?, &value)?;
+            if filter
+                .agent
+                .as_ref()
+                .is_some_and(|agent| *agent != record.agent)
+            {
+                continue;
+            }
+            records.push(record);
+            if records.len() >= limit {
+                break;
+            }
+        }
+        records.reverse();
+        Ok(records)
+    }
+
+    /// Totals over all committed records; one key lookup.
+    pub fn counts(&self) -> Result<StoreCounts, StoreError> {
+        Ok(read_counts(&self.inner.meta)?.unwrap_or_default())
+    }
+
+    /// What the writer has done since open: commits, flushes, failures.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// Closes every record still [`SessionState::Open`] with `reason` and `ended_at` =
+    /// now, durably; returns how many. For daemon startup, before any session opens:
+    /// sessions opened concurrently would be closed too.
+    pub async fn close_interrupted(&self, reason: &str) -> Result<usize, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::CloseInterrupted {
+            reason: reason.to_owned(),
+            ended_at: OffsetDateTime::now_utc(),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Returns once every write queued before this call is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Flush { reply }).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes and flushes everything queued, then stops the writer: later writes on any
+    /// clone fail with [`StoreError::Closed`]. Reads keep working until the last clone
+    /// is dropped.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Shutdown { reply }).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        let commands = self.inner.commands.as_ref().ok_or(StoreError::Closed)?;
+        commands.send(command).await.map_err(|_| StoreError::Closed)
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    /// Closing the queue makes the writer drain it, flush and exit; waiting for that
+    /// releases sled's lock on the directory before the drop returns.
+    fn drop(&mut self) {
+        drop(self.commands.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(dir = %self.dir.display(), "store writer thread panicked");
+        }
+    }
+}
+
+/// The sled key of session `id`.
+fn session_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn decode_session_key(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::CorruptKey { len: key.len() })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn encode_record(record: &SessionRecord) -> Result<Vec<u8>, StoreError> {
+    let encoded = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
+        id: record.id,
+        source,
+    })?;
+    if encoded.len() > MAX_RECORD_BYTES {
+        return Err(StoreError::TooLarge {
+            id: record.id,
+            len: encoded.len(),
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(encoded)
+}
+
+fn decode_record(id: u64, value: &[u8]) -> Result<SessionRecord, StoreError> {
+    serde_json::from_slice(value).map_err(|source| StoreError::Decode {
+        key: format!("session {id}"),
+        source,
+    })
+}
+
+fn read_counts(meta: &sled::Tree) -> Result<Option<StoreCounts>, StoreError> {
+    let Some(value) = meta.get(COUNTS_KEY).map_err(StoreError::Read)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&value)
+        .map(Some)
+        .map_err(|source| StoreError::Decode {
+            key: "meta counts".into(),
+            source,
+        })
+}
+
+/// Counts by scanning every record: only for stores without a counts key.
+fn count_sessions(sessions: &sled::Tree) -> Result<StoreCounts, StoreError> {
+    let mut counts = StoreCounts::default();
+    for entry in sessions.iter() {
+        let (key, value) = entry.map_err(StoreError::Read)?;
+        let id = decode_session_key(&key)?;
+        counts.record_transition(None, RecordSummary::decode(id, &value)?);
+    }
+    Ok(counts)
+}
+
+/// The highest session id handed out before: the persisted mark or the newest record.
+fn last_session_id(sessions: &sled::Tree, meta: &sled::Tree) -> Result<u64, StoreError> {
+    let persisted = match meta.get(LAST_SESSION_ID_KEY).map_err(StoreError::Read)? {
+        Some(value) => decode_session_key(&value)?,
+        None => 0,
+    };
+    let newest_record = match sessions.last().map_err(StoreError::Read)? {
+        Some((key, _)) => decode_session_key(&key)?,
+        None => 0,
+    };
+    Ok(persisted.max(newest_record))
+}
+
+impl StoreCounts {
+    /// Accounts for one record going from `previous` (`None`: not stored yet) to `current`.
+    fn record_transition(&mut self, previous: Option<RecordSummary>, current: RecordSummary) {
+        match previous {
+            None => self.sessions = self.sessions.saturating_add(1),
+            Some(previous) => {
+                if previous.open {
+                    self.open = self.open.saturating_sub(1);
+                }
+                if previous.denied {
+                    self.denied = self.denied.saturating_sub(1);
+                }
+            }
+        }
+        if current.open {
+            self.open = self.open.saturating_add(1);
+        }
+        if current.denied {
+            self.denied = self.denied.saturating_add(1);
+        }
+    }
+}

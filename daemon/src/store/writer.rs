@@ -1,0 +1,544 @@
+//! The store's single writer: the only code that mutates the database.
+//!
+//! One thread owns the write side so that group commit is simple and ordering is total:
+//! it drains the command queue, applies the drained writes as one sled transaction,
+//! flushes once if any waiter needs durability (or a batched write's deadline passed),
+//! then answers the waiters. Errors are answered, logged and counted; the loop itself
+//! only ends when the queue is closed (every [`super::Store`] dropped, or a shutdown).
+//!
+//! The thread runs a small current-thread tokio runtime of its own, only to wait on
+//! the queue with a deadline; its sled calls block that thread alone.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use serde::Deserialize;
+use sled::Transactional;
+use time::OffsetDateTime;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+
+use super::{
+    COUNTS_KEY, LAST_SESSION_ID_KEY, SessionRecord, SessionState, StoreCounts, StoreError,
+    StoreStats, decode_record, decode_session_key, encode_record, session_key,
+};
+
+/// An answer channel for a caller awaiting a write.
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// What callers ask of the writer.
+pub(super) enum Command {
+    Put(PutRequest),
+    /// Answer once everything queued before is flushed.
+    Flush {
+        reply: Reply<()>,
+    },
+    /// Close every open record; answered with how many, after a flush.
+    CloseInterrupted {
+        reason: String,
+        ended_at: OffsetDateTime,
+        reply: Reply<usize>,
+    },
+    /// Write what is queued, flush, stop.
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// One session record to insert or replace, already encoded by the caller.
+pub(super) struct PutRequest {
+    pub id: u64,
+    pub encoded: Vec<u8>,
+    pub summary: RecordSummary,
+    pub queued_at: std::time::Instant,
+    /// `Some` for a durable write: answered after the flush.
+    pub reply: Option<Reply<()>>,
+}
+
+/// The parts of a record that [`StoreCounts`] depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RecordSummary {
+    pub open: bool,
+    pub denied: bool,
+}
+
+impl RecordSummary {
+    pub fn of(record: &SessionRecord) -> Self {
+        Self {
+            open: record.state == SessionState::Open,
+            denied: record.decision.action == "deny",
+        }
+    }
+
+    /// Reads the summary of a stored record without decoding all of it.
+    pub fn decode(id: u64, value: &[u8]) -> Result<Self, StoreError> {
+        #[derive(Deserialize)]
+        struct StoredDecision {
+            action: String,
+        }
+        #[derive(Deserialize)]
+        struct StoredSummary {
+            state: SessionState,
+            decision: StoredDecision,
+        }
+        let stored: StoredSummary =
+            serde_json::from_slice(value).map_err(|source| StoreError::Decode {
+                key: format!("session {id}"),
+                source,
+            })?;
+        Ok(Self {
+            open: stored.state == SessionState::Open,
+            denied: stored.decision.action == "deny",
+        })
+    }
+}
+
+/// The writer's counters, shared with [`super::Store::stats`].
+#[derive(Default)]
+pub(super) struct WriterStats {
+    commits: AtomicU64,
+    flushes: AtomicU64,
+    records_written: AtomicU64,
+    failed_commits: AtomicU64,
+    failed_flushes: AtomicU64,
+}
+
+impl WriterStats {
+    pub fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            records_written: self.records_written.load(Ordering::Relaxed),
+            failed_commits: self.failed_commits.load(Ordering::Relaxed),
+            failed_flushes: self.failed_flushes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Writes staged for one sled transaction.
+#[derive(Default)]
+struct Group {
+    sessions: sled::Batch,
+    /// The newest summary staged per id, so a second write of an id in the same group
+    /// counts against the first one rather than against what is stored.
+    staged_summaries: HashMap<u64, RecordSummary>,
+    transitions: Vec<(Option<RecordSummary>, RecordSummary)>,
+    highest_id: u64,
+}
+
+impl Group {
+    fn stage(
+        &mut self,
+        id: u64,
+        encoded: Vec<u8>,
+        previous: Option<RecordSummary>,
+        current: RecordSummary,
+    ) {
+        self.sessions.insert(&session_key(id), encoded);
+        self.staged_summaries.insert(id, current);
+        self.transitions.push((previous, current));
+        self.highest_id = self.highest_id.max(id);
+    }
+
+    fn records(&self) -> usize {
+        self.transitions.len()
+    }
+}
+
+/// Caller puts staged into a [`Group`], with who waits for them.
+#[derive(Default)]
+struct StagedPuts {
+    group: Group,
+    durable_replies: Vec<Reply<()>>,
+    batched: usize,
+    oldest_batched: Option<std::time::Instant>,
+}
+
+/// A waiter whose own part succeeded or failed; the flush result is added to it.
+enum PendingReply {
+    Unit(Reply<()>, Result<(), StoreError>),
+    Count(Reply<usize>, Result<usize, StoreError>),
+}
+
+impl PendingReply {
+    fn answer(self, flush: Option<&Result<(), sled::Error>>) {
+        let flush_result = || match flush {
+            Some(Err(error)) => Err(StoreError::Flush(error.clone())),
+            _ => Ok(()),
+        };
+        // A caller that went away no longer needs its answer.
+        match self {
+            PendingReply::Unit(reply, outcome) => {
+                let _ = reply.send(outcome.and_then(|()| flush_result()));
+            }
+            PendingReply::Count(reply, outcome) => {
+                let _ = reply.send(outcome.and_then(|count| flush_result().map(|()| count)));
+            }
+        }
+    }
+}
+
+pub(super) struct Writer {
+    db: sled::Db,
+    sessions: sled::Tree,
+    meta: sled::Tree,
+    /// The counts as committed; the next commit stores them updated.
+    counts: StoreCounts,
+    persisted_last_session_id: u64,
+    next_session_id: Arc<AtomicU64>,
+    stats: Arc<WriterStats>,
+    flush_interval: Duration,
+    /// When the oldest committed-but-unflushed batched write is due on disk.
+    flush_deadline: Option<Instant>,
+    /// Most commands applied in one group.
+    max_group: usize,
+}
+
+/// Starts `writer` on its own thread, serving `commands` until the queue closes.
+pub(super) fn spawn(
+    writer: Writer,
+    commands: mpsc::Receiver<Command>,
+) -> Result<JoinHandle<()>, StoreError> {
+    let (started, start_result) = std::sync::mpsc::sync_channel(1);
+    // The runtime is built on the thread itself: dropping one from async code panics.
+    let thread = std::thread::Builder::new()
+        .name("sluice-store".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build();
+            match runtime {
+                Ok(runtime) => {
+                    let _ = started.send(Ok(()));
+                    runtime.block_on(writer.run(commands));
+                }
+                Err(error) => {
+                    let _ = started.send(Err(error));
+                }
+            }
+        })
+        .map_err(StoreError::Spawn)?;
+    match start_result.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(error)) => {
+            let _ = thread.join();
+            Err(StoreError::Spawn(error))
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(StoreError::Spawn(std::io::Error::other(
+                "the store writer thread exited while starting",
+            )))
+        }
+    }
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: sled::Db,
+        sessions: sled::Tree,
+        meta: sled::Tree,
+        counts: StoreCounts,
+        persisted_last_session_id: u64,
+        next_session_id: Arc<AtomicU64>,
+        stats: Arc<WriterStats>,
+        flush_interval: Duration,
+        max_group: usize,
+    ) -> Self {
+        Self {
+            db,
+            sessions,
+            meta,
+            counts,
+            persisted_last_session_id,
+            next_session_id,
+            stats,
+            flush_interval,
+            flush_deadline: None,
+            max_group: max_group.max(1),
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut shutdown_replies = Vec::new();
+        loop {
+            let next = match self.flush_deadline {
+                None => commands.recv().await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, commands.recv()).await {
+                    Ok(next) => next,
+                    Err(_deadline_passed) => {
+                        let _ = self.flush();
+                        continue;
+                    }
+                },
+            };
+            let Some(first) = next else { break };
+            let mut drained = vec![first];
+            while drained.len() < self.max_group {
+                match commands.try_recv() {
+                    Ok(command) => drained.push(command),
+                    Err(_) => break,
+                }
+            }
+            if self.apply(drained, &mut shutdown_replies) {
+                // Commands already queued are still received and applied.
+                commands.close();
+            }
+        }
+        // Ids handed out since the last commit are persisted too, so that a clean
+        // restart never reuses one.
+        let last_handed_out = self
+            .next_session_id
+            .load(Ordering::Relaxed)
+            .saturating_sub(1);
+        if last_handed_out > self.persisted_last_session_id {
+            let _ = self.commit(Group::default());
+        }
+        let flushed = self.flush();
+        for reply in shutdown_replies {
+            PendingReply::Unit(reply, Ok(())).answer(Some(&flushed));
+        }
+    }
+
+    /// Applies one drained group of commands; `true` when one of them was a shutdown.
+    fn apply(&mut self, drained: Vec<Command>, shutdown_replies: &mut Vec<Reply<()>>) -> bool {
+        let mut staged = StagedPuts::default();
+        let mut replies = Vec::new();
+        let mut must_flush = false;
+        let mut shutting_down = false;
+        for command in drained {
+            match command {
+                Command::Put(put) => {
+                    must_flush |= put.reply.is_some();
+                    self.stage_put(&mut staged, put);
+                }
+                Command::Flush { reply } => {
+                    must_flush = true;
+                    replies.push(PendingReply::Unit(reply, Ok(())));
+                }
+                Command::CloseInterrupted {
+                    reason,
+                    ended_at,
+                    reply,
+                } => {
+                    // Writes queued before it must be visible to its scan.
+                    self.commit_puts(std::mem::take(&mut staged), &mut replies);
+                    must_flush = true;
+                    let outcome = self.close_open_sessions(&reason, ended_at);
+                    replies.push(PendingReply::Count(reply, outcome));
+                }
+                Command::Shutdown { reply } => {
+                    shutting_down = true;
+                    shutdown_replies.push(reply);
+                }
+            }
+        }
+        self.commit_puts(staged, &mut replies);
+
+        let deadline_passed = self
+            .flush_deadline
+            .is_some_and(|deadline| deadline <= Instant::now());
+        let flushed = (must_flush || deadline_passed).then(|| self.flush());
+        for reply in replies {
+            reply.answer(flushed.as_ref());
+        }
+        shutting_down
+    }
+
+    fn stage_put(&self, staged: &mut StagedPuts, put: PutRequest) {
+        let previous = match staged.group.staged_summaries.get(&put.id) {
+            Some(summary) => Ok(Some(*summary)),
+            None => self.stored_summary(put.id),
+        };
+        let previous = match previous {
+            Ok(previous) => previous,
+            Err(error) => {
+                match put.reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(error));
+                    }
+                    None => {
+                        self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(session = put.id, %error, "batched session write dropped");
+                    }
+                }
+                return;
+            }
+        };
+        // An id given by the caller is never handed out again.
+        self.next_session_id
+            .fetch_max(put.id.saturating_add(1), Ordering::Relaxed);
+        staged
+            .group
+            .stage(put.id, put.encoded, previous, put.summary);
+        match put.reply {
+            Some(reply) => staged.durable_replies.push(reply),
+            None => {
+                staged.batched += 1;
+                staged.oldest_batched = Some(match staged.oldest_batched {
+                    Some(oldest) => oldest.min(put.queued_at),
+                    None => put.queued_at,
+                });
+            }
+        }
+    }
+
+    fn stored_summary(&self, id: u64) -> Result<Option<RecordSummary>, StoreError> {
+        self.sessions
+            .get(session_key(id))
+            .map_err(StoreError::Read)?
+            .map(|value| RecordSummary::decode(id, &value))
+            .transpose()
+    }
+
+    /// Commits staged caller puts and queues their answers for after the flush.
+    fn commit_puts(&mut self, staged: StagedPuts, replies: &mut Vec<PendingReply>) {
+        if staged.group.records() == 0 {
+            return;
+        }
+        let records = staged.group.records();
+        match self.commit(staged.group) {
+            Ok(()) => {
+                if let Some(oldest) = staged.oldest_batched {
+                    let due = Instant::from_std(oldest) + self.flush_interval;
+                    self.flush_deadline = Some(match self.flush_deadline {
+                        Some(deadline) => deadline.min(due),
+                        None => due,
+                    });
+                }
+                for reply in staged.durable_replies {
+                    replies.push(PendingReply::Unit(reply, Ok(())));
+                }
+            }
+            Err(error) => {
+                if staged.batched > 0 {
+                    tracing::error!(
+                        records,
+                        batched = staged.batched,
+                        %error,
+                        "session writes lost: store commit failed"
+                    );
+                }
+                for reply in staged.durable_replies {
+                    replies.push(PendingReply::Unit(reply, Err(error.clone_for_waiter())));
+                }
+            }
+        }
+    }
+
+    /// Applies `group` and the updated bookkeeping as one atomic sled transaction.
+    fn commit(&mut self, group: Group) -> Result<(), StoreError> {
+        let mut counts = self.counts;
+        for (previous, current) in &group.transitions {
+            counts.record_transition(*previous, *current);
+        }
+        let counts_encoded = serde_json::to_vec(&counts).map_err(|source| StoreError::Encode {
+            id: group.highest_id,
+            source,
+        })?;
+        let last_session_id = self.persisted_last_session_id.max(group.highest_id).max(
+            self.next_session_id
+                .load(Ordering::Relaxed)
+                .saturating_sub(1),
+        );
+        let last_session_id_encoded = session_key(last_session_id);
+
+        let result: sled::transaction::TransactionResult<(), std::convert::Infallible> =
+            (&self.sessions, &self.meta).transaction(|(sessions, meta)| {
+                sessions.apply_batch(&group.sessions)?;
+                meta.insert(COUNTS_KEY, counts_encoded.as_slice())?;
+                meta.insert(LAST_SESSION_ID_KEY, &last_session_id_encoded[..])?;
+                Ok(())
+            });
+        match result {
+            Ok(()) => {
+                self.counts = counts;
+                self.persisted_last_session_id = last_session_id;
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .records_written
+                    .fetch_add(group.records() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(sled::transaction::TransactionError::Abort(never)) => match never {},
+            Err(sled::transaction::TransactionError::Storage(error)) => {
+                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(records = group.records(), %error, "store commit failed");
+                Err(StoreError::Commit(error))
+            }
+        }
+    }
+
+    /// Rewrites every open record as closed, in one commit.
+    fn close_open_sessions(
+        &mut self,
+        reason: &str,
+        ended_at: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        // The maintained counts say whether the scan can be skipped.
+        if self.counts.open == 0 {
+            return Ok(0);
+        }
+        let mut group = Group::default();
+        for entry in self.sessions.iter() {
+            let (key, value) = entry.map_err(StoreError::Read)?;
+            let id = decode_session_key(&key)?;
+            let mut record = decode_record(id, &value)?;
+            if record.state != SessionState::Open {
+                continue;
+            }
+            let previous = RecordSummary::of(&record);
+            record.state = SessionState::Closed;
+            record.ended_at = Some(ended_at);
+            record.close_reason = Some(reason.to_owned());
+            let encoded = encode_record(&record)?;
+            group.stage(id, encoded, Some(previous), RecordSummary::of(&record));
+        }
+        let closed = group.records();
+        if closed > 0 {
+            self.commit(group)?;
+        }
+        tracing::info!(closed, reason, "closed interrupted sessions");
+        Ok(closed)
+    }
+
+    /// One fsync for everything committed so far.
+    fn flush(&mut self) -> Result<(), sled::Error> {
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        match self.db.flush() {
+            Ok(_bytes) => {
+                self.flush_deadline = None;
+                Ok(())
+            }
+            Err(error) => {
+                self.stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "store flush failed");
+                // Retried after an interval rather than in a tight loop.
+                self.flush_deadline = Some(Instant::now() + self.flush_interval);
+                Err(error)
+            }
+        }
+    }
+}
+
+impl StoreError {
+    /// A copy of a commit error for one of several waiters of the same group.
+    fn clone_for_waiter(&self) -> StoreError {
+        match self {
+            StoreError::Commit(error) => StoreError::Commit(error.clone()),
+            StoreError::Flush(error) => StoreError::Flush(error.clone()),
+            StoreError::Read(error) => StoreError::Read(error.clone()),
+            other => StoreError::Commit(sled::Error::Unsupported(other.to_string())),
+        }
+    }
+}
