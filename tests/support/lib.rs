@@ -5,6 +5,8 @@
 //! control socket and store, so tests run in parallel without seeing each other.
 //! These tests need root (cgroups, eBPF): `cargo xtask test` runs them so.
 
+pub mod postgres;
+
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Write as _},
