@@ -47,6 +47,9 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// The policy directory: every `*.toml` file in it is loaded.
     pub policy_dir: PathBuf,
+    /// Upstream credentials the daemon logs in with for resources that name one.
+    /// Must be owned by root and mode 0600 (or stricter); a missing file means none.
+    pub credentials_file: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -54,6 +57,7 @@ impl Default for DaemonConfig {
         Self {
             state_dir: PathBuf::from("/var/lib/sluice"),
             policy_dir: PathBuf::from("/etc/sluice/policies"),
+            credentials_file: PathBuf::from("/etc/sluice/credentials.toml"),
         }
     }
 }

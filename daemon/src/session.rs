@@ -19,8 +19,10 @@ use tracing::Instrument as _;
 use crate::{
     bpf::Interception,
     cgroup::ManagedRoot,
+    credentials::Credentials,
     identity::{self, Redirected},
-    policy::{Action, AgentFacts, Decision, Policy},
+    policy::{Action, AgentFacts, Decision, Policy, Protocol},
+    proxy::postgres::{PgSession, cancel::CancelRegistry},
     relay::{self, ByteCounts, reset},
     store::{DecisionRecord, Durability, SessionRecord, SessionState, Store},
 };
@@ -56,7 +58,13 @@ pub struct SessionContext {
     pub policy: Arc<PolicyHandle>,
     pub store: Store,
     pub upstream_connect_timeout: Duration,
+    pub credentials: Arc<Credentials>,
+    pub cancels: Arc<CancelRegistry>,
 }
+
+/// The longest the open record may take to become durable before the session is
+/// refused: a store that cannot write must not hold agents hanging.
+const OPEN_RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handles one accepted connection to the end.
 pub async fn handle(
@@ -90,7 +98,8 @@ async fn run(
         };
     let identity = &redirected.identity;
     tracing::Span::current().record("agent", identity.agent.as_str());
-    let decision = context.policy.current().decide_connection(
+    let policy = context.policy.current();
+    let decision = policy.decide_connection(
         &AgentFacts {
             agent: &identity.agent,
             uid: identity.uid,
@@ -113,10 +122,14 @@ async fn run(
         return;
     }
 
-    if let Err(error) = context
-        .store
-        .put_session(&record, Durability::Durable)
-        .await
+    let opened = tokio::time::timeout(
+        OPEN_RECORD_TIMEOUT,
+        context.store.put_session(&record, Durability::Durable),
+    )
+    .await;
+    if let Err(error) = opened
+        .map_err(|_| "timed out".to_owned())
+        .and_then(|result| result.map_err(|e| e.to_string()))
     {
         tracing::error!(%error, "cannot record the session: refusing it");
         reset(agent);
@@ -155,9 +168,32 @@ async fn run(
     record.upstream_local = upstream.local_addr().ok().map(|a| a.to_string());
 
     let counts = ByteCounts::default();
-    let end = relay::relay(agent, upstream, &counts).await;
+    let resource = decision
+        .resource
+        .as_deref()
+        .and_then(|name| policy.resource(name))
+        .cloned();
+    drop(policy);
+    let close_reason = match resource {
+        Some(resource) if resource.protocol == Protocol::Postgres => {
+            let session = PgSession {
+                session_id: id,
+                agent: identity.agent.clone(),
+                uid: identity.uid,
+                exe: identity.exe.as_deref().map(Into::into),
+                resource,
+                upstream_addr: redirected.destination,
+                policy: Arc::clone(&context.policy),
+                credentials: Arc::clone(&context.credentials),
+                cancels: Arc::clone(&context.cancels),
+                store: context.store.clone(),
+            };
+            crate::proxy::postgres::proxy(session, agent, upstream, &counts).await
+        }
+        _ => relay::relay(agent, upstream, &counts).await.close_reason(),
+    };
     (record.bytes_up, record.bytes_down) = counts.snapshot();
-    record.close(OffsetDateTime::now_utc(), end.close_reason());
+    record.close(OffsetDateTime::now_utc(), close_reason);
     tracing::info!(
         bytes_up = record.bytes_up,
         bytes_down = record.bytes_down,

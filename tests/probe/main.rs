@@ -7,6 +7,7 @@
 //! - `tcp-many ADDR[,ADDR...] COUNT`: COUNT connections held open at once, spread over
 //!   the addresses; each checks that the sink that answered is the one it dialled.
 //! - `udp ADDR`: one unconnected UDP datagram.
+//! - `raw ADDR HEX`: connect, send the bytes, read until the other side closes.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -30,6 +31,7 @@ fn main() {
         ["tcp", addr] => tcp(addr),
         ["tcp-many", addrs, count] => tcp_many(addrs, count),
         ["udp", addr] => udp(addr),
+        ["raw", addr, hex] => raw(addr, hex),
         _ => {
             json!({"ok": false, "error": format!("usage: sluice-probe tcp|tcp-many|udp ...; got {args:?}")})
         }
@@ -154,6 +156,36 @@ fn udp(addr: &str) -> Value {
     })();
     match result {
         Ok(sent) => json!({"ok": true, "sent": sent}),
+        Err(error) => json!({"ok": false, "error": error}),
+    }
+}
+
+fn raw(addr: &str, hex: &str) -> Value {
+    let result = (|| -> Result<usize, String> {
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(|| format!("bad hex at {i}"))
+            })
+            .collect::<Result<Vec<u8>, String>>()?;
+        let target: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+        let mut stream =
+            TcpStream::connect_timeout(&target, TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(&bytes)
+            .map_err(|e| format!("write: {e}"))?;
+        let mut received = Vec::new();
+        // A reset is a fine way for the other side to end it.
+        let _ = std::io::Read::read_to_end(&mut stream, &mut received);
+        Ok(received.len())
+    })();
+    match result {
+        Ok(received) => json!({"ok": true, "received": received}),
         Err(error) => json!({"ok": false, "error": error}),
     }
 }

@@ -85,6 +85,11 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Writes a config and the given policy, starts the daemon and waits until it answers.
     pub fn start(policy: &str) -> Self {
+        Self::start_with_credentials(policy, "")
+    }
+
+    /// The same, with a credentials file (root-owned, 0600) holding `credentials`.
+    pub fn start_with_credentials(policy: &str, credentials: &str) -> Self {
         require_root();
         let n = NEXT_DAEMON.fetch_add(1, Ordering::SeqCst);
         let name = format!("sluice-test-{}-{n}", std::process::id());
@@ -97,13 +102,21 @@ impl TestDaemon {
         let bpffs_dir = PathBuf::from("/sys/fs/bpf").join(&name);
         let control_socket = dir.path().join("control.sock");
         let config_path = dir.path().join("sluice.toml");
+        let credentials_path = dir.path().join("credentials.toml");
+        std::fs::write(&credentials_path, credentials).expect("write credentials");
+        std::fs::set_permissions(
+            &credentials_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod credentials");
         let config = format!(
-            "[daemon]\nstate_dir = {state:?}\npolicy_dir = {policy:?}\n\
+            "[daemon]\nstate_dir = {state:?}\npolicy_dir = {policy:?}\ncredentials_file = {credentials:?}\n\
              [redirect]\nport = {port}\n\
              [cgroup]\nroot = {root:?}\nbpffs_dir = {bpffs:?}\n\
              [control]\nsocket = {socket:?}\n",
             state = dir.path().join("state"),
             policy = policy_dir,
+            credentials = credentials_path,
             root = cgroup_root,
             bpffs = bpffs_dir,
             socket = control_socket,

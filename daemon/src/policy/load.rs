@@ -20,7 +20,7 @@ use super::{
     Policy,
     model::{
         Action, Agent, Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule,
-        Selector,
+        Selector, UpstreamTls,
     },
 };
 use crate::config::line_column;
@@ -97,6 +97,10 @@ struct ResourceSpec {
     ports: Spanned<Vec<Spanned<toml::Value>>>,
     #[serde(default)]
     protocol: Protocol,
+    /// A name in the daemon's credentials file: the daemon logs in upstream with it.
+    credential: Option<String>,
+    #[serde(default)]
+    tls: UpstreamTls,
 }
 
 #[derive(Deserialize)]
@@ -385,6 +389,8 @@ impl Builder {
                 addresses,
                 ports,
                 protocol: spec.protocol,
+                credential: spec.credential.clone(),
+                tls: spec.tls.clone(),
                 location,
             });
         }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::{
     Action, Agent, Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule,
-    Selector, UnknownOperation,
+    Selector, TlsMode, UnknownOperation, UpstreamTls,
 };
 use model::{OperationMatch, Specificity};
 

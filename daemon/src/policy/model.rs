@@ -262,7 +262,35 @@ pub struct Resource {
     pub addresses: Vec<IpNet>,
     pub ports: Vec<PortRange>,
     pub protocol: Protocol,
+    /// The credential the daemon authenticates upstream with (a name in the
+    /// credentials file); `None` passes the agent's own authentication through.
+    pub credential: Option<String>,
+    /// TLS from the daemon to the upstream.
+    pub tls: UpstreamTls,
     pub location: Location,
+}
+
+/// TLS on the daemon's upstream connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub mode: TlsMode,
+    /// PEM file with the CA certificates to trust; the system roots when absent.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The name to verify the server's certificate against; the resource's address
+    /// when absent.
+    pub server_name: Option<String>,
+}
+
+/// How the daemon secures its upstream connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS with the certificate chain and the server name verified.
+    VerifyFull,
 }
 
 impl Resource {

@@ -69,3 +69,41 @@ pub struct SessionRecord {
     /// `daemon_restart`, an I/O error, ...
     pub close_reason: Option<String>,
 }
+
+/// One statement (or request) inside a session: what was asked, what was decided,
+/// and how it ended. Values covered by a mask rule never appear here: `sql` has its
+/// literals replaced by `?` and parameters are counted, not kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementRecord {
+    pub session_id: u64,
+    /// 1, 2, 3... within the session, in the order the agent sent them.
+    pub seq: u64,
+    /// The statement with every literal replaced by `?`.
+    pub sql: String,
+    /// The operation class the policy judged (`read`, `write`, `ddl`, ...).
+    pub operation: String,
+    /// The statement kind (`SELECT`, `INSERT`, `CREATE TABLE`, ...).
+    pub kind: String,
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// How many bound parameters it carried (extended protocol).
+    #[serde(default)]
+    pub params: usize,
+    pub decision: DecisionRecord,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Microseconds from the statement reaching the daemon to its completion.
+    pub duration_us: Option<u64>,
+    /// Rows returned or affected.
+    pub rows: Option<u64>,
+    /// The server's command tag (`SELECT 3`, `INSERT 0 1`).
+    pub tag: Option<String>,
+    /// The error the agent got (ours for a denial, or the server's), as `SQLSTATE: message`.
+    pub error: Option<String>,
+    /// Column name → how many values were masked in it.
+    #[serde(default)]
+    pub masked: std::collections::BTreeMap<String, u64>,
+    /// Values set to NULL because they could not be masked in place (binary formats).
+    #[serde(default)]
+    pub nulled: u64,
+}

@@ -1,0 +1,184 @@
+//! Upstream credentials that the daemon holds so that agents never do.
+//!
+//! A resource in the policy names a credential; the daemon logs in upstream with it and
+//! the agent connects without any password. The file must be owned by root and closed
+//! to group and others, because anyone who can read it holds every brokered secret.
+//!
+//! ```toml
+//! [orders-db]
+//! user = "orders_app"
+//! password = "..."
+//! ```
+
+use std::{
+    collections::HashMap,
+    fmt,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Errors loading the credentials file.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} must be owned by root and not readable by group or others (it is mode {mode:o}, uid {uid}): run `chown root: {path} && chmod 600 {path}`"
+    )]
+    Exposed { path: PathBuf, mode: u32, uid: u32 },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// A secret that never shows up in Debug output or logs.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Secret(..)")
+    }
+}
+
+/// One upstream login.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub user: String,
+    pub password: Secret,
+    /// Overrides the database the agent asked for.
+    pub database: Option<String>,
+}
+
+/// Every credential, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    by_name: HashMap<String, Credential>,
+}
+
+impl Credentials {
+    /// Reads `path`; a missing file means no credentials.
+    pub fn load(path: &Path) -> Result<Self, CredentialsError> {
+        let metadata = match std::fs::metadata(path) {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(CredentialsError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let mode = metadata.mode() & 0o777;
+        if metadata.uid() != 0 || mode & 0o077 != 0 {
+            return Err(CredentialsError::Exposed {
+                path: path.to_owned(),
+                mode,
+                uid: metadata.uid(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let by_name = toml::from_str(&text).map_err(|error| CredentialsError::Parse {
+            path: path.to_owned(),
+            // toml's message quotes the offending line, which may hold a password.
+            message: error
+                .span()
+                .map(|span| {
+                    let (line, column) = crate::config::line_column(&text, span.start);
+                    format!("{line}:{column}: invalid credentials entry")
+                })
+                .unwrap_or_else(|| "invalid credentials file".into()),
+        })?;
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Credential> {
+        self.by_name.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn write(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join("credentials.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn loads_a_private_file_and_hides_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "[orders]\nuser = \"app\"\npassword = \"s3cr3t\"\n",
+            0o600,
+        );
+        let credentials = Credentials::load(&path).unwrap();
+        let orders = credentials.get("orders").unwrap();
+        assert_eq!(orders.user, "app");
+        assert_eq!(orders.password.expose(), "s3cr3t");
+        assert!(!format!("{credentials:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_group_or_world_readable_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "", 0o644);
+        assert!(matches!(
+            Credentials::load(&path),
+            Err(CredentialsError::Exposed { .. })
+        ));
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "[x]\npassword = \"leak\nuser=1", 0o600);
+        let error = Credentials::load(&path).unwrap_err().to_string();
+        assert!(!error.contains("leak"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_file_means_no_credentials() {
+        assert!(
+            Credentials::load(Path::new("/nonexistent/credentials.toml"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! Statement-level policy on a real PostgreSQL: denials with SQLSTATE 42501 that never
+//! reach the server, sessions that stay usable, cancel, and credential brokering.
+//! Clients are real: psql (simple protocol) and tokio-postgres (extended protocol).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_tests::{
+    TestDaemon,
+    postgres::{PgCommand, PgServer, Rule},
+    text,
+};
+
+const PASSWORD: &str = "app-secret-pw";
+
+/// A server with role `app` owning database `shop` and a table `orders` with 3 rows.
+fn server() -> PgServer {
+    let server = PgServer::start();
+    server.create_role("app", PASSWORD);
+    server.create_database("shop", "app");
+    server.psql_local(
+        "app",
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, item text); \
+         INSERT INTO orders VALUES (1, 'tea'), (2, 'cake'), (3, 'jam');",
+    );
+    server
+}
+
+fn pgprobe() -> String {
+    std::env::var("SLUICE_PGPROBE").unwrap_or_else(|_| {
+        format!(
+            "{}/../target/debug/sluice-pgprobe",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    })
+}
+
+/// Runs the tokio-postgres probe as `agent` and parses its report.
+fn pgprobe_as(daemon: &TestDaemon, agent: &str, args: &[&str], stdin: &str) -> Value {
+    let output = std::process::Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(["run", "--agent", agent, "--"])
+        .arg(pgprobe())
+        .args(args)
+        .env("SLUICE_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            if let Some(mut input) = child.stdin.take() {
+                input.write_all(stdin.as_bytes())?;
+            }
+            child.wait_with_output()
+        })
+        .expect("run pgprobe");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "pgprobe printed no JSON ({e}): {stdout:?} {:?}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// `sluice sessions show ID --json` of the agent's newest closed session.
+fn newest_session_with_statements(daemon: &TestDaemon, agent: &str) -> Value {
+    let sessions = daemon.wait_for_sessions(Some(agent), "a closed session", |s| {
+        s.iter().any(|s| text(s, "state") == "closed")
+    });
+    let id = sessions
+        .iter()
+        .find(|s| text(s, "state") == "closed")
+        .and_then(|s| s["id"].as_u64())
+        .expect("session id");
+    let output = daemon.sluice(&["sessions", "show", &id.to_string(), "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("show --json")
+}
+
+#[test]
+fn every_denied_class_gets_42501_never_reaches_the_server_and_the_session_goes_on() {
+    let server = server();
+    let daemon = TestDaemon::start(&server.policy(
+        &["analyst"],
+        &[Rule::allow("analyst", &["read", "write"]).named("analyst-reads-and-writes")],
+    ));
+    let mark = server.server_log().len();
+    let script = "\\set VERBOSITY verbose\n\
+        SELECT count(*) AS before FROM orders;\n\
+        DROP TABLE orders;\n\
+        SELECT 'alive after drop' AS probe;\n\
+        BEGIN;\n\
+        INSERT INTO orders VALUES (4, 'bread');\n\
+        TRUNCATE orders;\n\
+        SELECT count(*) AS inside FROM orders;\n\
+        COMMIT;\n\
+        DELETE FROM orders;\n\
+        GRANT SELECT ON orders TO PUBLIC;\n\
+        COPY orders TO PROGRAM 'cat';\n\
+        SELECT pg_read_file('/etc/hostname');\n\
+        SELEC broken syntax here;\n\
+        SELECT count(*) AS after FROM orders;\n";
+    let output = PgCommand::agent(&daemon, "analyst", "psql")
+        .args(["-X", "-A", "-t", "-d", &server.conninfo("app", "shop")])
+        .password(PASSWORD)
+        .stdin(script.as_bytes().to_vec())
+        .arg("-f")
+        .arg("-")
+        .output();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Every allowed statement ran on the same session, in order.
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| !l.is_empty()
+                && *l != "BEGIN"
+                && *l != "COMMIT"
+                && !l.starts_with("INSERT"))
+            .collect::<Vec<_>>(),
+        vec!["3", "alive after drop", "4", "4"],
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let denials: Vec<&str> = stderr.lines().filter(|l| l.contains("42501")).collect();
+    assert_eq!(denials.len(), 7, "expected 7 denials in:\n{stderr}");
+    for denial in &denials {
+        assert!(denial.contains("sluice:"), "{denial}");
+    }
+    assert!(
+        stderr.contains("denied by policy rule `default-deny`"),
+        "{stderr}"
+    );
+
+    // The server never saw any of them.
+    let log = server.server_log_since(mark);
+    for statement in [
+        "DROP TABLE",
+        "TRUNCATE",
+        "DELETE FROM",
+        "GRANT",
+        "TO PROGRAM",
+        "pg_read_file",
+        "SELEC broken",
+    ] {
+        assert!(
+            !log.contains(statement),
+            "the server executed {statement}:\n{log}"
+        );
+    }
+    assert!(log.contains("INSERT INTO orders VALUES (4"), "{log}");
+
+    // And each statement is recorded with its decision.
+    let shown = newest_session_with_statements(&daemon, "analyst");
+    let statements = shown["statements"].as_array().expect("statements");
+    let denied: Vec<&Value> = statements
+        .iter()
+        .filter(|s| s["decision"]["action"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 7, "{shown:#}");
+    let drop = statements
+        .iter()
+        .find(|s| text(s, "kind").starts_with("DROP"))
+        .expect("the DROP is recorded");
+    assert_eq!(drop["operation"], "dangerous");
+    assert!(text(drop, "error").starts_with("42501"), "{drop:#}");
+    let select = statements
+        .iter()
+        .find(|s| text(s, "sql").contains("AS before"))
+        .expect("the first SELECT is recorded");
+    assert_eq!(select["rows"], 1);
+    assert_eq!(select["decision"]["rule"], "analyst-reads-and-writes");
+    assert_eq!(shown["session"]["resource"], "pg");
+}
+
+#[test]
+fn extended_protocol_denials_keep_the_session_usable() {
+    let server = server();
+    let daemon =
+        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let mark = server.server_log().len();
+    let report = pgprobe_as(
+        &daemon,
+        "app-agent",
+        &["run", &driver_conninfo(&server)],
+        "SELECT item FROM orders ORDER BY id\n\
+         UPDATE orders SET item = 'stolen' WHERE id = 1\n\
+         SELECT item FROM orders WHERE id = 1\n\
+         DROP TABLE orders\n\
+         SELECT count(*)::text FROM orders\n",
+    );
+    assert_eq!(report["ok"], true, "{report:#}");
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5);
+    assert_eq!(
+        results[0]["rows"],
+        serde_json::json!([["tea"], ["cake"], ["jam"]])
+    );
+    assert_eq!(results[1]["code"], "42501", "{report:#}");
+    assert_eq!(results[2]["rows"], serde_json::json!([["tea"]]));
+    assert_eq!(results[3]["code"], "42501");
+    assert_eq!(results[4]["rows"], serde_json::json!([["3"]]));
+    let log = server.server_log_since(mark);
+    assert!(!log.contains("stolen"), "{log}");
+    assert!(!log.contains("DROP TABLE"), "{log}");
+}
+
+#[test]
+fn prepared_statements_run_many_times_through_the_proxy() {
+    let server = server();
+    let daemon =
+        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let report = pgprobe_as(
+        &daemon,
+        "app-agent",
+        &[
+            "prepared",
+            &driver_conninfo(&server),
+            "SELECT item FROM orders WHERE id = 2",
+            "20",
+        ],
+        "",
+    );
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 20, "{report:#}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["rows"] == serde_json::json!([["cake"]])),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_cancel_from_the_agent_reaches_the_right_backend() {
+    let server = server();
+    let daemon =
+        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let report = pgprobe_as(
+        &daemon,
+        "app-agent",
+        &["cancel", &driver_conninfo(&server)],
+        "",
+    );
+    assert_eq!(report["cancelled"], true, "{report:#}");
+    assert!(
+        report["elapsed_ms"].as_u64().unwrap_or(u64::MAX) < 10_000,
+        "{report:#}"
+    );
+    assert_eq!(
+        report["after"],
+        serde_json::json!([["still usable"]]),
+        "{report:#}"
+    );
+    // The cancel went out on its own connection, recorded as such.
+    let sessions = daemon.wait_for_sessions(Some("app-agent"), "the cancel session", |s| {
+        s.iter()
+            .any(|s| text(s, "close_reason") == "cancel_forwarded")
+    });
+    assert!(sessions.len() >= 2);
+}
+
+#[test]
+fn brokered_credentials_log_in_for_an_agent_that_has_no_password() {
+    let server = server();
+    let policy = server
+        .policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])])
+        .replace(
+            "protocol = \"postgres\"",
+            "protocol = \"postgres\"\ncredential = \"shop-app\"",
+        );
+    let credentials = format!("[shop-app]\nuser = \"app\"\npassword = \"{PASSWORD}\"\n");
+    let daemon = TestDaemon::start_with_credentials(&policy, &credentials);
+    // The agent asks for some other user and gives no password at all.
+    let output = PgCommand::agent(&daemon, "app-agent", "psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-w",
+            "-d",
+            &server.conninfo("nobody-in-particular", "shop"),
+        ])
+        .args([
+            "-c",
+            "SELECT current_user || ' sees ' || count(*) FROM orders",
+        ])
+        .output();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "app sees 3");
+}
+
+#[test]
+fn a_wrong_brokered_credential_gives_the_agent_a_clean_auth_error() {
+    let server = server();
+    let policy = server
+        .policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])])
+        .replace(
+            "protocol = \"postgres\"",
+            "protocol = \"postgres\"\ncredential = \"shop-app\"",
+        );
+    let daemon = TestDaemon::start_with_credentials(
+        &policy,
+        "[shop-app]\nuser = \"app\"\npassword = \"not-the-password\"\n",
+    );
+    let output = PgCommand::agent(&daemon, "app-agent", "psql")
+        .args([
+            "-X",
+            "-w",
+            "-d",
+            &server.conninfo("app", "shop"),
+            "-c",
+            "SELECT 1",
+        ])
+        .timeout(Duration::from_secs(30))
+        .output();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("could not log in to `pg` with its brokered credential"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+}
+
+#[test]
+fn hostile_bytes_are_a_recorded_protocol_error_and_the_next_session_is_served() {
+    let server = server();
+    let daemon =
+        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let target = server.addr().to_string();
+    let startup = startup_hex("app", "shop");
+    let hostile = [
+        // A startup packet claiming 2 GiB.
+        "7fffffff00030000".to_owned(),
+        // A valid startup, then a Query frame whose length is below 4.
+        format!("{startup}5100000002"),
+        // A valid startup, then random bytes.
+        format!("{startup}deadbeef133742ff0011"),
+    ];
+    for bytes in hostile {
+        let report = daemon.probe("app-agent", &["raw", &target, &bytes]);
+        assert_eq!(report["ok"], true, "{report}");
+    }
+    let sessions = daemon.wait_for_sessions(Some("app-agent"), "three closed sessions", |s| {
+        s.iter().filter(|s| text(s, "state") == "closed").count() >= 3
+    });
+    let errors = sessions
+        .iter()
+        .filter(|s| text(s, "close_reason").starts_with("protocol_error"))
+        .count();
+    assert!(errors >= 2, "{sessions:#?}");
+    // The daemon is fine: the next session works.
+    let output = PgCommand::agent(&daemon, "app-agent", "psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            &server.conninfo("app", "shop"),
+            "-c",
+            "SELECT count(*) FROM orders",
+        ])
+        .password(PASSWORD)
+        .output();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "3",
+        "{output:?}"
+    );
+}
+
+/// A StartupMessage (protocol 3.0) for `user` on `database`, as hex.
+fn startup_hex(user: &str, database: &str) -> String {
+    let mut body = vec![0, 3, 0, 0];
+    for (key, value) in [("user", user), ("database", database)] {
+        body.extend_from_slice(key.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A tokio-postgres connection string for `app` on `shop`, password included.
+fn driver_conninfo(server: &PgServer) -> String {
+    format!(
+        "host={} port={} user=app password={PASSWORD} dbname=shop",
+        server.addr().ip(),
+        server.port()
+    )
+}
