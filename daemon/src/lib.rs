@@ -23,4 +23,5 @@ pub mod redirect;
 pub mod refusals;
 pub mod relay;
 pub mod session;
+pub mod sql;
 pub mod store;
