@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod identity;
+pub mod masking;
 pub mod policy;
 pub mod protocol;
 pub mod redirect;
