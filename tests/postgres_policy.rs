@@ -400,3 +400,141 @@ fn driver_conninfo(server: &PgServer) -> String {
         server.port()
     )
 }
+
+const PLANTED: [&str; 4] = [
+    "alice@example.com",
+    "4111 1111 1111 1111",
+    "078-05-1120",
+    "bob@example.org",
+];
+
+/// A policy where `analyst` reads `pg` through mask profile `pii`.
+fn masking_policy(server: &PgServer) -> String {
+    let policy = server.policy(
+        &["analyst"],
+        &[Rule::allow("analyst", &["read"]).named("analyst-reads-masked")],
+    );
+    let policy = policy.replace("action = \"allow\"", "action = \"allow\"\nmask = \"pii\"");
+    format!(
+        "{policy}\n[[mask]]\nname = \"pii\"\n\n\
+         [[mask.rule]]\ncolumn = \"*email*\"\nstrategy = \"hash\"\n\n\
+         [[mask.rule]]\ndetectors = [\"credit_card\", \"us_ssn\", \"email\"]\nstrategy = \"redact\"\n"
+    )
+}
+
+fn plant(server: &PgServer) {
+    server.psql_local(
+        "app",
+        "shop",
+        "CREATE TABLE customers (id int, email text, note text, age int); \
+         INSERT INTO customers VALUES \
+           (1, 'alice@example.com', 'card 4111 1111 1111 1111, ssn 078-05-1120', 31), \
+           (2, 'bob@example.org', 'writes from bob@example.org', 42); \
+         CREATE TABLE invoices (customer_email text, total int); \
+         INSERT INTO invoices VALUES ('alice@example.com', 10), ('bob@example.org', 20);",
+    );
+}
+
+#[test]
+fn planted_pii_is_masked_in_text_and_binary_results_and_never_stored() {
+    let server = server();
+    plant(&server);
+    let daemon = TestDaemon::start(&masking_policy(&server));
+
+    // Text format (psql).
+    let output = PgCommand::agent(&daemon, "analyst", "psql")
+        .args(["-X", "-A", "-t", "-d", &server.conninfo("app", "shop")])
+        .args([
+            "-c",
+            "SELECT id, email, note, age FROM customers ORDER BY id",
+        ])
+        .args(["-c", "SELECT customer_email FROM invoices ORDER BY total"])
+        .password(PASSWORD)
+        .output();
+    let text_out = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{output:?}");
+    for value in PLANTED {
+        assert!(!text_out.contains(value), "{value} leaked:\n{text_out}");
+    }
+    let lines: Vec<&str> = text_out.lines().collect();
+    assert_eq!(lines.len(), 4, "{text_out}");
+    let alice: Vec<&str> = lines[0].split('|').collect();
+    assert_eq!(alice[0], "1");
+    assert!(alice[1].starts_with("h:"), "{text_out}");
+    assert_eq!(alice[2], "card [CREDIT_CARD], ssn [US_SSN]");
+    assert_eq!(alice[3], "31", "unmasked columns are untouched");
+    assert_eq!(lines[1].split('|').nth(2), Some("writes from [EMAIL]"));
+    // Hashes are stable, so masked columns still join across tables.
+    assert_eq!(lines[2], alice[1], "{text_out}");
+    assert_eq!(Some(lines[3]), lines[1].split('|').nth(1), "{text_out}");
+
+    // Binary format (tokio-postgres asks for binary results).
+    let report = pgprobe_as(
+        &daemon,
+        "analyst",
+        &["run", &driver_conninfo(&server)],
+        "SELECT email, note FROM customers ORDER BY id\n",
+    );
+    let binary = report.to_string();
+    for value in PLANTED {
+        assert!(!binary.contains(value), "{value} leaked:\n{report:#}");
+    }
+    assert_eq!(report["results"][0]["rows"][0][0], alice[1], "{report:#}");
+    assert_eq!(
+        report["results"][0]["rows"][0][1],
+        "card [CREDIT_CARD], ssn [US_SSN]"
+    );
+
+    // The records count what was masked, per column.
+    let shown = newest_session_with_statements(&daemon, "analyst");
+    let masked = &shown["statements"][0]["masked"];
+    assert_eq!(masked["email"], 2, "{shown:#}");
+    assert_eq!(masked["note"], 2, "{shown:#}");
+
+    // No planted value reached the store's files or the daemon's log.
+    let mut stored = Vec::new();
+    for entry in walk(&daemon.dir.path().join("state")) {
+        stored.extend(std::fs::read(entry).unwrap_or_default());
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(stored.len() > 1000, "the store is suspiciously empty");
+    for value in PLANTED {
+        assert!(!stored.contains(value), "{value} is in the store files");
+        assert!(
+            !daemon.log().contains(value),
+            "{value} is in the daemon log"
+        );
+    }
+}
+
+#[test]
+fn copy_out_is_refused_under_a_mask_profile() {
+    let server = server();
+    plant(&server);
+    let daemon = TestDaemon::start(&masking_policy(&server));
+    let output = PgCommand::agent(&daemon, "analyst", "psql")
+        .args(["-X", "-d", &server.conninfo("app", "shop")])
+        .args(["-c", "COPY customers TO STDOUT"])
+        .password(PASSWORD)
+        .output();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("alice"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("COPY output cannot be masked"),
+        "{output:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -127,6 +127,39 @@ impl Credentials {
     }
 }
 
+/// The HMAC key of the `hash` masking strategy: `state_dir/mask.key`, 32 random bytes
+/// created (0600) on first start and kept, so hashed values still join across
+/// restarts. Never logged, never sent anywhere.
+pub fn load_or_create_mask_key(state_dir: &Path) -> Result<Vec<u8>, CredentialsError> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let path = state_dir.join("mask.key");
+    let read_error = |source| CredentialsError::Read {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => {
+            return Err(CredentialsError::Parse {
+                path: path.clone(),
+                message: "the mask key is shorter than 32 bytes".into(),
+            });
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(read_error(error)),
+    }
+    let key: [u8; 32] = rand::random();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(read_error)?;
+    file.write_all(&key).map_err(read_error)?;
+    file.sync_all().map_err(read_error)?;
+    Ok(key.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;

@@ -60,6 +60,8 @@ pub struct SessionContext {
     pub upstream_connect_timeout: Duration,
     pub credentials: Arc<Credentials>,
     pub cancels: Arc<CancelRegistry>,
+    /// The HMAC key of the `hash` masking strategy.
+    pub mask_key: Arc<[u8]>,
 }
 
 /// The longest the open record may take to become durable before the session is
@@ -187,6 +189,7 @@ async fn run(
                 credentials: Arc::clone(&context.credentials),
                 cancels: Arc::clone(&context.cancels),
                 store: context.store.clone(),
+                mask_key: Arc::clone(&context.mask_key),
             };
             crate::proxy::postgres::proxy(session, agent, upstream, &counts).await
         }

@@ -23,7 +23,7 @@ use super::{
         Selector, UpstreamTls,
     },
 };
-use crate::config::line_column;
+use crate::{config::line_column, masking::MaskProfile};
 
 /// Rule name reserved for "no rule matched".
 pub const DEFAULT_DENY_RULE: &str = "default-deny";
@@ -79,6 +79,8 @@ struct PolicyFile {
     resource: Vec<Spanned<ResourceSpec>>,
     #[serde(default)]
     rule: Vec<Spanned<RuleSpec>>,
+    #[serde(default)]
+    mask: Vec<Spanned<MaskProfile>>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +113,8 @@ struct RuleSpec {
     resource: Spanned<String>,
     operations: Option<Spanned<Vec<Spanned<String>>>>,
     action: Action,
+    /// A `[[mask]]` profile applied to what this rule lets the agent read.
+    mask: Option<Spanned<String>>,
 }
 
 struct ParsedFile<'a> {
@@ -217,6 +221,11 @@ pub(super) fn from_sources(sources: &[(PathBuf, String)]) -> Result<Policy, Poli
     }
 
     for file in &parsed {
+        for profile in &file.content.mask {
+            builder.add_mask(file, profile);
+        }
+    }
+    for file in &parsed {
         for agent in &file.content.agent {
             builder.add_agent(file, agent);
         }
@@ -237,6 +246,7 @@ pub(super) fn from_sources(sources: &[(PathBuf, String)]) -> Result<Policy, Poli
             agents: builder.agents,
             resources: builder.resources,
             rules: builder.rules,
+            masks: builder.masks,
         })
     } else {
         Err(PolicyErrors(builder.diagnostics))
@@ -245,6 +255,7 @@ pub(super) fn from_sources(sources: &[(PathBuf, String)]) -> Result<Policy, Poli
 
 #[derive(Default)]
 struct Builder {
+    masks: std::collections::BTreeMap<String, MaskProfile>,
     agents: Vec<Agent>,
     resources: Vec<Resource>,
     rules: Vec<Rule>,
@@ -480,6 +491,21 @@ impl Builder {
             }
         };
 
+        let mask = spec.mask.as_ref().map(|mask| mask.get_ref().clone());
+        if let Some(mask_spec) = &spec.mask
+            && check_references
+            && !self.masks.contains_key(mask_spec.get_ref())
+        {
+            self.report(
+                &file.locate(mask_spec.span()),
+                format!(
+                    "rule refers to undefined mask profile `{}` (define it with [[mask]])",
+                    mask_spec.get_ref()
+                ),
+            );
+            valid = false;
+        }
+
         if valid {
             self.rules.push(Rule {
                 name,
@@ -487,9 +513,27 @@ impl Builder {
                 resource,
                 operations,
                 action: spec.action,
+                mask,
                 location,
             });
         }
+    }
+
+    fn add_mask(&mut self, file: &ParsedFile<'_>, spec: &Spanned<MaskProfile>) {
+        let at = file.locate(spec.span());
+        let profile = spec.get_ref();
+        if let Err(error) = profile.check() {
+            self.report(&at, format!("invalid mask profile: {error}"));
+            return;
+        }
+        if self.masks.contains_key(&profile.name) {
+            self.report(
+                &at,
+                format!("mask profile `{}` is defined twice", profile.name),
+            );
+            return;
+        }
+        self.masks.insert(profile.name.clone(), profile.clone());
     }
 
     /// Reports pairs of rules that tie on specificity yet disagree on the action.

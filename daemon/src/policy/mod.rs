@@ -49,6 +49,9 @@ pub struct Decision {
     pub reason: String,
     /// The resource the question was about, if any.
     pub resource: Option<String>,
+    /// The mask profile for what an allowing rule lets through.
+    #[serde(default)]
+    pub mask: Option<String>,
 }
 
 impl Decision {
@@ -78,6 +81,7 @@ pub struct Policy {
     agents: Vec<Agent>,
     resources: Vec<Resource>,
     rules: Vec<Rule>,
+    masks: std::collections::BTreeMap<String, crate::masking::MaskProfile>,
 }
 
 /// The best rule so far while deciding.
@@ -93,6 +97,11 @@ impl Policy {
     /// missing directory is an error.
     pub fn load_dir(dir: &Path) -> Result<Policy, PolicyErrors> {
         load::load_dir(dir)
+    }
+
+    /// The mask profile named `name`.
+    pub fn mask_profile(&self, name: &str) -> Option<&crate::masking::MaskProfile> {
+        self.masks.get(name)
     }
 
     /// Builds a policy from `(path, text)` pairs, taken in the order given.
@@ -239,6 +248,7 @@ impl Policy {
                     facts.agent
                 ),
                 resource,
+                mask: None,
             };
         };
         let rule = best.rule;
@@ -265,6 +275,7 @@ impl Policy {
             rule: rule.name.clone(),
             reason,
             resource,
+            mask: rule.mask.clone(),
         }
     }
 }

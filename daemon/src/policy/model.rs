@@ -404,6 +404,8 @@ pub struct Rule {
     pub resource: Selector,
     pub operations: OperationSet,
     pub action: Action,
+    /// The mask profile applied to what the rule lets through.
+    pub mask: Option<String>,
     pub location: Location,
 }
 

@@ -288,6 +288,7 @@ fn at_equal_specificity_deny_beats_review_beats_allow() {
     // the decision code still settles them safely whatever order they come in.
     let base = with_rules("");
     let rule = |name: &str, action: Action| Rule {
+        mask: None,
         name: name.to_owned(),
         agent: Selector::Named("ci-bot".to_owned()),
         resource: Selector::Named("db".to_owned()),
@@ -306,6 +307,7 @@ fn at_equal_specificity_deny_beats_review_beats_allow() {
         agents: base.agents.clone(),
         resources: base.resources.clone(),
         rules,
+        masks: Default::default(),
     };
     let bot = facts("ci-bot");
     for order in [

@@ -40,11 +40,14 @@ use self::{
 };
 use crate::{
     credentials::Credentials,
+    masking::{ColumnInfo, ColumnPlan, MaskOutcome, Masker},
     policy::{Action, AgentFacts, Decision, Resource},
     protocol::postgres::{
-        BackendMessage, DecodeError, Diagnostic, EncodeError, Frame, FrameDecoder, FrameError,
-        FrontendMessage, Severity, TransactionStatus,
-        backend::{encode_backend_key_data, encode_error_response, encode_ready_for_query},
+        BackendMessage, DecodeError, Diagnostic, EncodeError, Format, Frame, FrameDecoder,
+        FrameError, FrontendMessage, Severity, TransactionStatus,
+        backend::{
+            encode_backend_key_data, encode_data_row, encode_error_response, encode_ready_for_query,
+        },
         frontend::{Target, encode_cancel_request},
     },
     relay::ByteCounts,
@@ -99,6 +102,8 @@ pub struct PgSession {
     pub credentials: Arc<Credentials>,
     pub cancels: Arc<CancelRegistry>,
     pub store: Store,
+    /// The HMAC key of the `hash` masking strategy.
+    pub mask_key: Arc<[u8]>,
 }
 
 /// Runs the session to its end and returns the close reason.
@@ -201,6 +206,7 @@ async fn run(
         pending: pending_sender,
         statements: HashMap::new(),
         portals: HashMap::new(),
+        maskers: HashMap::new(),
         skip_until_sync: false,
         seq: 0,
         counts,
@@ -218,6 +224,9 @@ async fn run(
         query_index: 0,
         cancel_guard: None,
         counts,
+        statement_columns: HashMap::new(),
+        portal_columns: HashMap::new(),
+        active_mask: None,
     };
     let agent_side = agent_loop.run();
     let server_side = server_loop.run();
@@ -277,14 +286,24 @@ enum Pending {
     /// A simple Query; its statements complete one per CommandComplete.
     Query {
         statements: Vec<StatementRecord>,
+        /// Per statement, how to mask its result set.
+        masks: Vec<Option<ResultMask>>,
         started: Instant,
     },
     Parse,
     Bind,
-    Describe,
+    Describe {
+        target: Target,
+        name: String,
+    },
     Execute {
-        record: StatementRecord,
+        record: Box<StatementRecord>,
         started: Instant,
+        mask: Option<ResultMask>,
+        portal: String,
+        statement: String,
+        /// The Bind's result formats (zero, one, or one per column).
+        formats: Vec<Format>,
     },
     Close,
     Sync,
@@ -297,10 +316,26 @@ enum Pending {
     },
 }
 
+/// How one result set is masked: the profile, and the table its columns come from when
+/// the statement reads exactly one.
+#[derive(Clone)]
+struct ResultMask {
+    masker: Arc<Masker>,
+    table: Option<String>,
+}
+
 /// A statement as judged when the agent prepared it.
 struct Prepared {
     classified: Classified,
     sql: String,
+}
+
+#[derive(Clone)]
+struct PortalInfo {
+    statement_name: String,
+    prepared: Arc<Prepared>,
+    params: usize,
+    formats: Vec<Format>,
 }
 
 struct AgentLoop<'a> {
@@ -311,8 +346,10 @@ struct AgentLoop<'a> {
     decoder: FrameDecoder,
     pending: mpsc::UnboundedSender<Pending>,
     statements: HashMap<String, Arc<Prepared>>,
-    /// Portal → (its statement, how many parameters were bound).
-    portals: HashMap<String, (Arc<Prepared>, usize)>,
+    /// Portal → (its statement name and statement, parameters bound, result formats).
+    portals: HashMap<String, PortalInfo>,
+    /// Compiled mask profiles by name, built on first use.
+    maskers: HashMap<String, Arc<Masker>>,
     skip_until_sync: bool,
     seq: u64,
     counts: &'a ByteCounts,
@@ -384,18 +421,21 @@ impl AgentLoop<'_> {
                 let started = Instant::now();
                 let classified = sql::classify_or_unparsed(sql);
                 let mut records = Vec::with_capacity(classified.len());
+                let mut masks = Vec::with_capacity(classified.len());
                 let mut refusal = None;
                 for statement in classified {
-                    let decision = self.judge(&statement);
+                    let (decision, mask) = self.judge_with_mask(&statement);
                     if decision.action != Action::Allow && refusal.is_none() {
                         refusal = Some((statement.kind.clone(), decision.clone()));
                     }
                     records.push(self.record(&statement, sql, 0, &decision));
+                    masks.push(mask);
                 }
                 match refusal {
                     None => {
                         self.push(Pending::Query {
                             statements: records,
+                            masks,
                             started,
                         });
                         out.extend_from_slice(frame.as_bytes());
@@ -444,39 +484,66 @@ impl AgentLoop<'_> {
                 if let Some(prepared) = self.statements.get(bind.statement) {
                     self.portals.insert(
                         bind.portal.to_owned(),
-                        (Arc::clone(prepared), bind.params.len()),
+                        PortalInfo {
+                            statement_name: bind.statement.to_owned(),
+                            prepared: Arc::clone(prepared),
+                            params: bind.params.len(),
+                            formats: bind.result_formats.clone(),
+                        },
                     );
                 }
                 self.push(Pending::Bind);
                 out.extend_from_slice(frame.as_bytes());
             }
-            FrontendMessage::Describe { .. } => {
-                self.push(Pending::Describe);
+            FrontendMessage::Describe { target, name } => {
+                self.push(Pending::Describe {
+                    target,
+                    name: name.to_owned(),
+                });
                 out.extend_from_slice(frame.as_bytes());
             }
             FrontendMessage::Execute { portal, .. } => {
                 let started = Instant::now();
-                let Some((prepared, params)) = self.portals.get(portal).cloned() else {
+                let Some(info) = self.portals.get(portal).cloned() else {
                     // Unknown portal: the server reports the error itself.
                     let record = self.unknown_record();
-                    self.push(Pending::Execute { record, started });
+                    self.push(Pending::Execute {
+                        record: Box::new(record),
+                        started,
+                        mask: None,
+                        portal: portal.to_owned(),
+                        statement: String::new(),
+                        formats: Vec::new(),
+                    });
                     out.extend_from_slice(frame.as_bytes());
                     return Ok(false);
                 };
                 // Judged again: the policy may have changed since the Parse.
-                let decision = self.judge(&prepared.classified);
-                let record = self.record(&prepared.classified, &prepared.sql, params, &decision);
+                let (decision, mask) = self.judge_with_mask(&info.prepared.classified);
+                let record = self.record(
+                    &info.prepared.classified,
+                    &info.prepared.sql,
+                    info.params,
+                    &decision,
+                );
                 if decision.action != Action::Allow {
-                    self.refuse_extended(&prepared.classified.kind, &decision, record)?;
+                    self.refuse_extended(&info.prepared.classified.kind, &decision, record)?;
                     return Ok(false);
                 }
-                self.push(Pending::Execute { record, started });
+                self.push(Pending::Execute {
+                    record: Box::new(record),
+                    started,
+                    mask,
+                    portal: portal.to_owned(),
+                    statement: info.statement_name,
+                    formats: info.formats,
+                });
                 out.extend_from_slice(frame.as_bytes());
             }
             FrontendMessage::Close { target, name } => {
                 match target {
                     Target::Statement => self.statements.remove(name),
-                    Target::Portal => self.portals.remove(name).map(|(p, _)| p),
+                    Target::Portal => self.portals.remove(name).map(|info| info.prepared),
                 };
                 self.push(Pending::Close);
                 out.extend_from_slice(frame.as_bytes());
@@ -505,6 +572,7 @@ impl AgentLoop<'_> {
                 }
                 self.push(Pending::Query {
                     statements: vec![record],
+                    masks: vec![None],
                     started: Instant::now(),
                 });
                 out.extend_from_slice(frame.as_bytes());
@@ -546,6 +614,63 @@ impl AgentLoop<'_> {
         });
         self.skip_until_sync = true;
         Ok(())
+    }
+
+    /// Judges `statement` and, when an allowing rule names a mask profile, prepares
+    /// the masking of its result. Fails closed when the mask cannot be applied.
+    fn judge_with_mask(&mut self, statement: &Classified) -> (Decision, Option<ResultMask>) {
+        let mut decision = self.judge(statement);
+        let Some(profile) = decision.mask.clone() else {
+            return (decision, None);
+        };
+        if decision.action != Action::Allow {
+            return (decision, None);
+        }
+        let refuse = |decision: &mut Decision, why: String| {
+            decision.action = Action::Deny;
+            decision.reason = format!("{}; but {why}", decision.reason);
+        };
+        if statement.kind.starts_with("COPY") && statement.tables_written.is_empty() {
+            refuse(
+                &mut decision,
+                format!(
+                    "COPY output cannot be masked, so COPY TO is refused under mask profile `{profile}`"
+                ),
+            );
+            return (decision, None);
+        }
+        match self.masker(&profile) {
+            Some(masker) => {
+                let table = match statement.tables_read.as_slice() {
+                    [only] => Some(only.clone()),
+                    _ => None,
+                };
+                (decision, Some(ResultMask { masker, table }))
+            }
+            None => {
+                refuse(
+                    &mut decision,
+                    format!("mask profile `{profile}` is not usable"),
+                );
+                (decision, None)
+            }
+        }
+    }
+
+    fn masker(&mut self, profile: &str) -> Option<Arc<Masker>> {
+        if let Some(masker) = self.maskers.get(profile) {
+            return Some(Arc::clone(masker));
+        }
+        let policy = self.session.policy.current();
+        let masker = match Masker::new(policy.mask_profile(profile)?, &self.session.mask_key) {
+            Ok(masker) => Arc::new(masker),
+            Err(error) => {
+                tracing::error!(%error, profile, "mask profile unusable: refusing what it covers");
+                return None;
+            }
+        };
+        self.maskers.insert(profile.to_owned(), Arc::clone(&masker));
+        Some(masker)
     }
 
     fn judge(&self, statement: &Classified) -> Decision {
@@ -613,6 +738,7 @@ impl AgentLoop<'_> {
             rule: "-".into(),
             reason: "the server rejects unknown portals itself".into(),
             resource: None,
+            mask: None,
         };
         self.record(&statement, "<unknown portal>", 0, &decision)
     }
@@ -660,6 +786,124 @@ struct ServerLoop<'a> {
     query_index: usize,
     cancel_guard: Option<CancelGuard>,
     counts: &'a ByteCounts,
+    /// Result columns learned from Describe, by statement and by portal name.
+    statement_columns: HashMap<String, Vec<Column>>,
+    portal_columns: HashMap<String, Vec<Column>>,
+    /// The masking of the result set being streamed, if any.
+    active_mask: Option<ActiveMask>,
+}
+
+/// A result column, as RowDescription announced it.
+#[derive(Clone, Debug)]
+struct Column {
+    name: String,
+    table_oid: u32,
+    type_oid: u32,
+    format: Format,
+}
+
+/// A result set being masked.
+struct ActiveMask {
+    masker: Arc<Masker>,
+    /// `None` when the columns are unknown: every value is sent as NULL.
+    plan: Option<ColumnPlan>,
+    names: Vec<String>,
+    nulled: u64,
+}
+
+/// Types whose binary format is their text: text, varchar, bpchar, name, json, xml,
+/// unknown, char.
+const TEXT_LIKE_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 142, 705, 18];
+
+impl ActiveMask {
+    fn new(mask: &ResultMask, columns: Option<&[Column]>) -> Self {
+        let Some(columns) = columns else {
+            return Self {
+                masker: Arc::clone(&mask.masker),
+                plan: None,
+                names: Vec::new(),
+                nulled: 0,
+            };
+        };
+        let infos: Vec<ColumnInfo<'_>> = columns
+            .iter()
+            .map(|column| ColumnInfo {
+                name: &column.name,
+                table: mask.table.as_deref().filter(|_| column.table_oid != 0),
+                text_like: column.format == Format::Text
+                    || TEXT_LIKE_TYPES.contains(&column.type_oid),
+            })
+            .collect();
+        Self {
+            plan: Some(mask.masker.plan(&infos)),
+            masker: Arc::clone(&mask.masker),
+            names: columns.iter().map(|c| c.name.clone()).collect(),
+            nulled: 0,
+        }
+    }
+
+    /// Rewrites a DataRow into `out`, masking what the plan says.
+    fn mask_row(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), ProxyError> {
+        if self
+            .plan
+            .as_ref()
+            .is_some_and(|plan| !plan.masks_anything())
+        {
+            out.extend_from_slice(frame.as_bytes());
+            return Ok(());
+        }
+        let BackendMessage::DataRow { values } =
+            BackendMessage::decode(frame).map_err(ProxyError::ServerMessage)?
+        else {
+            out.extend_from_slice(frame.as_bytes());
+            return Ok(());
+        };
+        let mut masked: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::with_capacity(values.len());
+        for (column, value) in values.iter().enumerate() {
+            let Some(value) = value else {
+                masked.push(None);
+                continue;
+            };
+            let outcome = match &self.plan {
+                Some(plan) => self.masker.mask_value(plan, column, value),
+                None => MaskOutcome::Nulled,
+            };
+            if matches!(outcome, MaskOutcome::Nulled) {
+                self.nulled += 1;
+            }
+            masked.push(outcome.into_wire(value));
+        }
+        let refs: Vec<Option<&[u8]>> = masked.iter().map(|v| v.as_deref()).collect();
+        encode_data_row(&refs, out).map_err(ProxyError::Encode)
+    }
+
+    /// Values masked per column name, and values nulled.
+    fn counts(&self) -> (std::collections::BTreeMap<String, u64>, u64) {
+        let mut by_column = std::collections::BTreeMap::new();
+        if let Some(plan) = &self.plan {
+            for (name, count) in self.names.iter().zip(plan.masked_counts()) {
+                if count > 0 {
+                    *by_column.entry(name.clone()).or_insert(0) += count;
+                }
+            }
+        }
+        (by_column, self.nulled)
+    }
+}
+
+fn columns_of(frame: &Frame) -> Result<Vec<Column>, ProxyError> {
+    match BackendMessage::decode(frame).map_err(ProxyError::ServerMessage)? {
+        BackendMessage::RowDescription { fields } => Ok(fields
+            .into_iter()
+            .map(|field| Column {
+                name: field.name.into_owned(),
+                table_oid: field.table_oid,
+                type_oid: field.type_oid,
+                format: field.format,
+            })
+            .collect()),
+        _ => Ok(Vec::new()),
+    }
 }
 
 impl ServerLoop<'_> {
@@ -736,7 +980,13 @@ impl ServerLoop<'_> {
         match frame.tag() {
             Some(b'D') => {
                 self.rows += 1;
-                out.extend_from_slice(frame.as_bytes());
+                if self.active_mask.is_none() {
+                    self.activate_for_execute();
+                }
+                match &mut self.active_mask {
+                    Some(active) => active.mask_row(&frame, out)?,
+                    None => out.extend_from_slice(frame.as_bytes()),
+                }
                 return Ok(());
             }
             Some(b'Z') => {
@@ -749,6 +999,7 @@ impl ServerLoop<'_> {
                     Some(Pending::Query {
                         statements,
                         started,
+                        ..
                     }) => {
                         self.finish_query(statements, started, None).await;
                     }
@@ -780,16 +1031,32 @@ impl ServerLoop<'_> {
             Some(b'1' | b'2' | b'3' | b'n') => {
                 if matches!(
                     self.queue.front(),
-                    Some(Pending::Parse | Pending::Bind | Pending::Close | Pending::Describe)
+                    Some(
+                        Pending::Parse | Pending::Bind | Pending::Close | Pending::Describe { .. }
+                    )
                 ) {
                     self.queue.pop_front();
                 }
             }
-            Some(b'T') => {
-                if matches!(self.queue.front(), Some(Pending::Describe)) {
-                    self.queue.pop_front();
+            Some(b'T') => match self.queue.front() {
+                Some(Pending::Describe { .. }) => {
+                    let columns = columns_of(&frame)?;
+                    if let Some(Pending::Describe { target, name }) = self.queue.pop_front() {
+                        match target {
+                            Target::Statement => self.statement_columns.insert(name, columns),
+                            Target::Portal => self.portal_columns.insert(name, columns),
+                        };
+                    }
                 }
-            }
+                Some(Pending::Query { masks, .. }) => {
+                    if let Some(Some(mask)) = masks.get(self.query_index) {
+                        let mask = mask.clone();
+                        let columns = columns_of(&frame)?;
+                        self.active_mask = Some(ActiveMask::new(&mask, Some(&columns)));
+                    }
+                }
+                _ => {}
+            },
             Some(b'K') => {
                 if let BackendMessage::BackendKeyData { pid, secret_key } =
                     BackendMessage::decode(&frame).map_err(ProxyError::ServerMessage)?
@@ -813,17 +1080,55 @@ impl ServerLoop<'_> {
         Ok(())
     }
 
+    /// Starts masking the rows of the Execute at the head, if its rule has a profile.
+    fn activate_for_execute(&mut self) {
+        if let Some(Pending::Execute {
+            mask: Some(mask),
+            portal,
+            statement,
+            formats,
+            ..
+        }) = self.queue.front()
+        {
+            let columns = match self.portal_columns.get(portal) {
+                Some(columns) => Some(columns.clone()),
+                // A statement's Describe announces text; the Bind chose the formats.
+                None => self.statement_columns.get(statement).map(|columns| {
+                    columns
+                        .iter()
+                        .enumerate()
+                        .map(|(i, column)| Column {
+                            format: match formats.as_slice() {
+                                [] => Format::Text,
+                                [one] => *one,
+                                many => many.get(i).copied().unwrap_or(Format::Text),
+                            },
+                            ..column.clone()
+                        })
+                        .collect()
+                }),
+            };
+            self.active_mask = Some(ActiveMask::new(mask, columns.as_deref()));
+        }
+    }
+
     /// A CommandComplete (or its kin) for the request at the head.
     async fn complete(&mut self, tag: Option<String>, error: Option<String>) {
         let rows = std::mem::take(&mut self.rows);
+        let masking = self.active_mask.take().map(|active| active.counts());
         match self.queue.front_mut() {
             Some(Pending::Query {
                 statements,
                 started,
+                ..
             }) => {
                 let started = *started;
                 if let Some(record) = statements.get_mut(self.query_index) {
                     finish(record, started, rows, tag, error);
+                    if let Some((masked, nulled)) = masking {
+                        record.masked = masked;
+                        record.nulled = nulled;
+                    }
                 }
                 self.query_index += 1;
             }
@@ -831,10 +1136,15 @@ impl ServerLoop<'_> {
                 if let Some(Pending::Execute {
                     mut record,
                     started,
+                    ..
                 }) = self.queue.pop_front()
                 {
                     finish(&mut record, started, rows, tag, error);
-                    self.store(record).await;
+                    if let Some((masked, nulled)) = masking {
+                        record.masked = masked;
+                        record.nulled = nulled;
+                    }
+                    self.store(*record).await;
                 }
             }
             _ => {}
@@ -859,6 +1169,7 @@ impl ServerLoop<'_> {
                         Some(Pending::Execute {
                             mut record,
                             started,
+                            ..
                         }) => {
                             let reason = if first {
                                 error.clone()
@@ -866,7 +1177,7 @@ impl ServerLoop<'_> {
                                 "not run: an earlier message failed".into()
                             };
                             finish(&mut record, started, 0, None, Some(reason));
-                            self.store(record).await;
+                            self.store(*record).await;
                         }
                         Some(Pending::Denied { records, .. }) => {
                             // The server's error comes first; the agent sees only it.
@@ -880,6 +1191,7 @@ impl ServerLoop<'_> {
                     first = false;
                 }
                 self.rows = 0;
+                self.active_mask = None;
             }
         }
     }
@@ -907,15 +1219,17 @@ impl ServerLoop<'_> {
                 Pending::Query {
                     statements,
                     started,
+                    ..
                 } => {
                     self.finish_query(statements, started, Some(reason)).await;
                 }
                 Pending::Execute {
                     mut record,
                     started,
+                    ..
                 } => {
                     finish(&mut record, started, 0, None, Some(reason.to_owned()));
-                    self.store(record).await;
+                    self.store(*record).await;
                 }
                 Pending::Denied { records, .. } => {
                     for record in records {
