@@ -131,7 +131,7 @@ async fn run(
     let mut agent_buffer = BytesMut::with_capacity(8 * 1024);
     let mut agent_decoder = FrameDecoder::frontend();
     let (version, parameters) =
-        match read_opening(&mut agent, &mut agent_buffer, &mut agent_decoder).await? {
+        match read_opening(&mut agent, &mut agent_buffer, &mut agent_decoder, counts).await? {
             Opening::Cancel { pid, secret_key } => {
                 return forward_cancel(session, &mut upstream, pid, &secret_key).await;
             }
@@ -180,10 +180,15 @@ async fn run(
                 return Err(error);
             }
             // The agent asked for no password and is told it is in.
+            const AUTHENTICATION_OK: [u8; 9] = [b'R', 0, 0, 0, 8, 0, 0, 0, 0];
             agent
-                .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0])
+                .write_all(&AUTHENTICATION_OK)
                 .await
                 .map_err(ProxyError::AgentIo)?;
+            counts.down.fetch_add(
+                AUTHENTICATION_OK.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         None => {
             let startup = startup::startup_message(version, &parameters)?;
@@ -929,6 +934,10 @@ impl ServerLoop<'_> {
                     .write_all(&out)
                     .await
                     .map_err(ProxyError::AgentIo)?;
+                // Counted as the agent receives it, the daemon's own answers included.
+                self.counts
+                    .down
+                    .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 out.clear();
             }
             tokio::select! {
@@ -948,7 +957,6 @@ impl ServerLoop<'_> {
                         let _ = self.write.shutdown().await;
                         return Ok(());
                     }
-                    self.counts.down.fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }

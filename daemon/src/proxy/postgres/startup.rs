@@ -22,6 +22,7 @@ use crate::{
             encode_sasl_response, encode_startup,
         },
     },
+    relay::ByteCounts,
 };
 
 /// What the agent opened the connection for.
@@ -86,11 +87,15 @@ pub async fn read_opening(
     agent: &mut TcpStream,
     buffer: &mut BytesMut,
     decoder: &mut FrameDecoder,
+    counts: &ByteCounts,
 ) -> Result<Opening, ProxyError> {
     loop {
         let frame = next_frame(agent, buffer, decoder, true)
             .await?
             .ok_or(ProxyError::NoStartup)?;
+        counts
+            .up
+            .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
         match FrontendMessage::decode(&frame).map_err(ProxyError::AgentMessage)? {
             FrontendMessage::SslRequest | FrontendMessage::GssEncRequest => {
                 let mut refusal = BytesMut::new();
