@@ -4,8 +4,13 @@
 //! `detach` work on the cgroup and bpffs directly because they must work (and fail
 //! closed) while no daemon is up.
 
+#[cfg(test)]
+mod tests;
+mod timeline;
+
 use std::{
     ffi::OsString,
+    io::Write,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -19,8 +24,9 @@ use crate::{
     cgroup::ManagedRoot,
     config::{Config, DEFAULT_CONFIG_PATH},
     control::{ClientError, ControlClient, StatusReport},
-    store::SessionRecord,
+    store::{SessionRecord, StatementRecord},
 };
+use timeline::{Timeline, replay_schedule, timeline_lines};
 
 /// sluice: one inspectable choke point for everything your agents connect to.
 #[derive(Debug, Parser)]
@@ -48,6 +54,9 @@ pub enum Command {
     /// List and inspect recorded sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Replay a recorded session's statements in recorded time, for reading along.
+    /// Nothing is sent to any server: this replays the record, not the traffic.
+    Replay(ReplayArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -93,13 +102,45 @@ pub enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one session.
+    /// Show one session and the timeline of its statements.
     Show {
         id: u64,
-        /// Print JSON (one session record, see docs/api.md).
+        /// Print JSON: `{"session": ..., "statements": [...]}` (see docs/api.md).
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The session to replay.
+    pub id: u64,
+    /// How many times faster than recorded (0.5 is half speed); 0 means no waiting.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
+    pub speed: f64,
+    /// Print every statement at once (same as `--speed 0`).
+    #[arg(long, conflicts_with = "speed")]
+    pub instant: bool,
+    /// Print each statement as one line of JSON (a statement record, see docs/api.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Replay speeds outside this range would only mean waiting for ever or not at all.
+const MIN_SPEED: f64 = 0.001;
+const MAX_SPEED: f64 = 1_000_000.0;
+
+fn parse_speed(text: &str) -> Result<f64, String> {
+    let speed: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if speed == 0.0 || (MIN_SPEED..=MAX_SPEED).contains(&speed) {
+        Ok(speed)
+    } else {
+        Err(format!(
+            "the speed must be 0 (no waiting) or between {MIN_SPEED} and {MAX_SPEED}"
+        ))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +174,8 @@ pub enum CliError {
     System(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
     #[error("cannot run {command}: {source}")]
     Exec {
         command: String,
@@ -180,16 +223,146 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Sessions(SessionsCommand::Show { id, json }) => {
             let client = client(&cli.config)?;
-            let session = runtime()?
-                .block_on(client.get_session(id))?
-                .ok_or(CliError::NoSuchSession(id))?;
+            let (session, statements) =
+                runtime()?.block_on(session_with_statements(&client, id))?;
             if json {
-                print_json(&session);
+                print_json(&SessionShow {
+                    session: &session,
+                    statements: &statements,
+                });
             } else {
                 print_session(&session);
+                print_timeline(&session, &statements);
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Replay(args) => {
+            let client = client(&cli.config)?;
+            let mut out = std::io::stdout().lock();
+            match runtime()?.block_on(replay(&client, &args, line_width(), &mut out)) {
+                // The reader went away (`| head`): the replay just ends there.
+                Err(CliError::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => Err(error),
+                Ok(()) => Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
+}
+
+/// `sluice sessions show --json`: the session and its statements.
+#[derive(serde::Serialize)]
+struct SessionShow<'a> {
+    session: &'a SessionRecord,
+    statements: &'a [StatementRecord],
+}
+
+async fn session_with_statements(
+    client: &ControlClient,
+    id: u64,
+) -> Result<(SessionRecord, Vec<StatementRecord>), CliError> {
+    let session = client
+        .get_session(id)
+        .await?
+        .ok_or(CliError::NoSuchSession(id))?;
+    let statements = client
+        .statements(id)
+        .await?
+        .ok_or(CliError::NoSuchSession(id))?;
+    Ok((session, statements))
+}
+
+/// Writes the session's statements to `out` as they happened, sleeping between them by
+/// the recorded offsets divided by the speed; `width` bounds the text lines.
+async fn replay(
+    client: &ControlClient,
+    args: &ReplayArgs,
+    width: usize,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let (session, statements) = session_with_statements(client, args.id).await?;
+    let speed = if args.instant { 0.0 } else { args.speed };
+    let timeline = Timeline::new(&session, &statements);
+    if !args.json {
+        let pace = if speed > 0.0 {
+            format!("at {speed}x")
+        } else {
+            "without waiting".to_owned()
+        };
+        writeln!(
+            out,
+            "replaying session {} of {} ({} pid {}, {}/{}): {} statement(s), {pace}",
+            session.id,
+            session.agent,
+            session.comm,
+            session.pid,
+            session.transport,
+            session.destination,
+            statements.len(),
+        )
+        .map_err(CliError::Output)?;
+    }
+    let start = tokio::time::Instant::now();
+    let schedule = replay_schedule(&session, &statements, speed);
+    for (statement, due) in statements.iter().zip(schedule) {
+        // Measured from the start, so printing never makes the replay drift.
+        tokio::time::sleep(due.saturating_sub(start.elapsed())).await;
+        let line = if args.json {
+            serde_json::to_string(statement).map_err(|error| {
+                CliError::Output(std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+            })?
+        } else {
+            timeline.line(statement, width)
+        };
+        writeln!(out, "{line}").map_err(CliError::Output)?;
+        out.flush().map_err(CliError::Output)?;
+    }
+    if !args.json {
+        writeln!(out, "{}", session_end(&session)).map_err(CliError::Output)?;
+    }
+    Ok(())
+}
+
+/// How the session ended, relative to its start.
+fn session_end(session: &SessionRecord) -> String {
+    match session.ended_at {
+        None => "session still open".to_owned(),
+        Some(ended_at) => format!(
+            "session ended at {}: {}",
+            timeline::format_offset(ended_at - session.started_at),
+            session.close_reason.as_deref().unwrap_or("-")
+        ),
+    }
+}
+
+fn print_timeline(session: &SessionRecord, statements: &[StatementRecord]) {
+    println!();
+    if statements.is_empty() {
+        println!("no statements recorded");
+        return;
+    }
+    println!("statements ({}):", statements.len());
+    for line in timeline_lines(session, statements, line_width()) {
+        println!("{line}");
+    }
+    println!("{}", session_end(session));
+}
+
+/// The terminal's width when stdout is one, else [`timeline::DEFAULT_WIDTH`].
+fn line_width() -> usize {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into `size`, which outlives the call.
+    let result = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    if result == 0 && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        timeline::DEFAULT_WIDTH
     }
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::auth::PeerInfo;
-use crate::store::SessionRecord;
+use crate::store::{SessionRecord, StatementRecord};
 
 /// How many sessions `GET /v1/sessions` returns when the request names no `limit`.
 pub const DEFAULT_SESSION_LIMIT: usize = 100;
@@ -112,6 +112,9 @@ pub trait ControlBackend: Send + Sync + 'static {
     /// Sessions matching `query`, newest first, at most `query.limit`.
     fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRecord>, BackendError>;
     fn get_session(&self, id: u64) -> Result<Option<SessionRecord>, BackendError>;
+    /// Every recorded statement of session `session_id`, in seq order; `None` when
+    /// there is no such session (a session without statements is `Some` and empty).
+    fn statements(&self, session_id: u64) -> Result<Option<Vec<StatementRecord>>, BackendError>;
     /// A peer was refused access to the control API, once per connection.
     fn refused(&self, peer: &PeerInfo, reason: &str);
 }

@@ -19,7 +19,7 @@ use super::{
     api::{ErrorBody, StatusReport},
     query,
 };
-use crate::store::SessionRecord;
+use crate::store::{SessionRecord, StatementRecord};
 
 /// Largest response read; a long session listing stays well below it.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
@@ -116,6 +116,16 @@ impl ControlClient {
     pub async fn get_session(&self, id: u64) -> Result<Option<SessionRecord>, ClientError> {
         match self.get(&format!("/v1/sessions/{id}")).await {
             Ok(session) => Ok(Some(session)),
+            Err(ClientError::Http { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `GET /v1/sessions/{id}/statements`, in seq order; `None` when there is no such
+    /// session.
+    pub async fn statements(&self, id: u64) -> Result<Option<Vec<StatementRecord>>, ClientError> {
+        match self.get(&format!("/v1/sessions/{id}/statements")).await {
+            Ok(statements) => Ok(Some(statements)),
             Err(ClientError::Http { status: 404, .. }) => Ok(None),
             Err(error) => Err(error),
         }

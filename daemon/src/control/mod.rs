@@ -21,7 +21,7 @@ pub mod server;
 pub mod socket;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 

@@ -42,6 +42,11 @@ pub const ROUTES: &[Route] = &[
         pattern: "/v1/sessions/{id}",
         handler: get_session,
     },
+    Route {
+        method: Method::GET,
+        pattern: "/v1/sessions/{id}/statements",
+        handler: session_statements,
+    },
 ];
 
 fn status(call: &Call<'_>) -> Result<Reply, ApiError> {
@@ -72,15 +77,29 @@ fn list_sessions(call: &Call<'_>) -> Result<Reply, ApiError> {
 
 fn get_session(call: &Call<'_>) -> Result<Reply, ApiError> {
     call.only_query_params(&[])?;
-    let id = call.param("id")?;
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("session id must be a number, not {id:?}")))?;
+    let id = session_id(call)?;
     match call.backend.get_session(id) {
         Ok(Some(session)) => Reply::json(&session),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
         Err(error) => Err(ApiError::internal(error.message)),
     }
+}
+
+fn session_statements(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    let id = session_id(call)?;
+    match call.backend.statements(id) {
+        Ok(Some(statements)) => Reply::json(&statements),
+        Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
+        Err(error) => Err(ApiError::internal(error.message)),
+    }
+}
+
+/// The `{id}` capture as a session id.
+fn session_id(call: &Call<'_>) -> Result<u64, ApiError> {
+    let id = call.param("id")?;
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("session id must be a number, not {id:?}")))
 }
 
 /// Everything a handler gets to see of a request.
@@ -289,6 +308,14 @@ mod tests {
         );
         assert_eq!(match_pattern("/v1/sessions/{id}", "/v1/sessions/"), None);
         assert_eq!(match_pattern("/v1/sessions/{id}", "/v1/sessions/4/x"), None);
+        assert_eq!(
+            match_pattern("/v1/sessions/{id}/statements", "/v1/sessions/4/statements"),
+            Some(vec![("id", "4".to_owned())])
+        );
+        assert_eq!(
+            match_pattern("/v1/sessions/{id}/statements", "/v1/sessions//statements"),
+            None
+        );
     }
 
     #[test]

@@ -16,11 +16,12 @@ use tokio::{
 };
 
 use super::*;
-use crate::store::{DecisionRecord, SessionRecord, SessionState};
+use crate::store::{DecisionRecord, SessionRecord, SessionState, StatementRecord};
 
 struct TestBackend {
     status: StatusReport,
     sessions: Vec<SessionRecord>,
+    statements: Vec<StatementRecord>,
     refused: Mutex<Vec<(PeerInfo, String)>>,
 }
 
@@ -55,6 +56,22 @@ impl ControlBackend for TestBackend {
             .iter()
             .find(|session| session.id == id)
             .cloned())
+    }
+
+    fn statements(&self, session_id: u64) -> Result<Option<Vec<StatementRecord>>, BackendError> {
+        if session_id == 666 {
+            return Err(BackendError::new("the store is on fire"));
+        }
+        if !self.sessions.iter().any(|session| session.id == session_id) {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.statements
+                .iter()
+                .filter(|statement| statement.session_id == session_id)
+                .cloned()
+                .collect(),
+        ))
     }
 
     fn refused(&self, peer: &PeerInfo, reason: &str) {
@@ -135,6 +152,30 @@ fn record(id: u64, agent: &str) -> SessionRecord {
     }
 }
 
+fn statement(session_id: u64, seq: u64) -> StatementRecord {
+    StatementRecord {
+        session_id,
+        seq,
+        sql: "SELECT email FROM customers WHERE id = ?".into(),
+        operation: "read".into(),
+        kind: "SELECT".into(),
+        tables: vec!["customers".into()],
+        params: 0,
+        decision: DecisionRecord {
+            action: "allow".into(),
+            rule: "read-customers".into(),
+            reason: "allowed by rule read-customers".into(),
+        },
+        started_at: time::macros::datetime!(2025-01-02 03:04:05.012 UTC),
+        duration_us: Some(850),
+        rows: Some(1),
+        tag: Some("SELECT 1".into()),
+        error: None,
+        masked: [("email".to_owned(), 1)].into_iter().collect(),
+        nulled: 0,
+    }
+}
+
 /// A running server in its own tempdir; dropping it without `stop` leaks nothing but
 /// the task.
 struct Harness {
@@ -161,6 +202,7 @@ impl Harness {
                 record(3, "b"),
                 record(4, "a"),
             ],
+            statements: vec![statement(3, 1), statement(1, 1), statement(3, 2)],
             refused: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -281,6 +323,55 @@ async fn sessions_filter_by_agent_and_limit() {
 }
 
 #[tokio::test]
+async fn statements_of_a_session_round_trip() {
+    let mut harness = Harness::start(NOT_HERE, None).await;
+    let client = harness.client();
+    assert_eq!(
+        client.statements(3).await.expect("statements"),
+        Some(vec![statement(3, 1), statement(3, 2)])
+    );
+    // A session without statements is an empty list, not a 404.
+    assert_eq!(client.statements(2).await.expect("none"), Some(vec![]));
+    assert_eq!(client.statements(99).await.expect("answered"), None);
+    let error = client
+        .get::<serde_json::Value>("/v1/sessions/99/statements")
+        .await
+        .expect_err("404");
+    assert!(
+        matches!(&error, ClientError::Http { status: 404, message } if message == "no session 99"),
+        "{error}"
+    );
+
+    // The wire shape, as documented in docs/api.md.
+    let (exit, body, code) = curl(&[], &harness.socket, "/v1/sessions/1/statements").await;
+    assert_eq!((exit, code), (0, 200), "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let expected = serde_json::json!([{
+        "session_id": 1,
+        "seq": 1,
+        "sql": "SELECT email FROM customers WHERE id = ?",
+        "operation": "read",
+        "kind": "SELECT",
+        "tables": ["customers"],
+        "params": 0,
+        "decision": {
+            "action": "allow",
+            "rule": "read-customers",
+            "reason": "allowed by rule read-customers"
+        },
+        "started_at": "2025-01-02T03:04:05.012Z",
+        "duration_us": 850,
+        "rows": 1,
+        "tag": "SELECT 1",
+        "error": null,
+        "masked": {"email": 1},
+        "nulled": 0
+    }]);
+    assert_eq!(body, expected);
+    harness.stop().await;
+}
+
+#[tokio::test]
 async fn missing_session_and_unknown_route_are_404() {
     let mut harness = Harness::start(NOT_HERE, None).await;
     let client = harness.client();
@@ -322,20 +413,27 @@ async fn bad_queries_are_400_and_backend_errors_500() {
         ("/v1/sessions?agent=", "empty"),
         ("/v1/sessions?agent=%zz", "percent-escape"),
         ("/v1/sessions/abc", "number"),
+        ("/v1/sessions/abc/statements", "number"),
+        (
+            "/v1/sessions/1/statements?limit=1",
+            "unknown query parameter",
+        ),
         ("/v1/status?verbose=1", "unknown query parameter"),
     ] {
         let error = client.get::<serde_json::Value>(path).await.expect_err(path);
         assert_eq!(error.http_status(), Some(400), "{path}: {error}");
         assert!(error.to_string().contains(needle), "{path}: {error}");
     }
-    let error = client
-        .get::<serde_json::Value>("/v1/sessions/666")
-        .await
-        .expect_err("500");
-    assert!(
-        matches!(&error, ClientError::Http { status: 500, message } if message == "the store is on fire"),
-        "{error}"
-    );
+    for path in ["/v1/sessions/666", "/v1/sessions/666/statements"] {
+        let error = client
+            .get::<serde_json::Value>(path)
+            .await
+            .expect_err("500");
+        assert!(
+            matches!(&error, ClientError::Http { status: 500, message } if message == "the store is on fire"),
+            "{path}: {error}"
+        );
+    }
     harness.stop().await;
 }
 
@@ -619,4 +717,88 @@ fn admin_group_resolves_by_name() {
     assert_eq!(resolve_admin_group("root").expect("root group"), 0);
     let error = resolve_admin_group("no-such-group-sluice").expect_err("missing");
     assert!(error.to_string().contains("no such group"), "{error}");
+}
+
+/// Answers from a real store, the way the daemon's backend does.
+pub(crate) struct StoreBackend {
+    pub store: crate::store::Store,
+}
+
+impl ControlBackend for StoreBackend {
+    fn status(&self) -> StatusReport {
+        status_report()
+    }
+
+    fn list_sessions(&self, _query: &SessionQuery) -> Result<Vec<SessionRecord>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    fn get_session(&self, id: u64) -> Result<Option<SessionRecord>, BackendError> {
+        self.store
+            .get_session(id)
+            .map_err(|error| BackendError::new(error.to_string()))
+    }
+
+    fn statements(&self, session_id: u64) -> Result<Option<Vec<StatementRecord>>, BackendError> {
+        if self.get_session(session_id)?.is_none() {
+            return Ok(None);
+        }
+        self.store
+            .statements(session_id)
+            .map(Some)
+            .map_err(|error| BackendError::new(error.to_string()))
+    }
+
+    fn refused(&self, _peer: &PeerInfo, _reason: &str) {}
+}
+
+#[tokio::test]
+async fn statements_are_served_from_a_real_store() {
+    use crate::store::{Durability, Store, StoreOptions};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("store"), StoreOptions::default()).expect("open");
+    store
+        .put_session(&record(5, "a"), Durability::Durable)
+        .await
+        .expect("put session");
+    store
+        .put_session(&record(6, "a"), Durability::Durable)
+        .await
+        .expect("put session");
+    for (session_id, seq) in [(5, 2), (6, 1), (5, 1), (7, 1)] {
+        store
+            .put_statement(&statement(session_id, seq), Durability::Batched)
+            .await
+            .expect("put statement");
+    }
+    store.flush().await.expect("flush");
+
+    let socket = dir.path().join("control.sock");
+    let listener = bind_control_socket(&socket, None).expect("bind");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        Authorizer::new(NOT_HERE, None),
+        Arc::new(StoreBackend { store }),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let client = ControlClient::new(&socket).with_timeout(Duration::from_secs(10));
+    assert_eq!(
+        client.statements(5).await.expect("statements"),
+        Some(vec![statement(5, 1), statement(5, 2)])
+    );
+    assert_eq!(
+        client.statements(6).await.expect("statements"),
+        Some(vec![statement(6, 1)])
+    );
+    // Statements stored for a session that is not: still "no such session".
+    assert_eq!(client.statements(7).await.expect("answered"), None);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops")
+        .expect("server task");
 }

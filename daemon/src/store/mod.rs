@@ -1,19 +1,22 @@
 //! The session store: sluice's audit trail on disk.
 //!
 //! Every connection an agent makes (allowed or not) gets one [`SessionRecord`], kept in a
-//! sled database in the daemon's store directory. The daemon writes a session's open
+//! sled database in the daemon's store directory; every statement decoded inside a
+//! session (a PostgreSQL query, say) gets one [`StatementRecord`] next to it. The daemon writes a session's open
 //! record *durably* before it sends the first byte upstream, so no traffic ever leaves
 //! the host without a record of it surviving a crash.
 //!
 //! # Layout
 //!
-//! | tree       | key                          | value                                  |
-//! |------------|------------------------------|----------------------------------------|
-//! | `sessions` | session id, `u64` big-endian | the [`SessionRecord`] as JSON          |
-//! | `meta`     | `counts`                     | [`StoreCounts`] as JSON                |
-//! | `meta`     | `last_session_id`            | highest session id ever handed out, BE |
+//! | tree         | key                                   | value                                  |
+//! |--------------|---------------------------------------|----------------------------------------|
+//! | `sessions`   | session id, `u64` big-endian          | the [`SessionRecord`] as JSON          |
+//! | `statements` | session id BE, then seq `u64` BE      | the [`StatementRecord`] as JSON        |
+//! | `meta`       | `counts`                              | [`StoreCounts`] as JSON                |
+//! | `meta`       | `last_session_id`                     | highest session id ever handed out, BE |
 //!
-//! Big-endian keys make sled's byte order the id order, so scans run oldest to newest.
+//! Big-endian keys make sled's byte order the id order, so scans run oldest to newest,
+//! and a session's statements are one contiguous prefix range in seq order.
 //! Later additions (an append-only event log with a hash chain, exporter cursors,
 //! retention) get trees of their own and go through the same writer, so that one
 //! group commit stays atomic across all of them.
@@ -82,10 +85,12 @@ use tokio::sync::{mpsc, oneshot};
 pub use record::*;
 
 use crate::config::StoreConfig;
-use writer::{Command, PutRequest, RecordSummary, Writer, WriterStats};
+use writer::{Command, PutRequest, RecordSummary, StatementPut, Writer, WriterStats};
 
 /// The sled tree holding one record per session.
 const SESSIONS_TREE: &str = "sessions";
+/// The sled tree holding one record per statement, keyed by (session id, seq).
+const STATEMENTS_TREE: &str = "statements";
 /// The sled tree holding the store's own bookkeeping.
 const META_TREE: &str = "meta";
 /// `meta` key of the maintained [`StoreCounts`].
@@ -121,6 +126,8 @@ pub enum StoreError {
     Flush(sled::Error),
     #[error("cannot encode session {id}: {source}")]
     Encode { id: u64, source: serde_json::Error },
+    #[error("cannot encode the store's counts: {0}")]
+    EncodeCounts(serde_json::Error),
     #[error("session {id} encodes to {len} bytes, more than the {max} a record may have")]
     TooLarge { id: u64, len: usize, max: usize },
     #[error("stored value {key} is unreadable: {source}")]
@@ -130,6 +137,23 @@ pub enum StoreError {
     },
     #[error("stored session key is {len} bytes long, expected 8")]
     CorruptKey { len: usize },
+    #[error("cannot encode statement {seq} of session {session_id}: {source}")]
+    EncodeStatement {
+        session_id: u64,
+        seq: u64,
+        source: serde_json::Error,
+    },
+    #[error(
+        "statement {seq} of session {session_id} encodes to {len} bytes, more than the {max} a record may have"
+    )]
+    StatementTooLarge {
+        session_id: u64,
+        seq: u64,
+        len: usize,
+        max: usize,
+    },
+    #[error("stored statement key is {len} bytes long, expected 16")]
+    CorruptStatementKey { len: usize },
     #[error("the store is shut down")]
     Closed,
 }
@@ -188,6 +212,10 @@ pub struct StoreCounts {
     pub open: u64,
     /// Records whose decision was `deny`.
     pub denied: u64,
+    /// Stored statement records (absent from counts written before statements existed,
+    /// when there were none).
+    #[serde(default)]
+    pub statements: u64,
 }
 
 /// What the writer has done since the store was opened (not persisted).
@@ -199,6 +227,8 @@ pub struct StoreStats {
     pub flushes: u64,
     /// Session records written by successful commits.
     pub records_written: u64,
+    /// Statement records written by successful commits.
+    pub statements_written: u64,
     /// Group commits that failed.
     pub failed_commits: u64,
     /// Flushes that failed.
@@ -217,6 +247,7 @@ pub struct Store {
 struct Inner {
     dir: PathBuf,
     sessions: sled::Tree,
+    statements: sled::Tree,
     meta: sled::Tree,
     next_session_id: Arc<AtomicU64>,
     stats: Arc<WriterStats>,
@@ -250,11 +281,20 @@ impl Store {
             .open()
             .map_err(open_error)?;
         let sessions = db.open_tree(SESSIONS_TREE).map_err(open_error)?;
+        let statements = db.open_tree(STATEMENTS_TREE).map_err(open_error)?;
         let meta = db.open_tree(META_TREE).map_err(open_error)?;
 
         let counts = match read_counts(&meta)? {
             Some(counts) => counts,
-            None => count_sessions(&sessions)?,
+            None => {
+                // Stored at once, so that `counts` (which reads the key) is right
+                // before the first write.
+                let counts = count_records(&sessions, &statements)?;
+                meta.insert(COUNTS_KEY, encode_counts(&counts)?)
+                    .map_err(StoreError::Commit)?;
+                db.flush().map_err(StoreError::Flush)?;
+                counts
+            }
         };
         let last_session_id = last_session_id(&sessions, &meta)?;
         let next_session_id = Arc::new(AtomicU64::new(last_session_id.saturating_add(1)));
@@ -265,6 +305,7 @@ impl Store {
         let writer = Writer::new(
             db,
             sessions.clone(),
+            statements.clone(),
             meta.clone(),
             counts,
             last_session_id,
@@ -279,6 +320,7 @@ impl Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 sessions,
+                statements,
                 meta,
                 next_session_id,
                 stats,
@@ -371,6 +413,46 @@ impl Store {
         }
         records.reverse();
         Ok(records)
+    }
+
+    /// Inserts or replaces statement `record.seq` of session `record.session_id`, through
+    /// the same writer and group commit as sessions (see [`Store::put_session`] for what
+    /// each [`Durability`] waits for). The session itself is not checked: callers write
+    /// its open record first, durably.
+    pub async fn put_statement(
+        &self,
+        record: &StatementRecord,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let mut put = StatementPut {
+            key: statement_key(record.session_id, record.seq),
+            encoded: encode_statement(record)?,
+            queued_at: Instant::now(),
+            reply: None,
+        };
+        match durability {
+            Durability::Batched => self.send(Command::PutStatement(put)).await,
+            Durability::Durable => {
+                let (reply, answer) = oneshot::channel();
+                put.reply = Some(reply);
+                self.send(Command::PutStatement(put)).await?;
+                answer.await.map_err(|_| StoreError::Closed)?
+            }
+        }
+    }
+
+    /// Every stored statement of session `session_id`, in seq order; empty when it has
+    /// none (or there is no such session: ask [`Store::get_session`] to tell them apart).
+    pub fn statements(&self, session_id: u64) -> Result<Vec<StatementRecord>, StoreError> {
+        self.inner
+            .statements
+            .scan_prefix(session_key(session_id))
+            .map(|entry| {
+                let (key, value) = entry.map_err(StoreError::Read)?;
+                let (session_id, seq) = decode_statement_key(&key)?;
+                decode_statement(session_id, seq, &value)
+            })
+            .collect()
     }
 
     /// Totals over all committed records; one key lookup.
@@ -475,6 +557,55 @@ fn decode_record(id: u64, value: &[u8]) -> Result<SessionRecord, StoreError> {
     })
 }
 
+/// The sled key of statement `seq` of session `session_id`: the session's key first, so
+/// that a session's statements share a prefix and sort by seq.
+fn statement_key(session_id: u64, seq: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&session_id.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn decode_statement_key(key: &[u8]) -> Result<(u64, u64), StoreError> {
+    let corrupt = || StoreError::CorruptStatementKey { len: key.len() };
+    let (session_id, seq) = key.split_at_checked(8).ok_or_else(corrupt)?;
+    let session_id: [u8; 8] = session_id.try_into().map_err(|_| corrupt())?;
+    let seq: [u8; 8] = seq.try_into().map_err(|_| corrupt())?;
+    Ok((u64::from_be_bytes(session_id), u64::from_be_bytes(seq)))
+}
+
+fn encode_statement(record: &StatementRecord) -> Result<Vec<u8>, StoreError> {
+    let encoded = serde_json::to_vec(record).map_err(|source| StoreError::EncodeStatement {
+        session_id: record.session_id,
+        seq: record.seq,
+        source,
+    })?;
+    if encoded.len() > MAX_RECORD_BYTES {
+        return Err(StoreError::StatementTooLarge {
+            session_id: record.session_id,
+            seq: record.seq,
+            len: encoded.len(),
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(encoded)
+}
+
+fn decode_statement(
+    session_id: u64,
+    seq: u64,
+    value: &[u8],
+) -> Result<StatementRecord, StoreError> {
+    serde_json::from_slice(value).map_err(|source| StoreError::Decode {
+        key: format!("statement {seq} of session {session_id}"),
+        source,
+    })
+}
+
+fn encode_counts(counts: &StoreCounts) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(counts).map_err(StoreError::EncodeCounts)
+}
+
 fn read_counts(meta: &sled::Tree) -> Result<Option<StoreCounts>, StoreError> {
     let Some(value) = meta.get(COUNTS_KEY).map_err(StoreError::Read)? else {
         return Ok(None);
@@ -488,12 +619,19 @@ fn read_counts(meta: &sled::Tree) -> Result<Option<StoreCounts>, StoreError> {
 }
 
 /// Counts by scanning every record: only for stores without a counts key.
-fn count_sessions(sessions: &sled::Tree) -> Result<StoreCounts, StoreError> {
+fn count_records(
+    sessions: &sled::Tree,
+    statements: &sled::Tree,
+) -> Result<StoreCounts, StoreError> {
     let mut counts = StoreCounts::default();
     for entry in sessions.iter() {
         let (key, value) = entry.map_err(StoreError::Read)?;
         let id = decode_session_key(&key)?;
         counts.record_transition(None, RecordSummary::decode(id, &value)?);
+    }
+    for entry in statements.iter() {
+        entry.map_err(StoreError::Read)?;
+        counts.statements = counts.statements.saturating_add(1);
     }
     Ok(counts)
 }

@@ -111,7 +111,8 @@ async fn records_round_trip_and_updates_replace_them() {
         StoreCounts {
             sessions: 1,
             open: 0,
-            denied: 0
+            denied: 0,
+            statements: 0,
         }
     );
 }
@@ -256,7 +257,8 @@ async fn concurrent_durable_puts_share_flushes() {
         StoreCounts {
             sessions: WRITERS,
             open: WRITERS,
-            denied: 0
+            denied: 0,
+            statements: 0,
         }
     );
 
@@ -310,7 +312,8 @@ async fn close_interrupted_closes_what_was_open_at_the_crash() {
         StoreCounts {
             sessions: 3,
             open: 0,
-            denied: 1
+            denied: 1,
+            statements: 0,
         }
     );
     assert_eq!(
@@ -409,6 +412,7 @@ async fn counts_follow_updates_and_survive_reopen() {
         sessions: 3,
         open: 1,
         denied: 1,
+        statements: 0,
     };
     {
         let store = Store::open(&path, StoreOptions::default()).expect("open");
@@ -604,4 +608,318 @@ async fn a_full_disk_is_reported_and_the_writer_keeps_serving() {
     assert!(matches!(flushed, Err(StoreError::Flush(_))), "{flushed:?}");
     assert_eq!(store.get_session(1).expect("reads still work"), Some(saved));
     drop(store);
+}
+
+fn statement(session_id: u64, seq: u64) -> StatementRecord {
+    StatementRecord {
+        session_id,
+        seq,
+        sql: format!("SELECT name, email FROM customers WHERE id = ? -- {seq}"),
+        operation: "read".into(),
+        kind: "SELECT".into(),
+        tables: vec!["customers".into()],
+        params: 1,
+        decision: DecisionRecord {
+            action: "allow".into(),
+            rule: "read-customers".into(),
+            reason: "allowed by rule read-customers".into(),
+        },
+        started_at: datetime!(2025-01-02 03:04:05.250 UTC),
+        duration_us: Some(1200),
+        rows: Some(1),
+        tag: Some("SELECT 1".into()),
+        error: None,
+        masked: [("email".to_owned(), 1)].into_iter().collect(),
+        nulled: 0,
+    }
+}
+
+fn seqs(statements: &[StatementRecord]) -> Vec<(u64, u64)> {
+    statements
+        .iter()
+        .map(|statement| (statement.session_id, statement.seq))
+        .collect()
+}
+
+#[tokio::test]
+async fn statements_round_trip_in_seq_order_per_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    {
+        let store = Store::open(&path, options(Duration::from_millis(20))).expect("open");
+        // Out of order, across sessions whose ids share low bytes, with seqs that sort
+        // differently as little-endian bytes or as text (2 < 10 < 256).
+        for (session_id, seq) in [(256, 1), (1, 10), (2, 1), (1, 256), (1, 2), (1, 1)] {
+            store
+                .put_statement(&statement(session_id, seq), Durability::Batched)
+                .await
+                .expect("put statement");
+        }
+        let mut denied = statement(1, 3);
+        denied.decision.action = "deny".into();
+        denied.rows = None;
+        denied.error = Some("42501: denied by rule no-writes".into());
+        store
+            .put_statement(&denied, Durability::Durable)
+            .await
+            .expect("durable put statement");
+
+        let first = store.statements(1).expect("statements of 1");
+        assert_eq!(seqs(&first), [(1, 1), (1, 2), (1, 3), (1, 10), (1, 256)]);
+        assert_eq!(first[2], denied);
+        assert_eq!(first[0], statement(1, 1));
+        assert_eq!(seqs(&store.statements(2).expect("2")), [(2, 1)]);
+        assert_eq!(seqs(&store.statements(256).expect("256")), [(256, 1)]);
+        assert!(store.statements(3).expect("none").is_empty());
+        assert_eq!(store.counts().expect("counts").statements, 7);
+        assert_eq!(store.stats().statements_written, 7);
+        // Statements are not sessions.
+        assert_eq!(store.counts().expect("counts").sessions, 0);
+        assert_eq!(store.stats().records_written, 0);
+
+        // A rewrite (the statement completed) replaces it and is not counted again,
+        // also when both writes land in one group.
+        let mut done = statement(1, 256);
+        done.rows = Some(42);
+        let again = store.put_statement(&done, Durability::Batched);
+        let mut later = done.clone();
+        later.tag = Some("SELECT 42".into());
+        let last = store.put_statement(&later, Durability::Durable);
+        let (again, last) = tokio::join!(again, last);
+        again.expect("rewrite");
+        last.expect("rewrite again");
+        assert_eq!(store.statements(1).expect("1")[4], later);
+        assert_eq!(store.counts().expect("counts").statements, 7);
+    }
+    let store = Store::open(&path, StoreOptions::default()).expect("reopen");
+    assert_eq!(store.counts().expect("counts").statements, 7);
+    assert_eq!(store.statements(1).expect("1").len(), 5);
+}
+
+#[tokio::test]
+async fn a_durable_statement_is_on_disk_when_it_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A long interval: only the durable write itself can cause the flush.
+    let store = Store::open(
+        &dir.path().join("store"),
+        options(Duration::from_secs(3600)),
+    )
+    .expect("open");
+    let session = record(1, "agent-a", SessionState::Open, "allow");
+    store
+        .put_session(&session, Durability::Durable)
+        .await
+        .expect("put session");
+    // A batched statement queued before the durable one rides along in its flush.
+    store
+        .put_statement(&statement(1, 1), Durability::Batched)
+        .await
+        .expect("batched");
+    store
+        .put_statement(&statement(1, 2), Durability::Durable)
+        .await
+        .expect("durable");
+    let crashed = open_disk_copy(&store, dir.path());
+    assert_eq!(
+        crashed.statements(1).expect("statements"),
+        [statement(1, 1), statement(1, 2)]
+    );
+    assert_eq!(crashed.counts().expect("counts").statements, 2);
+}
+
+#[tokio::test]
+async fn a_batched_statement_reaches_disk_within_the_flush_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let interval = Duration::from_millis(1500);
+    let store = Store::open(&dir.path().join("store"), options(interval)).expect("open");
+    store
+        .put_statement(&statement(7, 1), Durability::Batched)
+        .await
+        .expect("batched put");
+    // Not on disk yet.
+    let crashed = open_disk_copy(&store, dir.path());
+    assert!(crashed.statements(7).expect("read copy").is_empty());
+    drop(crashed);
+    assert_eq!(store.stats().flushes, 0);
+
+    tokio::time::sleep(interval + Duration::from_millis(500)).await;
+    assert_eq!(store.stats().flushes, 1);
+    let crashed = open_disk_copy(&store, dir.path());
+    assert_eq!(crashed.statements(7).expect("read copy"), [statement(7, 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_statements_and_sessions_share_commits_and_flushes() {
+    const SESSIONS: u64 = 20;
+    const STATEMENTS: u64 = 25;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), options(Duration::from_millis(20))).expect("open");
+
+    let tasks: Vec<_> = (1..=SESSIONS)
+        .map(|session_id| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .put_session(
+                        &record(session_id, "agent-a", SessionState::Open, "allow"),
+                        Durability::Durable,
+                    )
+                    .await?;
+                for seq in 1..=STATEMENTS {
+                    let durability = if seq % 5 == 0 {
+                        Durability::Durable
+                    } else {
+                        Durability::Batched
+                    };
+                    store
+                        .put_statement(&statement(session_id, seq), durability)
+                        .await?;
+                }
+                Ok::<_, StoreError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("writes");
+    }
+    store.flush().await.expect("flush");
+
+    let stats = store.stats();
+    let writes = SESSIONS * (STATEMENTS + 1);
+    assert_eq!(stats.statements_written, SESSIONS * STATEMENTS);
+    assert_eq!(stats.records_written, SESSIONS);
+    assert!(stats.commits < writes, "{stats:?}");
+    assert!(stats.flushes < SESSIONS * 6, "{stats:?}");
+    let counts = store.counts().expect("counts");
+    assert_eq!(counts.statements, SESSIONS * STATEMENTS);
+    assert_eq!(counts.sessions, SESSIONS);
+    for session_id in 1..=SESSIONS {
+        let stored = store.statements(session_id).expect("statements");
+        assert_eq!(
+            seqs(&stored),
+            (1..=STATEMENTS)
+                .map(|seq| (session_id, seq))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_or_unencodable_statements_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreOptions::default()).expect("open");
+    let mut huge = statement(1, 1);
+    huge.sql = "x".repeat(MAX_RECORD_BYTES);
+    let error = store
+        .put_statement(&huge, Durability::Durable)
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(
+            error,
+            StoreError::StatementTooLarge {
+                session_id: 1,
+                seq: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+
+    let mut odd = statement(1, 2);
+    // RFC 3339 has no way to write an offset with seconds.
+    odd.started_at = odd
+        .started_at
+        .to_offset(UtcOffset::from_hms(1, 2, 3).expect("offset"));
+    let error = store
+        .put_statement(&odd, Durability::Batched)
+        .await
+        .expect_err("unencodable");
+    assert!(
+        matches!(
+            error,
+            StoreError::EncodeStatement {
+                session_id: 1,
+                seq: 2,
+                ..
+            }
+        ),
+        "{error}"
+    );
+
+    store
+        .put_statement(&statement(1, 3), Durability::Durable)
+        .await
+        .expect("put after errors");
+    assert_eq!(seqs(&store.statements(1).expect("read")), [(1, 3)]);
+    assert_eq!(store.counts().expect("counts").statements, 1);
+}
+
+#[tokio::test]
+async fn statements_are_counted_at_open_when_the_counts_are_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    {
+        let store = Store::open(&path, StoreOptions::default()).expect("open");
+        store
+            .put_session(
+                &record(1, "a", SessionState::Open, "deny"),
+                Durability::Durable,
+            )
+            .await
+            .expect("put");
+        for seq in 1..=3 {
+            store
+                .put_statement(&statement(1, seq), Durability::Durable)
+                .await
+                .expect("put statement");
+        }
+    }
+    {
+        // A store written before the counts key existed.
+        let db = sled::open(&path).expect("open raw");
+        db.open_tree(META_TREE)
+            .expect("meta")
+            .remove(COUNTS_KEY)
+            .expect("remove counts");
+        db.flush().expect("flush raw");
+    }
+    let store = Store::open(&path, StoreOptions::default()).expect("reopen");
+    assert_eq!(
+        store.counts().expect("counts"),
+        StoreCounts {
+            sessions: 1,
+            open: 1,
+            denied: 1,
+            statements: 3,
+        }
+    );
+    // Persisted right away, not only with the next write.
+    drop(store);
+    let store = Store::open(&path, StoreOptions::default()).expect("reopen");
+    assert_eq!(store.counts().expect("counts").statements, 3);
+    assert!(store.inner.meta.get(COUNTS_KEY).expect("read").is_some());
+}
+
+#[test]
+fn counts_written_before_statements_existed_still_decode() {
+    let counts: StoreCounts =
+        serde_json::from_str(r#"{"sessions":4,"open":1,"denied":2}"#).expect("old counts");
+    assert_eq!(
+        counts,
+        StoreCounts {
+            sessions: 4,
+            open: 1,
+            denied: 2,
+            statements: 0,
+        }
+    );
+    assert_eq!(
+        decode_statement_key(&statement_key(258, 3)).expect("decode"),
+        (258, 3)
+    );
+    assert!(matches!(
+        decode_statement_key(&[0; 8]),
+        Err(StoreError::CorruptStatementKey { len: 8 })
+    ));
 }

@@ -10,7 +10,7 @@
 //! the queue with a deadline; its sled calls block that thread alone.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -29,7 +29,7 @@ use tokio::{
 
 use super::{
     COUNTS_KEY, LAST_SESSION_ID_KEY, SessionRecord, SessionState, StoreCounts, StoreError,
-    StoreStats, decode_record, decode_session_key, encode_record, session_key,
+    StoreStats, decode_record, decode_session_key, encode_counts, encode_record, session_key,
 };
 
 /// An answer channel for a caller awaiting a write.
@@ -38,6 +38,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// What callers ask of the writer.
 pub(super) enum Command {
     Put(PutRequest),
+    PutStatement(StatementPut),
     /// Answer once everything queued before is flushed.
     Flush {
         reply: Reply<()>,
@@ -59,6 +60,16 @@ pub(super) struct PutRequest {
     pub id: u64,
     pub encoded: Vec<u8>,
     pub summary: RecordSummary,
+    pub queued_at: std::time::Instant,
+    /// `Some` for a durable write: answered after the flush.
+    pub reply: Option<Reply<()>>,
+}
+
+/// One statement record to insert or replace, already encoded by the caller.
+pub(super) struct StatementPut {
+    /// `(session id, seq)` as the `statements` tree's key.
+    pub key: [u8; 16],
+    pub encoded: Vec<u8>,
     pub queued_at: std::time::Instant,
     /// `Some` for a durable write: answered after the flush.
     pub reply: Option<Reply<()>>,
@@ -108,6 +119,7 @@ pub(super) struct WriterStats {
     commits: AtomicU64,
     flushes: AtomicU64,
     records_written: AtomicU64,
+    statements_written: AtomicU64,
     failed_commits: AtomicU64,
     failed_flushes: AtomicU64,
 }
@@ -118,6 +130,7 @@ impl WriterStats {
             commits: self.commits.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             records_written: self.records_written.load(Ordering::Relaxed),
+            statements_written: self.statements_written.load(Ordering::Relaxed),
             failed_commits: self.failed_commits.load(Ordering::Relaxed),
             failed_flushes: self.failed_flushes.load(Ordering::Relaxed),
         }
@@ -133,6 +146,11 @@ struct Group {
     staged_summaries: HashMap<u64, RecordSummary>,
     transitions: Vec<(Option<RecordSummary>, RecordSummary)>,
     highest_id: u64,
+    statements: sled::Batch,
+    /// Statement keys staged in this group, so a second write of one is not counted.
+    staged_statements: HashSet<[u8; 16]>,
+    /// Staged statements whose key is not stored yet: what the count grows by.
+    new_statements: u64,
 }
 
 impl Group {
@@ -149,8 +167,26 @@ impl Group {
         self.highest_id = self.highest_id.max(id);
     }
 
+    /// Stages a statement; `stored` says whether its key is already in the tree.
+    fn stage_statement(&mut self, key: [u8; 16], encoded: Vec<u8>, stored: bool) {
+        self.statements.insert(&key, encoded);
+        if self.staged_statements.insert(key) && !stored {
+            self.new_statements += 1;
+        }
+    }
+
+    /// Session records staged.
     fn records(&self) -> usize {
         self.transitions.len()
+    }
+
+    /// Statement records staged (each key once).
+    fn statement_records(&self) -> usize {
+        self.staged_statements.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records() == 0 && self.statement_records() == 0
     }
 }
 
@@ -161,6 +197,22 @@ struct StagedPuts {
     durable_replies: Vec<Reply<()>>,
     batched: usize,
     oldest_batched: Option<std::time::Instant>,
+}
+
+impl StagedPuts {
+    /// Registers who waits for a staged put: a durable caller, or the flush deadline.
+    fn wait(&mut self, reply: Option<Reply<()>>, queued_at: std::time::Instant) {
+        match reply {
+            Some(reply) => self.durable_replies.push(reply),
+            None => {
+                self.batched += 1;
+                self.oldest_batched = Some(match self.oldest_batched {
+                    Some(oldest) => oldest.min(queued_at),
+                    None => queued_at,
+                });
+            }
+        }
+    }
 }
 
 /// A waiter whose own part succeeded or failed; the flush result is added to it.
@@ -190,6 +242,7 @@ impl PendingReply {
 pub(super) struct Writer {
     db: sled::Db,
     sessions: sled::Tree,
+    statements: sled::Tree,
     meta: sled::Tree,
     /// The counts as committed; the next commit stores them updated.
     counts: StoreCounts,
@@ -247,6 +300,7 @@ impl Writer {
     pub fn new(
         db: sled::Db,
         sessions: sled::Tree,
+        statements: sled::Tree,
         meta: sled::Tree,
         counts: StoreCounts,
         persisted_last_session_id: u64,
@@ -258,6 +312,7 @@ impl Writer {
         Self {
             db,
             sessions,
+            statements,
             meta,
             counts,
             persisted_last_session_id,
@@ -322,6 +377,10 @@ impl Writer {
                     must_flush |= put.reply.is_some();
                     self.stage_put(&mut staged, put);
                 }
+                Command::PutStatement(put) => {
+                    must_flush |= put.reply.is_some();
+                    self.stage_statement(&mut staged, put);
+                }
                 Command::Flush { reply } => {
                     must_flush = true;
                     replies.push(PendingReply::Unit(reply, Ok(())));
@@ -381,15 +440,32 @@ impl Writer {
         staged
             .group
             .stage(put.id, put.encoded, previous, put.summary);
-        match put.reply {
-            Some(reply) => staged.durable_replies.push(reply),
-            None => {
-                staged.batched += 1;
-                staged.oldest_batched = Some(match staged.oldest_batched {
-                    Some(oldest) => oldest.min(put.queued_at),
-                    None => put.queued_at,
-                });
+        staged.wait(put.reply, put.queued_at);
+    }
+
+    fn stage_statement(&self, staged: &mut StagedPuts, put: StatementPut) {
+        // Only a key new to the tree grows the count; a rewrite replaces.
+        let stored = if staged.group.staged_statements.contains(&put.key) {
+            Ok(true)
+        } else {
+            self.statements
+                .contains_key(put.key)
+                .map_err(StoreError::Read)
+        };
+        match stored {
+            Ok(stored) => {
+                staged.group.stage_statement(put.key, put.encoded, stored);
+                staged.wait(put.reply, put.queued_at);
             }
+            Err(error) => match put.reply {
+                Some(reply) => {
+                    let _ = reply.send(Err(error));
+                }
+                None => {
+                    self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, "batched statement write dropped");
+                }
+            },
         }
     }
 
@@ -403,10 +479,11 @@ impl Writer {
 
     /// Commits staged caller puts and queues their answers for after the flush.
     fn commit_puts(&mut self, staged: StagedPuts, replies: &mut Vec<PendingReply>) {
-        if staged.group.records() == 0 {
+        if staged.group.is_empty() {
             return;
         }
         let records = staged.group.records();
+        let statements = staged.group.statement_records();
         match self.commit(staged.group) {
             Ok(()) => {
                 if let Some(oldest) = staged.oldest_batched {
@@ -424,9 +501,10 @@ impl Writer {
                 if staged.batched > 0 {
                     tracing::error!(
                         records,
+                        statements,
                         batched = staged.batched,
                         %error,
-                        "session writes lost: store commit failed"
+                        "batched writes lost: store commit failed"
                     );
                 }
                 for reply in staged.durable_replies {
@@ -442,10 +520,8 @@ impl Writer {
         for (previous, current) in &group.transitions {
             counts.record_transition(*previous, *current);
         }
-        let counts_encoded = serde_json::to_vec(&counts).map_err(|source| StoreError::Encode {
-            id: group.highest_id,
-            source,
-        })?;
+        counts.statements = counts.statements.saturating_add(group.new_statements);
+        let counts_encoded = encode_counts(&counts)?;
         let last_session_id = self.persisted_last_session_id.max(group.highest_id).max(
             self.next_session_id
                 .load(Ordering::Relaxed)
@@ -454,12 +530,15 @@ impl Writer {
         let last_session_id_encoded = session_key(last_session_id);
 
         let result: sled::transaction::TransactionResult<(), std::convert::Infallible> =
-            (&self.sessions, &self.meta).transaction(|(sessions, meta)| {
-                sessions.apply_batch(&group.sessions)?;
-                meta.insert(COUNTS_KEY, counts_encoded.as_slice())?;
-                meta.insert(LAST_SESSION_ID_KEY, &last_session_id_encoded[..])?;
-                Ok(())
-            });
+            (&self.sessions, &self.statements, &self.meta).transaction(
+                |(sessions, statements, meta)| {
+                    sessions.apply_batch(&group.sessions)?;
+                    statements.apply_batch(&group.statements)?;
+                    meta.insert(COUNTS_KEY, counts_encoded.as_slice())?;
+                    meta.insert(LAST_SESSION_ID_KEY, &last_session_id_encoded[..])?;
+                    Ok(())
+                },
+            );
         match result {
             Ok(()) => {
                 self.counts = counts;
@@ -468,12 +547,20 @@ impl Writer {
                 self.stats
                     .records_written
                     .fetch_add(group.records() as u64, Ordering::Relaxed);
+                self.stats
+                    .statements_written
+                    .fetch_add(group.statement_records() as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(sled::transaction::TransactionError::Abort(never)) => match never {},
             Err(sled::transaction::TransactionError::Storage(error)) => {
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(records = group.records(), %error, "store commit failed");
+                tracing::error!(
+                    records = group.records(),
+                    statements = group.statement_records(),
+                    %error,
+                    "store commit failed"
+                );
                 Err(StoreError::Commit(error))
             }
         }
