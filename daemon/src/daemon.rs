@@ -23,11 +23,14 @@ use crate::{
         StatusReport,
         api::{PolicyStatus, StoreStatus},
     },
+    credentials::Credentials,
     policy::Policy,
+    proxy::postgres::cancel::CancelRegistry,
     redirect::RedirectListeners,
     session::{PolicyHandle, SessionContext},
     store::{
-        DecisionRecord, Durability, SessionFilter, SessionRecord, SessionState, Store, StoreOptions,
+        DecisionRecord, Durability, SessionFilter, SessionRecord, SessionState, StatementRecord,
+        Store, StoreOptions,
     },
 };
 
@@ -43,6 +46,8 @@ pub enum DaemonError {
     },
     #[error("policy: {0}")]
     Policy(#[from] crate::policy::PolicyErrors),
+    #[error("credentials: {0}")]
+    Credentials(#[from] crate::credentials::CredentialsError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("cgroup: {0}")]
@@ -68,6 +73,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let started_at = OffsetDateTime::now_utc();
 
     let policy = Policy::load_dir(&config.daemon.policy_dir)?;
+    let credentials = Credentials::load(&config.daemon.credentials_file)?;
     let policy = Arc::new(PolicyHandle::new(policy));
 
     create_private_dir(&config.daemon.state_dir)?;
@@ -149,6 +155,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         upstream_connect_timeout: Duration::from_millis(
             config.redirect.upstream_connect_timeout_ms,
         ),
+        credentials: Arc::new(credentials),
+        cancels: Arc::new(CancelRegistry::default()),
+        mask_key: crate::credentials::load_or_create_mask_key(&config.daemon.state_dir)?.into(),
     });
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -276,6 +285,17 @@ impl ControlBackend for Backend {
     fn get_session(&self, id: u64) -> Result<Option<SessionRecord>, BackendError> {
         self.store
             .get_session(id)
+            .map_err(|e| BackendError::new(e.to_string()))
+    }
+
+    fn statements(&self, session_id: u64) -> Result<Option<Vec<StatementRecord>>, BackendError> {
+        // A session's record is written before any of its statements.
+        if self.get_session(session_id)?.is_none() {
+            return Ok(None);
+        }
+        self.store
+            .statements(session_id)
+            .map(Some)
             .map_err(|e| BackendError::new(e.to_string()))
     }
 
