@@ -295,6 +295,28 @@ fn brokered_credentials_log_in_for_an_agent_that_has_no_password() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "app sees 3");
+
+    // Nothing the agent can see holds the password: not its environment, not the
+    // credentials file (root-only).
+    let env = daemon.run_agent("app-agent", "/usr/bin/env", &[]);
+    assert!(env.status.success());
+    assert!(!String::from_utf8_lossy(&env.stdout).contains(PASSWORD));
+    let credentials_path = daemon.dir.path().join("credentials.toml");
+    let read = daemon.sluice(&[
+        "run",
+        "--agent",
+        "app-agent",
+        "--user",
+        "nobody",
+        "--",
+        "/bin/cat",
+        credentials_path.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        !read.status.success(),
+        "the agent read the credentials file"
+    );
+    assert!(!String::from_utf8_lossy(&read.stdout).contains(PASSWORD));
 }
 
 #[test]
@@ -537,4 +559,100 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// A CA and a server certificate for 127.0.0.2 signed by it, as PEM:
+/// (ca certificate, server certificate, server key).
+fn test_pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().expect("server key");
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.2".to_owned()])
+        .expect("server params")
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    (ca.pem(), server.pem(), server_key.serialize_pem())
+}
+
+fn tls_policy(server: &PgServer, ca_file: &std::path::Path) -> String {
+    server
+        .policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])])
+        .replace(
+            "protocol = \"postgres\"",
+            &format!(
+                "protocol = \"postgres\"\ntls = {{ mode = \"verify-full\", ca_file = {:?} }}",
+                ca_file
+            ),
+        )
+}
+
+#[test]
+fn the_daemon_speaks_verified_tls_upstream_for_an_agent_that_does_not() {
+    let (ca, certificate, key) = test_pki();
+    let server = PgServer::start_tls_only(&certificate, &key);
+    server.create_role("app", PASSWORD);
+    server.create_database("shop", "app");
+    let pki = tempfile::tempdir().expect("tempdir");
+    let ca_file = pki.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("write CA");
+
+    // The server turns plain TCP away...
+    let direct = PgCommand::direct("psql")
+        .args([
+            "-X",
+            "-d",
+            &server.conninfo("app", "shop"),
+            "-c",
+            "SELECT 1",
+        ])
+        .password(PASSWORD)
+        .output();
+    assert!(!direct.status.success(), "the server accepted plain TCP");
+
+    // ...yet the agent, speaking plain TCP to the daemon, gets in over verified TLS.
+    let daemon = TestDaemon::start(&tls_policy(&server, &ca_file));
+    let output = PgCommand::agent(&daemon, "app-agent", "psql")
+        .args(["-X", "-A", "-t", "-d", &server.conninfo("app", "shop")])
+        .args([
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        .password(PASSWORD)
+        .output();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "t");
+}
+
+#[test]
+fn an_upstream_certificate_from_an_unknown_ca_is_refused() {
+    let (_, certificate, key) = test_pki();
+    let (other_ca, _, _) = test_pki();
+    let server = PgServer::start_tls_only(&certificate, &key);
+    server.create_role("app", PASSWORD);
+    server.create_database("shop", "app");
+    let pki = tempfile::tempdir().expect("tempdir");
+    let ca_file = pki.path().join("other-ca.pem");
+    std::fs::write(&ca_file, other_ca).expect("write CA");
+    let daemon = TestDaemon::start(&tls_policy(&server, &ca_file));
+    let output = PgCommand::agent(&daemon, "app-agent", "psql")
+        .args([
+            "-X",
+            "-d",
+            &server.conninfo("app", "shop"),
+            "-c",
+            "SELECT 1",
+        ])
+        .password(PASSWORD)
+        .output();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no verified TLS connection"), "{stderr}");
+    let sessions = daemon.wait_for_sessions(Some("app-agent"), "the failed session", |s| {
+        s.iter()
+            .any(|s| text(s, "close_reason").starts_with("upstream_tls"))
+    });
+    assert!(!sessions.is_empty());
 }

@@ -89,6 +89,16 @@ impl PgServer {
     /// [`SUPERUSER_PASSWORD`]), then start on a free port and wait until it accepts
     /// connections.
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// [`PgServer::start`] with `ssl = on` using this certificate and key (PEM), and
+    /// TCP clients without TLS rejected: only a verified TLS client gets in.
+    pub fn start_tls_only(certificate_pem: &str, key_pem: &str) -> Self {
+        Self::start_with_tls(Some((certificate_pem, key_pem)))
+    }
+
+    fn start_with_tls(tls: Option<(&str, &str)>) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("sluice-pg-")
@@ -145,6 +155,12 @@ impl PgServer {
         let hba = server.data_dir.join("pg_hba.conf");
         let mut hba_text = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
         hba_text.push_str("\nhost all all 127.0.0.0/8 scram-sha-256\n");
+        if tls.is_some() {
+            // First match wins: plain TCP is turned away before any host line.
+            hba_text = format!(
+                "hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n{hba_text}"
+            );
+        }
         std::fs::write(&hba, hba_text).expect("write pg_hba.conf");
 
         let mut conf = format!(
@@ -164,6 +180,20 @@ impl PgServer {
              lc_messages = 'C'\n",
             socket = server.socket_dir.display(),
         );
+        if let Some((certificate, key)) = tls {
+            let certificate_path = server.data_dir.join("server.crt");
+            let key_path = server.data_dir.join("server.key");
+            std::fs::write(&certificate_path, certificate).expect("write server.crt");
+            std::fs::write(&key_path, key).expect("write server.key");
+            std::fs::set_permissions(
+                &key_path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("chmod server.key");
+            chown_postgres(&certificate_path);
+            chown_postgres(&key_path);
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
         if server.pg_stat_statements {
             conf.push_str(
                 "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n",

@@ -14,6 +14,7 @@
 
 pub mod cancel;
 mod startup;
+mod tls;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -26,7 +27,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use time::OffsetDateTime;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -41,7 +42,7 @@ use self::{
 use crate::{
     credentials::Credentials,
     masking::{ColumnInfo, ColumnPlan, MaskOutcome, Masker},
-    policy::{Action, AgentFacts, Decision, Resource},
+    policy::{Action, AgentFacts, Decision, Resource, TlsMode},
     protocol::postgres::{
         BackendMessage, DecodeError, Diagnostic, EncodeError, Format, Frame, FrameDecoder,
         FrameError, FrontendMessage, Severity, TransactionStatus,
@@ -88,7 +89,14 @@ pub enum ProxyError {
     MissingCredential(String),
     #[error("encoding: {0}")]
     Encode(EncodeError),
+    #[error("upstream_tls: {0}")]
+    Tls(String),
 }
+
+/// The daemon's connection to the server: plain TCP, or TLS over it.
+pub trait UpstreamStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> UpstreamStream for T {}
 
 /// What the proxy needs to know about its session.
 pub struct PgSession {
@@ -125,21 +133,41 @@ pub async fn proxy(
 async fn run(
     session: &PgSession,
     mut agent: TcpStream,
-    mut upstream: TcpStream,
+    upstream: TcpStream,
     counts: &ByteCounts,
 ) -> Result<String, ProxyError> {
     let mut agent_buffer = BytesMut::with_capacity(8 * 1024);
     let mut agent_decoder = FrameDecoder::frontend();
-    let (version, parameters) =
-        match read_opening(&mut agent, &mut agent_buffer, &mut agent_decoder, counts).await? {
-            Opening::Cancel { pid, secret_key } => {
-                return forward_cancel(session, &mut upstream, pid, &secret_key).await;
+    let opening = read_opening(&mut agent, &mut agent_buffer, &mut agent_decoder, counts).await?;
+    let mut upstream: Box<dyn UpstreamStream> = match session.resource.tls.mode {
+        TlsMode::Disable => Box::new(upstream),
+        TlsMode::VerifyFull => {
+            match tls::connect(upstream, &session.resource.tls, session.upstream_addr).await {
+                Ok(stream) => Box::new(stream),
+                Err(error) => {
+                    send_fatal(
+                        &mut agent,
+                        "08001",
+                        &format!(
+                            "sluice: no verified TLS connection to `{}`: {error}",
+                            session.resource.name
+                        ),
+                    )
+                    .await;
+                    return Err(error);
+                }
             }
-            Opening::Session {
-                version,
-                parameters,
-            } => (version, parameters),
-        };
+        }
+    };
+    let (version, parameters) = match opening {
+        Opening::Cancel { pid, secret_key } => {
+            return forward_cancel(session, &mut upstream, pid, &secret_key).await;
+        }
+        Opening::Session {
+            version,
+            parameters,
+        } => (version, parameters),
+    };
 
     let mut server_buffer = BytesMut::with_capacity(64 * 1024);
     let mut server_decoder = FrameDecoder::backend();
@@ -200,7 +228,7 @@ async fn run(
     }
 
     let (agent_read, agent_write) = agent.into_split();
-    let (upstream_read, upstream_write) = upstream.into_split();
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let (pending_sender, pending_receiver) = mpsc::unbounded_channel();
     let mut agent_loop = AgentLoop {
         session,
@@ -254,7 +282,7 @@ async fn run(
 
 async fn forward_cancel(
     session: &PgSession,
-    upstream: &mut TcpStream,
+    upstream: &mut Box<dyn UpstreamStream>,
     pid: i32,
     secret_key: &[u8],
 ) -> Result<String, ProxyError> {
@@ -346,7 +374,7 @@ struct PortalInfo {
 struct AgentLoop<'a> {
     session: &'a PgSession,
     read: OwnedReadHalf,
-    write: OwnedWriteHalf,
+    write: WriteHalf<Box<dyn UpstreamStream>>,
     buffer: BytesMut,
     decoder: FrameDecoder,
     pending: mpsc::UnboundedSender<Pending>,
@@ -778,7 +806,7 @@ fn denial(kind: &str, decision: &Decision) -> Result<Bytes, ProxyError> {
 
 struct ServerLoop<'a> {
     session: &'a PgSession,
-    read: OwnedReadHalf,
+    read: ReadHalf<Box<dyn UpstreamStream>>,
     write: OwnedWriteHalf,
     buffer: BytesMut,
     decoder: FrameDecoder,
@@ -1065,6 +1093,27 @@ impl ServerLoop<'_> {
                 }
                 _ => {}
             },
+            Some(b'R') => {
+                // Channel binding ties SCRAM to the TLS channel the agent is not on: offer
+                // the agent only the unbound mechanisms.
+                if let BackendMessage::Authentication(
+                    crate::protocol::postgres::backend::Authentication::Sasl { mechanisms },
+                ) = BackendMessage::decode(&frame).map_err(ProxyError::ServerMessage)?
+                    && mechanisms.iter().any(|m| m.ends_with("-PLUS"))
+                {
+                    let mut body = BytesMut::new();
+                    body.extend_from_slice(&10i32.to_be_bytes());
+                    for mechanism in mechanisms.iter().filter(|m| !m.ends_with("-PLUS")) {
+                        body.extend_from_slice(mechanism.as_bytes());
+                        body.extend_from_slice(&[0]);
+                    }
+                    body.extend_from_slice(&[0]);
+                    out.extend_from_slice(b"R");
+                    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+                    out.extend_from_slice(&body);
+                    return Ok(());
+                }
+            }
             Some(b'K') => {
                 if let BackendMessage::BackendKeyData { pid, secret_key } =
                     BackendMessage::decode(&frame).map_err(ProxyError::ServerMessage)?
