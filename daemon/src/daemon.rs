@@ -28,10 +28,7 @@ use crate::{
     proxy::postgres::cancel::CancelRegistry,
     redirect::RedirectListeners,
     session::{PolicyHandle, SessionContext},
-    store::{
-        DecisionRecord, Durability, SessionFilter, SessionRecord, SessionState, StatementRecord,
-        Store, StoreOptions,
-    },
+    store::{Durability, SessionFilter, SessionRecord, StatementRecord, Store, StoreOptions},
 };
 
 /// Errors that stop the daemon from starting.
@@ -300,7 +297,6 @@ impl ControlBackend for Backend {
     }
 
     fn refused(&self, peer: &PeerInfo, reason: &str) {
-        let now = OffsetDateTime::now_utc();
         let agent = peer
             .cgroup
             .as_deref()
@@ -309,35 +305,19 @@ impl ControlBackend for Backend {
             .unwrap_or_default()
             .to_owned();
         let record = SessionRecord {
-            id: self.store.next_session_id(),
-            state: SessionState::Closed,
             agent,
             pid: peer.pid.unwrap_or_default(),
-            tid: 0,
             uid: peer.uid,
             gid: peer.gid,
-            comm: String::new(),
             exe: peer.pid.and_then(|pid| {
                 std::fs::read_link(format!("/proc/{pid}/exe"))
                     .ok()
                     .map(|p| p.display().to_string())
             }),
             cgroup: peer.cgroup.clone().unwrap_or_default(),
-            source: String::new(),
             destination: "control-socket".into(),
-            upstream_local: None,
             transport: "unix".into(),
-            resource: None,
-            decision: DecisionRecord {
-                action: "deny".into(),
-                rule: "control:unauthorized".into(),
-                reason: reason.to_owned(),
-            },
-            started_at: now,
-            ended_at: Some(now),
-            bytes_up: 0,
-            bytes_down: 0,
-            close_reason: Some("denied".into()),
+            ..SessionRecord::refused(self.store.next_session_id(), "control:unauthorized", reason)
         };
         let store = self.store.clone();
         self.runtime.spawn(async move {

@@ -9,13 +9,12 @@ use std::{os::fd::AsRawFd, sync::Arc};
 
 use aya::maps::{MapData, RingBuf};
 use sluice_common::{HOOK_SENDMSG, Refusal, RefusalReason};
-use time::OffsetDateTime;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroup::ManagedRoot,
     identity::{comm_string, destination_of},
-    store::{DecisionRecord, Durability, SessionRecord, SessionState, Store},
+    store::{Durability, SessionRecord, Store},
 };
 
 const IPPROTO_UDP: u32 = 17;
@@ -88,10 +87,7 @@ fn refusal_record(id: u64, refusal: &Refusal, root: &ManagedRoot) -> SessionReco
     } else {
         "connect"
     };
-    let now = OffsetDateTime::now_utc();
     SessionRecord {
-        id,
-        state: SessionState::Closed,
         agent: root
             .agent_for_cgroup_id(origin.cgroup_id)
             .unwrap_or_default(),
@@ -104,25 +100,17 @@ fn refusal_record(id: u64, refusal: &Refusal, root: &ManagedRoot) -> SessionReco
             .ok()
             .map(|p| p.display().to_string()),
         cgroup: crate::cgroup::cgroup_path_of(origin.tgid).unwrap_or_default(),
-        source: String::new(),
         destination: destination_of(origin).to_string(),
-        upstream_local: None,
         transport: match refusal.protocol {
             IPPROTO_UDP => "udp".into(),
             6 => "tcp".into(),
             other => format!("ipproto-{other}"),
         },
-        resource: None,
-        decision: DecisionRecord {
-            action: "deny".into(),
-            rule: format!("kernel:{reason_name}"),
-            reason: format!("refused in the {hook} hook: {}", describe(reason)),
-        },
-        started_at: now,
-        ended_at: Some(now),
-        bytes_up: 0,
-        bytes_down: 0,
-        close_reason: Some("denied".into()),
+        ..SessionRecord::refused(
+            id,
+            format!("kernel:{reason_name}"),
+            format!("refused in the {hook} hook: {}", describe(reason)),
+        )
     }
 }
 

@@ -24,7 +24,7 @@ use crate::{
     policy::{Action, AgentFacts, Decision, Policy, Protocol},
     proxy::postgres::{PgSession, cancel::CancelRegistry},
     relay::{self, ByteCounts, reset},
-    store::{DecisionRecord, Durability, SessionRecord, SessionState, Store},
+    store::{Durability, SessionRecord, SessionState, Store},
 };
 
 /// The live policy; replaced whole on reload, read per decision.
@@ -241,33 +241,9 @@ fn open_record(id: u64, redirected: &Redirected, decision: &Decision) -> Session
 
 /// A connection that reached the listener without a redirect record.
 fn unidentified_record(id: u64, peer: SocketAddr, why: &str) -> SessionRecord {
-    let now = OffsetDateTime::now_utc();
     SessionRecord {
-        id,
-        state: SessionState::Closed,
-        agent: String::new(),
-        pid: 0,
-        tid: 0,
-        uid: 0,
-        gid: 0,
-        comm: String::new(),
-        exe: None,
-        cgroup: String::new(),
         source: peer.to_string(),
-        destination: String::new(),
-        upstream_local: None,
-        transport: "tcp".into(),
-        resource: None,
-        decision: DecisionRecord {
-            action: "deny".into(),
-            rule: "unidentified".into(),
-            reason: why.to_owned(),
-        },
-        started_at: now,
-        ended_at: Some(now),
-        bytes_up: 0,
-        bytes_down: 0,
-        close_reason: Some("denied".into()),
+        ..SessionRecord::refused(id, "unidentified", why)
     }
 }
 
@@ -276,14 +252,5 @@ fn unidentified_record(id: u64, peer: SocketAddr, why: &str) -> SessionRecord {
 async fn store_final(store: &Store, record: &SessionRecord) {
     if let Err(error) = store.put_session(record, Durability::Durable).await {
         tracing::error!(%error, id = record.id, "cannot record the refused connection");
-    }
-}
-
-impl SessionRecord {
-    /// Marks the record closed at `at` for `reason`.
-    pub fn close(&mut self, at: OffsetDateTime, reason: String) {
-        self.state = SessionState::Closed;
-        self.ended_at = Some(at);
-        self.close_reason = Some(reason);
     }
 }

@@ -70,6 +70,48 @@ pub struct SessionRecord {
     pub close_reason: Option<String>,
 }
 
+impl SessionRecord {
+    /// A connection refused before any byte was relayed, by `rule` for `reason`.
+    /// Callers fill in what they know of who and where with struct update syntax.
+    pub fn refused(id: u64, rule: impl Into<String>, reason: impl Into<String>) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            id,
+            state: SessionState::Closed,
+            agent: String::new(),
+            pid: 0,
+            tid: 0,
+            uid: 0,
+            gid: 0,
+            comm: String::new(),
+            exe: None,
+            cgroup: String::new(),
+            source: String::new(),
+            destination: String::new(),
+            upstream_local: None,
+            transport: "tcp".into(),
+            resource: None,
+            decision: DecisionRecord {
+                action: "deny".into(),
+                rule: rule.into(),
+                reason: reason.into(),
+            },
+            started_at: now,
+            ended_at: Some(now),
+            bytes_up: 0,
+            bytes_down: 0,
+            close_reason: Some("denied".into()),
+        }
+    }
+
+    /// Marks the record closed at `at` for `reason`.
+    pub fn close(&mut self, at: OffsetDateTime, reason: String) {
+        self.state = SessionState::Closed;
+        self.ended_at = Some(at);
+        self.close_reason = Some(reason);
+    }
+}
+
 /// One statement (or request) inside a session: what was asked, what was decided,
 /// and how it ended. Values covered by a mask rule never appear here: `sql` has its
 /// literals replaced by `?` and parameters are counted, not kept.
