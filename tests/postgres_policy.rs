@@ -567,11 +567,22 @@ fn test_pki() -> (String, String, String) {
     let ca_key = rcgen::KeyPair::generate().expect("CA key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sluice test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let server_key = rcgen::KeyPair::generate().expect("server key");
-    let server = rcgen::CertificateParams::new(vec!["127.0.0.2".to_owned()])
-        .expect("server params")
+    let mut server_params =
+        rcgen::CertificateParams::new(vec!["127.0.0.2".to_owned()]).expect("server params");
+    server_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.2");
+    let server = server_params
         .signed_by(&server_key, &issuer)
         .expect("server certificate");
     (ca.pem(), server.pem(), server_key.serialize_pem())
@@ -655,4 +666,82 @@ fn an_upstream_certificate_from_an_unknown_ca_is_refused() {
             .any(|s| text(s, "close_reason").starts_with("upstream_tls"))
     });
     assert!(!sessions.is_empty());
+}
+
+#[test]
+fn a_server_that_reads_backslashes_in_strings_fails_closed() {
+    let server = server();
+    // A role default: no SET the classifier could see.
+    server.psql_admin("ALTER ROLE app SET standard_conforming_strings = off");
+    let daemon =
+        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let mark = server.server_log().len();
+    let output = PgCommand::agent(&daemon, "app-agent", "psql")
+        .args(["-X", "-d", &server.conninfo("app", "shop")])
+        .args(["-c", "SELECT count(*) FROM orders"])
+        .password(PASSWORD)
+        .output();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("standard-conforming-strings-off"),
+        "{stderr}"
+    );
+    assert!(!server.server_log_since(mark).contains("count(*)"));
+}
+
+#[test]
+fn agents_that_ask_for_tls_get_it_from_the_daemon_with_the_configured_certificate() {
+    let (ca, certificate, key) = test_pki();
+    let server = server();
+    let pki = tempfile::tempdir().expect("tempdir");
+    let ca_file = pki.path().join("ca.pem");
+    let certificate_file = pki.path().join("agent-facing.pem");
+    let key_file = pki.path().join("agent-facing.key");
+    std::fs::write(&ca_file, ca).expect("write CA");
+    std::fs::write(&certificate_file, certificate).expect("write certificate");
+    std::fs::write(&key_file, key).expect("write key");
+    let policy = server
+        .policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])])
+        .replace(
+            "protocol = \"postgres\"",
+            &format!(
+                "protocol = \"postgres\"\nagent_tls = {{ cert_file = {certificate_file:?}, key_file = {key_file:?} }}"
+            ),
+        );
+    let daemon = TestDaemon::start(&policy);
+    // The agent insists on TLS and verifies the name it dialled against the CA.
+    let conninfo = format!(
+        "host=127.0.0.2 port={} user=app dbname=shop sslmode=verify-full sslrootcert={}",
+        server.port(),
+        ca_file.display()
+    );
+    let output = PgCommand::agent(&daemon, "app-agent", "psql")
+        .args([
+            "-X",
+            "-d",
+            &conninfo,
+            "-c",
+            "\\conninfo",
+            "-c",
+            "SELECT count(*) FROM orders",
+        ])
+        .password(PASSWORD)
+        .output();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("SSL connection"), "{stdout}");
+    assert!(stdout.contains(" 3\n"), "{stdout}");
+    // Without TLS configured for the resource, the same agent is told 'N'.
+    let plain =
+        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let refused = PgCommand::agent(&plain, "app-agent", "psql")
+        .args(["-X", "-d", &conninfo, "-c", "SELECT 1"])
+        .password(PASSWORD)
+        .output();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("server does not support SSL"),
+        "{refused:?}"
+    );
 }

@@ -19,8 +19,8 @@ use toml::Spanned;
 use super::{
     Policy,
     model::{
-        Action, Agent, Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule,
-        Selector, UpstreamTls,
+        Action, Agent, AgentTls, Location, Operation, OperationSet, PortRange, Protocol, Resource,
+        Rule, Selector, UpstreamTls,
     },
 };
 use crate::{config::line_column, masking::MaskProfile};
@@ -103,6 +103,7 @@ struct ResourceSpec {
     credential: Option<String>,
     #[serde(default)]
     tls: UpstreamTls,
+    agent_tls: Option<Spanned<AgentTls>>,
 }
 
 #[derive(Deserialize)]
@@ -394,6 +395,21 @@ impl Builder {
             }
         }
 
+        if let Some(agent_tls) = &spec.agent_tls {
+            for path in [
+                &agent_tls.get_ref().cert_file,
+                &agent_tls.get_ref().key_file,
+            ] {
+                if !path.is_file() {
+                    self.report(
+                        &file.locate(agent_tls.span()),
+                        format!("agent_tls file {} does not exist", path.display()),
+                    );
+                    valid = false;
+                }
+            }
+        }
+
         if valid {
             self.resources.push(Resource {
                 name: spec.name.get_ref().clone(),
@@ -402,6 +418,7 @@ impl Builder {
                 protocol: spec.protocol,
                 credential: spec.credential.clone(),
                 tls: spec.tls.clone(),
+                agent_tls: spec.agent_tls.as_ref().map(|tls| tls.get_ref().clone()),
                 location,
             });
         }

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::{
-    Action, Agent, Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule,
-    Selector, TlsMode, UnknownOperation, UpstreamTls,
+    Action, Agent, AgentTls, Location, Operation, OperationSet, PortRange, Protocol, Resource,
+    Rule, Selector, TlsMode, UnknownOperation, UpstreamTls,
 };
 use model::{OperationMatch, Specificity};
 

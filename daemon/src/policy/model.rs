@@ -267,7 +267,20 @@ pub struct Resource {
     pub credential: Option<String>,
     /// TLS from the daemon to the upstream.
     pub tls: UpstreamTls,
+    /// When set, agents that ask for TLS get it, terminated by the daemon with this
+    /// certificate; otherwise their SSLRequest is answered 'N'.
+    pub agent_tls: Option<AgentTls>,
     pub location: Location,
+}
+
+/// The certificate the daemon presents to agents that ask for TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTls {
+    /// PEM certificate chain, for the name the agents dial.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (root-only).
+    pub key_file: std::path::PathBuf,
 }
 
 /// TLS on the daemon's upstream connection.

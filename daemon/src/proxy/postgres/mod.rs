@@ -21,6 +21,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
+    sync::atomic::AtomicBool,
     time::Instant,
 };
 
@@ -28,10 +29,7 @@ use bytes::{Bytes, BytesMut};
 use time::OffsetDateTime;
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    net::TcpStream,
     sync::mpsc,
 };
 
@@ -93,10 +91,10 @@ pub enum ProxyError {
     Tls(String),
 }
 
-/// The daemon's connection to the server: plain TCP, or TLS over it.
-pub trait UpstreamStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+/// A connection to the agent or the server: plain TCP, or TLS over it.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> UpstreamStream for T {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> ByteStream for T {}
 
 /// What the proxy needs to know about its session.
 pub struct PgSession {
@@ -132,14 +130,43 @@ pub async fn proxy(
 
 async fn run(
     session: &PgSession,
-    mut agent: TcpStream,
+    agent: TcpStream,
     upstream: TcpStream,
     counts: &ByteCounts,
 ) -> Result<String, ProxyError> {
     let mut agent_buffer = BytesMut::with_capacity(8 * 1024);
     let mut agent_decoder = FrameDecoder::frontend();
-    let opening = read_opening(&mut agent, &mut agent_buffer, &mut agent_decoder, counts).await?;
-    let mut upstream: Box<dyn UpstreamStream> = match session.resource.tls.mode {
+    let mut agent_tcp = agent;
+    let agent_tls = session.resource.agent_tls.as_ref();
+    let mut opening = read_opening(
+        &mut agent_tcp,
+        &mut agent_buffer,
+        &mut agent_decoder,
+        counts,
+        agent_tls.is_some(),
+    )
+    .await?;
+    let mut agent: Box<dyn ByteStream> = match (&opening, agent_tls) {
+        (Opening::TlsRequested, Some(agent_tls)) => {
+            agent_tcp
+                .write_all(b"S")
+                .await
+                .map_err(ProxyError::AgentIo)?;
+            let mut stream: Box<dyn ByteStream> =
+                Box::new(tls::accept(agent_tcp, agent_tls).await?);
+            opening = read_opening(
+                &mut stream,
+                &mut agent_buffer,
+                &mut agent_decoder,
+                counts,
+                false,
+            )
+            .await?;
+            stream
+        }
+        _ => Box::new(agent_tcp),
+    };
+    let mut upstream: Box<dyn ByteStream> = match session.resource.tls.mode {
         TlsMode::Disable => Box::new(upstream),
         TlsMode::VerifyFull => {
             match tls::connect(upstream, &session.resource.tls, session.upstream_addr).await {
@@ -163,6 +190,7 @@ async fn run(
         Opening::Cancel { pid, secret_key } => {
             return forward_cancel(session, &mut upstream, pid, &secret_key).await;
         }
+        Opening::TlsRequested => return Err(ProxyError::UnexpectedMessage('S')),
         Opening::Session {
             version,
             parameters,
@@ -227,11 +255,13 @@ async fn run(
         }
     }
 
-    let (agent_read, agent_write) = agent.into_split();
+    let (agent_read, agent_write) = tokio::io::split(agent);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let (pending_sender, pending_receiver) = mpsc::unbounded_channel();
+    let backslash_quoting = AtomicBool::new(false);
     let mut agent_loop = AgentLoop {
         session,
+        backslash_quoting: &backslash_quoting,
         read: agent_read,
         write: upstream_write,
         buffer: agent_buffer,
@@ -246,6 +276,7 @@ async fn run(
     };
     let mut server_loop = ServerLoop {
         session,
+        backslash_quoting: &backslash_quoting,
         read: upstream_read,
         write: agent_write,
         buffer: server_buffer,
@@ -282,7 +313,7 @@ async fn run(
 
 async fn forward_cancel(
     session: &PgSession,
-    upstream: &mut Box<dyn UpstreamStream>,
+    upstream: &mut Box<dyn ByteStream>,
     pid: i32,
     secret_key: &[u8],
 ) -> Result<String, ProxyError> {
@@ -306,7 +337,7 @@ async fn forward_cancel(
 }
 
 /// Sends a FATAL error to the agent during start-up (best effort: it is closing).
-async fn send_fatal(agent: &mut TcpStream, code: &str, message: &str) {
+async fn send_fatal(agent: &mut Box<dyn ByteStream>, code: &str, message: &str) {
     let mut bytes = BytesMut::new();
     if encode_error_response(&Diagnostic::new(Severity::Fatal, code, message), &mut bytes).is_ok() {
         let _ = agent.write_all(&bytes).await;
@@ -373,8 +404,11 @@ struct PortalInfo {
 
 struct AgentLoop<'a> {
     session: &'a PgSession,
-    read: OwnedReadHalf,
-    write: WriteHalf<Box<dyn UpstreamStream>>,
+    /// Set by the server loop when the server reports `standard_conforming_strings`
+    /// off: its string literals then differ from what the classifier reads.
+    backslash_quoting: &'a AtomicBool,
+    read: ReadHalf<Box<dyn ByteStream>>,
+    write: WriteHalf<Box<dyn ByteStream>>,
     buffer: BytesMut,
     decoder: FrameDecoder,
     pending: mpsc::UnboundedSender<Pending>,
@@ -708,6 +742,20 @@ impl AgentLoop<'_> {
 
     fn judge(&self, statement: &Classified) -> Decision {
         let session = self.session;
+        if self
+            .backslash_quoting
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Decision {
+                action: Action::Deny,
+                rule: "standard-conforming-strings-off".into(),
+                reason: "the server has standard_conforming_strings off, so it reads backslashes \
+                         in string literals differently from the statement parser: refused"
+                    .into(),
+                resource: Some(session.resource.name.clone()),
+                mask: None,
+            };
+        }
         session.policy.current().decide(
             &AgentFacts {
                 agent: &session.agent,
@@ -806,8 +854,9 @@ fn denial(kind: &str, decision: &Decision) -> Result<Bytes, ProxyError> {
 
 struct ServerLoop<'a> {
     session: &'a PgSession,
-    read: ReadHalf<Box<dyn UpstreamStream>>,
-    write: OwnedWriteHalf,
+    backslash_quoting: &'a AtomicBool,
+    read: ReadHalf<Box<dyn ByteStream>>,
+    write: WriteHalf<Box<dyn ByteStream>>,
     buffer: BytesMut,
     decoder: FrameDecoder,
     pending: mpsc::UnboundedReceiver<Pending>,
@@ -1112,6 +1161,15 @@ impl ServerLoop<'_> {
                     out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
                     out.extend_from_slice(&body);
                     return Ok(());
+                }
+            }
+            Some(b'S') => {
+                if let BackendMessage::ParameterStatus { name, value } =
+                    BackendMessage::decode(&frame).map_err(ProxyError::ServerMessage)?
+                    && name == "standard_conforming_strings"
+                {
+                    self.backslash_quoting
+                        .store(value != "on", std::sync::atomic::Ordering::Release);
                 }
             }
             Some(b'K') => {

@@ -6,10 +6,7 @@ use postgres_protocol::authentication::{
     md5_hash,
     sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256},
 };
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::ProxyError;
 use crate::{
@@ -34,6 +31,9 @@ pub enum Opening {
     },
     /// A request to cancel another session's query.
     Cancel { pid: i32, secret_key: Bytes },
+    /// An SSLRequest, to be answered 'S' and followed by the TLS handshake (only when
+    /// the caller said TLS is available).
+    TlsRequested,
 }
 
 /// Reads frames until a whole one is buffered; `None` at a clean end of stream.
@@ -81,13 +81,14 @@ pub async fn next_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Answers SSLRequest and GSSENCRequest with 'N' (TLS to the agent is not terminated
-/// here) until the agent sends its StartupMessage or a CancelRequest.
-pub async fn read_opening(
-    agent: &mut TcpStream,
+/// Answers GSSENCRequest (and SSLRequest, unless `tls_available`) with 'N' until the
+/// agent sends its StartupMessage or a CancelRequest.
+pub async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(
+    agent: &mut S,
     buffer: &mut BytesMut,
     decoder: &mut FrameDecoder,
     counts: &ByteCounts,
+    tls_available: bool,
 ) -> Result<Opening, ProxyError> {
     loop {
         let frame = next_frame(agent, buffer, decoder, true)
@@ -97,6 +98,14 @@ pub async fn read_opening(
             .up
             .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
         match FrontendMessage::decode(&frame).map_err(ProxyError::AgentMessage)? {
+            FrontendMessage::SslRequest if tls_available => {
+                // Bytes sent before the handshake would be read as if they had come
+                // through TLS (CVE-2021-23214): refuse them.
+                if !buffer.is_empty() {
+                    return Err(ProxyError::UnexpectedMessage('S'));
+                }
+                return Ok(Opening::TlsRequested);
+            }
             FrontendMessage::SslRequest | FrontendMessage::GssEncRequest => {
                 let mut refusal = BytesMut::new();
                 encode_encryption_refused(&mut refusal);

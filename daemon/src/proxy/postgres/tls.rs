@@ -18,10 +18,13 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
-use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
 use super::ProxyError;
-use crate::{policy::UpstreamTls, protocol::postgres::frontend::encode_ssl_request};
+use crate::{
+    policy::{AgentTls, UpstreamTls},
+    protocol::postgres::frontend::encode_ssl_request,
+};
 
 /// Asks the server for TLS and completes a verified handshake.
 pub async fn connect(
@@ -75,4 +78,33 @@ fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, ProxyError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| ProxyError::Tls(e.to_string()))
         .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Terminates an agent's TLS with the resource's certificate (after the daemon
+/// answered its SSLRequest with 'S').
+pub async fn accept(
+    agent: TcpStream,
+    tls: &AgentTls,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, ProxyError> {
+    let file_error = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+        ProxyError::Tls(format!("{}: {e}", path.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(&tls.cert_file)
+        .map_err(|e| file_error(&tls.cert_file, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(&tls.cert_file, &e))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&tls.key_file)
+        .map_err(|e| file_error(&tls.key_file, &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ProxyError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| ProxyError::Tls(format!("agent certificate: {e}")))?;
+    TlsAcceptor::from(Arc::new(config))
+        .accept(agent)
+        .await
+        .map_err(|error| ProxyError::Tls(format!("handshake with the agent: {error}")))
 }
