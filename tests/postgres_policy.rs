@@ -209,6 +209,38 @@ fn extended_protocol_denials_keep_the_session_usable() {
 }
 
 #[test]
+fn bound_parameters_are_recorded_by_format_and_size_never_by_value() {
+    let server = server();
+    let daemon =
+        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let report = pgprobe_as(
+        &daemon,
+        "app-agent",
+        &["run", &driver_conninfo(&server)],
+        "SELECT count(*)::text FROM orders WHERE item <> $1|secret-param-value\n",
+    );
+    assert_eq!(
+        report["results"][0]["rows"],
+        serde_json::json!([["3"]]),
+        "{report:#}"
+    );
+    let shown = newest_session_with_statements(&daemon, "app-agent");
+    let statement = &shown["statements"][0];
+    assert_eq!(statement["params"], 1, "{shown:#}");
+    assert_eq!(
+        statement["parameters"],
+        serde_json::json!(["binary:18"]),
+        "{shown:#}"
+    );
+    assert!(!shown.to_string().contains("secret-param-value"));
+    let mut stored = Vec::new();
+    for file in walk(&daemon.dir.path().join("state")) {
+        stored.extend(std::fs::read(file).unwrap_or_default());
+    }
+    assert!(!String::from_utf8_lossy(&stored).contains("secret-param-value"));
+}
+
+#[test]
 fn prepared_statements_run_many_times_through_the_proxy() {
     let server = server();
     let daemon =
@@ -743,5 +775,36 @@ fn agents_that_ask_for_tls_get_it_from_the_daemon_with_the_configured_certificat
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("server does not support SSL"),
         "{refused:?}"
+    );
+}
+
+#[test]
+fn table_qualified_mask_rules_hold_in_joins() {
+    let server = server();
+    plant(&server);
+    let policy = server
+        .policy(
+            &["analyst"],
+            &[Rule::allow("analyst", &["read"]).named("analyst-reads-masked")],
+        )
+        .replace("action = \"allow\"", "action = \"allow\"\nmask = \"notes\"");
+    let policy = format!(
+        "{policy}\n[[mask]]\nname = \"notes\"\n\n\
+         [[mask.rule]]\ntable = \"customers\"\ncolumn = \"note\"\nstrategy = \"redact\"\n"
+    );
+    let daemon = TestDaemon::start(&policy);
+    let output = PgCommand::agent(&daemon, "analyst", "psql")
+        .args(["-X", "-A", "-t", "-d", &server.conninfo("app", "shop")])
+        .args([
+            "-c",
+            "SELECT c.note, i.total FROM customers c JOIN invoices i \
+             ON i.customer_email = c.email ORDER BY i.total",
+        ])
+        .password(PASSWORD)
+        .output();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "[REDACTED]|10\n[REDACTED]|20"
     );
 }

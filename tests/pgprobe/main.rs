@@ -4,8 +4,8 @@
 //! binary results), as most application drivers do. The tests run it with `sluice run`
 //! and read one JSON report on stdout.
 //!
-//! - `run CONNINFO`: runs each line of stdin as one statement (an unnamed prepared
-//!   statement each) and reports every result: rows as text, or the SQLSTATE and
+//! - `run CONNINFO`: runs each line of stdin (`SQL|param|param...`) as one statement (an
+//!   unnamed prepared statement each, parameters bound as text) and reports every result: rows as text, or the SQLSTATE and
 //!   message; later statements still run after an error, on the same session.
 //! - `prepared CONNINFO SQL COUNT`: prepares SQL once, executes it COUNT times.
 //! - `cancel CONNINFO`: starts `SELECT pg_sleep(30)`, cancels it after 300 ms through
@@ -85,8 +85,16 @@ async fn run(conninfo: &str) -> Result<Value, String> {
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut script)
         .map_err(|e| format!("stdin: {e}"))?;
     let mut results = Vec::new();
-    for sql in script.lines().filter(|line| !line.trim().is_empty()) {
-        results.push(match client.query(sql, &[]).await {
+    for line in script.lines().filter(|line| !line.trim().is_empty()) {
+        // `SQL|p1|p2`: text parameters bound to $1, $2...
+        let mut parts = line.split('|');
+        let sql = parts.next().unwrap_or_default();
+        let params: Vec<&str> = parts.collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        results.push(match client.query(sql, &params).await {
             Ok(rows) => json!({"sql": sql, "ok": true, "rows": text_rows(&rows)}),
             Err(error) => failure(sql, &error),
         });

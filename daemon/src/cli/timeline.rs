@@ -283,6 +283,7 @@ mod tests {
             error: None,
             masked: Default::default(),
             nulled: 0,
+            parameters: Vec::new(),
         }
     }
 

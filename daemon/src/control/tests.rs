@@ -173,6 +173,7 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         error: None,
         masked: [("email".to_owned(), 1)].into_iter().collect(),
         nulled: 0,
+        parameters: Vec::new(),
     }
 }
 
@@ -354,6 +355,7 @@ async fn statements_of_a_session_round_trip() {
         "kind": "SELECT",
         "tables": ["customers"],
         "params": 0,
+        "parameters": [],
         "decision": {
             "action": "allow",
             "rule": "read-customers",

@@ -131,6 +131,10 @@ pub struct StatementRecord {
     /// How many bound parameters it carried (extended protocol).
     #[serde(default)]
     pub params: usize,
+    /// Each bound parameter as its format and size (`text:11`, `binary:4`, `NULL`):
+    /// values are never recorded, like the literals in `sql`.
+    #[serde(default)]
+    pub parameters: Vec<String>,
     pub decision: DecisionRecord,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,

@@ -631,6 +631,7 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         error: None,
         masked: [("email".to_owned(), 1)].into_iter().collect(),
         nulled: 0,
+        parameters: Vec::new(),
     }
 }
 

@@ -39,7 +39,7 @@ use self::{
 };
 use crate::{
     credentials::Credentials,
-    masking::{ColumnInfo, ColumnPlan, MaskOutcome, Masker},
+    masking::{ColumnAction, ColumnInfo, ColumnPlan, MaskOutcome, Masker},
     policy::{Action, AgentFacts, Decision, Resource, TlsMode},
     protocol::postgres::{
         BackendMessage, DecodeError, Diagnostic, EncodeError, Format, Frame, FrameDecoder,
@@ -380,12 +380,11 @@ enum Pending {
     },
 }
 
-/// How one result set is masked: the profile, and the table its columns come from when
-/// the statement reads exactly one.
+/// How one result set is masked: the profile, and the tables the statement reads.
 #[derive(Clone)]
 struct ResultMask {
     masker: Arc<Masker>,
-    table: Option<String>,
+    tables: Vec<String>,
 }
 
 /// A statement as judged when the agent prepared it.
@@ -398,7 +397,8 @@ struct Prepared {
 struct PortalInfo {
     statement_name: String,
     prepared: Arc<Prepared>,
-    params: usize,
+    /// The bound parameters as recorded: format and size, never the value.
+    parameters: Vec<String>,
     formats: Vec<Format>,
 }
 
@@ -554,7 +554,22 @@ impl AgentLoop<'_> {
                         PortalInfo {
                             statement_name: bind.statement.to_owned(),
                             prepared: Arc::clone(prepared),
-                            params: bind.params.len(),
+                            parameters: bind
+                                .params
+                                .iter()
+                                .enumerate()
+                                .map(|(i, value)| match value {
+                                    None => "NULL".to_owned(),
+                                    Some(value) => format!(
+                                        "{}:{}",
+                                        match bind.param_format(i) {
+                                            Format::Text => "text",
+                                            Format::Binary => "binary",
+                                        },
+                                        value.len()
+                                    ),
+                                })
+                                .collect(),
                             formats: bind.result_formats.clone(),
                         },
                     );
@@ -587,12 +602,13 @@ impl AgentLoop<'_> {
                 };
                 // Judged again: the policy may have changed since the Parse.
                 let (decision, mask) = self.judge_with_mask(&info.prepared.classified);
-                let record = self.record(
+                let mut record = self.record(
                     &info.prepared.classified,
                     &info.prepared.sql,
-                    info.params,
+                    info.parameters.len(),
                     &decision,
                 );
+                record.parameters = info.parameters;
                 if decision.action != Action::Allow {
                     self.refuse_extended(&info.prepared.classified.kind, &decision, record)?;
                     return Ok(false);
@@ -708,11 +724,8 @@ impl AgentLoop<'_> {
         }
         match self.masker(&profile) {
             Some(masker) => {
-                let table = match statement.tables_read.as_slice() {
-                    [only] => Some(only.clone()),
-                    _ => None,
-                };
-                (decision, Some(ResultMask { masker, table }))
+                let tables = statement.tables_read.clone();
+                (decision, Some(ResultMask { masker, tables }))
             }
             None => {
                 refuse(
@@ -809,6 +822,7 @@ impl AgentLoop<'_> {
             error: None,
             masked: Default::default(),
             nulled: 0,
+            parameters: Vec::new(),
         }
     }
 
@@ -885,12 +899,28 @@ struct Column {
 }
 
 /// A result set being masked.
+///
+/// RowDescription gives a column's table only as an OID. When the statement reads one
+/// table, that is the table; when it reads several, the column is planned as if from
+/// each of them and the strictest outcome is used: over-masking, never a leak.
 struct ActiveMask {
     masker: Arc<Masker>,
-    /// `None` when the columns are unknown: every value is sent as NULL.
-    plan: Option<ColumnPlan>,
+    /// One plan per candidate table; empty when the columns are unknown, and then every
+    /// value is sent as NULL.
+    plans: Vec<ColumnPlan>,
+    /// For each column, the plan that masks it most.
+    strictest: Vec<usize>,
     names: Vec<String>,
     nulled: u64,
+}
+
+fn strictness(action: ColumnAction) -> u8 {
+    match action {
+        ColumnAction::Keep => 0,
+        ColumnAction::Detectors => 1,
+        ColumnAction::WholeValue => 2,
+        ColumnAction::Null => 3,
+    }
 }
 
 /// Types whose binary format is their text: text, varchar, bpchar, name, json, xml,
@@ -902,35 +932,61 @@ impl ActiveMask {
         let Some(columns) = columns else {
             return Self {
                 masker: Arc::clone(&mask.masker),
-                plan: None,
+                plans: Vec::new(),
+                strictest: Vec::new(),
                 names: Vec::new(),
                 nulled: 0,
             };
         };
-        let infos: Vec<ColumnInfo<'_>> = columns
+        let candidates: Vec<Option<&str>> = if mask.tables.is_empty() {
+            vec![None]
+        } else {
+            mask.tables.iter().map(|t| Some(t.as_str())).collect()
+        };
+        let plans: Vec<ColumnPlan> = candidates
             .iter()
-            .map(|column| ColumnInfo {
-                name: &column.name,
-                table: mask.table.as_deref().filter(|_| column.table_oid != 0),
-                text_like: column.format == Format::Text
-                    || TEXT_LIKE_TYPES.contains(&column.type_oid),
+            .map(|candidate| {
+                let infos: Vec<ColumnInfo<'_>> = columns
+                    .iter()
+                    .map(|column| ColumnInfo {
+                        name: &column.name,
+                        table: candidate.filter(|_| column.table_oid != 0),
+                        text_like: column.format == Format::Text
+                            || TEXT_LIKE_TYPES.contains(&column.type_oid),
+                    })
+                    .collect();
+                mask.masker.plan(&infos)
+            })
+            .collect();
+        let strictest = (0..columns.len())
+            .map(|column| {
+                (0..plans.len())
+                    .max_by_key(|&p| {
+                        plans
+                            .get(p)
+                            .map_or(0, |plan| strictness(plan.action(column)))
+                    })
+                    .unwrap_or(0)
             })
             .collect();
         Self {
-            plan: Some(mask.masker.plan(&infos)),
+            plans,
+            strictest,
             masker: Arc::clone(&mask.masker),
             names: columns.iter().map(|c| c.name.clone()).collect(),
             nulled: 0,
         }
     }
 
+    /// The plan that decides `column`; `None` when the columns are unknown.
+    fn plan_for(&self, column: usize) -> Option<&ColumnPlan> {
+        self.plans
+            .get(self.strictest.get(column).copied().unwrap_or(0))
+    }
+
     /// Rewrites a DataRow into `out`, masking what the plan says.
     fn mask_row(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), ProxyError> {
-        if self
-            .plan
-            .as_ref()
-            .is_some_and(|plan| !plan.masks_anything())
-        {
+        if !self.plans.is_empty() && self.plans.iter().all(|plan| !plan.masks_anything()) {
             out.extend_from_slice(frame.as_bytes());
             return Ok(());
         }
@@ -946,7 +1002,7 @@ impl ActiveMask {
                 masked.push(None);
                 continue;
             };
-            let outcome = match &self.plan {
+            let outcome = match self.plan_for(column) {
                 Some(plan) => self.masker.mask_value(plan, column, value),
                 None => MaskOutcome::Nulled,
             };
@@ -962,11 +1018,10 @@ impl ActiveMask {
     /// Values masked per column name, and values nulled.
     fn counts(&self) -> (std::collections::BTreeMap<String, u64>, u64) {
         let mut by_column = std::collections::BTreeMap::new();
-        if let Some(plan) = &self.plan {
-            for (name, count) in self.names.iter().zip(plan.masked_counts()) {
-                if count > 0 {
-                    *by_column.entry(name.clone()).or_insert(0) += count;
-                }
+        for (column, name) in self.names.iter().enumerate() {
+            let count = self.plan_for(column).map_or(0, |plan| plan.masked(column));
+            if count > 0 {
+                *by_column.entry(name.clone()).or_insert(0) += count;
             }
         }
         (by_column, self.nulled)
