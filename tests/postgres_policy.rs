@@ -27,6 +27,15 @@ fn server() -> PgServer {
     server
 }
 
+/// Agent `app-agent` may read `pg`.
+fn reader_rules() -> [Rule; 1] {
+    [Rule::allow("app-agent", &["read"])]
+}
+
+fn reader_policy(server: &PgServer) -> String {
+    server.policy(&["app-agent"], &reader_rules())
+}
+
 fn pgprobe() -> String {
     std::env::var("SLUICE_PGPROBE").unwrap_or_else(|_| {
         format!(
@@ -179,8 +188,7 @@ fn every_denied_class_gets_42501_never_reaches_the_server_and_the_session_goes_o
 #[test]
 fn extended_protocol_denials_keep_the_session_usable() {
     let server = server();
-    let daemon =
-        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let daemon = TestDaemon::start(&reader_policy(&server));
     let mark = server.server_log().len();
     let report = pgprobe_as(
         &daemon,
@@ -211,8 +219,7 @@ fn extended_protocol_denials_keep_the_session_usable() {
 #[test]
 fn bound_parameters_are_recorded_by_format_and_size_never_by_value() {
     let server = server();
-    let daemon =
-        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let daemon = TestDaemon::start(&reader_policy(&server));
     let report = pgprobe_as(
         &daemon,
         "app-agent",
@@ -243,8 +250,7 @@ fn bound_parameters_are_recorded_by_format_and_size_never_by_value() {
 #[test]
 fn prepared_statements_run_many_times_through_the_proxy() {
     let server = server();
-    let daemon =
-        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let daemon = TestDaemon::start(&reader_policy(&server));
     let report = pgprobe_as(
         &daemon,
         "app-agent",
@@ -269,8 +275,7 @@ fn prepared_statements_run_many_times_through_the_proxy() {
 #[test]
 fn a_cancel_from_the_agent_reaches_the_right_backend() {
     let server = server();
-    let daemon =
-        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let daemon = TestDaemon::start(&reader_policy(&server));
     let report = pgprobe_as(
         &daemon,
         "app-agent",
@@ -298,12 +303,10 @@ fn a_cancel_from_the_agent_reaches_the_right_backend() {
 #[test]
 fn brokered_credentials_log_in_for_an_agent_that_has_no_password() {
     let server = server();
-    let policy = server
-        .policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])])
-        .replace(
-            "protocol = \"postgres\"",
-            "protocol = \"postgres\"\ncredential = \"shop-app\"",
-        );
+    let policy = server.policy(&["app-agent"], &reader_rules()).replace(
+        "protocol = \"postgres\"",
+        "protocol = \"postgres\"\ncredential = \"shop-app\"",
+    );
     let credentials = format!("[shop-app]\nuser = \"app\"\npassword = \"{PASSWORD}\"\n");
     let daemon = TestDaemon::start_with_credentials(&policy, &credentials);
     // The agent asks for some other user and gives no password at all.
@@ -354,12 +357,10 @@ fn brokered_credentials_log_in_for_an_agent_that_has_no_password() {
 #[test]
 fn a_wrong_brokered_credential_gives_the_agent_a_clean_auth_error() {
     let server = server();
-    let policy = server
-        .policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])])
-        .replace(
-            "protocol = \"postgres\"",
-            "protocol = \"postgres\"\ncredential = \"shop-app\"",
-        );
+    let policy = server.policy(&["app-agent"], &reader_rules()).replace(
+        "protocol = \"postgres\"",
+        "protocol = \"postgres\"\ncredential = \"shop-app\"",
+    );
     let daemon = TestDaemon::start_with_credentials(
         &policy,
         "[shop-app]\nuser = \"app\"\npassword = \"not-the-password\"\n",
@@ -387,8 +388,7 @@ fn a_wrong_brokered_credential_gives_the_agent_a_clean_auth_error() {
 #[test]
 fn hostile_bytes_are_a_recorded_protocol_error_and_the_next_session_is_served() {
     let server = server();
-    let daemon =
-        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let daemon = TestDaemon::start(&reader_policy(&server));
     let target = server.addr().to_string();
     let startup = startup_hex("app", "shop");
     let hostile = [
@@ -621,15 +621,13 @@ fn test_pki() -> (String, String, String) {
 }
 
 fn tls_policy(server: &PgServer, ca_file: &std::path::Path) -> String {
-    server
-        .policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])])
-        .replace(
-            "protocol = \"postgres\"",
-            &format!(
-                "protocol = \"postgres\"\ntls = {{ mode = \"verify-full\", ca_file = {:?} }}",
-                ca_file
-            ),
-        )
+    server.policy(&["app-agent"], &reader_rules()).replace(
+        "protocol = \"postgres\"",
+        &format!(
+            "protocol = \"postgres\"\ntls = {{ mode = \"verify-full\", ca_file = {:?} }}",
+            ca_file
+        ),
+    )
 }
 
 #[test]
@@ -705,8 +703,7 @@ fn a_server_that_reads_backslashes_in_strings_fails_closed() {
     let server = server();
     // A role default: no SET the classifier could see.
     server.psql_admin("ALTER ROLE app SET standard_conforming_strings = off");
-    let daemon =
-        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let daemon = TestDaemon::start(&reader_policy(&server));
     let mark = server.server_log().len();
     let output = PgCommand::agent(&daemon, "app-agent", "psql")
         .args(["-X", "-d", &server.conninfo("app", "shop")])
@@ -734,7 +731,7 @@ fn agents_that_ask_for_tls_get_it_from_the_daemon_with_the_configured_certificat
     std::fs::write(&certificate_file, certificate).expect("write certificate");
     std::fs::write(&key_file, key).expect("write key");
     let policy = server
-        .policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])])
+        .policy(&["app-agent"], &reader_rules())
         .replace(
             "protocol = \"postgres\"",
             &format!(
@@ -765,8 +762,7 @@ fn agents_that_ask_for_tls_get_it_from_the_daemon_with_the_configured_certificat
     assert!(stdout.contains("SSL connection"), "{stdout}");
     assert!(stdout.contains(" 3\n"), "{stdout}");
     // Without TLS configured for the resource, the same agent is told 'N'.
-    let plain =
-        TestDaemon::start(&server.policy(&["app-agent"], &[Rule::allow("app-agent", &["read"])]));
+    let plain = TestDaemon::start(&reader_policy(&server));
     let refused = PgCommand::agent(&plain, "app-agent", "psql")
         .args(["-X", "-d", &conninfo, "-c", "SELECT 1"])
         .password(PASSWORD)
