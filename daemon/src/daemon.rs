@@ -286,14 +286,9 @@ impl ControlBackend for Backend {
     }
 
     fn statements(&self, session_id: u64) -> Result<Option<Vec<StatementRecord>>, BackendError> {
-        // A session's record is written before any of its statements.
-        if self.get_session(session_id)?.is_none() {
-            return Ok(None);
-        }
         self.store
-            .statements(session_id)
-            .map(Some)
-            .map_err(|e| BackendError::new(e.to_string()))
+            .session_statements(session_id)
+            .map_err(|error| BackendError::new(error.to_string()))
     }
 
     fn refused(&self, peer: &PeerInfo, reason: &str) {

@@ -79,7 +79,7 @@ fn the_end_of_a_session_is_told_relative_to_its_start() {
     assert_eq!(session_end(&session), "session still open");
 }
 
-fn session(id: u64) -> SessionRecord {
+pub(super) fn session(id: u64) -> SessionRecord {
     SessionRecord {
         id,
         state: SessionState::Closed,

@@ -230,35 +230,12 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::store::{DecisionRecord, SessionState};
+    use crate::store::DecisionRecord;
 
     fn session() -> SessionRecord {
         SessionRecord {
-            id: 42,
-            state: SessionState::Closed,
-            agent: "agent-a".into(),
-            pid: 4711,
-            tid: 4711,
-            uid: 1000,
-            gid: 1000,
-            comm: "psql".into(),
-            exe: Some("/usr/bin/psql".into()),
-            cgroup: "/sluice/agent-a".into(),
-            source: "10.0.0.2:40000".into(),
-            destination: "10.0.0.9:5432".into(),
-            upstream_local: None,
-            transport: "tcp".into(),
-            resource: Some("orders-db".into()),
-            decision: DecisionRecord {
-                action: "allow".into(),
-                rule: "agents-read-orders".into(),
-                reason: "allowed".into(),
-            },
-            started_at: datetime!(2025-01-02 03:04:05 UTC),
             ended_at: Some(datetime!(2025-01-02 03:04:09 UTC)),
-            bytes_up: 0,
-            bytes_down: 0,
-            close_reason: Some("client_closed".into()),
+            ..crate::cli::tests::session(42)
         }
     }
 

@@ -742,12 +742,8 @@ impl ControlBackend for StoreBackend {
     }
 
     fn statements(&self, session_id: u64) -> Result<Option<Vec<StatementRecord>>, BackendError> {
-        if self.get_session(session_id)?.is_none() {
-            return Ok(None);
-        }
         self.store
-            .statements(session_id)
-            .map(Some)
+            .session_statements(session_id)
             .map_err(|error| BackendError::new(error.to_string()))
     }
 

@@ -154,21 +154,7 @@ fn kind_of(statement: &Statement) -> String {
         Statement::Lock(_) => "LOCK",
         Statement::Call(_) => "CALL",
         Statement::Explain { .. } | Statement::ExplainTable { .. } => "EXPLAIN",
-        Statement::ShowVariable { .. }
-        | Statement::ShowVariables { .. }
-        | Statement::ShowStatus { .. }
-        | Statement::ShowCreate { .. }
-        | Statement::ShowColumns { .. }
-        | Statement::ShowTables { .. }
-        | Statement::ShowFunctions { .. }
-        | Statement::ShowDatabases { .. }
-        | Statement::ShowSchemas { .. }
-        | Statement::ShowViews { .. }
-        | Statement::ShowCollation { .. }
-        | Statement::ShowCatalogs { .. }
-        | Statement::ShowObjects(_)
-        | Statement::ShowCharset(_)
-        | Statement::ShowProcessList { .. } => "SHOW",
+        statement if is_show(statement) => "SHOW",
         _ => "UNKNOWN",
     };
     kind.to_owned()
@@ -648,22 +634,8 @@ impl Collector {
             | Statement::LISTEN { .. }
             | Statement::UNLISTEN { .. }
             | Statement::Explain { .. }
-            | Statement::ExplainTable { .. }
-            | Statement::ShowVariable { .. }
-            | Statement::ShowVariables { .. }
-            | Statement::ShowStatus { .. }
-            | Statement::ShowCreate { .. }
-            | Statement::ShowColumns { .. }
-            | Statement::ShowTables { .. }
-            | Statement::ShowFunctions { .. }
-            | Statement::ShowDatabases { .. }
-            | Statement::ShowSchemas { .. }
-            | Statement::ShowViews { .. }
-            | Statement::ShowCollation { .. }
-            | Statement::ShowCatalogs { .. }
-            | Statement::ShowObjects(_)
-            | Statement::ShowCharset(_)
-            | Statement::ShowProcessList { .. } => {}
+            | Statement::ExplainTable { .. } => {}
+            statement if is_show(statement) => {}
             Statement::NOTIFY { .. } => self.escalate(Operation::Write),
             Statement::Lock(_) => self.escalate_with(Operation::Write, Flag::Lock),
             Statement::Call(function) => {
@@ -924,4 +896,26 @@ fn is_tautology(expr: &Expr, depth: usize) -> bool {
         },
         _ => false,
     }
+}
+
+/// Every form of `SHOW`: read-only, and named `SHOW` in records.
+fn is_show(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::ShowVariable { .. }
+            | Statement::ShowVariables { .. }
+            | Statement::ShowStatus { .. }
+            | Statement::ShowCreate { .. }
+            | Statement::ShowColumns { .. }
+            | Statement::ShowTables { .. }
+            | Statement::ShowFunctions { .. }
+            | Statement::ShowDatabases { .. }
+            | Statement::ShowSchemas { .. }
+            | Statement::ShowViews { .. }
+            | Statement::ShowCollation { .. }
+            | Statement::ShowCatalogs { .. }
+            | Statement::ShowObjects(_)
+            | Statement::ShowCharset(_)
+            | Statement::ShowProcessList { .. }
+    )
 }

@@ -455,6 +455,18 @@ impl Store {
             .collect()
     }
 
+    /// The statements of session `session_id`, or `None` when there is no such session
+    /// (its record is always written before any of its statements).
+    pub fn session_statements(
+        &self,
+        session_id: u64,
+    ) -> Result<Option<Vec<StatementRecord>>, StoreError> {
+        if self.get_session(session_id)?.is_none() {
+            return Ok(None);
+        }
+        self.statements(session_id).map(Some)
+    }
+
     /// Totals over all committed records; one key lookup.
     pub fn counts(&self) -> Result<StoreCounts, StoreError> {
         Ok(read_counts(&self.inner.meta)?.unwrap_or_default())
