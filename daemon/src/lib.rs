@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod credentials;
 pub mod daemon;
+pub mod events;
 pub mod identity;
 pub mod masking;
 pub mod policy;
