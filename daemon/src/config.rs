@@ -37,6 +37,13 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub store: StoreConfig,
     pub control: ControlConfig,
+    /// The agents' DNS resolver.
+    pub dns: crate::dns::DnsConfig,
+    pub approvals: ApprovalsConfig,
+    pub metrics: MetricsConfig,
+    /// Continuous exporters of the event log (`[[export]]`), each with its own cursor.
+    #[serde(rename = "export")]
+    pub exports: Vec<crate::export::config::ExporterConfig>,
 }
 
 /// Paths the daemon owns.
@@ -114,12 +121,33 @@ impl Default for CgroupConfig {
 pub struct StoreConfig {
     /// Upper bound on how long a batched write waits for its group flush.
     pub flush_interval_ms: u64,
+    /// When audit events must be on disk: `strict` (before the action they describe
+    /// goes upstream) or `batched` (within `flush_interval_ms`).
+    pub durability: AuditDurability,
+    /// Drop events (and closed sessions) older than this many days.
+    pub retain_days: Option<u64>,
+    /// Drop the oldest events once the event log holds more than this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// The `[store] durability` setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDurability {
+    /// Every event is flushed before the action it describes is forwarded.
+    #[default]
+    Strict,
+    /// Events are flushed at least every `flush_interval_ms`.
+    Batched,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             flush_interval_ms: 20,
+            durability: AuditDurability::Strict,
+            retain_days: None,
+            max_bytes: None,
         }
     }
 }
@@ -141,6 +169,55 @@ impl Default for ControlConfig {
             admin_group: None,
         }
     }
+}
+
+/// Statements held for a human (`review` rules).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long a held statement waits when its rule names no `timeout` ("90s",
+    /// "10m", "1h"); then it is denied.
+    pub default_timeout: String,
+    /// Where each hold is announced (`[[approvals.webhook]]`).
+    pub webhook: Vec<WebhookConfig>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout: "5m".into(),
+            webhook: Vec::new(),
+        }
+    }
+}
+
+/// One webhook that is POSTed to when a statement is held.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+/// The body a webhook receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// sluice's own JSON document (see docs/api.md).
+    #[default]
+    Json,
+    /// `{"text": ...}`, as Slack incoming webhooks (and compatible chat tools) take it.
+    Slack,
+}
+
+/// The Prometheus endpoint; off unless `listen` is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback `ip:port` to serve `GET /metrics` on.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -193,6 +270,27 @@ impl Config {
         if self.store.flush_interval_ms == 0 {
             return Err("store.flush_interval_ms must be at least 1".into());
         }
+        crate::export::config::validate_all(&self.exports)?;
+        if self.store.retain_days == Some(0) {
+            return Err("store.retain_days must be at least 1".into());
+        }
+        if self.store.max_bytes.is_some_and(|max| max < 4096) {
+            return Err("store.max_bytes must be at least 4096".into());
+        }
+        crate::approvals::parse_duration(&self.approvals.default_timeout)
+            .map_err(|error| format!("approvals.default_timeout: {error}"))?;
+        for webhook in &self.approvals.webhook {
+            crate::approvals::webhook::check_url(&webhook.url)
+                .map_err(|error| format!("approvals.webhook: {error}"))?;
+        }
+        if let Some(listen) = self.metrics.listen
+            && !listen.ip().is_loopback()
+        {
+            return Err(format!(
+                "metrics.listen must be a loopback address (127.0.0.0/8 or ::1), not {listen}: \
+                 the metrics reveal agents' activity"
+            ));
+        }
         Ok(())
     }
 
@@ -229,6 +327,30 @@ mod tests {
         let error = Config::parse("[redirect]\nport = 1\nprot = 2\n").expect_err("unknown key");
         assert!(error.starts_with("3:1: "), "{error}");
         assert!(error.contains("prot"), "{error}");
+    }
+
+    #[test]
+    fn metrics_only_listen_on_loopback() {
+        let config = Config::parse("[metrics]\nlisten = \"0.0.0.0:9464\"\n").expect("parses");
+        let error = config.validate().expect_err("non-loopback refused");
+        assert!(error.contains("loopback"), "{error}");
+        let config = Config::parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").expect("parses");
+        assert!(config.validate().is_ok());
+        assert!(Config::parse("").expect("parses").metrics.listen.is_none());
+    }
+
+    #[test]
+    fn approvals_settings_are_checked() {
+        let config = Config::parse(
+            "[approvals]\ndefault_timeout = \"90s\"\n[[approvals.webhook]]\nurl = \"http://127.0.0.1:1/hook\"\nformat = \"slack\"\n",
+        )
+        .expect("parses");
+        assert!(config.validate().is_ok());
+        assert_eq!(config.approvals.webhook[0].format, WebhookFormat::Slack);
+        let config = Config::parse("[approvals]\ndefault_timeout = \"soon\"\n").expect("parses");
+        assert!(config.validate().is_err());
+        let config = Config::parse("[[approvals.webhook]]\nurl = \"ftp://x/\"\n").expect("parses");
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -5,12 +5,7 @@
 //! cannot be completed (no identity, no store, no upstream) the agent's connection is
 //! reset: the daemon fails closed.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use time::OffsetDateTime;
 use tokio::net::TcpStream;
@@ -20,40 +15,21 @@ use crate::{
     bpf::Interception,
     cgroup::ManagedRoot,
     credentials::Credentials,
+    events::{Activity, Context, Event},
     identity::{self, Redirected},
-    policy::{Action, AgentFacts, Decision, Policy, Protocol},
+    policy::{Action, AgentFacts, Decision, Protocol},
     proxy::postgres::{PgSession, cancel::CancelRegistry},
     relay::{self, ByteCounts, reset},
     store::{Durability, SessionRecord, SessionState, Store},
 };
 
-/// The live policy; replaced whole on reload, read per decision.
-#[derive(Debug)]
-pub struct PolicyHandle {
-    current: RwLock<Arc<Policy>>,
-}
-
-impl PolicyHandle {
-    pub fn new(policy: Policy) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(policy)),
-        }
-    }
-
-    /// The policy in force now.
-    pub fn current(&self) -> Arc<Policy> {
-        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Installs a new policy for every decision from now on.
-    pub fn replace(&self, policy: Policy) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
-    }
-}
+pub use crate::policy::PolicyHandle;
 
 /// What every session needs, shared.
 pub struct SessionContext {
-    pub interception: Interception,
+    pub interception: Arc<Interception>,
+    /// The agents' DNS resolver; `None` when `[dns] port = 0`.
+    pub dns: Option<Arc<crate::dns::Resolver>>,
     pub root: Arc<ManagedRoot>,
     pub policy: Arc<PolicyHandle>,
     pub store: Store,
@@ -62,6 +38,8 @@ pub struct SessionContext {
     pub cancels: Arc<CancelRegistry>,
     /// The HMAC key of the `hash` masking strategy.
     pub mask_key: Arc<[u8]>,
+    /// Where statements under `review` rules wait for a human.
+    pub approvals: Arc<crate::approvals::ApprovalBroker>,
 }
 
 /// The longest the open record may take to become durable before the session is
@@ -92,26 +70,52 @@ async fn run(
             Ok(redirected) => redirected,
             Err(error) => {
                 tracing::warn!(%error, "unidentified connection refused");
+                crate::metrics::global().connection("unidentified");
                 let record = unidentified_record(id, peer, &error.to_string());
-                store_final(&context.store, &record).await;
+                store_final(&context.store, &record, Activity::session_open(&record)).await;
                 reset(agent);
                 return;
             }
         };
     let identity = &redirected.identity;
     tracing::Span::current().record("agent", identity.agent.as_str());
+    // One snapshot decides and names the resource, so a reload in between cannot
+    // leave a decoded resource relayed undecoded.
     let policy = context.policy.current();
-    let decision = policy.decide_connection(
-        &AgentFacts {
-            agent: &identity.agent,
-            uid: identity.uid,
-            exe: identity.exe.as_deref().map(Path::new),
-        },
-        redirected.destination,
-    );
+    let facts = AgentFacts {
+        agent: &identity.agent,
+        uid: identity.uid,
+        exe: identity.exe.as_deref().map(Path::new),
+    };
+    // A resource named by host name matches only addresses the resolver gave this agent.
+    let host_names = context
+        .dns
+        .as_ref()
+        .map(|dns| {
+            dns.names()
+                .names(&identity.agent, redirected.destination.ip())
+        })
+        .unwrap_or_default();
+    let decision = match policy.resource_for_host_names(redirected.destination, &host_names) {
+        Some(resource) => policy.decide_with_grants(
+            &context.policy.grants(),
+            &facts,
+            Some(&resource.name),
+            crate::policy::Operation::Connect,
+            OffsetDateTime::now_utc(),
+        ),
+        None => policy.decide_connection_with_grants(
+            &context.policy.grants(),
+            &facts,
+            redirected.destination,
+            OffsetDateTime::now_utc(),
+        ),
+    };
     let mut record = open_record(id, &redirected, &decision);
+    crate::metrics::global().decision("connection", decision.action);
 
     if decision.action != Action::Allow {
+        crate::metrics::global().connection("denied");
         tracing::info!(
             agent = %identity.agent,
             destination = %redirected.destination,
@@ -119,16 +123,30 @@ async fn run(
             "connection denied"
         );
         record.close(OffsetDateTime::now_utc(), "denied".into());
-        store_final(&context.store, &record).await;
+        store_final(&context.store, &record, Activity::session_open(&record)).await;
         reset(agent);
         return;
     }
 
+    let writing = std::time::Instant::now();
+    // In strict mode the session_open event is durable with the record, before any
+    // byte goes upstream.
+    let opened_event = Event::now(
+        Context::of_session(&record),
+        Activity::session_open(&record),
+    );
     let opened = tokio::time::timeout(
         OPEN_RECORD_TIMEOUT,
-        context.store.put_session(&record, Durability::Durable),
+        context.store.put_session_with_events(
+            &record,
+            &[opened_event],
+            context.store.audit_durability(),
+        ),
     )
     .await;
+    let written = matches!(opened, Ok(Ok(_)));
+    crate::metrics::global().store_write("session", true, written, writing.elapsed());
+    crate::metrics::global().connection(if written { "allowed" } else { "record_failed" });
     if let Err(error) = opened
         .map_err(|_| "timed out".to_owned())
         .and_then(|result| result.map_err(|e| e.to_string()))
@@ -145,6 +163,28 @@ async fn run(
         "session open"
     );
 
+    // DNS over TCP is answered by the resolver; the server the agent named is never dialled.
+    if redirected.destination.port() == crate::dns::DNS_PORT
+        && let Some(resolver) = &context.dns
+    {
+        drop(policy);
+        let counts = ByteCounts::default();
+        let close_reason = crate::dns::serve_tcp(
+            resolver,
+            agent,
+            identity,
+            redirected.source,
+            redirected.destination,
+            id,
+            &counts,
+        )
+        .await;
+        (record.bytes_up, record.bytes_down) = counts.snapshot();
+        record.close(OffsetDateTime::now_utc(), close_reason);
+        store_close(&context.store, &record, "dns").await;
+        return;
+    }
+
     let upstream = tokio::time::timeout(
         context.upstream_connect_timeout,
         TcpStream::connect(redirected.destination),
@@ -160,7 +200,7 @@ async fn run(
                 OffsetDateTime::now_utc(),
                 format!("upstream_unreachable: {error}"),
             );
-            store_final(&context.store, &record).await;
+            store_final(&context.store, &record, Activity::session_close(&record)).await;
             reset(agent);
             return;
         }
@@ -176,11 +216,16 @@ async fn run(
         .and_then(|name| policy.resource(name))
         .cloned();
     drop(policy);
+    let protocol = match &resource {
+        Some(resource) if resource.protocol == Protocol::Postgres => "postgres",
+        _ => "tcp",
+    };
     let close_reason = match resource {
         Some(resource) if resource.protocol == Protocol::Postgres => {
             let session = PgSession {
                 session_id: id,
                 agent: identity.agent.clone(),
+                pid: identity.pid,
                 uid: identity.uid,
                 exe: identity.exe.as_deref().map(Into::into),
                 resource,
@@ -190,6 +235,11 @@ async fn run(
                 cancels: Arc::clone(&context.cancels),
                 store: context.store.clone(),
                 mask_key: Arc::clone(&context.mask_key),
+                approvals: Arc::clone(&context.approvals),
+                audit_context: Context {
+                    protocol: Some("postgres".into()),
+                    ..Context::of_session(&record)
+                },
             };
             crate::proxy::postgres::proxy(session, agent, upstream, &counts).await
         }
@@ -203,9 +253,18 @@ async fn run(
         reason = record.close_reason.as_deref().unwrap_or_default(),
         "session closed"
     );
-    if let Err(error) = context
-        .store
-        .put_session(&record, Durability::Batched)
+    store_close(&context.store, &record, protocol).await;
+}
+
+/// Stores a session's closed record and its `session_close` event.
+async fn store_close(store: &Store, record: &SessionRecord, protocol: &str) {
+    let context = Context {
+        protocol: Some(protocol.to_owned()),
+        ..Context::of_session(record)
+    };
+    let closed = Event::now(context, Activity::session_close(record));
+    if let Err(error) = store
+        .put_session_with_events(record, &[closed], store.audit_durability())
         .await
     {
         tracing::error!(%error, "cannot record the session's end");
@@ -249,8 +308,12 @@ fn unidentified_record(id: u64, peer: SocketAddr, why: &str) -> SessionRecord {
 
 /// Stores a record that will not change again; failures are logged (the connection
 /// is already being refused).
-async fn store_final(store: &Store, record: &SessionRecord) {
-    if let Err(error) = store.put_session(record, Durability::Durable).await {
+async fn store_final(store: &Store, record: &SessionRecord, activity: Activity) {
+    let event = Event::now(Context::of_session(record), activity);
+    if let Err(error) = store
+        .put_session_with_events(record, &[event], Durability::Durable)
+        .await
+    {
         tracing::error!(%error, id = record.id, "cannot record the refused connection");
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::store::record::DecisionRecord;
+use crate::store::record::{DecisionRecord, SessionRecord, StatementRecord};
 
 /// The version of this schema, carried by every event.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -45,6 +45,103 @@ pub struct Event {
     pub context: Context,
     /// What happened.
     pub activity: Activity,
+}
+
+impl Event {
+    /// An event happening now on this host.
+    pub fn now(context: Context, activity: Activity) -> Self {
+        Self {
+            version: SCHEMA_VERSION,
+            time: OffsetDateTime::now_utc(),
+            host: host_name().to_owned(),
+            context,
+            activity,
+        }
+    }
+}
+
+impl Context {
+    /// Who and where of a session, from its record.
+    pub fn of_session(record: &SessionRecord) -> Self {
+        let known = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+        Self {
+            session_id: Some(record.id),
+            agent: known(&record.agent),
+            pid: (record.pid != 0).then_some(record.pid),
+            uid: Some(record.uid),
+            gid: Some(record.gid),
+            comm: known(&record.comm),
+            exe: record.exe.clone(),
+            cgroup: known(&record.cgroup),
+            resource: record.resource.clone(),
+            source: known(&record.source),
+            destination: known(&record.destination),
+            transport: known(&record.transport),
+            protocol: None,
+        }
+    }
+}
+
+impl Activity {
+    /// The `session_open` of a session record (allowed or refused).
+    pub fn session_open(record: &SessionRecord) -> Self {
+        Activity::SessionOpen {
+            decision: record.decision.clone(),
+        }
+    }
+
+    /// The `session_close` of a closed session record.
+    pub fn session_close(record: &SessionRecord) -> Self {
+        let duration_ms = record.ended_at.map_or(0, |ended| {
+            u64::try_from((ended - record.started_at).whole_milliseconds()).unwrap_or(0)
+        });
+        Activity::SessionClose {
+            reason: record.close_reason.clone().unwrap_or_default(),
+            bytes_up: record.bytes_up,
+            bytes_down: record.bytes_down,
+            duration_ms,
+        }
+    }
+
+    /// The `statement` of a statement record, as decided.
+    pub fn statement(record: &StatementRecord) -> Self {
+        Activity::Statement {
+            statement_seq: record.seq,
+            sql: record.sql.clone(),
+            operation: record.operation.clone(),
+            kind: record.kind.clone(),
+            tables: record.tables.clone(),
+            parameters: record.parameters.clone(),
+            decision: record.decision.clone(),
+        }
+    }
+
+    /// The `statement_result` of a finished statement record.
+    pub fn statement_result(record: &StatementRecord) -> Self {
+        Activity::StatementResult {
+            statement_seq: record.seq,
+            duration_us: record.duration_us,
+            rows: record.rows,
+            tag: record.tag.clone(),
+            error: record.error.clone(),
+            masked: record
+                .masked
+                .iter()
+                .map(|(column, count)| (column.clone(), *count))
+                .collect(),
+            nulled: record.nulled,
+        }
+    }
+}
+
+/// This host's name (the kernel's, read once); empty when unreadable.
+pub fn host_name() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_default()
+    })
 }
 
 /// Who acted and where to: the process behind a session and the destination.

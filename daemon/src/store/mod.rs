@@ -14,6 +14,7 @@
 //! | `statements` | session id BE, then seq `u64` BE      | the [`StatementRecord`] as JSON        |
 //! | `meta`       | `counts`                              | [`StoreCounts`] as JSON                |
 //! | `meta`       | `last_session_id`                     | highest session id ever handed out, BE |
+//! | `grants`     | grant id, `u64` big-endian            | the [`Grant`](crate::policy::Grant) as JSON |
 //!
 //! Big-endian keys make sled's byte order the id order, so scans run oldest to newest,
 //! and a session's statements are one contiguous prefix range in seq order.
@@ -61,9 +62,13 @@
 //! restarts; the one exception is an id handed out after the last commit before a
 //! crash, which no stored record can mention.
 
+pub mod events;
+mod grants;
 pub mod record;
 mod writer;
 
+#[cfg(test)]
+mod event_tests;
 #[cfg(test)]
 mod tests;
 
@@ -82,7 +87,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+pub use events::{BreakKind, ChainBreak, VerifyReport};
 pub use record::*;
+pub use writer::{RetentionOutcome, RetentionRule};
 
 use crate::config::StoreConfig;
 use writer::{Command, PutRequest, RecordSummary, StatementPut, Writer, WriterStats};
@@ -93,6 +100,8 @@ const SESSIONS_TREE: &str = "sessions";
 const STATEMENTS_TREE: &str = "statements";
 /// The sled tree holding the store's own bookkeeping.
 const META_TREE: &str = "meta";
+/// The sled tree holding one just-in-time grant per key (grant id, `u64` big-endian).
+const GRANTS_TREE: &str = "grants";
 /// `meta` key of the maintained [`StoreCounts`].
 const COUNTS_KEY: &[u8] = b"counts";
 /// `meta` key of the highest session id handed out, `u64` big-endian.
@@ -156,6 +165,26 @@ pub enum StoreError {
     CorruptStatementKey { len: usize },
     #[error("the store is shut down")]
     Closed,
+    #[error("{what} is corrupt: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("cannot encode a {activity} event: {source}")]
+    EncodeEvent {
+        activity: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("a {activity} event encodes to {len} bytes, more than the {max} an event may have")]
+    EventTooLarge {
+        activity: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "the event log lost events: event {flushed_seq} was flushed (events.head) but the store ends at event {stored_seq}; \
+         run `sluice verify`, keep a copy of the store, and remove events.head to accept the loss"
+    )]
+    LostEvents { flushed_seq: u64, stored_seq: u64 },
+    #[error("cannot encode grant {id}: {source}")]
+    EncodeGrant { id: u64, source: serde_json::Error },
 }
 
 /// When a write call may return.
@@ -175,6 +204,9 @@ pub struct StoreOptions {
     pub flush_interval: Duration,
     /// How many writes may wait for the writer before callers wait for room.
     pub queue_capacity: usize,
+    /// How audit events are written ([`Store::audit_durability`]): `Durable` in strict
+    /// mode, `Batched` in batched mode.
+    pub audit_durability: Durability,
 }
 
 impl Default for StoreOptions {
@@ -188,6 +220,10 @@ impl From<&StoreConfig> for StoreOptions {
         Self {
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             queue_capacity: 1024,
+            audit_durability: match config.durability {
+                crate::config::AuditDurability::Strict => Durability::Durable,
+                crate::config::AuditDurability::Batched => Durability::Batched,
+            },
         }
     }
 }
@@ -249,6 +285,13 @@ struct Inner {
     sessions: sled::Tree,
     statements: sled::Tree,
     meta: sled::Tree,
+    /// Written directly (rare, administrator-driven), not through the writer.
+    grants: sled::Tree,
+    /// The audit event log; appended only by the writer.
+    events: sled::Tree,
+    /// The newest flushed event seq, published by the writer.
+    durable_events: tokio::sync::watch::Receiver<u64>,
+    audit_durability: Durability,
     next_session_id: Arc<AtomicU64>,
     stats: Arc<WriterStats>,
     /// `None` only while dropping.
@@ -283,6 +326,11 @@ impl Store {
         let sessions = db.open_tree(SESSIONS_TREE).map_err(open_error)?;
         let statements = db.open_tree(STATEMENTS_TREE).map_err(open_error)?;
         let meta = db.open_tree(META_TREE).map_err(open_error)?;
+        let grants = db.open_tree(GRANTS_TREE).map_err(open_error)?;
+        let events = db.open_tree(events::EVENTS_TREE).map_err(open_error)?;
+        let event_log = events::EventLogState::read(&meta)?;
+        events::check_flushed_head(dir, event_log.head)?;
+        let (durable_sender, durable_events) = tokio::sync::watch::channel(event_log.head.seq);
 
         let counts = match read_counts(&meta)? {
             Some(counts) => counts,
@@ -313,6 +361,12 @@ impl Store {
             Arc::clone(&stats),
             options.flush_interval,
             queue_capacity,
+            writer::EventLog {
+                events: events.clone(),
+                state: event_log,
+                dir: dir.to_owned(),
+                durable: durable_sender,
+            },
         );
         let writer = writer::spawn(writer, receiver)?;
 
@@ -322,6 +376,10 @@ impl Store {
                 sessions,
                 statements,
                 meta,
+                grants,
+                events,
+                durable_events,
+                audit_durability: options.audit_durability,
                 next_session_id,
                 stats,
                 commands: Some(commands),
@@ -356,6 +414,7 @@ impl Store {
             id: record.id,
             encoded,
             summary: RecordSummary::of(record),
+            events: Vec::new(),
             queued_at: Instant::now(),
             reply: None,
         };
@@ -427,6 +486,7 @@ impl Store {
         let mut put = StatementPut {
             key: statement_key(record.session_id, record.seq),
             encoded: encode_statement(record)?,
+            events: Vec::new(),
             queued_at: Instant::now(),
             reply: None,
         };

@@ -13,6 +13,7 @@ fn options(flush_interval: Duration) -> StoreOptions {
     StoreOptions {
         flush_interval,
         queue_capacity: 64,
+        audit_durability: Durability::Durable,
     }
 }
 
@@ -631,6 +632,7 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         error: None,
         masked: [("email".to_owned(), 1)].into_iter().collect(),
         nulled: 0,
+        approval: None,
         parameters: Vec::new(),
     }
 }

@@ -11,6 +11,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -23,22 +24,35 @@ use serde::Deserialize;
 use sled::Transactional;
 use time::OffsetDateTime;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     time::Instant,
 };
 
 use super::{
     COUNTS_KEY, LAST_SESSION_ID_KEY, SessionRecord, SessionState, StoreCounts, StoreError,
-    StoreStats, decode_record, decode_session_key, encode_counts, encode_record, session_key,
+    StoreStats, decode_record, decode_session_key, encode_counts, encode_record,
+    events::{
+        ChainLink, EVENT_LOG_KEY, EventLogState, chain_hash, decode_seq, encode_value, event_time,
+        split_value, to_hex, write_head_file,
+    },
+    session_key,
 };
+use crate::events::{Activity, Context, Event};
 
 /// An answer channel for a caller awaiting a write.
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// What callers ask of the writer.
 pub(super) enum Command {
     Put(PutRequest),
     PutStatement(StatementPut),
+    Append(AppendRequest),
+    /// Drop what retention says is too old or too much; answered after a flush.
+    Retain {
+        rule: RetentionRule,
+        now: OffsetDateTime,
+        reply: Reply<Option<RetentionOutcome>>,
+    },
     /// Answer once everything queued before is flushed.
     Flush {
         reply: Reply<()>,
@@ -60,6 +74,8 @@ pub(super) struct PutRequest {
     pub id: u64,
     pub encoded: Vec<u8>,
     pub summary: RecordSummary,
+    /// Events (encoded JSON) appended in the same commit as the record.
+    pub events: Vec<Vec<u8>>,
     pub queued_at: std::time::Instant,
     /// `Some` for a durable write: answered after the flush.
     pub reply: Option<Reply<()>>,
@@ -70,9 +86,53 @@ pub(super) struct StatementPut {
     /// `(session id, seq)` as the `statements` tree's key.
     pub key: [u8; 16],
     pub encoded: Vec<u8>,
+    /// Events (encoded JSON) appended in the same commit as the record.
+    pub events: Vec<Vec<u8>>,
     pub queued_at: std::time::Instant,
     /// `Some` for a durable write: answered after the flush.
     pub reply: Option<Reply<()>>,
+}
+
+/// One event to append, its JSON already encoded by the caller.
+pub(super) struct AppendRequest {
+    pub encoded: Vec<u8>,
+    pub queued_at: std::time::Instant,
+    /// Answered with the event's seq: after the flush when `durable`, else after the commit.
+    pub reply: Reply<u64>,
+    pub durable: bool,
+}
+
+/// What retention keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionRule {
+    /// Events older than this are dropped.
+    pub max_age: Option<Duration>,
+    /// Above this many bytes of events, the oldest are dropped down to 90% of it.
+    pub max_bytes: Option<u64>,
+}
+
+/// What one retention pass dropped.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionOutcome {
+    pub first_dropped_seq: u64,
+    pub last_dropped_seq: u64,
+    pub events_dropped: u64,
+    pub sessions_dropped: u64,
+    pub statements_dropped: u64,
+    /// `age` or `size`.
+    pub reason: &'static str,
+    /// The seq of the `retention` event recording it.
+    pub retention_seq: u64,
+}
+
+/// The event log's part of the writer.
+pub(super) struct EventLog {
+    pub events: sled::Tree,
+    pub state: EventLogState,
+    /// The store directory, for the head file.
+    pub dir: PathBuf,
+    /// Publishes the newest flushed seq.
+    pub durable: watch::Sender<u64>,
 }
 
 /// The parts of a record that [`StoreCounts`] depends on.
@@ -151,6 +211,17 @@ struct Group {
     staged_statements: HashSet<[u8; 16]>,
     /// Staged statements whose key is not stored yet: what the count grows by.
     new_statements: u64,
+    events: sled::Batch,
+    /// The newest event staged, which the next one links to.
+    event_head: Option<ChainLink>,
+    new_events: u64,
+    new_event_bytes: u64,
+    /// Retention: events and records removed, and the new base of the chain.
+    new_base: Option<ChainLink>,
+    removed_events: u64,
+    removed_event_bytes: u64,
+    removed_sessions: Vec<RecordSummary>,
+    removed_statements: u64,
 }
 
 impl Group {
@@ -186,7 +257,23 @@ impl Group {
     }
 
     fn is_empty(&self) -> bool {
-        self.records() == 0 && self.statement_records() == 0
+        self.records() == 0
+            && self.statement_records() == 0
+            && self.new_events == 0
+            && self.new_base.is_none()
+    }
+
+    /// Chains an encoded event after `committed` (or the newest staged) and stages it.
+    fn stage_event(&mut self, committed: ChainLink, json: &[u8]) -> u64 {
+        let previous = self.event_head.unwrap_or(committed);
+        let seq = previous.seq + 1;
+        let hash = chain_hash(seq, &previous.hash, json);
+        let value = encode_value(&previous.hash, &hash, json);
+        self.new_event_bytes += (8 + value.len()) as u64;
+        self.events.insert(&seq.to_be_bytes(), value);
+        self.event_head = Some(ChainLink { seq, hash });
+        self.new_events += 1;
+        seq
     }
 }
 
@@ -195,6 +282,9 @@ impl Group {
 struct StagedPuts {
     group: Group,
     durable_replies: Vec<Reply<()>>,
+    /// Appends answered with their seq after the flush, and after the commit.
+    durable_appends: Vec<(Reply<u64>, u64)>,
+    committed_appends: Vec<(Reply<u64>, u64)>,
     batched: usize,
     oldest_batched: Option<std::time::Instant>,
 }
@@ -219,6 +309,11 @@ impl StagedPuts {
 enum PendingReply {
     Unit(Reply<()>, Result<(), StoreError>),
     Count(Reply<usize>, Result<usize, StoreError>),
+    Seq(Reply<u64>, Result<u64, StoreError>),
+    Retained(
+        Reply<Option<RetentionOutcome>>,
+        Result<Option<RetentionOutcome>, StoreError>,
+    ),
 }
 
 impl PendingReply {
@@ -234,6 +329,12 @@ impl PendingReply {
             }
             PendingReply::Count(reply, outcome) => {
                 let _ = reply.send(outcome.and_then(|count| flush_result().map(|()| count)));
+            }
+            PendingReply::Seq(reply, outcome) => {
+                let _ = reply.send(outcome.and_then(|seq| flush_result().map(|()| seq)));
+            }
+            PendingReply::Retained(reply, outcome) => {
+                let _ = reply.send(outcome.and_then(|done| flush_result().map(|()| done)));
             }
         }
     }
@@ -254,6 +355,9 @@ pub(super) struct Writer {
     flush_deadline: Option<Instant>,
     /// Most commands applied in one group.
     max_group: usize,
+    log: EventLog,
+    /// The newest seq known flushed.
+    flushed_seq: u64,
 }
 
 /// Starts `writer` on its own thread, serving `commands` until the queue closes.
@@ -308,7 +412,9 @@ impl Writer {
         stats: Arc<WriterStats>,
         flush_interval: Duration,
         max_group: usize,
+        log: EventLog,
     ) -> Self {
+        let flushed_seq = log.state.head.seq;
         Self {
             db,
             sessions,
@@ -321,6 +427,8 @@ impl Writer {
             flush_interval,
             flush_deadline: None,
             max_group: max_group.max(1),
+            log,
+            flushed_seq,
         }
     }
 
@@ -381,6 +489,24 @@ impl Writer {
                     must_flush |= put.reply.is_some();
                     self.stage_statement(&mut staged, put);
                 }
+                Command::Append(append) => {
+                    must_flush |= append.durable;
+                    let seq = staged
+                        .group
+                        .stage_event(self.log.state.head, &append.encoded);
+                    if append.durable {
+                        staged.durable_appends.push((append.reply, seq));
+                    } else {
+                        staged.committed_appends.push((append.reply, seq));
+                        staged.wait(None, append.queued_at);
+                    }
+                }
+                Command::Retain { rule, now, reply } => {
+                    self.commit_puts(std::mem::take(&mut staged), &mut replies);
+                    must_flush = true;
+                    let outcome = self.retain(rule, now);
+                    replies.push(PendingReply::Retained(reply, outcome));
+                }
                 Command::Flush { reply } => {
                     must_flush = true;
                     replies.push(PendingReply::Unit(reply, Ok(())));
@@ -440,6 +566,9 @@ impl Writer {
         staged
             .group
             .stage(put.id, put.encoded, previous, put.summary);
+        for event in &put.events {
+            staged.group.stage_event(self.log.state.head, event);
+        }
         staged.wait(put.reply, put.queued_at);
     }
 
@@ -455,6 +584,9 @@ impl Writer {
         match stored {
             Ok(stored) => {
                 staged.group.stage_statement(put.key, put.encoded, stored);
+                for event in &put.events {
+                    staged.group.stage_event(self.log.state.head, event);
+                }
                 staged.wait(put.reply, put.queued_at);
             }
             Err(error) => match put.reply {
@@ -496,6 +628,12 @@ impl Writer {
                 for reply in staged.durable_replies {
                     replies.push(PendingReply::Unit(reply, Ok(())));
                 }
+                for (reply, seq) in staged.committed_appends {
+                    let _ = reply.send(Ok(seq));
+                }
+                for (reply, seq) in staged.durable_appends {
+                    replies.push(PendingReply::Seq(reply, Ok(seq)));
+                }
             }
             Err(error) => {
                 if staged.batched > 0 {
@@ -510,6 +648,12 @@ impl Writer {
                 for reply in staged.durable_replies {
                     replies.push(PendingReply::Unit(reply, Err(error.clone_for_waiter())));
                 }
+                for (reply, _) in staged.committed_appends {
+                    let _ = reply.send(Err(error.clone_for_waiter()));
+                }
+                for (reply, _) in staged.durable_appends {
+                    replies.push(PendingReply::Seq(reply, Err(error.clone_for_waiter())));
+                }
             }
         }
     }
@@ -521,27 +665,55 @@ impl Writer {
             counts.record_transition(*previous, *current);
         }
         counts.statements = counts.statements.saturating_add(group.new_statements);
-        let counts_encoded = encode_counts(&counts)?;
         let last_session_id = self.persisted_last_session_id.max(group.highest_id).max(
             self.next_session_id
                 .load(Ordering::Relaxed)
                 .saturating_sub(1),
         );
         let last_session_id_encoded = session_key(last_session_id);
+        for removed in &group.removed_sessions {
+            counts.sessions = counts.sessions.saturating_sub(1);
+            if removed.denied {
+                counts.denied = counts.denied.saturating_sub(1);
+            }
+        }
+        counts.statements = counts.statements.saturating_sub(group.removed_statements);
+        let counts_encoded = encode_counts(&counts)?;
+        let mut log_state = self.log.state;
+        if let Some(base) = group.new_base {
+            log_state.base = base;
+        }
+        if let Some(head) = group.event_head {
+            log_state.head = head;
+        }
+        log_state.events =
+            (log_state.events + group.new_events).saturating_sub(group.removed_events);
+        log_state.bytes =
+            (log_state.bytes + group.new_event_bytes).saturating_sub(group.removed_event_bytes);
+        let log_changed = log_state != self.log.state;
+        let log_state_encoded = log_state.encode()?;
 
-        let result: sled::transaction::TransactionResult<(), std::convert::Infallible> =
-            (&self.sessions, &self.statements, &self.meta).transaction(
-                |(sessions, statements, meta)| {
-                    sessions.apply_batch(&group.sessions)?;
-                    statements.apply_batch(&group.statements)?;
-                    meta.insert(COUNTS_KEY, counts_encoded.as_slice())?;
-                    meta.insert(LAST_SESSION_ID_KEY, &last_session_id_encoded[..])?;
-                    Ok(())
-                },
-            );
+        let result: sled::transaction::TransactionResult<(), std::convert::Infallible> = (
+            &self.sessions,
+            &self.statements,
+            &self.meta,
+            &self.log.events,
+        )
+            .transaction(|(sessions, statements, meta, events)| {
+                sessions.apply_batch(&group.sessions)?;
+                statements.apply_batch(&group.statements)?;
+                events.apply_batch(&group.events)?;
+                meta.insert(COUNTS_KEY, counts_encoded.as_slice())?;
+                meta.insert(LAST_SESSION_ID_KEY, &last_session_id_encoded[..])?;
+                if log_changed {
+                    meta.insert(EVENT_LOG_KEY, log_state_encoded.as_slice())?;
+                }
+                Ok(())
+            });
         match result {
             Ok(()) => {
                 self.counts = counts;
+                self.log.state = log_state;
                 self.persisted_last_session_id = last_session_id;
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -599,12 +771,126 @@ impl Writer {
         Ok(closed)
     }
 
+    /// Tells subscribers and the head file that everything committed is on disk.
+    fn publish_flushed(&mut self) {
+        let head = self.log.state.head;
+        if head.seq <= self.flushed_seq {
+            return;
+        }
+        self.flushed_seq = head.seq;
+        if let Err(error) = write_head_file(&self.log.dir, head) {
+            tracing::warn!(%error, seq = head.seq, "cannot update events.head");
+        }
+        self.log.durable.send_replace(head.seq);
+    }
+
+    /// One retention pass: drops the oldest events past `rule` and the closed sessions
+    /// (with their statements) that ended before the newest dropped event, and appends a
+    /// `retention` event, all in one commit.
+    fn retain(
+        &mut self,
+        rule: RetentionRule,
+        now: OffsetDateTime,
+    ) -> Result<Option<RetentionOutcome>, StoreError> {
+        let cutoff = rule.max_age.map(|age| now - age);
+        let over_size = rule.max_bytes.is_some_and(|max| self.log.state.bytes > max);
+        let size_target = rule.max_bytes.map_or(0, |max| max / 10 * 9);
+        let mut group = Group::default();
+        let mut bytes = self.log.state.bytes;
+        let mut first_dropped = None;
+        let mut last_dropped: Option<(ChainLink, OffsetDateTime)> = None;
+        let mut by_age_only = true;
+        for entry in self.log.events.iter() {
+            let (key, value) = entry.map_err(StoreError::Read)?;
+            let seq = decode_seq(&key)?;
+            if seq > self.log.state.head.seq {
+                break;
+            }
+            let (_, hash, json) = split_value(&value).ok_or_else(|| StoreError::Corrupt {
+                what: format!("event {seq}"),
+                reason: "shorter than an event's header".into(),
+            })?;
+            let time = event_time(seq, json)?;
+            let too_old = cutoff.is_some_and(|cutoff| time < cutoff);
+            let too_much = over_size && bytes > size_target;
+            if !too_old && !too_much {
+                break;
+            }
+            by_age_only &= too_old;
+            let size = (key.len() + value.len()) as u64;
+            bytes = bytes.saturating_sub(size);
+            group.removed_event_bytes += size;
+            group.removed_events += 1;
+            group.events.remove(key);
+            first_dropped.get_or_insert(seq);
+            last_dropped = Some((ChainLink { seq, hash }, time));
+        }
+        let (Some(first_dropped), Some((last, last_time))) = (first_dropped, last_dropped) else {
+            return Ok(None);
+        };
+        for entry in self.sessions.iter() {
+            let (key, value) = entry.map_err(StoreError::Read)?;
+            let id = decode_session_key(&key)?;
+            let record = decode_record(id, &value)?;
+            if record.started_at > last_time {
+                break;
+            }
+            let ended_before_cut = record.ended_at.is_some_and(|ended| ended <= last_time);
+            if record.state != SessionState::Closed || !ended_before_cut {
+                continue;
+            }
+            group.sessions.remove(&key);
+            group.removed_sessions.push(RecordSummary::of(&record));
+            for statement in self.statements.scan_prefix(&key) {
+                let (statement_key, _) = statement.map_err(StoreError::Read)?;
+                group.statements.remove(statement_key);
+                group.removed_statements += 1;
+            }
+        }
+        let reason = if by_age_only { "age" } else { "size" };
+        group.new_base = Some(last);
+        let event = Event::now(
+            Context::default(),
+            Activity::Retention {
+                first_dropped_seq: first_dropped,
+                last_dropped_seq: last.seq,
+                last_dropped_hash: to_hex(&last.hash),
+                reason: reason.into(),
+            },
+        );
+        let json = serde_json::to_vec(&event).map_err(|source| StoreError::EncodeEvent {
+            activity: "retention",
+            source,
+        })?;
+        let retention_seq = group.stage_event(self.log.state.head, &json);
+        let outcome = RetentionOutcome {
+            first_dropped_seq: first_dropped,
+            last_dropped_seq: last.seq,
+            events_dropped: group.removed_events,
+            sessions_dropped: group.removed_sessions.len() as u64,
+            statements_dropped: group.removed_statements,
+            reason,
+            retention_seq,
+        };
+        self.commit(group)?;
+        tracing::info!(
+            first_dropped_seq = outcome.first_dropped_seq,
+            last_dropped_seq = outcome.last_dropped_seq,
+            sessions = outcome.sessions_dropped,
+            statements = outcome.statements_dropped,
+            reason,
+            "retention dropped old events"
+        );
+        Ok(Some(outcome))
+    }
+
     /// One fsync for everything committed so far.
     fn flush(&mut self) -> Result<(), sled::Error> {
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         match self.db.flush() {
             Ok(_bytes) => {
                 self.flush_deadline = None;
+                self.publish_flushed();
                 Ok(())
             }
             Err(error) => {

@@ -38,7 +38,9 @@ use self::{
     startup::{Opening, authenticate_upstream, brokered_parameters, read_opening},
 };
 use crate::{
+    approvals::{ApprovalBroker, HoldRequest, Outcome, Resolution},
     credentials::Credentials,
+    events::{Activity, Context as EventContext, Event},
     masking::{ColumnAction, ColumnInfo, ColumnPlan, MaskOutcome, Masker},
     policy::{Action, AgentFacts, Decision, Resource, TlsMode},
     protocol::postgres::{
@@ -52,13 +54,16 @@ use crate::{
     relay::ByteCounts,
     session::PolicyHandle,
     sql::{self, Classified},
-    store::{DecisionRecord, Durability, StatementRecord, Store},
+    store::{ApprovalRecord, DecisionRecord, Durability, StatementRecord, Store},
 };
 
 /// SQLSTATE for a statement the policy refused: insufficient_privilege.
 const DENIED_SQLSTATE: &str = "42501";
 /// Longest statement text kept in a record, after literal masking.
 const MAX_RECORDED_SQL: usize = 16 * 1024;
+/// While a statement is held, the agent's further bytes are read (to notice it going
+/// away) up to this much; beyond it they wait in the socket.
+const MAX_BUFFERED_WHILE_HELD: usize = 1024 * 1024;
 
 /// Errors that end a PostgreSQL session. Each becomes the session's close reason.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,8 @@ pub enum ProxyError {
     Encode(EncodeError),
     #[error("upstream_tls: {0}")]
     Tls(String),
+    #[error("audit_log_unavailable: {0}")]
+    Audit(crate::store::StoreError),
 }
 
 /// A connection to the agent or the server: plain TCP, or TLS over it.
@@ -100,6 +107,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> ByteStream for T {}
 pub struct PgSession {
     pub session_id: u64,
     pub agent: String,
+    pub pid: u32,
     pub uid: u32,
     pub exe: Option<PathBuf>,
     pub resource: Resource,
@@ -110,6 +118,10 @@ pub struct PgSession {
     pub store: Store,
     /// The HMAC key of the `hash` masking strategy.
     pub mask_key: Arc<[u8]>,
+    /// Where statements under a `review` rule wait for a human.
+    pub approvals: Arc<ApprovalBroker>,
+    /// Who and where, for the session's audit events.
+    pub audit_context: crate::events::Context,
 }
 
 /// Runs the session to its end and returns the close reason.
@@ -273,6 +285,8 @@ async fn run(
         skip_until_sync: false,
         seq: 0,
         counts,
+        review: None,
+        audit: Vec::new(),
     };
     let mut server_loop = ServerLoop {
         session,
@@ -420,6 +434,33 @@ struct AgentLoop<'a> {
     skip_until_sync: bool,
     seq: u64,
     counts: &'a ByteCounts,
+    /// A statement a `review` rule holds: set by `handle`, awaited by `run` before it
+    /// reads the next frame.
+    review: Option<Review>,
+    /// `statement` events decided but not yet written: written (durably in strict mode)
+    /// by `flush` before anything goes upstream.
+    audit: Vec<crate::events::Event>,
+}
+
+/// A request held back until a human decides on its `review` statements.
+enum Review {
+    /// A simple Query (or fast-path call): forwarded whole once every held statement
+    /// in it is approved.
+    Query {
+        frame: Bytes,
+        records: Vec<StatementRecord>,
+        masks: Vec<Option<ResultMask>>,
+        started: Instant,
+        /// Index into `records` and the decision, per held statement.
+        held: Vec<(usize, Decision)>,
+    },
+    /// An Execute of a portal whose statement a `review` rule covers.
+    Execute {
+        frame: Bytes,
+        decision: Decision,
+        /// `Pending::Execute`, pushed when approved.
+        pending: Pending,
+    },
 }
 
 impl AgentLoop<'_> {
@@ -435,6 +476,15 @@ impl AgentLoop<'_> {
                     self.flush(&mut out).await?;
                     let _ = self.write.shutdown().await;
                     return Ok(());
+                }
+                if let Some(review) = self.review.take() {
+                    // What came before goes upstream now; the server loop keeps
+                    // delivering its answers while this statement waits.
+                    self.flush(&mut out).await?;
+                    if !self.await_review(review, &mut out).await? {
+                        let _ = self.write.shutdown().await;
+                        return Ok(());
+                    }
                 }
             }
             self.flush(&mut out).await?;
@@ -459,6 +509,13 @@ impl AgentLoop<'_> {
     }
 
     async fn flush(&mut self, out: &mut BytesMut) -> Result<(), ProxyError> {
+        if !self.audit.is_empty() {
+            let store = &self.session.store;
+            store
+                .append_all(std::mem::take(&mut self.audit), store.audit_durability())
+                .await
+                .map_err(ProxyError::Audit)?;
+        }
         if !out.is_empty() {
             self.write
                 .write_all(out)
@@ -490,15 +547,28 @@ impl AgentLoop<'_> {
                 let mut records = Vec::with_capacity(classified.len());
                 let mut masks = Vec::with_capacity(classified.len());
                 let mut refusal = None;
+                let mut held = Vec::new();
                 for statement in classified {
                     let (decision, mask) = self.judge_with_mask(&statement);
-                    if decision.action != Action::Allow && refusal.is_none() {
+                    if decision.action == Action::Deny && refusal.is_none() {
                         refusal = Some((statement.kind.clone(), decision.clone()));
                     }
                     records.push(self.record(&statement, sql, 0, &decision));
+                    if decision.action == Action::Review {
+                        held.push((records.len() - 1, decision));
+                    }
                     masks.push(mask);
                 }
                 match refusal {
+                    None if !held.is_empty() => {
+                        self.review = Some(Review::Query {
+                            frame: Bytes::copy_from_slice(frame.as_bytes()),
+                            records,
+                            masks,
+                            started,
+                            held,
+                        });
+                    }
                     None => {
                         self.push(Pending::Query {
                             statements: records,
@@ -538,7 +608,8 @@ impl AgentLoop<'_> {
                     sql: parse.query.to_owned(),
                     classified: statement,
                 });
-                if decision.action != Action::Allow {
+                // A statement under review is held when it is executed, not prepared.
+                if decision.action == Action::Deny {
                     let record = self.record(&prepared.classified, &prepared.sql, 0, &decision);
                     self.refuse_extended(&prepared.classified.kind, &decision, record)?;
                     return Ok(false);
@@ -609,18 +680,28 @@ impl AgentLoop<'_> {
                     &decision,
                 );
                 record.parameters = info.parameters;
-                if decision.action != Action::Allow {
+                self.audit_statement(&record);
+                if decision.action == Action::Deny {
                     self.refuse_extended(&info.prepared.classified.kind, &decision, record)?;
                     return Ok(false);
                 }
-                self.push(Pending::Execute {
+                let pending = Pending::Execute {
                     record: Box::new(record),
                     started,
                     mask,
                     portal: portal.to_owned(),
                     statement: info.statement_name,
                     formats: info.formats,
-                });
+                };
+                if decision.action == Action::Review {
+                    self.review = Some(Review::Execute {
+                        frame: Bytes::copy_from_slice(frame.as_bytes()),
+                        decision,
+                        pending,
+                    });
+                    return Ok(false);
+                }
+                self.push(pending);
                 out.extend_from_slice(frame.as_bytes());
             }
             FrontendMessage::Close { target, name } => {
@@ -644,6 +725,16 @@ impl AgentLoop<'_> {
                 statement.kind = "FUNCTION CALL".into();
                 let decision = self.judge(&statement);
                 let mut record = self.record(&statement, "<fast-path function call>", 0, &decision);
+                if decision.action == Action::Review {
+                    self.review = Some(Review::Query {
+                        frame: Bytes::copy_from_slice(frame.as_bytes()),
+                        records: vec![record],
+                        masks: vec![None],
+                        started: Instant::now(),
+                        held: vec![(0, decision)],
+                    });
+                    return Ok(false);
+                }
                 if decision.action != Action::Allow {
                     record.error = Some(format!("{DENIED_SQLSTATE}: {}", decision.reason));
                     self.push(Pending::Denied {
@@ -699,6 +790,242 @@ impl AgentLoop<'_> {
         Ok(())
     }
 
+    /// Holds the statements of `review` until a human decides, then forwards the request
+    /// (into `out`) or queues the agent's refusal. `false` when the agent went away
+    /// while waiting (the held statements are recorded as withdrawn).
+    async fn await_review(
+        &mut self,
+        review: Review,
+        out: &mut BytesMut,
+    ) -> Result<bool, ProxyError> {
+        match review {
+            Review::Query {
+                frame,
+                mut records,
+                masks,
+                started,
+                held,
+            } => {
+                let mut refused = None;
+                for (index, decision) in held {
+                    let Some(record) = records.get(index) else {
+                        continue;
+                    };
+                    let resolution = self.hold(record, &decision).await;
+                    if let Some(record) = records.get_mut(index) {
+                        record.approval = Some(approval_record(&resolution));
+                    }
+                    if resolution.outcome == Outcome::Withdrawn {
+                        self.record_withdrawn(records, &resolution).await;
+                        return Ok(false);
+                    }
+                    if resolution.outcome != Outcome::Approved {
+                        refused = Some((index, decision, resolution));
+                        break;
+                    }
+                }
+                match refused {
+                    None => {
+                        self.push(Pending::Query {
+                            statements: records,
+                            masks,
+                            started,
+                        });
+                        out.extend_from_slice(&frame);
+                    }
+                    Some((index, decision, resolution)) => {
+                        let kind = records
+                            .get(index)
+                            .map(|record| record.kind.clone())
+                            .unwrap_or_default();
+                        for (i, record) in records.iter_mut().enumerate() {
+                            record.error = Some(if i == index {
+                                format!("{DENIED_SQLSTATE}: {}", refusal_text(&resolution))
+                            } else {
+                                "not run: another statement in the same query was not approved"
+                                    .into()
+                            });
+                        }
+                        self.push(Pending::Denied {
+                            error: review_denial(&kind, &decision, &resolution)?,
+                            ready_for_query: true,
+                            records,
+                        });
+                    }
+                }
+            }
+            Review::Execute {
+                frame,
+                decision,
+                pending,
+            } => {
+                let Pending::Execute {
+                    mut record,
+                    started,
+                    mask,
+                    portal,
+                    statement,
+                    formats,
+                } = pending
+                else {
+                    return Ok(true);
+                };
+                let resolution = self.hold(&record, &decision).await;
+                record.approval = Some(approval_record(&resolution));
+                match resolution.outcome {
+                    Outcome::Approved => {
+                        self.push(Pending::Execute {
+                            record,
+                            started,
+                            mask,
+                            portal,
+                            statement,
+                            formats,
+                        });
+                        out.extend_from_slice(&frame);
+                    }
+                    Outcome::Withdrawn => {
+                        self.record_withdrawn(vec![*record], &resolution).await;
+                        return Ok(false);
+                    }
+                    Outcome::Denied | Outcome::TimedOut => {
+                        record.error =
+                            Some(format!("{DENIED_SQLSTATE}: {}", refusal_text(&resolution)));
+                        self.push(Pending::Denied {
+                            error: review_denial(&record.kind, &decision, &resolution)?,
+                            ready_for_query: false,
+                            records: vec![*record],
+                        });
+                        self.skip_until_sync = true;
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Holds one statement with the broker and waits for its resolution, noticing the
+    /// agent going away meanwhile. Fails closed: a hold that cannot be made is denied.
+    async fn hold(&mut self, record: &StatementRecord, decision: &Decision) -> Resolution {
+        let session = self.session;
+        let request = HoldRequest {
+            session_id: session.session_id,
+            statement_seq: record.seq,
+            agent: session.agent.clone(),
+            pid: session.pid,
+            uid: session.uid,
+            resource: session.resource.name.clone(),
+            sql: record.sql.clone(),
+            kind: record.kind.clone(),
+            operation: record.operation.clone(),
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+            timeout: decision.timeout,
+        };
+        let mut hold = match session.approvals.hold(request) {
+            Ok(hold) => hold,
+            Err(error) => {
+                tracing::error!(%error, "cannot hold a statement for approval: denying it");
+                return Resolution {
+                    id: 0,
+                    outcome: Outcome::Denied,
+                    approver: None,
+                    reason: format!("it could not be held for approval: {error}"),
+                    waited: std::time::Duration::ZERO,
+                };
+            }
+        };
+        let started = Instant::now();
+        self.audit(Activity::ApprovalRequested {
+            approval_id: hold.id(),
+            statement_seq: record.seq,
+            rule: decision.rule.clone(),
+            timeout_s: decision
+                .timeout
+                .unwrap_or_else(|| session.approvals.default_timeout())
+                .as_secs(),
+        })
+        .await;
+        let resolution = loop {
+            let room = self.buffer.len() < MAX_BUFFERED_WHILE_HELD;
+            tokio::select! {
+                resolution = hold.resolution() => break resolution,
+                read = self.read.read_buf(&mut self.buffer), if room => match read {
+                    Ok(read) if read > 0 => {
+                        self.counts
+                            .up
+                            .fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    // Gone (or broken): dropping the hold below withdraws it.
+                    _ => break Resolution {
+                        id: hold.id(),
+                        outcome: Outcome::Withdrawn,
+                        approver: None,
+                        reason: "the agent's session ended while the statement waited".into(),
+                        waited: started.elapsed(),
+                    },
+                },
+            }
+        };
+        drop(hold);
+        crate::metrics::global().approval(resolution.outcome);
+        self.audit(Activity::ApprovalDecided {
+            approval_id: resolution.id,
+            statement_seq: record.seq,
+            outcome: resolution.outcome.as_str().to_owned(),
+            approver_uid: resolution.approver.as_ref().map(|a| a.uid),
+            approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
+            reason: Some(resolution.reason.clone()),
+            waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
+        })
+        .await;
+        resolution
+    }
+
+    /// Appends an audit event about this session; a failure is logged (the statement
+    /// record still carries the approval).
+    async fn audit(&self, activity: Activity) {
+        let session = self.session;
+        let context = EventContext {
+            session_id: Some(session.session_id),
+            agent: Some(session.agent.clone()),
+            pid: Some(session.pid),
+            uid: Some(session.uid),
+            exe: session.exe.as_ref().map(|exe| exe.display().to_string()),
+            resource: Some(session.resource.name.clone()),
+            destination: Some(session.upstream_addr.to_string()),
+            transport: Some("tcp".into()),
+            protocol: Some("postgres".into()),
+            ..EventContext::default()
+        };
+        let durability = session.store.audit_durability();
+        if let Err(error) = session
+            .store
+            .append(Event::now(context, activity), durability)
+            .await
+        {
+            tracing::error!(%error, "cannot append an approval event to the audit log");
+        }
+    }
+
+    /// Records the statements of a request whose agent left while they were held.
+    async fn record_withdrawn(&self, records: Vec<StatementRecord>, resolution: &Resolution) {
+        for mut record in records {
+            record.error = Some(format!(
+                "not run: the session ended while approval {} was pending",
+                resolution.id
+            ));
+            if let Err(error) = self
+                .session
+                .store
+                .put_statement(&record, Durability::Batched)
+                .await
+            {
+                tracing::error!(%error, seq = record.seq, "cannot record a statement");
+            }
+        }
+    }
+
     /// Judges `statement` and, when an allowing rule names a mask profile, prepares
     /// the masking of its result. Fails closed when the mask cannot be applied.
     fn judge_with_mask(&mut self, statement: &Classified) -> (Decision, Option<ResultMask>) {
@@ -706,22 +1033,14 @@ impl AgentLoop<'_> {
         let Some(profile) = decision.mask.clone() else {
             return (decision, None);
         };
-        if decision.action != Action::Allow {
+        // A held statement is masked like an allowed one once approved.
+        if decision.action == Action::Deny {
             return (decision, None);
         }
         let refuse = |decision: &mut Decision, why: String| {
             decision.action = Action::Deny;
             decision.reason = format!("{}; but {why}", decision.reason);
         };
-        if statement.kind.starts_with("COPY") && statement.tables_written.is_empty() {
-            refuse(
-                &mut decision,
-                format!(
-                    "COPY output cannot be masked, so COPY TO is refused under mask profile `{profile}`"
-                ),
-            );
-            return (decision, None);
-        }
         match self.masker(&profile) {
             Some(masker) => {
                 let tables = statement.tables_read.clone();
@@ -767,17 +1086,34 @@ impl AgentLoop<'_> {
                     .into(),
                 resource: Some(session.resource.name.clone()),
                 mask: None,
+                timeout: None,
             };
         }
-        session.policy.current().decide(
+        session.policy.decide_statement(
             &AgentFacts {
                 agent: &session.agent,
                 uid: session.uid,
                 exe: session.exe.as_deref(),
             },
-            Some(&session.resource.name),
-            statement.operation,
+            &session.resource.name,
+            statement,
         )
+    }
+
+    /// Queues the `statement` event of `record`, replacing one queued for the same
+    /// statement (its parameters are known only after the record is made).
+    fn audit_statement(&mut self, record: &StatementRecord) {
+        let activity = crate::events::Activity::statement(record);
+        if let Some(queued) = self.audit.iter_mut().rev().find(|event| {
+            matches!(event.activity, crate::events::Activity::Statement { statement_seq, .. } if statement_seq == record.seq)
+        }) {
+            queued.activity = activity;
+            return;
+        }
+        self.audit.push(crate::events::Event::now(
+            self.session.audit_context.clone(),
+            activity,
+        ));
     }
 
     fn record(
@@ -787,6 +1123,7 @@ impl AgentLoop<'_> {
         params: usize,
         decision: &Decision,
     ) -> StatementRecord {
+        crate::metrics::global().decision("statement", decision.action);
         self.seq += 1;
         let mut sql = sql::literals_masked(sql_text);
         if sql.len() > MAX_RECORDED_SQL {
@@ -797,7 +1134,7 @@ impl AgentLoop<'_> {
             sql.truncate(end);
             sql.push_str(" …");
         }
-        StatementRecord {
+        let record = StatementRecord {
             session_id: self.session.session_id,
             seq: self.seq,
             sql,
@@ -823,7 +1160,10 @@ impl AgentLoop<'_> {
             masked: Default::default(),
             nulled: 0,
             parameters: Vec::new(),
-        }
+            approval: None,
+        };
+        self.audit_statement(&record);
+        record
     }
 
     fn unknown_record(&mut self) -> StatementRecord {
@@ -834,6 +1174,7 @@ impl AgentLoop<'_> {
             reason: "the server rejects unknown portals itself".into(),
             resource: None,
             mask: None,
+            timeout: None,
         };
         self.record(&statement, "<unknown portal>", 0, &decision)
     }
@@ -849,21 +1190,59 @@ fn empty_statement() -> Classified {
 
 /// The ErrorResponse an agent gets for a refused statement.
 fn denial(kind: &str, decision: &Decision) -> Result<Bytes, ProxyError> {
-    let message = match decision.action {
-        Action::Review => format!(
-            "sluice: {kind} needs a human's approval under rule `{}`, and approvals are not available yet: refused",
+    let message = format!("sluice: {kind} denied by policy rule `{}`", decision.rule);
+    error_response(message, decision.reason.clone())
+}
+
+/// The ErrorResponse an agent gets for a held statement that was not approved.
+fn review_denial(
+    kind: &str,
+    decision: &Decision,
+    resolution: &Resolution,
+) -> Result<Bytes, ProxyError> {
+    error_response(
+        format!(
+            "sluice: {kind} {} (approval {}, rule `{}`)",
+            refusal_text(resolution),
+            resolution.id,
             decision.rule
         ),
-        _ => format!("sluice: {kind} denied by policy rule `{}`", decision.rule),
-    };
+        decision.reason.clone(),
+    )
+}
+
+/// `denied by root (uid 0): not in change window`, `not approved: nobody ...`.
+fn refusal_text(resolution: &Resolution) -> String {
+    match (&resolution.outcome, &resolution.approver) {
+        (Outcome::Denied, Some(approver)) => format!(
+            "denied by {} (uid {}): {}",
+            approver.name.as_deref().unwrap_or("an approver"),
+            approver.uid,
+            resolution.reason
+        ),
+        _ => format!("not approved: {}", resolution.reason),
+    }
+}
+
+fn error_response(message: String, detail: String) -> Result<Bytes, ProxyError> {
     let mut bytes = BytesMut::new();
     encode_error_response(
-        &Diagnostic::new(Severity::Error, DENIED_SQLSTATE, message)
-            .with_detail(decision.reason.clone()),
+        &Diagnostic::new(Severity::Error, DENIED_SQLSTATE, message).with_detail(detail),
         &mut bytes,
     )
     .map_err(ProxyError::Encode)?;
     Ok(bytes.freeze())
+}
+
+fn approval_record(resolution: &Resolution) -> ApprovalRecord {
+    ApprovalRecord {
+        id: resolution.id,
+        outcome: resolution.outcome.as_str().to_owned(),
+        approver_uid: resolution.approver.as_ref().map(|a| a.uid),
+        approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
+        reason: resolution.reason.clone(),
+        waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
+    }
 }
 
 struct ServerLoop<'a> {
@@ -1286,6 +1665,9 @@ impl ServerLoop<'_> {
     async fn complete(&mut self, tag: Option<String>, error: Option<String>) {
         let rows = std::mem::take(&mut self.rows);
         let masking = self.active_mask.take().map(|active| active.counts());
+        if let Some((masked, nulled)) = &masking {
+            crate::metrics::global().masked(masked.values().sum::<u64>() + nulled);
+        }
         match self.queue.front_mut() {
             Some(Pending::Query {
                 statements,
@@ -1412,12 +1794,22 @@ impl ServerLoop<'_> {
     }
 
     async fn store(&self, record: StatementRecord) {
-        if let Err(error) = self
-            .session
-            .store
-            .put_statement(&record, Durability::Batched)
-            .await
-        {
+        let writing = Instant::now();
+        let store = &self.session.store;
+        let result = crate::events::Event::now(
+            self.session.audit_context.clone(),
+            crate::events::Activity::statement_result(&record),
+        );
+        let written = store
+            .put_statement_with_events(&record, &[result], store.audit_durability())
+            .await;
+        crate::metrics::global().store_write(
+            "statement",
+            false,
+            written.is_ok(),
+            writing.elapsed(),
+        );
+        if let Err(error) = written {
             tracing::error!(%error, seq = record.seq, "cannot record a statement");
         }
     }
@@ -1430,6 +1822,7 @@ fn finish(
     tag: Option<String>,
     error: Option<String>,
 ) {
+    crate::metrics::global().statement(started.elapsed());
     record.duration_us = Some(started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
     record.rows = Some(tag.as_deref().and_then(rows_from_tag).unwrap_or(rows));
     record.tag = tag;

@@ -1,0 +1,427 @@
+//! The event log against real sled databases: chain, verify, retention, durability.
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{
+    events::{
+        ChainLink, EVENT_LOG_KEY, EVENTS_TREE, EventLogState, GENESIS_HASH, chain_hash,
+        encode_value, split_value, to_hex, verify_dir,
+    },
+    *,
+};
+use crate::events::{Activity, Context, Event};
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        flush_interval: Duration::from_millis(20),
+        queue_capacity: 64,
+        audit_durability: Durability::Durable,
+    }
+}
+
+fn daemon_event(change: &str) -> Event {
+    Event::now(
+        Context::default(),
+        Activity::Daemon {
+            change: change.into(),
+            version: "test".into(),
+        },
+    )
+}
+
+fn dns_event(name: &str) -> Event {
+    Event::now(
+        Context {
+            agent: Some("agent-a".into()),
+            pid: Some(42),
+            ..Context::default()
+        },
+        Activity::Dns {
+            name: name.into(),
+            query_type: "A".into(),
+            rcode: "NOERROR".into(),
+            answers: vec!["127.0.0.2".into()],
+        },
+    )
+}
+
+/// Rewrites one stored event's JSON through sled itself, keeping sled's checksums valid.
+fn rewrite_event(store: &Store, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
+    let key = seq.to_be_bytes();
+    let mut value = store
+        .inner
+        .events
+        .get(key)
+        .expect("read")
+        .expect("stored")
+        .to_vec();
+    edit(&mut value);
+    store.inner.events.insert(key, value).expect("rewrite");
+}
+
+#[tokio::test]
+async fn appends_are_numbered_and_chained_across_restarts() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path(), options()).expect("open");
+    assert_eq!(
+        store
+            .append(daemon_event("started"), Durability::Durable)
+            .await
+            .expect("append"),
+        1
+    );
+    assert_eq!(
+        store
+            .append(dns_event("a.example"), Durability::Batched)
+            .await
+            .expect("append"),
+        2
+    );
+    store.flush().await.expect("flush");
+    drop(store);
+
+    let store = Store::open(dir.path(), options()).expect("reopen");
+    assert_eq!(
+        store
+            .append(daemon_event("stopped"), Durability::Durable)
+            .await
+            .expect("append"),
+        3
+    );
+    let events = store.events_after(0, 10).expect("read");
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(events[0].prev_hash, to_hex(&GENESIS_HASH));
+    assert_eq!(events[1].prev_hash, events[0].hash);
+    assert_eq!(events[2].prev_hash, events[1].hash);
+    assert_eq!(events[1].event.activity.type_name(), "dns");
+    assert_eq!(store.events_after(1, 1).expect("read")[0].seq, 2);
+    assert!(store.events_after(3, 10).expect("read").is_empty());
+    let report = store.verify_events().expect("verify");
+    assert_eq!(report.chain_break, None);
+    assert_eq!(
+        (report.first_seq, report.last_seq, report.events),
+        (Some(1), Some(3), 3)
+    );
+}
+
+#[tokio::test]
+async fn subscribers_see_the_flushed_seq() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path(), options()).expect("open");
+    let mut durable = store.subscribe_events();
+    assert_eq!(*durable.borrow_and_update(), 0);
+    let seq = store
+        .append(dns_event("b.example"), Durability::Batched)
+        .await
+        .expect("append");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        durable.wait_for(|flushed| *flushed >= seq),
+    )
+    .await
+    .expect("flushed within the interval")
+    .expect("writer alive");
+    assert_eq!(store.events_after(0, 10).expect("read").len(), 1);
+}
+
+#[tokio::test]
+async fn events_written_with_a_record_share_its_commit() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path(), options()).expect("open");
+    let record = SessionRecord::refused(7, "test", "because");
+    store
+        .put_session_with_events(&record, &[dns_event("c.example")], Durability::Durable)
+        .await
+        .expect("put");
+    assert!(store.get_session(7).expect("read").is_some());
+    assert_eq!(store.events_after(0, 10).expect("read").len(), 1);
+}
+
+#[tokio::test]
+async fn verify_reports_the_first_break_exactly() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path(), options()).expect("open");
+    for index in 0..5 {
+        store
+            .append(
+                dns_event(&format!("host{index}.example")),
+                Durability::Durable,
+            )
+            .await
+            .expect("append");
+    }
+    // A changed value: the hash no longer matches.
+    rewrite_event(&store, 3, |value| {
+        let at = value.len() - 5;
+        value[at] ^= 0x01;
+    });
+    let report = store.verify_events().expect("verify");
+    let found = report.chain_break.expect("a break");
+    assert_eq!((found.seq, found.kind), (3, BreakKind::HashMismatch));
+    assert_eq!(report.events, 2);
+
+    // A rewritten event with a recomputed hash: the next one no longer links to it.
+    rewrite_event(&store, 3, |value| {
+        let (prev, _, json) = split_value(value).expect("split");
+        let mut json = json.to_vec();
+        let at = json.len() - 5;
+        json[at] ^= 0x02;
+        *value = encode_value(&prev, &chain_hash(3, &prev, &json), &json);
+    });
+    let found = store
+        .verify_events()
+        .expect("verify")
+        .chain_break
+        .expect("a break");
+    assert_eq!((found.seq, found.kind), (4, BreakKind::PrevLinkBroken));
+
+    // A removed event: a gap.
+    store
+        .inner
+        .events
+        .remove(3u64.to_be_bytes())
+        .expect("remove");
+    let found = store
+        .verify_events()
+        .expect("verify")
+        .chain_break
+        .expect("a break");
+    assert_eq!((found.seq, found.kind), (3, BreakKind::SeqGap));
+
+    // Garbage: undecodable.
+    store
+        .inner
+        .events
+        .insert(3u64.to_be_bytes(), &b"short"[..])
+        .expect("insert");
+    let found = store
+        .verify_events()
+        .expect("verify")
+        .chain_break
+        .expect("a break");
+    assert_eq!((found.seq, found.kind), (3, BreakKind::Undecodable));
+
+    // The newest event removed: truncated.
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path(), options()).expect("open");
+    for index in 0..3 {
+        store
+            .append(dns_event(&format!("h{index}")), Durability::Durable)
+            .await
+            .expect("append");
+    }
+    store
+        .inner
+        .events
+        .remove(3u64.to_be_bytes())
+        .expect("remove");
+    let found = store
+        .verify_events()
+        .expect("verify")
+        .chain_break
+        .expect("a break");
+    assert_eq!((found.seq, found.kind), (3, BreakKind::Truncated));
+}
+
+#[tokio::test]
+async fn offline_verify_notices_flushed_events_gone_and_open_refuses() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path(), options()).expect("open");
+    for index in 0..4 {
+        store
+            .append(dns_event(&format!("h{index}")), Durability::Durable)
+            .await
+            .expect("append");
+    }
+    drop(store);
+    assert_eq!(verify_dir(dir.path()).expect("verify").chain_break, None);
+    // Pretend sled lost the last two events and their bookkeeping, as recovery from a
+    // damaged log does.
+    {
+        let db = sled::open(dir.path()).expect("sled");
+        let events = db.open_tree(EVENTS_TREE).expect("tree");
+        let meta = db.open_tree(META_TREE).expect("tree");
+        let mut state = EventLogState::read(&meta).expect("state");
+        let head = events
+            .get(2u64.to_be_bytes())
+            .expect("read")
+            .expect("stored");
+        let (_, hash, _) = split_value(&head).expect("split");
+        state.head = ChainLink { seq: 2, hash };
+        events.remove(3u64.to_be_bytes()).expect("remove");
+        events.remove(4u64.to_be_bytes()).expect("remove");
+        meta.insert(EVENT_LOG_KEY, state.encode().expect("encode"))
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let found = verify_dir(dir.path())
+        .expect("verify")
+        .chain_break
+        .expect("a break");
+    assert_eq!((found.seq, found.kind), (3, BreakKind::Truncated));
+    assert!(matches!(
+        Store::open(dir.path(), options()),
+        Err(StoreError::LostEvents {
+            flushed_seq: 4,
+            stored_seq: 2
+        })
+    ));
+}
+
+#[tokio::test]
+async fn retention_by_size_drops_the_oldest_and_keeps_the_chain_verifiable() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path(), options()).expect("open");
+    let closed = SessionRecord::refused(1, "test", "old");
+    store
+        .put_session_with_events(&closed, &[dns_event("old.example")], Durability::Durable)
+        .await
+        .expect("put");
+    for index in 0..40 {
+        store
+            .append(
+                dns_event(&format!("host{index}.example")),
+                Durability::Batched,
+            )
+            .await
+            .expect("append");
+    }
+    store.flush().await.expect("flush");
+    let before = EventLogState::read(&store.inner.meta).expect("state");
+    assert_eq!(before.events, 41);
+    let rule = RetentionRule {
+        max_age: None,
+        max_bytes: Some(before.bytes / 2),
+    };
+    let outcome = store
+        .retain(rule)
+        .await
+        .expect("retain")
+        .expect("dropped some");
+    assert_eq!(outcome.first_dropped_seq, 1);
+    assert_eq!(outcome.reason, "size");
+    assert_eq!(outcome.sessions_dropped, 1);
+    assert!(store.get_session(1).expect("read").is_none());
+    assert_eq!(store.counts().expect("counts").sessions, 0);
+    let after = EventLogState::read(&store.inner.meta).expect("state");
+    assert!(
+        after.bytes <= before.bytes / 2,
+        "{} > {}",
+        after.bytes,
+        before.bytes / 2
+    );
+    assert_eq!(after.base.seq, outcome.last_dropped_seq);
+
+    let first = store.first_event_seq().expect("first").expect("some left");
+    assert_eq!(first, outcome.last_dropped_seq + 1);
+    let newest = store
+        .events_after(outcome.retention_seq - 1, 1)
+        .expect("read");
+    match &newest[0].event.activity {
+        Activity::Retention {
+            last_dropped_seq,
+            reason,
+            ..
+        } => {
+            assert_eq!(
+                (*last_dropped_seq, reason.as_str()),
+                (outcome.last_dropped_seq, "size")
+            );
+        }
+        other => panic!("expected a retention event, got {other:?}"),
+    }
+    let report = store.verify_events().expect("verify");
+    assert_eq!(report.chain_break, None);
+    assert_eq!(report.first_seq, Some(first));
+    assert_eq!(report.dropped_before, outcome.last_dropped_seq);
+    // Under the limit now: nothing more to drop.
+    assert_eq!(store.retain(rule).await.expect("retain"), None);
+
+    // Deleting the retention event is noticed even with the chain relinked around it.
+    drop(store);
+    assert_eq!(verify_dir(dir.path()).expect("verify").chain_break, None);
+}
+
+#[tokio::test]
+async fn retention_by_age_drops_only_old_events() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path(), options()).expect("open");
+    let mut old = dns_event("old.example");
+    old.time -= time::Duration::days(10);
+    store
+        .append(old, Durability::Durable)
+        .await
+        .expect("append");
+    store
+        .append(dns_event("new.example"), Durability::Durable)
+        .await
+        .expect("append");
+    let rule = RetentionRule {
+        max_age: Some(Duration::from_secs(86_400)),
+        max_bytes: None,
+    };
+    let outcome = store.retain(rule).await.expect("retain").expect("dropped");
+    assert_eq!(
+        (
+            outcome.first_dropped_seq,
+            outcome.last_dropped_seq,
+            outcome.reason
+        ),
+        (1, 1, "age")
+    );
+    assert_eq!(store.first_event_seq().expect("first"), Some(2));
+    assert_eq!(store.verify_events().expect("verify").chain_break, None);
+}
+
+#[tokio::test]
+async fn a_removed_retention_record_is_a_break() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path(), options()).expect("open");
+    for index in 0..4 {
+        let mut event = dns_event(&format!("h{index}"));
+        event.time -= time::Duration::days(10 - index);
+        store
+            .append(event, Durability::Durable)
+            .await
+            .expect("append");
+    }
+    let rule = RetentionRule {
+        max_age: Some(Duration::from_secs(86_400 * 8 + 43_200)),
+        max_bytes: None,
+    };
+    let outcome = store.retain(rule).await.expect("retain").expect("dropped");
+    assert_eq!(outcome.last_dropped_seq, 2);
+    // The retention event (seq 5) is the head: drop it and move the head back.
+    store
+        .inner
+        .events
+        .remove(5u64.to_be_bytes())
+        .expect("remove");
+    let mut state = EventLogState::read(&store.inner.meta).expect("state");
+    let value = store
+        .inner
+        .events
+        .get(4u64.to_be_bytes())
+        .expect("read")
+        .expect("stored");
+    state.head = ChainLink {
+        seq: 4,
+        hash: split_value(&value).expect("split").1,
+    };
+    store
+        .inner
+        .meta
+        .insert(EVENT_LOG_KEY, state.encode().expect("encode"))
+        .expect("insert");
+    let found = store
+        .verify_events()
+        .expect("verify")
+        .chain_break
+        .expect("a break");
+    assert_eq!(
+        (found.seq, found.kind),
+        (2, BreakKind::MissingRetentionRecord)
+    );
+}
