@@ -4,6 +4,7 @@
 //! `detach` work on the cgroup and bpffs directly because they must work (and fail
 //! closed) while no daemon is up.
 
+mod live_policy;
 #[cfg(test)]
 mod tests;
 mod timeline;
@@ -60,6 +61,13 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Grant an agent extra operations on a resource for a while (just in time).
+    Grant(live_policy::GrantArgs),
+    /// List just-in-time grants.
+    #[command(subcommand)]
+    Grants(live_policy::GrantsCommand),
+    /// Revoke a grant: the agent's next statement is judged without it.
+    Revoke(live_policy::RevokeArgs),
     /// Detach the programs and drop their pinned maps. Agents are no longer
     /// intercepted afterwards; use when uninstalling.
     Detach,
@@ -147,6 +155,10 @@ fn parse_speed(text: &str) -> Result<f64, String> {
 pub enum PolicyCommand {
     /// Check a policy directory; errors are printed as FILE:LINE:COL.
     Check { dir: PathBuf },
+    /// Make the daemon reload its policy directory now.
+    Reload,
+    /// Say how a statement or operation would be decided, by which rule or grant, and why.
+    Explain(live_policy::ExplainArgs),
 }
 
 /// Errors of the CLI's own commands.
@@ -187,6 +199,25 @@ pub enum CliError {
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Policy(PolicyCommand::Check { dir }) => Ok(policy_check(&dir)),
+        Command::Policy(PolicyCommand::Reload) => {
+            let client = client(&cli.config)?;
+            runtime()?.block_on(live_policy::reload(&client))
+        }
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            runtime()?.block_on(live_policy::explain(|| client(&cli.config), args))
+        }
+        Command::Grant(args) => {
+            let client = client(&cli.config)?;
+            runtime()?.block_on(live_policy::grant(&client, args))
+        }
+        Command::Grants(live_policy::GrantsCommand::List { all, json }) => {
+            let client = client(&cli.config)?;
+            runtime()?.block_on(live_policy::list(&client, all, json))
+        }
+        Command::Revoke(args) => {
+            let client = client(&cli.config)?;
+            runtime()?.block_on(live_policy::revoke(&client, args))
+        }
         Command::Run(args) => run_agent(&Config::load(&cli.config)?, args),
         Command::Detach => detach(&Config::load(&cli.config)?),
         Command::Daemon(args) => {
@@ -490,6 +521,22 @@ fn print_status(status: &StatusReport) {
         "policy:     {} ({} agents, {} resources, {} rules)",
         status.policy.dir, status.policy.agents, status.policy.resources, status.policy.rules
     );
+    println!(
+        "            generation {}, loaded {}, {} grant(s) in force",
+        status.policy.generation,
+        timestamp(status.policy.loaded_at),
+        status.policy.active_grants
+    );
+    if let Some(rejected) = &status.policy.last_rejected {
+        println!(
+            "            last reload REJECTED at {} ({}); the policy above stays in force:",
+            timestamp(rejected.at),
+            rejected.trigger
+        );
+        for error in &rejected.errors {
+            println!("              {error}");
+        }
+    }
     println!(
         "store:      {} ({} sessions, {} open, {} denied)",
         status.store.path, status.store.sessions, status.store.open, status.store.denied

@@ -23,8 +23,11 @@ use crate::{
         StatusReport,
         api::{PolicyStatus, StoreStatus},
     },
+    control::{GrantRequest, ReloadReport, RevokeRequest, routes::ApiError},
     credentials::Credentials,
-    policy::Policy,
+    grants::{Actor, GrantBook, GrantError, NewGrant},
+    policy::{ExplainQuestion, Explanation, Grant, Policy},
+    policy_watch::PolicyWatch,
     proxy::postgres::cancel::CancelRegistry,
     redirect::RedirectListeners,
     session::{PolicyHandle, SessionContext},
@@ -59,6 +62,8 @@ pub enum DaemonError {
     Control(#[from] crate::control::ControlError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("grants: {0}")]
+    Grants(#[from] crate::grants::GrantError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -82,6 +87,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             "sessions left open by the previous daemon were closed"
         );
     }
+
+    let grants = Arc::new(GrantBook::load(store.clone(), Arc::clone(&policy))?);
+    tokio::spawn(crate::grants::run_expiry(Arc::clone(&grants)));
 
     let root = Arc::new(ManagedRoot::resolve(&config.cgroup.root)?);
     root.ensure()?;
@@ -138,6 +146,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         store: store.clone(),
         policy: Arc::clone(&policy),
         policy_dir: config.daemon.policy_dir.clone(),
+        grants: Arc::clone(&grants),
         root: Arc::clone(&root),
         bpffs_dir: config.cgroup.bpffs_dir.clone(),
         listeners: listener_addrs,
@@ -170,13 +179,28 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         },
     ));
     let redirect_task = tokio::spawn(listeners.serve(context));
+    match PolicyWatch::new(&config.daemon.policy_dir) {
+        Ok(watch) => {
+            let policy = Arc::clone(&policy);
+            let dir = config.daemon.policy_dir.clone();
+            tokio::spawn(async move {
+                while watch.changed().await.is_ok() {
+                    reload_policy(&policy, &dir, "file_change");
+                }
+                tracing::error!("the policy directory watch failed: reload with SIGHUP");
+            });
+        }
+        Err(error) => tracing::error!(%error, "policy files are not watched: reload with SIGHUP"),
+    }
     tracing::info!("sluice daemon ready");
 
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload_policy(&policy, &config.daemon.policy_dir),
+            _ = hangup.recv() => {
+                reload_policy(&policy, &config.daemon.policy_dir, "sighup");
+            }
         }
     }
     tracing::info!("stopping: agents stay intercepted and are refused until a daemon is back");
@@ -187,21 +211,44 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Replaces the policy if the directory holds a valid one; otherwise keeps the old.
-pub fn reload_policy(policy: &PolicyHandle, dir: &Path) {
+/// Replaces the policy if the directory holds a valid one; otherwise keeps the old one
+/// and logs each problem on a line of its own. `trigger` says why (`sighup`,
+/// `file_change`, `api`).
+pub fn reload_policy(policy: &PolicyHandle, dir: &Path, trigger: &str) -> ReloadReport {
     match Policy::load_dir(dir) {
         Ok(new) => {
             let counts = new.counts();
-            policy.replace(new);
+            let generation = policy.replace(new);
             tracing::info!(
+                trigger,
+                generation,
                 agents = counts.agents,
                 resources = counts.resources,
                 rules = counts.rules,
                 "policy reloaded"
             );
+            ReloadReport {
+                applied: true,
+                generation,
+                errors: Vec::new(),
+            }
         }
         Err(errors) => {
-            tracing::error!(%errors, "policy reload rejected: the previous policy stays in force");
+            let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            for error in &errors {
+                tracing::error!(trigger, "policy reload rejected: {error}");
+            }
+            tracing::error!(
+                trigger,
+                problems = errors.len(),
+                "policy reload rejected: the previous policy stays in force"
+            );
+            policy.rejected(trigger, errors.clone());
+            ReloadReport {
+                applied: false,
+                generation: policy.reload_status().generation,
+                errors,
+            }
         }
     }
 }
@@ -227,6 +274,7 @@ struct Backend {
     store: Store,
     policy: Arc<PolicyHandle>,
     policy_dir: PathBuf,
+    grants: Arc<GrantBook>,
     root: Arc<ManagedRoot>,
     bpffs_dir: PathBuf,
     listeners: Vec<String>,
@@ -236,6 +284,8 @@ struct Backend {
 impl ControlBackend for Backend {
     fn status(&self) -> StatusReport {
         let counts = self.policy.current().counts();
+        let reload = self.policy.reload_status();
+        let now = OffsetDateTime::now_utc();
         let store_counts = self.store.counts().unwrap_or_default();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -253,6 +303,15 @@ impl ControlBackend for Backend {
                 agents: counts.agents,
                 resources: counts.resources,
                 rules: counts.rules,
+                generation: reload.generation,
+                loaded_at: reload.loaded_at,
+                last_rejected: reload.last_rejected,
+                active_grants: self
+                    .policy
+                    .grants()
+                    .iter()
+                    .filter(|grant| grant.in_force_at(now))
+                    .count(),
             },
             store: StoreStatus {
                 path: self.store.path().display().to_string(),
@@ -291,6 +350,46 @@ impl ControlBackend for Backend {
             .map_err(|error| BackendError::new(error.to_string()))
     }
 
+    fn reload_policy(&self) -> Result<ReloadReport, ApiError> {
+        Ok(reload_policy(&self.policy, &self.policy_dir, "api"))
+    }
+
+    fn explain(&self, question: &ExplainQuestion) -> Result<Explanation, ApiError> {
+        self.policy
+            .explain(question)
+            .map_err(|error| ApiError::bad_request(error.to_string()))
+    }
+
+    fn grants(&self) -> Result<Vec<Grant>, ApiError> {
+        self.grants.list().map_err(grant_error)
+    }
+
+    fn create_grant(&self, peer: &PeerInfo, request: GrantRequest) -> Result<Grant, ApiError> {
+        self.grants
+            .create(
+                NewGrant {
+                    agent: request.agent,
+                    resource: request.resource,
+                    operations: request.operations,
+                    duration: Duration::from_secs(request.duration_seconds),
+                    reason: request.reason,
+                },
+                &Actor::from_uid(peer.uid),
+            )
+            .map_err(grant_error)
+    }
+
+    fn revoke_grant(
+        &self,
+        peer: &PeerInfo,
+        id: u64,
+        request: RevokeRequest,
+    ) -> Result<Grant, ApiError> {
+        self.grants
+            .revoke(id, &Actor::from_uid(peer.uid), request.reason)
+            .map_err(grant_error)
+    }
+
     fn refused(&self, peer: &PeerInfo, reason: &str) {
         let agent = peer
             .cgroup
@@ -320,5 +419,16 @@ impl ControlBackend for Backend {
                 tracing::error!(%error, "cannot record a refused control connection");
             }
         });
+    }
+}
+
+fn grant_error(error: GrantError) -> ApiError {
+    match error {
+        GrantError::Invalid(_) => ApiError::bad_request(error.to_string()),
+        GrantError::NotFound(_) => ApiError::not_found(error.to_string()),
+        GrantError::NotActive { .. } => {
+            ApiError::new(hyper::StatusCode::CONFLICT, error.to_string())
+        }
+        GrantError::Store(_) => ApiError::internal(error.to_string()),
     }
 }

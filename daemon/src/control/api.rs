@@ -6,8 +6,11 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::auth::PeerInfo;
-use crate::store::{SessionRecord, StatementRecord};
+use super::{auth::PeerInfo, routes::ApiError};
+use crate::{
+    policy::{ExplainQuestion, Explanation, Grant, Operation, RejectedReload},
+    store::{SessionRecord, StatementRecord},
+};
 
 /// How many sessions `GET /v1/sessions` returns when the request names no `limit`.
 pub const DEFAULT_SESSION_LIMIT: usize = 100;
@@ -49,6 +52,15 @@ pub struct PolicyStatus {
     pub agents: usize,
     pub resources: usize,
     pub rules: usize,
+    /// 1 for the policy loaded at start, +1 per applied reload.
+    pub generation: u64,
+    /// When the policy in force was loaded.
+    #[serde(with = "time::serde::rfc3339")]
+    pub loaded_at: OffsetDateTime,
+    /// The most recent rejected reload since start; `null` when none.
+    pub last_rejected: Option<RejectedReload>,
+    /// Just-in-time grants in force.
+    pub active_grants: usize,
 }
 
 /// The session store.
@@ -80,6 +92,37 @@ impl Default for SessionQuery {
             limit: DEFAULT_SESSION_LIMIT,
         }
     }
+}
+
+/// The answer of `POST /v1/policy/reload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Whether the new policy is now in force.
+    pub applied: bool,
+    /// The generation in force after the attempt.
+    pub generation: u64,
+    /// `FILE:LINE:COL: message` per problem when rejected; empty when applied.
+    pub errors: Vec<String>,
+}
+
+/// The body of `POST /v1/grants`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    pub agent: String,
+    pub resource: String,
+    pub operations: Vec<Operation>,
+    /// How long it stays in force, from now.
+    pub duration_seconds: u64,
+    pub reason: String,
+}
+
+/// The body of `POST /v1/grants/{id}/revoke`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// The body of every error response: `{"error": "..."}`.
@@ -117,4 +160,32 @@ pub trait ControlBackend: Send + Sync + 'static {
     fn statements(&self, session_id: u64) -> Result<Option<Vec<StatementRecord>>, BackendError>;
     /// A peer was refused access to the control API, once per connection.
     fn refused(&self, peer: &PeerInfo, reason: &str);
+
+    /// Reloads the policy directory (`POST /v1/policy/reload`).
+    fn reload_policy(&self) -> Result<ReloadReport, ApiError> {
+        Err(ApiError::not_found("this daemon does not reload policies"))
+    }
+    /// Explains a decision with the live policy and grants (`POST /v1/policy/explain`).
+    fn explain(&self, _question: &ExplainQuestion) -> Result<Explanation, ApiError> {
+        Err(ApiError::not_found(
+            "this daemon does not explain decisions",
+        ))
+    }
+    /// Every grant, newest first (`GET /v1/grants`).
+    fn grants(&self) -> Result<Vec<Grant>, ApiError> {
+        Err(ApiError::not_found("this daemon has no grants"))
+    }
+    /// Creates a grant on behalf of `peer` (`POST /v1/grants`).
+    fn create_grant(&self, _peer: &PeerInfo, _request: GrantRequest) -> Result<Grant, ApiError> {
+        Err(ApiError::not_found("this daemon has no grants"))
+    }
+    /// Revokes a grant on behalf of `peer` (`POST /v1/grants/{id}/revoke`).
+    fn revoke_grant(
+        &self,
+        _peer: &PeerInfo,
+        _id: u64,
+        _request: RevokeRequest,
+    ) -> Result<Grant, ApiError> {
+        Err(ApiError::not_found("this daemon has no grants"))
+    }
 }

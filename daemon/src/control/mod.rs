@@ -26,8 +26,8 @@ pub(crate) mod tests;
 use std::sync::Arc;
 
 pub use api::{
-    BackendError, ControlBackend, DEFAULT_SESSION_LIMIT, ErrorBody, PolicyStatus, ProgramStatus,
-    SessionQuery, StatusReport, StoreStatus,
+    BackendError, ControlBackend, DEFAULT_SESSION_LIMIT, ErrorBody, GrantRequest, PolicyStatus,
+    ProgramStatus, ReloadReport, RevokeRequest, SessionQuery, StatusReport, StoreStatus,
 };
 pub use auth::{Authorizer, PeerInfo, Refusal};
 pub use client::{ClientError, ControlClient};

@@ -47,7 +47,69 @@ pub const ROUTES: &[Route] = &[
         pattern: "/v1/sessions/{id}/statements",
         handler: session_statements,
     },
+    Route {
+        method: Method::POST,
+        pattern: "/v1/policy/reload",
+        handler: reload_policy,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/v1/policy/explain",
+        handler: explain,
+    },
+    Route {
+        method: Method::GET,
+        pattern: "/v1/grants",
+        handler: list_grants,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/v1/grants",
+        handler: create_grant,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/v1/grants/{id}/revoke",
+        handler: revoke_grant,
+    },
 ];
+
+fn reload_policy(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    Reply::json(&call.backend.reload_policy()?)
+}
+
+fn explain(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    let question: crate::policy::ExplainQuestion = call.json_body()?;
+    Reply::json(&call.backend.explain(&question)?)
+}
+
+fn list_grants(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    Reply::json(&call.backend.grants()?)
+}
+
+fn create_grant(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    let request: super::api::GrantRequest = call.json_body()?;
+    let grant = call.backend.create_grant(call.peer, request)?;
+    Reply::json_with_status(StatusCode::CREATED, &grant)
+}
+
+fn revoke_grant(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    let id = call.param("id")?;
+    let id = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("grant id must be a number, not {id:?}")))?;
+    let request: super::api::RevokeRequest = if call.body.is_empty() {
+        super::api::RevokeRequest::default()
+    } else {
+        call.json_body()?
+    };
+    Reply::json(&call.backend.revoke_grant(call.peer, id, request)?)
+}
 
 fn status(call: &Call<'_>) -> Result<Reply, ApiError> {
     call.only_query_params(&[])?;

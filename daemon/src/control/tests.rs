@@ -111,6 +111,10 @@ fn status_report() -> StatusReport {
             agents: 2,
             resources: 3,
             rules: 5,
+            generation: 1,
+            loaded_at: time::macros::datetime!(2025-01-02 03:04:05 UTC),
+            last_rejected: None,
+            active_grants: 0,
         },
         store: StoreStatus {
             path: "/var/lib/sluice/store".into(),

@@ -8,6 +8,8 @@
 //! single implementation, so the daemon, the per-statement checks and `sluice policy
 //! check` cannot disagree.
 
+mod grants;
+mod live;
 mod load;
 mod model;
 #[cfg(test)]
@@ -20,6 +22,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use grants::{Grant, GrantState};
+pub use live::{
+    ExplainError, ExplainQuestion, ExplainedStatement, Explanation, PolicyHandle, RejectedReload,
+    ReloadStatus,
+};
 pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::{
     Action, Agent, AgentTls, Location, Operation, OperationSet, PortRange, Protocol, Resource,
@@ -52,6 +59,9 @@ pub struct Decision {
     /// The mask profile for what an allowing rule lets through.
     #[serde(default)]
     pub mask: Option<String>,
+    /// For `review`: the deciding rule's hold timeout (`None`: the daemon's default).
+    #[serde(default)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Decision {
@@ -190,46 +200,7 @@ impl Policy {
     ) -> Decision {
         let same_name = self.agents.iter().find(|agent| agent.name == facts.agent);
         let identified = same_name.filter(|agent| agent.satisfies_constraints(facts));
-
-        let mut best: Option<Candidate<'_>> = None;
-        for rule in &self.rules {
-            let agent_named = match &rule.agent {
-                Selector::Any => false,
-                Selector::Named(name) if identified.is_some_and(|agent| &agent.name == name) => {
-                    true
-                }
-                Selector::Named(_) => continue,
-            };
-            let resource_named = match &rule.resource {
-                Selector::Any => false,
-                Selector::Named(name) if resource == Some(name.as_str()) => true,
-                Selector::Named(_) => continue,
-            };
-            let (operation_match, action) = match rule.operations.match_of(operation) {
-                Some(operation_match) => (operation_match, rule.action),
-                // Statements can only be judged on a connection that was let through.
-                None if operation == Operation::Connect && rule.action != Action::Deny => {
-                    (OperationMatch::Implied, Action::Allow)
-                }
-                None => continue,
-            };
-            let candidate = Candidate {
-                rule,
-                specificity: Specificity {
-                    agent_named,
-                    resource_named,
-                    operation: operation_match,
-                },
-                action,
-            };
-            let better = best.as_ref().is_none_or(|best| {
-                (candidate.specificity, candidate.action.severity())
-                    > (best.specificity, best.action.severity())
-            });
-            if better {
-                best = Some(candidate);
-            }
-        }
+        let best = self.best_rule(identified, resource, operation, |_| true);
 
         let constraint_note = match (same_name, identified) {
             (Some(agent), None) => format!(
@@ -276,6 +247,7 @@ impl Policy {
             reason,
             resource,
             mask: rule.mask.clone(),
+                timeout: None,
         }
     }
 }
@@ -299,3 +271,85 @@ fn verb(action: Action) -> &'static str {
 fn canonical(destination: SocketAddr) -> SocketAddr {
     SocketAddr::new(destination.ip().to_canonical(), destination.port())
 }
+            timeout: rule.timeout,
+        }
+    }
+}
+
+impl Policy {
+    /// The mask profile of the most specific `allow` rule for `operation`, ignoring
+    /// every `deny` and `review` rule: what an allow rule would have applied.
+    pub(crate) fn allow_mask(
+        &self,
+        facts: &AgentFacts<'_>,
+        resource: Option<&str>,
+        operation: Operation,
+    ) -> Option<String> {
+        let identified = self
+            .agents
+            .iter()
+            .find(|agent| agent.name == facts.agent)
+            .filter(|agent| agent.satisfies_constraints(facts));
+        self.best_rule(identified, resource, operation, |rule| {
+            rule.action == Action::Allow
+        })
+        .filter(|best| best.action == Action::Allow)
+        .and_then(|best| best.rule.mask.clone())
+    }
+
+    /// Whether the process counts as the policy's agent `facts.agent`: true when no
+    /// `[[agent]]` of that name exists, else when it meets its constraints.
+    pub(crate) fn admits_named_agent(&self, facts: &AgentFacts<'_>) -> bool {
+        self.agents
+            .iter()
+            .find(|agent| agent.name == facts.agent)
+            .is_none_or(|agent| agent.satisfies_constraints(facts))
+    }
+
+    /// The most specific matching rule among those `admit` accepts.
+    fn best_rule(
+        &self,
+        identified: Option<&Agent>,
+        resource: Option<&str>,
+        operation: Operation,
+        admit: impl Fn(&Rule) -> bool,
+    ) -> Option<Candidate<'_>> {
+        let mut best: Option<Candidate<'_>> = None;
+        for rule in self.rules.iter().filter(|rule| admit(rule)) {
+            let agent_named = match &rule.agent {
+                Selector::Any => false,
+                Selector::Named(name) if identified.is_some_and(|agent| &agent.name == name) => {
+                    true
+                }
+                Selector::Named(_) => continue,
+            };
+            let resource_named = match &rule.resource {
+                Selector::Any => false,
+                Selector::Named(name) if resource == Some(name.as_str()) => true,
+                Selector::Named(_) => continue,
+            };
+            let (operation_match, action) = match rule.operations.match_of(operation) {
+                Some(operation_match) => (operation_match, rule.action),
+                // Statements can only be judged on a connection that was let through.
+                None if operation == Operation::Connect && rule.action != Action::Deny => {
+                    (OperationMatch::Implied, Action::Allow)
+                }
+                None => continue,
+            };
+            let candidate = Candidate {
+                rule,
+                specificity: Specificity {
+                    agent_named,
+                    resource_named,
+                    operation: operation_match,
+                },
+                action,
+            };
+            let better = best.as_ref().is_none_or(|best| {
+                (candidate.specificity, candidate.action.severity())
+                    > (best.specificity, best.action.severity())
+            });
+            if better {
+                best = Some(candidate);
+            }
+        best

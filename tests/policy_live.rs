@@ -1,0 +1,746 @@
+//! The live policy end to end: `sluice policy check` through the binary, hot reload
+//! (file watch and SIGHUP) under a running psql session, just-in-time grants (expiry and
+//! revocation at the next statement), `sluice policy explain` against the live decision,
+//! and agents kept away from the daemon's control socket and ports.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sluice_tests::{
+    TestDaemon,
+    postgres::{PgServer, Rule, pg_bin},
+    text,
+};
+
+const PASSWORD: &str = "app-secret-pw";
+
+/// A server with role `app` owning database `shop` and a table `orders` with 3 rows.
+fn server() -> PgServer {
+    let server = PgServer::start();
+    server.create_role("app", PASSWORD);
+    server.create_database("shop", "app");
+    server.psql_local(
+        "app",
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, item text); \
+         INSERT INTO orders VALUES (1, 'tea'), (2, 'cake'), (3, 'jam');",
+    );
+    server
+}
+
+/// One psql process run as an agent, fed statements one at a time on one session.
+struct PsqlSession {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    marks: u32,
+}
+
+impl PsqlSession {
+    fn start(daemon: &TestDaemon, agent: &str, server: &PgServer) -> Self {
+        // stdbuf: psql's stdout is block-buffered on a pipe; each answer is needed at once.
+        let script = format!(
+            "exec stdbuf -oL -eL {} -X -A -t -d '{}' 2>&1",
+            pg_bin("psql").display(),
+            server.conninfo("app", "shop")
+        );
+        let mut command = Command::new(sluice_tests::sluice_bin());
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| k.starts_with("PG")) {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
+            .arg("--config")
+            .arg(&daemon.config_path)
+            .args(["run", "--agent", agent, "--", "sh", "-c", &script])
+            .env("SLUICE_LOG", "warn")
+            .env("PGPASSWORD", PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env("PSQLRC", "/dev/null")
+            .env("LC_ALL", "C.UTF-8")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start psql");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+            marks: 0,
+        }
+    }
+
+    /// Runs one statement and returns everything psql printed for it.
+    fn run(&mut self, sql: &str) -> String {
+        self.marks += 1;
+        let mark = format!("--done-{}--", self.marks);
+        writeln!(self.stdin, "{sql}\n\\echo {mark}").expect("write to psql");
+        self.stdin.flush().expect("flush psql stdin");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == mark => return out.join("\n"),
+                Ok(line) => out.push(line),
+                Err(_) => panic!("psql gave no answer to {sql:?}; so far: {out:?}"),
+            }
+        }
+    }
+
+    /// Runs a statement the test expects to go through.
+    fn allowed(&mut self, sql: &str) -> String {
+        let out = self.run(sql);
+        assert!(!out.contains("ERROR"), "{sql:?} was refused: {out}");
+        out
+    }
+
+    /// Runs a statement the test expects sluice to refuse, by `rule`.
+    fn refused(&mut self, sql: &str, rule: &str) -> String {
+        let out = self.run(sql);
+        assert!(
+            out.contains(&format!("denied by policy rule `{rule}`")),
+            "{sql:?} was not refused by {rule}: {out}"
+        );
+        out
+    }
+}
+
+impl Drop for PsqlSession {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "\\q");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status(daemon: &TestDaemon) -> Value {
+    let output = daemon.sluice(&["status", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("status JSON")
+}
+
+fn generation(daemon: &TestDaemon) -> u64 {
+    status(daemon)["policy"]["generation"]
+        .as_u64()
+        .expect("generation")
+}
+
+/// Waits until the daemon reports policy generation `wanted`.
+fn wait_for_generation(daemon: &TestDaemon, wanted: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while generation(daemon) < wanted {
+        assert!(
+            Instant::now() < deadline,
+            "the policy was not reloaded to generation {wanted}:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(generation(daemon), wanted, "{}", daemon.log());
+}
+
+fn policy_file(daemon: &TestDaemon) -> PathBuf {
+    daemon.dir.path().join("policies").join("test.toml")
+}
+
+/// Rewrites a file in place (same inode), as an editor saving over it does.
+fn rewrite_in_place(path: &Path, text: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .expect("open policy file");
+    file.write_all(text.as_bytes()).expect("write policy file");
+}
+
+fn sluice_json(daemon: &TestDaemon, args: &[&str]) -> Value {
+    let output = daemon.sluice(args);
+    assert!(
+        output.status.success(),
+        "sluice {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// The statement records of the agent's only session, once `count` are recorded.
+fn statements_of_only_session(daemon: &TestDaemon, agent: &str, count: usize) -> Vec<Value> {
+    let sessions = daemon.wait_for_sessions(Some(agent), "the session", |s| !s.is_empty());
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    let id = sessions[0]["id"].as_u64().expect("id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let show = sluice_json(daemon, &["sessions", "show", &id, "--json"]);
+        let statements = show["statements"].as_array().cloned().unwrap_or_default();
+        if statements.len() >= count {
+            return statements;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} statements recorded",
+            statements.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `sluice policy check` on a directory holding `files`.
+fn policy_check(files: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).expect("write policy file");
+    }
+    let output = Command::new(sluice_tests::sluice_bin())
+        .args(["policy", "check"])
+        .arg(dir.path())
+        .output()
+        .expect("run sluice policy check");
+    // Paths relative to the directory, as a user running it there would read them.
+    let stderr =
+        String::from_utf8_lossy(&output.stderr).replace(&format!("{}/", dir.path().display()), "");
+    (output.status.code(), stderr)
+}
+
+/// The problem reported at `place` (`FILE:LINE:`), which must carry a column.
+fn problem_at<'a>(stderr: &'a str, place: &str) -> &'a str {
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with(place))
+        .unwrap_or_else(|| panic!("no problem reported at {place}:\n{stderr}"));
+    let column = line[place.len()..]
+        .split(':')
+        .next()
+        .and_then(|column| column.parse::<u32>().ok());
+    assert!(column.is_some_and(|c| c >= 1), "no column in {line}");
+    line
+}
+
+const BASE_POLICY: &str = "[[agent]]\nname = \"ci-bot\"\n\n\
+    [[resource]]\nname = \"orders-db\"\naddresses = [\"127.0.0.2\"]\nports = [5432]\nprotocol = \"postgres\"\n\n\
+    [[rule]]\nagent = \"ci-bot\"\nresource = \"orders-db\"\noperations = [\"read\"]\naction = \"allow\"\n";
+
+#[test]
+fn policy_check_reports_each_problem_at_its_file_and_line_with_a_failing_exit() {
+    assert_eq!(policy_check(&[("10-base.toml", BASE_POLICY)]).0, Some(0));
+
+    let (code, stderr) = policy_check(&[
+        ("10-base.toml", BASE_POLICY),
+        (
+            "20-rules.toml",
+            "[[rule]]\nagent = \"ci-bto\"\nresource = \"orders-db\"\naction = \"allow\"\n\n\
+             [[rule]]\nagent = \"ci-bot\"\nresource = \"orders-dv\"\naction = \"allow\"\n\n\
+             [[rule]]\nagent = \"ci-bot\"\nresource = \"orders-db\"\noperations = [\"read\", \"write\"]\naction = \"deny\"\n",
+        ),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(problem_at(&stderr, "20-rules.toml:2:").contains("undefined agent `ci-bto`"));
+    assert!(problem_at(&stderr, "20-rules.toml:8:").contains("undefined resource `orders-dv`"));
+    let conflict = problem_at(&stderr, "20-rules.toml:11:");
+    assert!(
+        conflict.contains("conflicts with rule") && conflict.contains("10-base.toml:10"),
+        "{conflict}"
+    );
+
+    let (code, stderr) = policy_check(&[(
+        "30-typo.toml",
+        "[[agent]]\nname = \"ci-bot\"\n\n[[rule]]\nagent = \"ci-bot\"\nresorce = \"orders-db\"\naction = \"allow\"\n",
+    )]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        problem_at(&stderr, "30-typo.toml:6:").contains("resorce"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = policy_check(&[("40-broken.toml", "[[agent]]\nname = \"x\"\n[[rule]\n")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    problem_at(&stderr, "40-broken.toml:3:");
+}
+
+#[test]
+fn a_running_session_follows_valid_reloads_and_ignores_invalid_ones() {
+    let server = server();
+    let reader = [Rule::allow("app-agent", &["read"]).named("reads")];
+    let writer = [
+        Rule::allow("app-agent", &["read"]).named("reads"),
+        Rule::allow("app-agent", &["write"]).named("writes"),
+    ];
+    let daemon = TestDaemon::start(&server.policy(&["app-agent"], &reader));
+    assert_eq!(generation(&daemon), 1);
+    let mut psql = PsqlSession::start(&daemon, "app-agent", &server);
+    assert_eq!(psql.allowed("SELECT count(*) FROM orders;"), "3");
+    psql.refused("INSERT INTO orders VALUES (4, 'bread');", "default-deny");
+
+    // Rewritten in place, no signal: the watch picks it up.
+    rewrite_in_place(
+        &policy_file(&daemon),
+        &server.policy(&["app-agent"], &writer),
+    );
+    wait_for_generation(&daemon, 2);
+    assert_eq!(
+        psql.allowed("INSERT INTO orders VALUES (4, 'bread');"),
+        "INSERT 0 1"
+    );
+
+    // An invalid file changes nothing, and says why.
+    let broken = server
+        .policy(&["app-agent"], &reader)
+        .replace("action", "acton");
+    rewrite_in_place(&policy_file(&daemon), &broken);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let rejected = loop {
+        let status = status(&daemon);
+        if !status["policy"]["last_rejected"].is_null() {
+            break status["policy"]["last_rejected"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rejection reported:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(rejected["trigger"], "file_change");
+    let errors: Vec<&str> = rejected["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        !errors.is_empty()
+            && errors
+                .iter()
+                .all(|e| e.contains("test.toml:") && e.contains("acton")),
+        "{errors:?}"
+    );
+    assert_eq!(generation(&daemon), 2);
+    assert_eq!(
+        psql.allowed("INSERT INTO orders VALUES (5, 'milk');"),
+        "INSERT 0 1"
+    );
+    let human = String::from_utf8_lossy(&daemon.sluice(&["status"]).stdout).into_owned();
+    assert!(
+        human.contains("REJECTED") && human.contains("acton"),
+        "{human}"
+    );
+    assert!(
+        daemon.log().contains("policy reload rejected: ") && daemon.log().contains("acton"),
+        "{}",
+        daemon.log()
+    );
+
+    // A change the watch cannot see (the file is a symlink to one elsewhere) waits for
+    // SIGHUP.
+    let outside = daemon.dir.path().join("outside.toml");
+    std::fs::write(&outside, server.policy(&["app-agent"], &writer)).expect("write");
+    std::fs::remove_file(policy_file(&daemon)).expect("remove");
+    std::os::unix::fs::symlink(&outside, policy_file(&daemon)).expect("symlink");
+    wait_for_generation(&daemon, 3);
+    rewrite_in_place(&outside, &server.policy(&["app-agent"], &reader));
+    assert_eq!(generation(&daemon), 3);
+    let pid = status(&daemon)["pid"].as_i64().expect("pid");
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    wait_for_generation(&daemon, 4);
+    psql.refused("INSERT INTO orders VALUES (6, 'salt');", "default-deny");
+    assert_eq!(psql.allowed("SELECT count(*) FROM orders;"), "5");
+
+    // Every statement ran on the one session.
+    let statements = statements_of_only_session(&daemon, "app-agent", 6);
+    let rules: Vec<&str> = statements
+        .iter()
+        .map(|s| s["decision"]["rule"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "reads",
+            "default-deny",
+            "writes",
+            "writes",
+            "default-deny",
+            "reads"
+        ],
+        "{statements:#?}"
+    );
+}
+
+#[test]
+fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
+    let server = server();
+    let daemon = TestDaemon::start(&server.policy(
+        &["app-agent"],
+        &[
+            Rule::allow("app-agent", &["read"]).named("reads"),
+            Rule::deny("app-agent", &["ddl"]).named("no-ddl"),
+        ],
+    ));
+    let mut psql = PsqlSession::start(&daemon, "app-agent", &server);
+    psql.refused("INSERT INTO orders VALUES (10, 'a');", "default-deny");
+    psql.refused("CREATE TABLE notes (id int);", "no-ddl");
+
+    let grant = sluice_json(
+        &daemon,
+        &[
+            "grant",
+            "--agent",
+            "app-agent",
+            "--resource",
+            "pg",
+            "--allow",
+            "write,ddl",
+            "--for",
+            "3s",
+            "--reason",
+            "migration",
+            "--json",
+        ],
+    );
+    let first = grant["id"].as_u64().expect("grant id");
+    assert_eq!(grant["state"], "active");
+    assert_eq!(grant["created_by_uid"], 0);
+    assert_eq!(grant["created_by"], "root");
+    assert_eq!(
+        psql.allowed("INSERT INTO orders VALUES (10, 'a');"),
+        "INSERT 0 1"
+    );
+    assert_eq!(psql.allowed("CREATE TABLE notes (id int);"), "CREATE TABLE");
+    // Only the classes granted: a dangerous statement stays denied.
+    psql.refused("DROP TABLE notes;", "default-deny");
+
+    // Expiry: recorded once, by itself; the next statement is judged without it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = sluice_json(&daemon, &["grants", "list", "--all", "--json"]);
+        if all[0]["state"] == "expired" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "grant never expired: {all:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    psql.refused("INSERT INTO orders VALUES (11, 'b');", "default-deny");
+    assert_eq!(
+        sluice_json(&daemon, &["grants", "list", "--json"]),
+        Value::Array(vec![])
+    );
+
+    let grant = sluice_json(
+        &daemon,
+        &[
+            "grant",
+            "--agent",
+            "app-agent",
+            "--resource",
+            "pg",
+            "--allow",
+            "write",
+            "--for",
+            "10m",
+            "--reason",
+            "backfill",
+            "--json",
+        ],
+    );
+    let second = grant["id"].as_u64().expect("grant id");
+    assert!(second > first);
+    assert_eq!(
+        psql.allowed("INSERT INTO orders VALUES (11, 'b');"),
+        "INSERT 0 1"
+    );
+    let revoke = daemon.sluice(&["revoke", &second.to_string(), "--reason", "done"]);
+    assert!(revoke.status.success(), "{revoke:?}");
+    psql.refused("INSERT INTO orders VALUES (12, 'c');", "default-deny");
+    let again = daemon.sluice(&["revoke", &second.to_string()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already revoked"));
+
+    // Records name the grant; the grants list keeps who, why and how each ended.
+    let statements = statements_of_only_session(&daemon, "app-agent", 8);
+    let rules: Vec<&str> = statements
+        .iter()
+        .map(|s| s["decision"]["rule"].as_str().unwrap_or_default())
+        .collect();
+    let first_rule = format!("grant:{first}");
+    let second_rule = format!("grant:{second}");
+    assert_eq!(
+        rules,
+        [
+            "default-deny",
+            "no-ddl",
+            first_rule.as_str(),
+            first_rule.as_str(),
+            "default-deny",
+            "default-deny",
+            second_rule.as_str(),
+            "default-deny",
+        ],
+        "{statements:#?}"
+    );
+    let all = sluice_json(&daemon, &["grants", "list", "--all", "--json"]);
+    assert_eq!(all[0]["state"], "revoked");
+    assert_eq!(all[0]["revoked_by"], "root");
+    assert_eq!(all[0]["revoke_reason"], "done");
+    assert_eq!(all[1]["state"], "expired");
+    assert_eq!(all[1]["reason"], "migration");
+    assert!(daemon.log().contains("grant expired"), "{}", daemon.log());
+
+    // Grants are on disk: a restarted daemon still knows them.
+    let mut daemon = daemon;
+    drop(psql);
+    daemon.restart();
+    let all = sluice_json(&daemon, &["grants", "list", "--all", "--json"]);
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all:#}");
+}
+
+#[test]
+fn explain_agrees_with_the_live_decision() {
+    let server = server();
+    let daemon = TestDaemon::start(&server.policy(
+        &["app-agent"],
+        &[
+            Rule::allow("app-agent", &["read"]).named("reads"),
+            Rule::deny("app-agent", &["write"]).named("no-writes"),
+        ],
+    ));
+    let grant = daemon.sluice(&[
+        "grant",
+        "--agent",
+        "app-agent",
+        "--resource",
+        "pg",
+        "--allow",
+        "ddl",
+        "--for",
+        "10m",
+        "--reason",
+        "schema change",
+    ]);
+    assert!(grant.status.success(), "{grant:?}");
+    let cases = [
+        "SELECT item FROM orders WHERE id = 1",
+        "INSERT INTO orders VALUES (20, 'x')",
+        "UPDATE orders SET item = 'y' WHERE id = 2",
+        "CREATE TABLE audit_notes (id int)",
+        "DELETE FROM orders",
+        "DROP TABLE orders",
+        "GRANT SELECT ON orders TO PUBLIC",
+        "SELEC broken syntax",
+        "VACUUM orders",
+    ];
+    let mut psql = PsqlSession::start(&daemon, "app-agent", &server);
+    let mut explained = Vec::new();
+    for sql in cases {
+        let online = sluice_json(
+            &daemon,
+            &[
+                "policy",
+                "explain",
+                "--agent",
+                "app-agent",
+                "--resource",
+                "pg",
+                "--sql",
+                sql,
+                "--json",
+            ],
+        );
+        let action = text(&online["decision"], "action").to_owned();
+        let rule = text(&online["decision"], "rule").to_owned();
+        let out = psql.run(&format!("{sql};"));
+        if action == "allow" {
+            assert!(
+                !out.contains("ERROR"),
+                "explain allowed {sql:?} by {rule}, live: {out}"
+            );
+        } else {
+            assert!(
+                out.contains(&format!("denied by policy rule `{rule}`")),
+                "explain said {action} by {rule} for {sql:?}, live: {out}"
+            );
+        }
+        explained.push((action, rule, online));
+    }
+    let statements = statements_of_only_session(&daemon, "app-agent", cases.len());
+    for ((action, rule, online), record) in explained.iter().zip(&statements) {
+        assert_eq!(
+            record["decision"]["action"], *action,
+            "{online:#}\n{record:#}"
+        );
+        assert_eq!(record["decision"]["rule"], *rule, "{online:#}\n{record:#}");
+        assert_eq!(
+            record["operation"], online["statements"][0]["operation"],
+            "{record:#}"
+        );
+        assert_eq!(
+            record["kind"], online["statements"][0]["kind"],
+            "{record:#}"
+        );
+    }
+    let classes: Vec<&str> = explained
+        .iter()
+        .map(|(_, _, online)| text(&online["statements"][0], "operation"))
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            "read",
+            "write",
+            "write",
+            "ddl",
+            "dangerous",
+            "dangerous",
+            "dcl",
+            "unparsed",
+            "admin"
+        ]
+    );
+    assert!(explained[3].1.starts_with("grant:"), "{:#}", explained[3].2);
+
+    // Offline, from the files alone: the same except that grants do not count.
+    let policy_dir = daemon.dir.path().join("policies");
+    let offline = sluice_json(
+        &daemon,
+        &[
+            "policy",
+            "explain",
+            "--agent",
+            "app-agent",
+            "--resource",
+            "pg",
+            "--sql",
+            cases[3],
+            "--policy-dir",
+            policy_dir.to_str().expect("utf-8"),
+            "--json",
+        ],
+    );
+    assert_eq!(offline["decision"]["rule"], "default-deny", "{offline:#}");
+    let human = daemon.sluice(&[
+        "policy",
+        "explain",
+        "--agent",
+        "app-agent",
+        "--resource",
+        "pg",
+        "--sql",
+        cases[1],
+    ]);
+    let human = String::from_utf8_lossy(&human.stdout).into_owned();
+    assert!(
+        human.contains("class write")
+            && human.contains("deny by no-writes")
+            && human.contains("orders"),
+        "{human}"
+    );
+}
+
+#[test]
+fn agents_cannot_use_the_control_socket_or_reach_the_daemons_ports() {
+    let daemon = TestDaemon::start(
+        "[[agent]]\nname = \"probe\"\n\n\
+         [[resource]]\nname = \"anything\"\naddresses = [\"127.0.0.0/8\", \"::1\"]\nports = [\"1-65535\"]\n\n\
+         [[rule]]\nagent = \"probe\"\nresource = \"anything\"\naction = \"allow\"\n",
+    );
+    let socket = daemon.control_socket.to_str().expect("utf-8").to_owned();
+    let curl = |options: &[&str]| {
+        let mut args = vec!["run", "--agent", "probe"];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[
+            "--", "curl", "-s", "-o", "/dev/stderr", "-w", "%{http_code}", "-X", "POST",
+            "--unix-socket", &socket, "http://localhost/v1/grants",
+            "-d", r#"{"agent":"probe","resource":"anything","operations":["write"],"duration_seconds":60,"reason":"self-service"}"#,
+        ]);
+        daemon.sluice(&args)
+    };
+    // Root inside the managed cgroup: the daemon answers 403 and records it.
+    let as_root = curl(&[]);
+    assert_eq!(
+        String::from_utf8_lossy(&as_root.stdout),
+        "403",
+        "{as_root:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&as_root.stderr).contains("agents may not use the control API")
+    );
+    // Another user in the cgroup: the socket's mode keeps it out before the daemon sees it.
+    let as_nobody = curl(&["--user", "nobody"]);
+    assert_eq!(
+        String::from_utf8_lossy(&as_nobody.stdout),
+        "000",
+        "{as_nobody:?}"
+    );
+    assert_eq!(
+        sluice_json(&daemon, &["grants", "list", "--all", "--json"]),
+        Value::Array(vec![])
+    );
+
+    for target in [
+        format!("127.0.0.1:{}", daemon.port),
+        format!("[::1]:{}", daemon.port),
+    ] {
+        let report = daemon.probe("probe", &["tcp", &target]);
+        assert_eq!(report["ok"], false, "{target}: {report}");
+        assert!(
+            text(&report, "error").contains("PermissionDenied"),
+            "{report}"
+        );
+    }
+    let sessions = daemon.wait_for_sessions(Some("probe"), "three refusals", |s| s.len() >= 3);
+    let mut refusals: Vec<(String, String)> = sessions
+        .iter()
+        .map(|s| {
+            (
+                text(s, "destination").to_owned(),
+                text(&s["decision"], "rule").to_owned(),
+            )
+        })
+        .collect();
+    refusals.sort();
+    let mut expected = vec![
+        (
+            format!("127.0.0.1:{}", daemon.port),
+            "kernel:daemon_port".to_owned(),
+        ),
+        (
+            "control-socket".to_owned(),
+            "control:unauthorized".to_owned(),
+        ),
+        (
+            format!("[::1]:{}", daemon.port),
+            "kernel:daemon_port".to_owned(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(refusals, expected, "{sessions:#?}");
+}
