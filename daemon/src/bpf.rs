@@ -12,7 +12,7 @@
 use std::{
     ffi::CString,
     fs,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
     sync::Mutex,
@@ -22,9 +22,14 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+        links::FdLink,
+    },
 };
 use sluice_common::{ConnKey, MAX_DAEMON_PORTS, Origin, RedirectConfig, map_names};
+
+use crate::containment::KernelSupport;
 
 /// The programs' object file, built by `build.rs`.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice"));
@@ -38,6 +43,11 @@ pub const PROGRAMS: &[(&str, ProgramKind)] = &[
     ("sluice_getpeername4", ProgramKind::SockAddr),
     ("sluice_getpeername6", ProgramKind::SockAddr),
     ("sluice_sock_ops", ProgramKind::SockOps),
+    ("sluice_sock_create", ProgramKind::SockCreate),
+    ("sluice_skb_egress", ProgramKind::SkbEgress),
+    ("sluice_recvmsg4", ProgramKind::SockAddr),
+    ("sluice_recvmsg6", ProgramKind::SockAddr),
+    ("sluice_dns_egress", ProgramKind::SkbEgress),
 ];
 
 /// The attach families the programs belong to.
@@ -45,6 +55,10 @@ pub const PROGRAMS: &[(&str, ProgramKind)] = &[
 pub enum ProgramKind {
     SockAddr,
     SockOps,
+    /// cgroup/sock_create.
+    SockCreate,
+    /// cgroup_skb on egress.
+    SkbEgress,
 }
 
 /// Errors setting up or using the interception.
@@ -106,6 +120,8 @@ pub struct RedirectTarget {
     pub other_daemon_ports: Vec<u16>,
     /// The network namespace the daemon serves.
     pub netns_cookie: u64,
+    /// The DNS resolver's UDP port on `ipv4`/`ipv6`; 0 refuses agents' DNS.
+    pub dns_port: u16,
 }
 
 /// The attached programs and the maps the daemon reads.
@@ -113,8 +129,10 @@ pub struct Interception {
     // Keeps the programs and map fds alive for the daemon's lifetime.
     _ebpf: Ebpf,
     connections: Mutex<BpfHashMap<MapData, ConnKey, Origin>>,
+    dns_queries: BpfHashMap<MapData, ConnKey, Origin>,
     refusals: Option<RingBuf<MapData>>,
     bpffs_dir: PathBuf,
+    kernel_support: KernelSupport,
 }
 
 impl Interception {
@@ -148,6 +166,7 @@ impl Interception {
             }
         };
         write_config(&mut ebpf, target)?;
+        crate::containment::write_scope(&mut ebpf, cgroup)?;
 
         let cgroup_dir = fs::File::open(cgroup).map_err(|source| BpfError::Cgroup {
             path: cgroup.to_owned(),
@@ -184,6 +203,23 @@ impl Interception {
             let link: FdLink = match kind {
                 ProgramKind::SockAddr => load_attach_take!(CgroupSockAddr),
                 ProgramKind::SockOps => load_attach_take!(SockOps),
+                ProgramKind::SockCreate => load_attach_take!(CgroupSock),
+                ProgramKind::SkbEgress => {
+                    let program: &mut CgroupSkb = program.try_into().map_err(program_error)?;
+                    program.load().map_err(program_error)?;
+                    let id = program
+                        .attach(
+                            &cgroup_dir,
+                            CgroupSkbAttachType::Egress,
+                            CgroupAttachMode::Single,
+                        )
+                        .map_err(program_error)?;
+                    program
+                        .take_link(id)
+                        .map_err(program_error)?
+                        .try_into()
+                        .map_err(link_error)?
+                }
             };
             // bpffs refuses names with a dot.
             let pin_path = links_dir.join(format!("{name}-{generation}"));
@@ -192,6 +228,8 @@ impl Interception {
                 source,
             })?;
         }
+        let kernel_support =
+            crate::containment::attach_lsm_programs(&mut ebpf, &links_dir, generation);
         // The new links are in place: now the old ones can go.
         for old in old_links {
             if let Err(error) = fs::remove_file(&old) {
@@ -206,6 +244,13 @@ impl Interception {
             name: "SLUICE_CONNECTIONS",
             source,
         })?;
+        let dns_queries = ebpf
+            .take_map(map_names::DNS_QUERIES)
+            .ok_or(BpfError::MissingMap("SLUICE_DNS_QUERIES"))?;
+        let dns_queries = BpfHashMap::try_from(dns_queries).map_err(|source| BpfError::Map {
+            name: "SLUICE_DNS_QUERIES",
+            source,
+        })?;
         let refusals = ebpf
             .take_map(map_names::REFUSALS)
             .ok_or(BpfError::MissingMap("SLUICE_REFUSALS"))?;
@@ -216,8 +261,10 @@ impl Interception {
         Ok(Self {
             _ebpf: ebpf,
             connections: Mutex::new(connections),
+            dns_queries,
             refusals: Some(refusals),
             bpffs_dir: bpffs_dir.to_owned(),
+            kernel_support,
         })
     }
 
@@ -231,6 +278,19 @@ impl Interception {
         let origin = connections.get(key, 0).ok()?;
         let _ = connections.remove(key);
         Some(origin)
+    }
+
+    /// Who sent the DNS datagram that reached the resolver from `peer` on `local`. The
+    /// record stays (a socket sends many queries); each datagram refreshes it.
+    pub fn dns_origin(&self, peer: SocketAddr, local: SocketAddr) -> Option<Origin> {
+        self.dns_queries
+            .get(&crate::identity::conn_key(peer, local), 0)
+            .ok()
+    }
+
+    /// What the optional kernel features looked like at install.
+    pub fn kernel_support(&self) -> &KernelSupport {
+        &self.kernel_support
     }
 
     /// The refusal ring buffer; it can be taken once, by the task that drains it.
@@ -288,6 +348,11 @@ fn load(maps_dir: &Path) -> Result<Ebpf, aya::EbpfError> {
         map_names::PENDING,
         map_names::CONNECTIONS,
         map_names::REFUSALS,
+        map_names::SCOPE,
+        map_names::MANAGED_SOCKETS,
+        map_names::BACKSTOP_DROPS,
+        map_names::DNS_SOCKETS,
+        map_names::DNS_QUERIES,
     ] {
         loader.map_pin_path(name, maps_dir.join(name));
     }
@@ -312,6 +377,8 @@ fn write_config(ebpf: &mut Ebpf, target: &RedirectTarget) -> Result<(), BpfError
         listen_port: target.port,
         enabled: 1,
         daemon_ports,
+        dns_port: target.dns_port,
+        _reserved: [0; 3],
     };
     let map = ebpf
         .map_mut(map_names::CONFIG)

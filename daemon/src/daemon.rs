@@ -15,9 +15,12 @@ use time::OffsetDateTime;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    approvals::{ApprovalBroker, Approver, DecideError, HeldStatement, webhook::Notifier},
     bpf::{self, Interception, RedirectTarget},
     cgroup::ManagedRoot,
     config::Config,
+    containment::{self, KernelSupport},
+    control::api::ApprovalAnswer,
     control::{
         self, Authorizer, BackendError, ControlBackend, PeerInfo, ProgramStatus, SessionQuery,
         StatusReport,
@@ -25,6 +28,7 @@ use crate::{
     },
     control::{GrantRequest, ReloadReport, RevokeRequest, routes::ApiError},
     credentials::Credentials,
+    events::Activity,
     grants::{Actor, GrantBook, GrantError, NewGrant},
     policy::{ExplainQuestion, Explanation, Grant, Policy},
     policy_watch::PolicyWatch,
@@ -50,6 +54,8 @@ pub enum DaemonError {
     Credentials(#[from] crate::credentials::CredentialsError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Export(#[from] crate::export::runner::ExportError),
     #[error("cgroup: {0}")]
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("redirect listener: {0}")]
@@ -64,6 +70,12 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error("grants: {0}")]
     Grants(#[from] crate::grants::GrantError),
+    #[error("approvals: {0}")]
+    Approvals(#[from] crate::approvals::ids::IdError),
+    #[error("approval webhooks: {0}")]
+    Webhooks(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -101,6 +113,35 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .transpose()
         .map_err(DaemonError::NetnsCookie)?
         .unwrap_or_default();
+    // Bound before the programs send agents' DNS here, like the redirect listeners.
+    let dns_sockets = if config.dns.port == 0 {
+        tracing::warn!("[dns] port = 0: the resolver is off and agents' DNS is refused");
+        Vec::new()
+    } else {
+        crate::dns::bind_udp(
+            config.redirect.ipv4,
+            config.redirect.ipv6_enabled.then_some(config.redirect.ipv6),
+            config.dns.port,
+        )
+        .map_err(|source| crate::redirect::BindError {
+            address: std::net::SocketAddr::new(config.redirect.ipv4.into(), config.dns.port),
+            source,
+        })?
+    };
+    let dns_addrs: Vec<std::net::SocketAddr> = dns_sockets
+        .iter()
+        .filter_map(|socket| socket.local_addr().ok())
+        .collect();
+    // Bound before the programs are attached, so they know the port to refuse agents.
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
+    let metrics_ports: Vec<u16> = metrics_listener
+        .iter()
+        .filter_map(|listener| listener.local_addr().ok())
+        .map(|addr| addr.port())
+        .collect();
     let mut interception = Interception::install(
         root.path(),
         &config.cgroup.bpffs_dir,
@@ -108,14 +149,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             ipv4: config.redirect.ipv4,
             ipv6: config.redirect.ipv6,
             port: config.redirect.port,
-            other_daemon_ports: Vec::new(),
+            other_daemon_ports: metrics_ports,
             netns_cookie,
+            dns_port: if dns_addrs.is_empty() {
+                0
+            } else {
+                config.dns.port
+            },
         },
     )?;
     let listener_addrs: Vec<String> = listeners
         .local_addrs()
         .iter()
         .map(ToString::to_string)
+        .chain(dns_addrs.iter().map(|address| format!("udp/{address}")))
         .collect();
     tracing::info!(
         cgroup = %root.path().display(),
@@ -140,7 +187,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map(control::resolve_admin_group)
         .transpose()?;
     let control_listener = control::bind_control_socket(&config.control.socket, admin_gid)?;
+    let approvals = Arc::new(ApprovalBroker::new(
+        &config.daemon.state_dir.join("approval-ids"),
+        crate::approvals::parse_duration(&config.approvals.default_timeout)
+            .map_err(|error| DaemonError::Webhooks(error.to_string()))?,
+        Notifier::start(&config.approvals.webhook).map_err(DaemonError::Webhooks)?,
+    )?);
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics served at /metrics");
+        }
+        tokio::spawn(crate::metrics::serve(listener));
+    }
+    let exporters = crate::export::runner::Exporters::start(
+        &config.exports,
+        &store,
+        &config.daemon.state_dir,
+        &credentials,
+    )?;
     let backend = Arc::new(Backend {
+        exporters: exporters.statuses(),
+        approvals: Arc::clone(&approvals),
         started,
         started_at,
         store: store.clone(),
@@ -149,12 +216,32 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         grants: Arc::clone(&grants),
         root: Arc::clone(&root),
         bpffs_dir: config.cgroup.bpffs_dir.clone(),
+        kernel_support: interception.kernel_support().clone(),
         listeners: listener_addrs,
         runtime: tokio::runtime::Handle::current(),
     });
 
+    let interception = Arc::new(interception);
+    let dns = (!dns_sockets.is_empty()).then(|| {
+        let upstreams = config.dns.effective_upstreams(&dns_addrs);
+        tracing::info!(?upstreams, "DNS resolver ready");
+        Arc::new(crate::dns::Resolver::new(
+            &config.dns,
+            upstreams,
+            Arc::clone(&policy),
+            store.clone(),
+            Arc::default(),
+            Arc::clone(&root),
+        ))
+    });
+    if let Some(resolver) = &dns {
+        for socket in dns_sockets {
+            tokio::spawn(Arc::clone(resolver).serve_udp(socket, Arc::clone(&interception)));
+        }
+    }
     let context = Arc::new(SessionContext {
         interception,
+        dns,
         root: Arc::clone(&root),
         policy: Arc::clone(&policy),
         store: store.clone(),
@@ -164,6 +251,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         credentials: Arc::new(credentials),
         cancels: Arc::new(CancelRegistry::default()),
         mask_key: crate::credentials::load_or_create_mask_key(&config.daemon.state_dir)?.into(),
+        approvals,
     });
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -183,14 +271,35 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Ok(watch) => {
             let policy = Arc::clone(&policy);
             let dir = config.daemon.policy_dir.clone();
+            let watch_store = store.clone();
             tokio::spawn(async move {
                 while watch.changed().await.is_ok() {
-                    reload_policy(&policy, &dir, "file_change");
+                    reload_policy(&policy, &dir, "file_change", &watch_store);
                 }
                 tracing::error!("the policy directory watch failed: reload with SIGHUP");
             });
         }
         Err(error) => tracing::error!(%error, "policy files are not watched: reload with SIGHUP"),
+    }
+    crate::audit::record(
+        &store,
+        crate::audit::daemon_change("started"),
+        Durability::Durable,
+    )
+    .await;
+    crate::audit::record_policy_reload(&store, {
+        let counts = policy.current().counts();
+        Activity::PolicyReload {
+            outcome: "applied".into(),
+            trigger: "start".into(),
+            errors: Vec::new(),
+            agents: counts.agents,
+            resources: counts.resources,
+            rules: counts.rules,
+        }
+    });
+    if let Some(rule) = crate::audit::retention_rule(&config.store) {
+        tokio::spawn(crate::audit::run_retention(store.clone(), rule));
     }
     tracing::info!("sluice daemon ready");
 
@@ -199,7 +308,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                reload_policy(&policy, &config.daemon.policy_dir, "sighup");
+                reload_policy(&policy, &config.daemon.policy_dir, "sighup", &store);
             }
         }
     }
@@ -207,6 +316,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     redirect_task.abort();
     let _ = stop_control.send(());
     let _ = control_task.await;
+    crate::audit::record(
+        &store,
+        crate::audit::daemon_change("stopped"),
+        Durability::Durable,
+    )
+    .await;
+    exporters.shutdown().await;
     store.shutdown().await?;
     Ok(())
 }
@@ -214,10 +330,26 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 /// Replaces the policy if the directory holds a valid one; otherwise keeps the old one
 /// and logs each problem on a line of its own. `trigger` says why (`sighup`,
 /// `file_change`, `api`).
-pub fn reload_policy(policy: &PolicyHandle, dir: &Path, trigger: &str) -> ReloadReport {
+pub fn reload_policy(
+    policy: &PolicyHandle,
+    dir: &Path,
+    trigger: &str,
+    store: &Store,
+) -> ReloadReport {
     match Policy::load_dir(dir) {
         Ok(new) => {
             let counts = new.counts();
+            crate::audit::record_policy_reload(
+                store,
+                Activity::PolicyReload {
+                    outcome: "applied".into(),
+                    trigger: trigger.into(),
+                    errors: Vec::new(),
+                    agents: counts.agents,
+                    resources: counts.resources,
+                    rules: counts.rules,
+                },
+            );
             let generation = policy.replace(new);
             tracing::info!(
                 trigger,
@@ -242,6 +374,17 @@ pub fn reload_policy(policy: &PolicyHandle, dir: &Path, trigger: &str) -> Reload
                 trigger,
                 problems = errors.len(),
                 "policy reload rejected: the previous policy stays in force"
+            );
+            crate::audit::record_policy_reload(
+                store,
+                Activity::PolicyReload {
+                    outcome: "rejected".into(),
+                    trigger: trigger.into(),
+                    errors: errors.clone(),
+                    agents: 0,
+                    resources: 0,
+                    rules: 0,
+                },
             );
             policy.rejected(trigger, errors.clone());
             ReloadReport {
@@ -269,6 +412,8 @@ fn create_private_dir(path: &Path) -> Result<(), DaemonError> {
 
 /// Answers the control API from the daemon's live state.
 struct Backend {
+    exporters: crate::export::runner::ExporterStatuses,
+    approvals: Arc<ApprovalBroker>,
     started: Instant,
     started_at: OffsetDateTime,
     store: Store,
@@ -277,11 +422,69 @@ struct Backend {
     grants: Arc<GrantBook>,
     root: Arc<ManagedRoot>,
     bpffs_dir: PathBuf,
+    kernel_support: KernelSupport,
     listeners: Vec<String>,
     runtime: tokio::runtime::Handle,
 }
 
 impl ControlBackend for Backend {
+    fn approvals(&self) -> Result<Vec<HeldStatement>, ApiError> {
+        Ok(self.approvals.list())
+    }
+
+    fn decide_approval(
+        &self,
+        peer: &PeerInfo,
+        id: u64,
+        approve: bool,
+        reason: &str,
+    ) -> Result<ApprovalAnswer, ApiError> {
+        let approver = Approver {
+            uid: peer.uid,
+            name: peer.user.clone(),
+        };
+        let statement = self
+            .approvals
+            .decide(id, approve, approver, reason)
+            .map_err(|error| {
+                let status = match error {
+                    DecideError::NotFound(_) => hyper::StatusCode::NOT_FOUND,
+                    DecideError::SelfApproval { .. } => hyper::StatusCode::FORBIDDEN,
+                    DecideError::Withdrawn(_) => hyper::StatusCode::CONFLICT,
+                    DecideError::BadReason => hyper::StatusCode::BAD_REQUEST,
+                };
+                ApiError::new(status, error.to_string())
+            })?;
+        tracing::info!(
+            approval = id,
+            approve,
+            approver = %peer.display_name(),
+            "approval decided through the control API"
+        );
+        Ok(ApprovalAnswer {
+            id,
+            outcome: if approve { "approved" } else { "denied" }.to_owned(),
+            approver_uid: peer.uid,
+            approver_name: peer.user.clone(),
+            reason: reason.trim().to_owned(),
+            statement,
+        })
+    }
+
+    fn verify_events(&self) -> Result<crate::store::VerifyReport, ApiError> {
+        self.store
+            .verify_events()
+            .map_err(|error| ApiError::internal(error.to_string()))
+    }
+
+    fn events(
+        &self,
+        query: &crate::export::select::EventQuery,
+    ) -> Result<crate::export::select::EventPage, ApiError> {
+        crate::export::select::select_events(&self.store, query)
+            .map_err(|error| ApiError::internal(error.to_string()))
+    }
+
     fn status(&self) -> StatusReport {
         let counts = self.policy.current().counts();
         let reload = self.policy.reload_status();
@@ -295,6 +498,7 @@ impl ControlBackend for Backend {
             cgroup_root: self.root.path().display().to_string(),
             programs: bpf::attached_programs(&self.bpffs_dir)
                 .into_iter()
+                .chain(containment::attached_lsm_programs(&self.bpffs_dir))
                 .map(|(name, attached)| ProgramStatus { name, attached })
                 .collect(),
             listeners: self.listeners.clone(),
@@ -322,6 +526,13 @@ impl ControlBackend for Backend {
             kernel: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            enforcement: containment::matrix(
+                &self.bpffs_dir,
+                self.root.path(),
+                &self.kernel_support,
+            ),
+            backstop_drops: containment::backstop_drops(&self.bpffs_dir).unwrap_or_default(),
+            exporters: self.exporters.statuses(),
         }
     }
 
@@ -351,7 +562,12 @@ impl ControlBackend for Backend {
     }
 
     fn reload_policy(&self) -> Result<ReloadReport, ApiError> {
-        Ok(reload_policy(&self.policy, &self.policy_dir, "api"))
+        Ok(reload_policy(
+            &self.policy,
+            &self.policy_dir,
+            "api",
+            &self.store,
+        ))
     }
 
     fn explain(&self, question: &ExplainQuestion) -> Result<Explanation, ApiError> {
@@ -415,7 +631,7 @@ impl ControlBackend for Backend {
         };
         let store = self.store.clone();
         self.runtime.spawn(async move {
-            if let Err(error) = store.put_session(&record, Durability::Batched).await {
+            if let Err(error) = crate::audit::record_refused(&store, &record).await {
                 tracing::error!(%error, "cannot record a refused control connection");
             }
         });
@@ -429,6 +645,8 @@ fn grant_error(error: GrantError) -> ApiError {
         GrantError::NotActive { .. } => {
             ApiError::new(hyper::StatusCode::CONFLICT, error.to_string())
         }
-        GrantError::Store(_) => ApiError::internal(error.to_string()),
+        GrantError::Store(_) | GrantError::Unrecorded { .. } => {
+            ApiError::internal(error.to_string())
+        }
     }
 }

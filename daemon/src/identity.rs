@@ -72,6 +72,15 @@ pub async fn identify(
         origin = interception.take_origin(&key);
     }
     let origin = origin.ok_or(IdentityError::NoRecord { peer, local })?;
+    Ok(Redirected {
+        destination: destination_of(&origin),
+        identity: identity_of(root, &origin)?,
+        source: peer,
+    })
+}
+
+/// The process behind a record the programs filed, as far as user space can still see.
+pub fn identity_of(root: &ManagedRoot, origin: &Origin) -> Result<Identity, IdentityError> {
     let agent = root
         .agent_for_cgroup_id(origin.cgroup_id)
         .ok_or(IdentityError::NotAnAgent {
@@ -83,21 +92,17 @@ pub async fn identify(
         .map(|path| path.display().to_string());
     let cgroup = crate::cgroup::cgroup_path_of(origin.tgid)
         .unwrap_or_else(|| format!("{}/{agent}", root.cgroup_path()));
-    Ok(Redirected {
-        destination: destination_of(&origin),
-        identity: Identity {
-            agent,
-            pid: origin.tgid,
-            tid: origin.tid,
-            uid: origin.uid,
-            gid: origin.gid,
-            comm: comm_string(&origin.comm),
-            exe,
-            cgroup,
-            cgroup_id: origin.cgroup_id,
-            netns_cookie: origin.netns_cookie,
-        },
-        source: peer,
+    Ok(Identity {
+        agent,
+        pid: origin.tgid,
+        tid: origin.tid,
+        uid: origin.uid,
+        gid: origin.gid,
+        comm: comm_string(&origin.comm),
+        exe,
+        cgroup,
+        cgroup_id: origin.cgroup_id,
+        netns_cookie: origin.netns_cookie,
     })
 }
 

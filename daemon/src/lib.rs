@@ -10,17 +10,23 @@
 //! `bpf` and `cgroup` set the interception up; `control` serves the CLI; `cli` is the
 //! client side of every subcommand.
 
+pub mod approvals;
+pub mod audit;
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod containment;
 pub mod control;
 pub mod credentials;
 pub mod daemon;
+pub mod dns;
 pub mod events;
+pub mod export;
 pub mod grants;
 pub mod identity;
 pub mod masking;
+pub mod metrics;
 pub mod policy;
 pub mod policy_watch;
 pub mod protocol;

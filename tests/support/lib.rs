@@ -79,6 +79,8 @@ pub struct TestDaemon {
     pub cgroup_root: PathBuf,
     pub bpffs_dir: PathBuf,
     pub control_socket: PathBuf,
+    /// The resolver's UDP port (agents' DNS lands there).
+    pub dns_port: u16,
     log_path: PathBuf,
 }
 
@@ -90,6 +92,26 @@ impl TestDaemon {
 
     /// The same, with a credentials file (root-owned, 0600) holding `credentials`.
     pub fn start_with_credentials(policy: &str, credentials: &str) -> Self {
+        Self::start_full(policy, credentials, &[], "")
+    }
+
+    /// The same, with the resolver forwarding to `dns_upstreams`.
+    pub fn start_with_dns(policy: &str, dns_upstreams: &[SocketAddr]) -> Self {
+        Self::start_full(policy, "", dns_upstreams, "")
+    }
+
+    /// The same, with `extra_config` (TOML) merged into the generated configuration:
+    /// its tables add keys to the generated ones (`[control] admin_group = ...`).
+    pub fn start_with_config(policy: &str, credentials: &str, extra_config: &str) -> Self {
+        Self::start_full(policy, credentials, &[], extra_config)
+    }
+
+    fn start_full(
+        policy: &str,
+        credentials: &str,
+        dns_upstreams: &[SocketAddr],
+        extra_config: &str,
+    ) -> Self {
         require_root();
         let n = NEXT_DAEMON.fetch_add(1, Ordering::SeqCst);
         let name = format!("sluice-test-{}-{n}", std::process::id());
@@ -98,6 +120,11 @@ impl TestDaemon {
         std::fs::create_dir(&policy_dir).expect("policy dir");
         std::fs::write(policy_dir.join("test.toml"), policy).expect("write policy");
         let port = free_port();
+        let dns_port = free_port();
+        let upstreams: Vec<String> = dns_upstreams
+            .iter()
+            .map(|a| format!("{:?}", a.to_string()))
+            .collect();
         let cgroup_root = cgroup2_mount().join(&name);
         let bpffs_dir = PathBuf::from("/sys/fs/bpf").join(&name);
         let control_socket = dir.path().join("control.sock");
@@ -113,14 +140,17 @@ impl TestDaemon {
             "[daemon]\nstate_dir = {state:?}\npolicy_dir = {policy:?}\ncredentials_file = {credentials:?}\n\
              [redirect]\nport = {port}\n\
              [cgroup]\nroot = {root:?}\nbpffs_dir = {bpffs:?}\n\
-             [control]\nsocket = {socket:?}\n",
+             [control]\nsocket = {socket:?}\n\
+             [dns]\nport = {dns_port}\nupstreams = [{upstreams}]\n",
             state = dir.path().join("state"),
             policy = policy_dir,
             credentials = credentials_path,
             root = cgroup_root,
             bpffs = bpffs_dir,
             socket = control_socket,
+            upstreams = upstreams.join(", "),
         );
+        let config = merge_config(&config, extra_config);
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("daemon.log");
         let mut daemon = Self {
@@ -131,6 +161,7 @@ impl TestDaemon {
             cgroup_root,
             bpffs_dir,
             control_socket,
+            dns_port,
             log_path,
         };
         daemon.launch();
@@ -284,6 +315,31 @@ impl Drop for TestDaemon {
         let _ = self.sluice(&["detach"]);
         remove_cgroup_tree(&self.cgroup_root);
     }
+}
+
+/// `base` with the tables and keys of `extra` merged in (extra wins on a clash).
+fn merge_config(base: &str, extra: &str) -> String {
+    if extra.trim().is_empty() {
+        return base.to_owned();
+    }
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (key, value) in from {
+            match (into.get_mut(&key), value) {
+                (Some(toml::Value::Table(existing)), toml::Value::Table(table)) => {
+                    merge(existing, table);
+                }
+                (_, value) => {
+                    into.insert(key, value);
+                }
+            }
+        }
+    }
+    let mut merged: toml::Table = toml::from_str(base).expect("the generated config is TOML");
+    merge(
+        &mut merged,
+        toml::from_str(extra).expect("the extra config is TOML"),
+    );
+    toml::to_string(&merged).expect("config as TOML")
 }
 
 /// Removes a cgroup directory tree bottom-up (cgroup dirs are removed with rmdir).

@@ -25,7 +25,18 @@ use crate::shell::{capture, cargo, note, part, run};
 /// Debian packages the integration tests and `cargo xtask run` rely on: `ip` for
 /// network namespaces, a PostgreSQL server and `psql` for the protocol tests, and
 /// Python for the scripted test clients. Extend it as tests need more.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "postgresql", "postgresql-client", "python3"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "postgresql",
+    "postgresql-client",
+    "python3",
+    // tests/dns.rs: a real upstream resolver and a real DNS client.
+    "dnsmasq-base",
+    "bind9-dnsutils",
+    // tests/export.rs: a real syslog collector, over TCP and over TLS (ossl driver).
+    "rsyslog",
+    "rsyslog-openssl",
+];
 
 /// Everything: the Rust toolchain parts, then the Debian packages.
 pub fn all(workspace: &Path) -> Result<()> {

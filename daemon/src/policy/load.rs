@@ -19,8 +19,8 @@ use toml::Spanned;
 use super::{
     Policy,
     model::{
-        Action, Agent, AgentTls, Location, Operation, OperationSet, PortRange, Protocol, Resource,
-        Rule, Selector, UpstreamTls,
+        Action, Agent, AgentTls, HostPattern, Location, Operation, OperationSet, PortRange,
+        Protocol, Resource, Rule, Selector, UpstreamTls,
     },
 };
 use crate::{config::line_column, masking::MaskProfile};
@@ -95,7 +95,9 @@ struct AgentSpec {
 #[serde(deny_unknown_fields)]
 struct ResourceSpec {
     name: Spanned<String>,
-    addresses: Spanned<Vec<Spanned<String>>>,
+    addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Host names (`db.internal`, `*.corp.example`) matched through the resolver.
+    hostnames: Option<Spanned<Vec<Spanned<String>>>>,
     ports: Spanned<Vec<Spanned<toml::Value>>>,
     #[serde(default)]
     protocol: Protocol,
@@ -116,6 +118,8 @@ struct RuleSpec {
     action: Action,
     /// A `[[mask]]` profile applied to what this rule lets the agent read.
     mask: Option<Spanned<String>>,
+    /// How long a statement held for review waits before it is denied (`review` only).
+    timeout: Option<Spanned<String>>,
 }
 
 struct ParsedFile<'a> {
@@ -359,15 +363,39 @@ impl Builder {
         let name_at = file.locate(spec.name.span());
         let mut valid = self.claim_name(NameKind::Resource, spec.name.get_ref(), &name_at);
 
-        if spec.addresses.get_ref().is_empty() {
+        if spec.addresses.is_none() && spec.hostnames.is_none() {
             self.report(
-                &file.locate(spec.addresses.span()),
+                &name_at,
+                "a resource needs `addresses` (IP addresses or CIDRs) or `hostnames`",
+            );
+            valid = false;
+        }
+        if let Some(addresses) = spec.addresses.as_ref().filter(|a| a.get_ref().is_empty()) {
+            self.report(
+                &file.locate(addresses.span()),
                 "`addresses` must list at least one IP address or CIDR",
             );
             valid = false;
         }
-        let mut addresses = Vec::with_capacity(spec.addresses.get_ref().len());
-        for address in spec.addresses.get_ref() {
+        if let Some(hostnames) = spec.hostnames.as_ref().filter(|h| h.get_ref().is_empty()) {
+            self.report(
+                &file.locate(hostnames.span()),
+                "`hostnames` must list at least one host name",
+            );
+            valid = false;
+        }
+        let mut hostnames = Vec::new();
+        for hostname in spec.hostnames.iter().flat_map(|h| h.get_ref()) {
+            match HostPattern::parse(hostname.get_ref()) {
+                Ok(pattern) => hostnames.push(pattern),
+                Err(problem) => {
+                    self.report(&file.locate(hostname.span()), problem);
+                    valid = false;
+                }
+            }
+        }
+        let mut addresses = Vec::new();
+        for address in spec.addresses.iter().flat_map(|a| a.get_ref()) {
             match parse_network(address.get_ref()) {
                 Ok(network) => addresses.push(network),
                 Err(problem) => {
@@ -414,6 +442,7 @@ impl Builder {
             self.resources.push(Resource {
                 name: spec.name.get_ref().clone(),
                 addresses,
+                hostnames,
                 ports,
                 protocol: spec.protocol,
                 credential: spec.credential.clone(),
@@ -523,6 +552,29 @@ impl Builder {
             valid = false;
         }
 
+        let timeout = match &spec.timeout {
+            None => None,
+            Some(text) if spec.action != Action::Review => {
+                self.report(
+                    &file.locate(text.span()),
+                    format!(
+                        "`timeout` applies only to rules with action = \"review\", not \"{}\"",
+                        spec.action
+                    ),
+                );
+                valid = false;
+                None
+            }
+            Some(text) => match crate::approvals::parse_duration(text.get_ref()) {
+                Ok(timeout) => Some(timeout),
+                Err(error) => {
+                    self.report(&file.locate(text.span()), error.to_string());
+                    valid = false;
+                    None
+                }
+            },
+        };
+
         if valid {
             self.rules.push(Rule {
                 name,
@@ -531,6 +583,7 @@ impl Builder {
                 operations,
                 action: spec.action,
                 mask,
+                timeout,
                 location,
             });
         }

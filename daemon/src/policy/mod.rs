@@ -29,8 +29,8 @@ pub use live::{
 };
 pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::{
-    Action, Agent, AgentTls, Location, Operation, OperationSet, PortRange, Protocol, Resource,
-    Rule, Selector, TlsMode, UnknownOperation, UpstreamTls,
+    Action, Agent, AgentTls, HostPattern, Location, Operation, OperationSet, PortRange, Protocol,
+    Resource, Rule, Selector, TlsMode, UnknownOperation, UpstreamTls,
 };
 use model::{OperationMatch, Specificity};
 
@@ -163,6 +163,33 @@ impl Policy {
         best.map(|(resource, _)| resource)
     }
 
+    /// The resource a destination belongs to by host name: of the resources whose
+    /// `hostnames` match one of `names` (what the resolver told this agent the
+    /// destination's address stands for) and whose ports hold the destination's port,
+    /// the most specific (an exact name beats a wildcard, a longer wildcard a shorter
+    /// one, then the narrowest port range), the first defined on a tie. A match by
+    /// host name is more specific than any match by address.
+    pub fn resource_for_host_names(
+        &self,
+        destination: SocketAddr,
+        names: &[String],
+    ) -> Option<&Resource> {
+        if names.is_empty() {
+            return None;
+        }
+        let mut best: Option<(&Resource, _)> = None;
+        for resource in &self.resources {
+            if let Some(quality) = resource.match_host_names(destination.port(), names)
+                && best
+                    .as_ref()
+                    .is_none_or(|(_, best_quality)| quality > *best_quality)
+            {
+                best = Some((resource, quality));
+            }
+        }
+        best.map(|(resource, _)| resource)
+    }
+
     /// Whether the process may open a connection to `destination`.
     pub fn decide_connection(&self, agent: &AgentFacts<'_>, destination: SocketAddr) -> Decision {
         let destination = canonical(destination);
@@ -220,6 +247,7 @@ impl Policy {
                 ),
                 resource,
                 mask: None,
+                timeout: None,
             };
         };
         let rule = best.rule;
@@ -247,30 +275,6 @@ impl Policy {
             reason,
             resource,
             mask: rule.mask.clone(),
-                timeout: None,
-        }
-    }
-}
-
-/// Lists every problem in the policy directory; empty when it loads cleanly.
-pub fn check_dir(dir: &Path) -> Vec<Diagnostic> {
-    match Policy::load_dir(dir) {
-        Ok(_) => Vec::new(),
-        Err(PolicyErrors(diagnostics)) => diagnostics,
-    }
-}
-
-fn verb(action: Action) -> &'static str {
-    match action {
-        Action::Allow => "allows",
-        Action::Deny => "denies",
-        Action::Review => "sends to review",
-    }
-}
-
-fn canonical(destination: SocketAddr) -> SocketAddr {
-    SocketAddr::new(destination.ip().to_canonical(), destination.port())
-}
             timeout: rule.timeout,
         }
     }
@@ -352,4 +356,27 @@ impl Policy {
             if better {
                 best = Some(candidate);
             }
+        }
         best
+    }
+}
+
+/// Lists every problem in the policy directory; empty when it loads cleanly.
+pub fn check_dir(dir: &Path) -> Vec<Diagnostic> {
+    match Policy::load_dir(dir) {
+        Ok(_) => Vec::new(),
+        Err(PolicyErrors(diagnostics)) => diagnostics,
+    }
+}
+
+fn verb(action: Action) -> &'static str {
+    match action {
+        Action::Allow => "allows",
+        Action::Deny => "denies",
+        Action::Review => "sends to review",
+    }
+}
+
+fn canonical(destination: SocketAddr) -> SocketAddr {
+    SocketAddr::new(destination.ip().to_canonical(), destination.port())
+}

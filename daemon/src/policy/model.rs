@@ -144,6 +144,9 @@ pub enum Protocol {
     Mysql,
     Http,
     Kubernetes,
+    /// DNS (UDP and TCP port 53), answered by the daemon's resolver: each query is the
+    /// operation `read`.
+    Dns,
 }
 
 impl Protocol {
@@ -155,6 +158,7 @@ impl Protocol {
             Self::Mysql => "mysql",
             Self::Http => "http",
             Self::Kubernetes => "kubernetes",
+            Self::Dns => "dns",
         }
     }
 }
@@ -260,6 +264,9 @@ pub struct Resource {
     pub name: String,
     /// Addresses and networks; a bare address is a /32 (IPv4) or /128 (IPv6).
     pub addresses: Vec<IpNet>,
+    /// Host names: a destination matches when the daemon's resolver answered one of
+    /// them with the destination's address to the same agent, within the answer's TTL.
+    pub hostnames: Vec<HostPattern>,
     pub ports: Vec<PortRange>,
     pub protocol: Protocol,
     /// The credential the daemon authenticates upstream with (a name in the
@@ -328,6 +335,84 @@ impl Resource {
             prefix_len,
             port_narrowness: u32::MAX - width,
         })
+    }
+
+    /// Whether a destination the agent was told `names` stand for is this resource by
+    /// host name, and how specifically: (name specificity, port narrowness).
+    pub(super) fn match_host_names(&self, port: u16, names: &[String]) -> Option<(usize, u32)> {
+        let name_match = self
+            .hostnames
+            .iter()
+            .flat_map(|pattern| names.iter().filter_map(|name| pattern.match_name(name)))
+            .max()?;
+        let width = self
+            .ports
+            .iter()
+            .filter(|range| range.contains(port))
+            .map(|range| range.width())
+            .min()?;
+        Some((name_match, u32::MAX - width))
+    }
+}
+
+/// A host name in a resource: exact (`db.internal`) or every name below a domain
+/// (`*.corp.example`). Lower case, without a trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.SUFFIX`: any name ending in `.SUFFIX` (not `SUFFIX` itself).
+    Below(String),
+}
+
+impl HostPattern {
+    /// Parses `db.internal` or `*.corp.example`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.trim_end_matches('.').to_ascii_lowercase();
+        let (below, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(format!(
+                "`{text}` is not a host name (like db.internal) or a wildcard (like *.corp.example)"
+            ));
+        }
+        Ok(if below {
+            Self::Below(name.to_owned())
+        } else {
+            Self::Exact(name.to_owned())
+        })
+    }
+
+    /// Whether `name` (lower case, no trailing dot) is matched; the greater the
+    /// returned value, the more specific the match (exact beats any wildcard, a longer
+    /// suffix beats a shorter one).
+    pub fn match_name(&self, name: &str) -> Option<usize> {
+        match self {
+            Self::Exact(exact) => (name == exact).then_some(usize::MAX),
+            Self::Below(suffix) => name
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+                .then_some(suffix.len()),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(name) => formatter.write_str(name),
+            Self::Below(suffix) => write!(formatter, "*.{suffix}"),
+        }
     }
 }
 
@@ -419,6 +504,9 @@ pub struct Rule {
     pub action: Action,
     /// The mask profile applied to what the rule lets through.
     pub mask: Option<String>,
+    /// How long a statement this `review` rule holds may wait for a human before it
+    /// is denied; `None`: the daemon's `[approvals] default_timeout`.
+    pub timeout: Option<std::time::Duration>,
     pub location: Location,
 }
 

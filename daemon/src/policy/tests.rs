@@ -289,6 +289,7 @@ fn at_equal_specificity_deny_beats_review_beats_allow() {
     let base = with_rules("");
     let rule = |name: &str, action: Action| Rule {
         mask: None,
+        timeout: None,
         name: name.to_owned(),
         agent: Selector::Named("ci-bot".to_owned()),
         resource: Selector::Named("db".to_owned()),
@@ -970,5 +971,124 @@ fn an_empty_directory_denies_everything_but_a_missing_one_is_an_error() {
             missing.display()
         )),
         "{shown}"
+    );
+}
+
+#[test]
+fn a_review_rule_carries_its_timeout_into_the_decision() {
+    let policy = with_rules(
+        "[[rule]]\nname = \"writes-need-review\"\nagent = \"ci-bot\"\nresource = \"db\"\n\
+         operations = [\"write\"]\naction = \"review\"\ntimeout = \"90s\"\n",
+    );
+    let decision = policy.decide(&facts("ci-bot"), Some("db"), Operation::Write);
+    assert_eq!(decision.action, Action::Review);
+    assert_eq!(decision.timeout, Some(std::time::Duration::from_secs(90)));
+}
+
+#[test]
+fn a_timeout_is_refused_outside_review_rules_and_when_malformed() {
+    let rule = |action: &str, timeout: &str| {
+        format!(
+            "{DB_AND_AGENTS}\n[[rule]]\nagent = \"ci-bot\"\nresource = \"db\"\naction = \"{action}\"\ntimeout = \"{timeout}\"\n"
+        )
+    };
+    let errors = errors(&rule("allow", "90s"));
+    assert!(
+        errors.len() == 1 && errors[0].contains("only to rules with action = \"review\""),
+        "{errors:#?}"
+    );
+    let errors = super::tests::errors(&rule("review", "soon"));
+    assert!(
+        errors.len() == 1 && errors[0].contains("invalid duration"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn default_policy_lets_demo_resolve_names_and_no_one_else() {
+    let policy = Policy::load_dir(&policies_dir()).expect("default policy");
+    let dns = policy
+        .resource_for(addr("10.9.8.7:53"))
+        .map(|r| r.name.as_str());
+    assert_eq!(dns, Some("dns"));
+    let demo = policy.decide(&facts("demo"), dns, Operation::Read);
+    assert_eq!(demo.action, Action::Allow, "{}", demo.reason);
+    let stranger = policy.decide(&facts("other"), dns, Operation::Read);
+    assert_eq!(stranger.action, Action::Deny);
+}
+
+const HOST_NAMED: &str = r#"
+[[resource]]
+name = "exact"
+hostnames = ["DB.internal."]
+ports = [5432]
+
+[[resource]]
+name = "wide"
+hostnames = ["*.internal"]
+ports = ["1-65535"]
+
+[[resource]]
+name = "by-address"
+addresses = ["10.0.0.0/8"]
+ports = [5432]
+"#;
+
+#[test]
+fn host_name_resources_match_only_through_names_and_prefer_the_exact_name() {
+    let policy = policy(HOST_NAMED);
+    let destination = addr("10.1.2.3:5432");
+    let names = |list: &[&str]| list.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    // Without names, only the address resource can match.
+    assert_eq!(
+        policy.resource_for(destination).map(|r| r.name.as_str()),
+        Some("by-address")
+    );
+    assert!(policy.resource_for_host_names(destination, &[]).is_none());
+    let by_name = |list: &[&str]| {
+        policy
+            .resource_for_host_names(destination, &names(list))
+            .map(|r| r.name.clone())
+    };
+    assert_eq!(by_name(&["db.internal"]).as_deref(), Some("exact"));
+    assert_eq!(by_name(&["x.db.internal"]).as_deref(), Some("wide"));
+    assert_eq!(
+        by_name(&["x.db.internal", "db.internal"]).as_deref(),
+        Some("exact")
+    );
+    // A wildcard does not match its own suffix, nor a name merely ending like it.
+    assert_eq!(by_name(&["internal"]), None);
+    assert_eq!(by_name(&["notinternal"]), None);
+    assert_eq!(by_name(&["db.example"]), None);
+    // The port still has to match.
+    assert_eq!(
+        policy
+            .resource_for_host_names(addr("10.1.2.3:80"), &names(&["db.internal"]))
+            .map(|r| r.name.as_str()),
+        Some("wide")
+    );
+}
+
+#[test]
+fn host_names_are_checked_and_a_resource_needs_addresses_or_host_names() {
+    assert_one_error(
+        "[[resource]]\nname = \"r\"\nhostnames = [\"bad name\"]\nports = [1]\n",
+        "3:14",
+        "is not a host name",
+    );
+    assert_one_error(
+        "[[resource]]\nname = \"r\"\nhostnames = [\"*\"]\nports = [1]\n",
+        "3:14",
+        "is not a host name",
+    );
+    assert_one_error(
+        "[[resource]]\nname = \"r\"\nhostnames = []\nports = [1]\n",
+        "3:13",
+        "at least one host name",
+    );
+    assert_one_error(
+        "[[resource]]\nname = \"r\"\nports = [1]\n",
+        "2:8",
+        "needs `addresses`",
     );
 }

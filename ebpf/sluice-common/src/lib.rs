@@ -27,6 +27,19 @@ pub mod map_names {
     pub const CONNECTIONS: &str = "SLUICE_CONNECTIONS";
     /// `RingBuf`: one `Refusal` for every connect or send the programs refused.
     pub const REFUSALS: &str = "SLUICE_REFUSALS";
+    /// `Array<ManagedScope, 1>`: the managed cgroup tree, for the programs that are not
+    /// attached to it (the BPF LSM programs are global).
+    pub const SCOPE: &str = "SLUICE_SCOPE";
+    /// `SkStorage<u32>`: set on every inet socket created inside the managed cgroup.
+    pub const MANAGED_SOCKETS: &str = "SLUICE_MANAGED_SOCKETS";
+    /// `PerCpuArray<u64, 1>`: packets the egress backstop dropped.
+    pub const BACKSTOP_DROPS: &str = "SLUICE_BACKSTOP_DROPS";
+    /// `LruHashMap<u64, Origin>`: the last DNS destination of each agent UDP socket,
+    /// by socket cookie, for the egress program to file under the datagram's 4-tuple.
+    pub const DNS_SOCKETS: &str = "SLUICE_DNS_SOCKETS";
+    /// `LruHashMap<ConnKey, Origin>`: who sent the DNS datagrams the daemon's resolver
+    /// receives, by their 4-tuple (agent address → resolver listener).
+    pub const DNS_QUERIES: &str = "SLUICE_DNS_QUERIES";
 }
 
 /// What the daemon tells the programs about itself.
@@ -48,6 +61,10 @@ pub struct RedirectConfig {
     pub enabled: u16,
     /// The daemon's own TCP ports (host byte order, 0 = unused slot). Agents may not connect to them.
     pub daemon_ports: [u16; MAX_DAEMON_PORTS],
+    /// The DNS resolver's UDP port on `listen_ip4`/`listen_ip6`, host byte order. UDP
+    /// to port 53 is sent there; 0 means no resolver, and such UDP is refused.
+    pub dns_port: u16,
+    pub _reserved: [u16; 3],
 }
 
 /// Where an agent's socket was going, and who opened it.
@@ -110,6 +127,17 @@ pub enum RefusalReason {
     Udp = 4,
     /// A protocol sluice cannot mediate (ICMP ping sockets, SCTP, MPTCP...).
     Protocol = 5,
+    /// An inet `SOCK_RAW` socket (cgroup/sock_create).
+    RawSocket = 20,
+    /// An `AF_PACKET` socket (BPF LSM socket_create).
+    PacketSocket = 21,
+    /// A socket family sluice does not mediate (vsock, bluetooth, CAN...; BPF LSM).
+    SocketFamily = 22,
+    /// An inet socket created outside the managed cgroup (passed in over SCM_RIGHTS,
+    /// taken with pidfd_getfd), used from inside it (BPF LSM connect/sendmsg).
+    ForeignSocket = 23,
+    /// A packet the socket hooks did not stop, dropped at cgroup egress.
+    SkbBackstop = 24,
 }
 
 impl RefusalReason {
@@ -121,6 +149,11 @@ impl RefusalReason {
             3 => Self::ForeignNetns,
             4 => Self::Udp,
             5 => Self::Protocol,
+            20 => Self::RawSocket,
+            21 => Self::PacketSocket,
+            22 => Self::SocketFamily,
+            23 => Self::ForeignSocket,
+            24 => Self::SkbBackstop,
             _ => return None,
         })
     }
@@ -133,6 +166,11 @@ impl RefusalReason {
             Self::ForeignNetns => "foreign_netns",
             Self::Udp => "udp",
             Self::Protocol => "protocol",
+            Self::RawSocket => "raw_socket",
+            Self::PacketSocket => "packet_socket",
+            Self::SocketFamily => "socket_family",
+            Self::ForeignSocket => "foreign_socket",
+            Self::SkbBackstop => "skb_backstop",
         }
     }
 }
@@ -145,9 +183,10 @@ pub struct Refusal {
     pub reason: u32,
     /// The socket's `IPPROTO_*` protocol.
     pub protocol: u32,
-    /// Which hook refused: 1 = connect, 2 = sendmsg.
+    /// Which hook refused: one of the `HOOK_*` values.
     pub hook: u32,
-    pub _reserved: u32,
+    /// The `SOCK_*` type for refused socket creations, else 0.
+    pub socket_type: u32,
     pub origin: Origin,
 }
 
@@ -155,13 +194,53 @@ pub struct Refusal {
 pub const HOOK_CONNECT: u32 = 1;
 /// `Refusal::hook` for the sendmsg hooks.
 pub const HOOK_SENDMSG: u32 = 2;
+/// `Refusal::hook` for cgroup/sock_create.
+pub const HOOK_SOCK_CREATE: u32 = 20;
+/// `Refusal::hook` for BPF LSM socket_create.
+pub const HOOK_LSM_SOCKET_CREATE: u32 = 21;
+/// `Refusal::hook` for BPF LSM socket_connect.
+pub const HOOK_LSM_SOCKET_CONNECT: u32 = 22;
+/// `Refusal::hook` for BPF LSM socket_sendmsg.
+pub const HOOK_LSM_SOCKET_SENDMSG: u32 = 23;
+/// `Refusal::hook` for the cgroup_skb/egress backstop.
+pub const HOOK_SKB_EGRESS: u32 = 24;
+
+/// The hook's name as records and logs show it.
+pub fn hook_name(hook: u32) -> &'static str {
+    match hook {
+        HOOK_CONNECT => "connect",
+        HOOK_SENDMSG => "sendmsg",
+        HOOK_SOCK_CREATE => "cgroup/sock_create",
+        HOOK_LSM_SOCKET_CREATE => "lsm/socket_create",
+        HOOK_LSM_SOCKET_CONNECT => "lsm/socket_connect",
+        HOOK_LSM_SOCKET_SENDMSG => "lsm/socket_sendmsg",
+        HOOK_SKB_EGRESS => "cgroup_skb/egress",
+        _ => "unknown",
+    }
+}
+
+/// Where the managed cgroup tree is, for programs that see every task (BPF LSM).
+///
+/// A task is managed when its cgroup's ancestor at `level` has id `cgroup_id`. A zeroed
+/// scope (`enabled == 0`) manages nothing, so global programs never touch other tasks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManagedScope {
+    /// cgroup v2 id of the managed root (the inode number of its directory).
+    pub cgroup_id: u64,
+    /// Depth of the managed root below the cgroup2 mount (the mount itself is 0).
+    pub level: u32,
+    /// 1 once the daemon has written a valid scope.
+    pub enabled: u32,
+}
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are repr(C), Copy, have no padding-sensitive invariants and
+    // SAFETY: all of them are repr(C), Copy, have no padding-sensitive invariants and
     // every bit pattern is a valid value.
     unsafe impl aya::Pod for super::RedirectConfig {}
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::Refusal {}
+    unsafe impl aya::Pod for super::ManagedScope {}
 }

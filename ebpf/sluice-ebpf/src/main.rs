@@ -11,6 +11,14 @@
 //!    peer and local addresses.
 //! 3. `sluice_getpeername4`/`sluice_getpeername6` show the agent its original peer.
 //! 4. `sluice_sendmsg4`/`sluice_sendmsg6` refuse unconnected UDP other than DNS.
+//! 5. DNS: UDP to port 53, connected (connect4/6) or not (sendmsg4/6), is rewritten to
+//!    the daemon's resolver port; `sluice_dns_egress` (cgroup_skb/egress, 4.12) files
+//!    the sender under each query's 4-tuple, and `sluice_recvmsg4`/`sluice_recvmsg6`
+//!    (5.2) make the replies appear to come from the server the agent asked. TCP to
+//!    port 53 is redirected like any TCP; the daemon hands it to its resolver.
+//!
+//! 6. `containment` closes the other ways out: raw and packet sockets, sockets passed
+//!    in from outside the cgroup, and an egress backstop for packets no hook saw.
 //!
 //! Everything that is not TCP to a served namespace is refused and reported on a ring
 //! buffer, so the daemon can record it. An unconfigured program refuses everything.
@@ -18,9 +26,19 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod containment;
+#[cfg(target_arch = "bpf")]
 mod programs;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
     // Only the bpf target has programs; the host build exists so workspace tools work.
 }
+
+/// The kernel lets only GPL-compatible programs be BPF LSM programs or call GPL-only
+/// helpers, so the compiled eBPF object is offered under GPL as well (as aya's own
+/// template does); the source stays under the workspace license too.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -12,16 +12,16 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
     },
-    macros::{btf_map, cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{btf_map, cgroup_skb, cgroup_sock_addr, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 use sluice_common::{
     AF_INET, AF_INET6, ConnKey, HOOK_CONNECT, HOOK_SENDMSG, MAX_DAEMON_PORTS, Origin,
     RedirectConfig, Refusal, RefusalReason,
 };
 
-const ALLOW: i32 = 1;
-const REFUSE: i32 = 0;
+pub(crate) const ALLOW: i32 = 1;
+pub(crate) const REFUSE: i32 = 0;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 const DNS_PORT: u16 = 53;
@@ -30,7 +30,7 @@ const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const V4_MAPPED_WORD: u32 = 0xffffu32.to_be();
 
 #[btf_map]
-static SLUICE_CONFIG: Array<RedirectConfig, 1> = Array::new();
+pub(crate) static SLUICE_CONFIG: Array<RedirectConfig, 1> = Array::new();
 
 #[btf_map]
 static SLUICE_SOCKET_ORIGIN: SkStorage<Origin> = SkStorage::new();
@@ -42,7 +42,13 @@ static SLUICE_PENDING: LruHashMap<u64, Origin, 16384> = LruHashMap::new();
 static SLUICE_CONNECTIONS: LruHashMap<ConnKey, Origin, 65536> = LruHashMap::new();
 
 #[btf_map]
-static SLUICE_REFUSALS: RingBuf<Refusal, { 256 * 1024 }> = RingBuf::new();
+pub(crate) static SLUICE_REFUSALS: RingBuf<Refusal, { 256 * 1024 }> = RingBuf::new();
+
+#[btf_map]
+static SLUICE_DNS_SOCKETS: LruHashMap<u64, Origin, 16384> = LruHashMap::new();
+
+#[btf_map]
+static SLUICE_DNS_QUERIES: LruHashMap<ConnKey, Origin, 16384> = LruHashMap::new();
 
 /// An original destination, with v4-mapped IPv6 already folded to IPv4.
 #[derive(Clone, Copy)]
@@ -54,7 +60,7 @@ struct Destination {
 }
 
 #[inline(always)]
-fn enabled_config() -> Option<&'static RedirectConfig> {
+pub(crate) fn enabled_config() -> Option<&'static RedirectConfig> {
     let config = SLUICE_CONFIG.get(0)?;
     (config.enabled == 1).then_some(config)
 }
@@ -90,7 +96,7 @@ fn refuse(reason: RefusalReason, protocol: u32, hook: u32, origin: Origin) -> i3
             reason: reason as u32,
             protocol,
             hook,
-            _reserved: 0,
+            socket_type: 0,
             origin,
         },
         0,
@@ -108,7 +114,7 @@ fn is_daemon_port(config: &RedirectConfig, port: u16) -> bool {
         }
         i += 1;
     }
-    port == config.listen_port
+    port == config.listen_port || (config.dns_port != 0 && port == config.dns_port)
 }
 
 #[inline(always)]
@@ -139,7 +145,9 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
     }
     match protocol {
         IPPROTO_TCP => {}
-        IPPROTO_UDP if destination.port == DNS_PORT => return ALLOW,
+        IPPROTO_UDP if destination.port == DNS_PORT => {
+            return redirect_dns(ctx, config, &destination, origin, HOOK_CONNECT);
+        }
         IPPROTO_UDP => return refuse(RefusalReason::Udp, protocol, HOOK_CONNECT, origin),
         _ => return refuse(RefusalReason::Protocol, protocol, HOOK_CONNECT, origin),
     }
@@ -168,27 +176,60 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
     }
 
     if destination.family == AF_INET && !destination.v4_mapped {
-        rewrite4(ctx, config);
+        rewrite4(ctx, config, config.listen_port);
     } else {
-        rewrite6(ctx, config, destination.v4_mapped);
+        rewrite6(ctx, config, destination.v4_mapped, config.listen_port);
     }
     ALLOW
 }
 
-/// Points an IPv4 connect at the listener. Only valid in the connect4 hook.
+/// Sends a UDP DNS connect or datagram to the daemon's resolver instead. The socket
+/// keeps its original destination (for recvmsg and getpeername) and the cookie map
+/// keeps who sent it, for the egress program to file under the datagram's 4-tuple.
 #[inline(always)]
-fn rewrite4(ctx: &SockAddrContext, config: &RedirectConfig) {
+fn redirect_dns(
+    ctx: &SockAddrContext,
+    config: &RedirectConfig,
+    destination: &Destination,
+    origin: Origin,
+    hook: u32,
+) -> i32 {
+    if config.dns_port == 0 {
+        return refuse(RefusalReason::Udp, IPPROTO_UDP, hook, origin);
+    }
+    let stored = unsafe { SLUICE_SOCKET_ORIGIN.get_or_insert_ptr_mut(ctx, None) };
+    if stored.is_null() {
+        return refuse(RefusalReason::NotConfigured, IPPROTO_UDP, hook, origin);
+    }
+    unsafe { *stored = origin };
+    if SLUICE_DNS_SOCKETS
+        .insert(origin.socket_cookie, origin, 0)
+        .is_err()
+    {
+        return refuse(RefusalReason::NotConfigured, IPPROTO_UDP, hook, origin);
+    }
+    if destination.family == AF_INET && !destination.v4_mapped {
+        rewrite4(ctx, config, config.dns_port);
+    } else {
+        rewrite6(ctx, config, destination.v4_mapped, config.dns_port);
+    }
+    ALLOW
+}
+
+/// Points an IPv4 connect or send at the daemon's `port`. Only valid in the v4 hooks.
+#[inline(always)]
+fn rewrite4(ctx: &SockAddrContext, config: &RedirectConfig, port: u16) {
     unsafe {
         let sock_addr = &mut *ctx.sock_addr;
         sock_addr.user_ip4 = config.listen_ip4;
-        sock_addr.user_port = config.listen_port.to_be() as u32;
+        sock_addr.user_port = port.to_be() as u32;
     }
 }
 
-/// Points an IPv6 connect at the listener (its v4-mapped form for v4-mapped
-/// destinations). Only valid in the connect6 hook.
+/// Points an IPv6 connect or send at the daemon's `port` (its v4-mapped form for
+/// v4-mapped destinations). Only valid in the v6 hooks.
 #[inline(always)]
-fn rewrite6(ctx: &SockAddrContext, config: &RedirectConfig, v4_mapped: bool) {
+fn rewrite6(ctx: &SockAddrContext, config: &RedirectConfig, v4_mapped: bool, port: u16) {
     unsafe {
         let sock_addr = &mut *ctx.sock_addr;
         if v4_mapped {
@@ -202,7 +243,7 @@ fn rewrite6(ctx: &SockAddrContext, config: &RedirectConfig, v4_mapped: bool) {
             sock_addr.user_ip6[2] = config.listen_ip6[2];
             sock_addr.user_ip6[3] = config.listen_ip6[3];
         }
-        sock_addr.user_port = config.listen_port.to_be() as u32;
+        sock_addr.user_port = port.to_be() as u32;
     }
 }
 
@@ -268,19 +309,21 @@ fn handle_sendmsg(ctx: &SockAddrContext, destination: Destination) -> i32 {
     if origin.netns_cookie != config.netns_cookie {
         return refuse(RefusalReason::ForeignNetns, protocol, HOOK_SENDMSG, origin);
     }
-    if destination.port == DNS_PORT {
-        return ALLOW;
+    if protocol == IPPROTO_UDP && destination.port == DNS_PORT {
+        return redirect_dns(ctx, config, &destination, origin, HOOK_SENDMSG);
     }
     refuse(RefusalReason::Udp, protocol, HOOK_SENDMSG, origin)
 }
 
-/// Refuses unconnected IPv4 UDP sends other than DNS. Minimum kernel: 5.8.
+/// Sends unconnected IPv4 UDP to port 53 to the daemon's resolver and refuses other
+/// UDP. Minimum kernel: 5.8.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sluice_sendmsg4(ctx: SockAddrContext) -> i32 {
     handle_sendmsg(&ctx, destination4(&ctx))
 }
 
-/// Refuses unconnected IPv6 UDP sends other than DNS. Minimum kernel: 5.8.
+/// Sends unconnected IPv6 UDP to port 53 (v4-mapped included) to the daemon's
+/// resolver and refuses other UDP. Minimum kernel: 5.8.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sluice_sendmsg6(ctx: SockAddrContext) -> i32 {
     handle_sendmsg(&ctx, destination6(&ctx))
@@ -327,6 +370,140 @@ pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
         sock_addr.user_port = origin.dst_port.to_be() as u32;
     }
     ALLOW
+}
+
+/// Makes a reply from the daemon's resolver appear to come from the server the agent
+/// asked. Minimum kernel: 5.2 (recvmsg hooks); recvmsg programs must return 1.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sluice_recvmsg4(ctx: SockAddrContext) -> i32 {
+    let Some(config) = enabled_config() else {
+        return ALLOW;
+    };
+    let sock_addr = unsafe { &mut *ctx.sock_addr };
+    if config.dns_port == 0
+        || sock_addr.user_ip4 != config.listen_ip4
+        || u16::from_be(sock_addr.user_port as u16) != config.dns_port
+    {
+        return ALLOW;
+    }
+    let origin = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(&ctx) };
+    if origin.is_null() {
+        return ALLOW;
+    }
+    let origin = unsafe { &*origin };
+    if origin.dst_family == AF_INET {
+        sock_addr.user_ip4 = origin.dst_ip[0];
+        sock_addr.user_port = origin.dst_port.to_be() as u32;
+    }
+    ALLOW
+}
+
+/// The IPv6 twin of [`sluice_recvmsg4`], for replies to IPv6 and v4-mapped queries.
+/// Minimum kernel: 5.2.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sluice_recvmsg6(ctx: SockAddrContext) -> i32 {
+    let Some(config) = enabled_config() else {
+        return ALLOW;
+    };
+    let sock_addr = unsafe { &mut *ctx.sock_addr };
+    let source = [
+        sock_addr.user_ip6[0],
+        sock_addr.user_ip6[1],
+        sock_addr.user_ip6[2],
+        sock_addr.user_ip6[3],
+    ];
+    let from_resolver = if is_v4_mapped(&source) {
+        source[3] == config.listen_ip4
+    } else {
+        source == config.listen_ip6
+    };
+    if config.dns_port == 0
+        || !from_resolver
+        || u16::from_be(sock_addr.user_port as u16) != config.dns_port
+    {
+        return ALLOW;
+    }
+    let origin = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(&ctx) };
+    if origin.is_null() {
+        return ALLOW;
+    }
+    let origin = unsafe { &*origin };
+    if origin.v4_mapped == 1 {
+        sock_addr.user_ip6[0] = 0;
+        sock_addr.user_ip6[1] = 0;
+        sock_addr.user_ip6[2] = V4_MAPPED_WORD;
+        sock_addr.user_ip6[3] = origin.dst_ip[0];
+    } else if origin.dst_family == AF_INET6 {
+        sock_addr.user_ip6[0] = origin.dst_ip[0];
+        sock_addr.user_ip6[1] = origin.dst_ip[1];
+        sock_addr.user_ip6[2] = origin.dst_ip[2];
+        sock_addr.user_ip6[3] = origin.dst_ip[3];
+    } else {
+        return ALLOW;
+    }
+    sock_addr.user_port = origin.dst_port.to_be() as u32;
+    ALLOW
+}
+
+/// Files who sent each DNS datagram bound for the daemon's resolver under the
+/// datagram's 4-tuple, which the resolver looks up with its `recv_from` address. The
+/// connect hook runs before a UDP socket has a port, so only the packet carries the
+/// source port. Never drops anything. Minimum kernel: 4.12 (socket cookie on skbs).
+#[cgroup_skb(egress)]
+pub fn sluice_dns_egress(ctx: SkBuffContext) -> i32 {
+    let _ = file_dns_query(&ctx);
+    1
+}
+
+const IP_HEADER_PROTOCOL: usize = 9;
+const IP6_HEADER_NEXT: usize = 6;
+const IP6_HEADER_LEN: usize = 40;
+
+#[inline(always)]
+fn file_dns_query(ctx: &SkBuffContext) -> Option<()> {
+    let config = enabled_config()?;
+    if config.dns_port == 0 {
+        return None;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast::<c_void>()) };
+    let origin = *unsafe { SLUICE_DNS_SOCKETS.get(cookie) }?;
+    let version = ctx.load::<u8>(0).ok()? >> 4;
+    let mut key = ConnKey::default();
+    let udp_offset = if version == 4 {
+        if ctx.load::<u8>(IP_HEADER_PROTOCOL).ok()? != IPPROTO_UDP as u8 {
+            return None;
+        }
+        key.family = AF_INET as u32;
+        key.src_ip[0] = ctx.load::<u32>(12).ok()?;
+        key.dst_ip[0] = ctx.load::<u32>(16).ok()?;
+        usize::from(ctx.load::<u8>(0).ok()? & 0x0f) * 4
+    } else if version == 6 {
+        if ctx.load::<u8>(IP6_HEADER_NEXT).ok()? != IPPROTO_UDP as u8 {
+            return None;
+        }
+        key.family = AF_INET6 as u32;
+        key.src_ip = [
+            ctx.load::<u32>(8).ok()?,
+            ctx.load::<u32>(12).ok()?,
+            ctx.load::<u32>(16).ok()?,
+            ctx.load::<u32>(20).ok()?,
+        ];
+        key.dst_ip = [
+            ctx.load::<u32>(24).ok()?,
+            ctx.load::<u32>(28).ok()?,
+            ctx.load::<u32>(32).ok()?,
+            ctx.load::<u32>(36).ok()?,
+        ];
+        IP6_HEADER_LEN
+    } else {
+        return None;
+    };
+    key.src_port = u16::from_be(ctx.load::<u16>(udp_offset).ok()?);
+    key.dst_port = u16::from_be(ctx.load::<u16>(udp_offset + 2).ok()?);
+    if key.dst_port != config.dns_port {
+        return None;
+    }
+    SLUICE_DNS_QUERIES.insert(key, origin, 0).ok()
 }
 
 /// `true` for `::ffff:a.b.c.d`.

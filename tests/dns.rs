@@ -1,0 +1,431 @@
+//! DNS from agents: every query, UDP or TCP, to whatever server the agent names, is
+//! answered by the daemon's resolver, which asks the configured upstream (a real
+//! dnsmasq on loopback), judges the query by policy and records it. The server the
+//! agent named never sees a packet.
+
+use std::{
+    net::{SocketAddr, TcpListener, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sluice_tests::{TestDaemon, free_port, text};
+
+const POLICY: &str = r#"
+[[agent]]
+name = "resolver-user"
+
+[[agent]]
+name = "other-agent"
+
+[[resource]]
+name = "dns"
+addresses = ["0.0.0.0/0", "::/0"]
+ports = [53]
+protocol = "dns"
+
+[[rule]]
+agent = "resolver-user"
+resource = "dns"
+operations = ["read"]
+action = "allow"
+
+[[rule]]
+agent = "other-agent"
+resource = "dns"
+operations = ["read"]
+action = "allow"
+"#;
+
+/// A private dnsmasq answering from a hosts file, on `listen`.
+struct Dnsmasq {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    fn start(listen: &str, hosts: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hosts_file = dir.path().join("hosts");
+        std::fs::write(&hosts_file, hosts).expect("write hosts");
+        let port = free_port();
+        let child = Command::new(dnsmasq_bin())
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+                "--group=root",
+                "--local-ttl=60",
+            ])
+            .arg(format!("--addn-hosts={}", hosts_file.display()))
+            .arg(format!("--listen-address={listen}"))
+            .arg(format!("--port={port}"))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq (cargo xtask setup installs dnsmasq-base)");
+        let addr: SocketAddr = format!("{listen}:{port}").parse().expect("dnsmasq address");
+        let server = Self {
+            child,
+            addr,
+            _dir: dir,
+        };
+        server.wait_until_answering();
+        server
+    }
+
+    fn wait_until_answering(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let output = Command::new("dig")
+                .args([
+                    &format!("@{}", self.addr.ip()),
+                    "-p",
+                    &self.addr.port().to_string(),
+                    "+time=1",
+                    "+tries=1",
+                    "ready.invalid",
+                ])
+                .output()
+                .expect("run dig (cargo xtask setup installs bind9-dnsutils)");
+            if String::from_utf8_lossy(&output.stdout).contains("status:") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dnsmasq on {} did not come up", self.addr);
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dnsmasq_bin() -> PathBuf {
+    ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("dnsmasq"))
+}
+
+/// A UDP and a TCP socket on `ip:53` standing in for the server agents name: they
+/// must never receive anything.
+struct NamedServerSink {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl NamedServerSink {
+    fn start(ip: &str) -> Self {
+        let udp = UdpSocket::bind(format!("{ip}:53")).expect("bind the UDP sink on port 53");
+        udp.set_nonblocking(true).expect("nonblocking");
+        let tcp = TcpListener::bind(format!("{ip}:53")).expect("bind the TCP sink on port 53");
+        tcp.set_nonblocking(true).expect("nonblocking");
+        Self { udp, tcp }
+    }
+
+    fn assert_untouched(&self) {
+        let mut buffer = [0u8; 2048];
+        let datagram = self.udp.recv_from(&mut buffer);
+        assert!(
+            datagram.is_err(),
+            "the named server got a datagram: {datagram:?}"
+        );
+        let connection = self.tcp.accept();
+        assert!(
+            connection.is_err(),
+            "the named server got a connection: {connection:?}"
+        );
+    }
+}
+
+/// Runs `dig` as `agent`, as the unprivileged `nobody`, and returns its stdout.
+fn dig_as(daemon: &TestDaemon, agent: &str, args: &[&str]) -> String {
+    let mut all = vec!["run", "--agent", agent, "--user", "nobody", "--", "dig"];
+    all.extend_from_slice(&["+time=3", "+tries=1"]);
+    all.extend_from_slice(args);
+    let output = daemon.sluice(&all);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `sluice sessions show ID --json`.
+fn show(daemon: &TestDaemon, id: u64) -> Value {
+    let output = daemon.sluice(&["sessions", "show", &id.to_string(), "--json"]);
+    assert!(
+        output.status.success(),
+        "sessions show failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("sessions show JSON")
+}
+
+/// Waits for the recorded DNS statement whose query text is `query` and whose
+/// answer is in, and returns (session, statement).
+fn recorded_query(daemon: &TestDaemon, agent: &str, query: &str) -> (Value, Value) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for session in daemon.sessions(Some(agent)) {
+            let Some(id) = session["id"].as_u64() else {
+                continue;
+            };
+            let shown = show(daemon, id);
+            let statements = shown["statements"].as_array().cloned().unwrap_or_default();
+            if let Some(statement) = statements
+                .into_iter()
+                .find(|s| text(s, "sql") == query && !text(s, "tag").is_empty())
+            {
+                return (shown["session"].clone(), statement);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of `{query}` by {agent}; sessions {:#?}\nlog:\n{}",
+            daemon.sessions(Some(agent)),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn udp_queries_to_any_server_are_answered_by_the_resolver_and_recorded() {
+    let upstream = Dnsmasq::start("127.0.54.1", "10.53.0.7 db.internal\n");
+    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let named = NamedServerSink::start("127.0.53.1");
+
+    let answer = dig_as(
+        &daemon,
+        "resolver-user",
+        &["@127.0.53.1", "-p", "53", "db.internal", "A"],
+    );
+    // dig checks that the reply came from the server it asked: the recvmsg program
+    // rewrote the resolver's address back to 127.0.53.1.
+    assert!(answer.contains("status: NOERROR"), "{answer}");
+    assert!(answer.contains("10.53.0.7"), "{answer}");
+    assert!(answer.contains("SERVER: 127.0.53.1#53"), "{answer}");
+    named.assert_untouched();
+
+    let (session, statement) = recorded_query(&daemon, "resolver-user", "A db.internal");
+    assert_eq!(text(&session, "transport"), "udp");
+    assert_eq!(text(&session, "destination"), "127.0.53.1:53");
+    assert_eq!(session["uid"], 65534, "{session}");
+    assert!(text(&session, "exe").ends_with("/dig"), "{session}");
+    assert_eq!(text(&session, "resource"), "dns");
+    assert_eq!(session["decision"]["action"], "allow");
+    assert_eq!(text(&statement, "tag"), "NOERROR A 10.53.0.7");
+}
+
+#[test]
+fn tcp_queries_are_answered_by_the_resolver_too() {
+    let upstream = Dnsmasq::start("127.0.54.2", "10.53.0.8 tcp.internal\n");
+    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let named = NamedServerSink::start("127.0.53.2");
+
+    let answer = dig_as(
+        &daemon,
+        "resolver-user",
+        &["+tcp", "@127.0.53.2", "-p", "53", "tcp.internal", "A"],
+    );
+    assert!(answer.contains("status: NOERROR"), "{answer}");
+    assert!(answer.contains("10.53.0.8"), "{answer}");
+    named.assert_untouched();
+
+    let (session, statement) = recorded_query(&daemon, "resolver-user", "A tcp.internal");
+    assert_eq!(text(&session, "transport"), "tcp");
+    assert_eq!(text(&session, "destination"), "127.0.53.2:53");
+    assert_eq!(text(&statement, "tag"), "NOERROR A 10.53.0.8");
+}
+
+#[test]
+fn ipv6_queries_are_answered_and_appear_to_come_from_the_named_server() {
+    let upstream = Dnsmasq::start("127.0.54.3", "10.53.0.9 six.internal\n");
+    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+
+    // Nothing may listen on [::1]:53 for this to prove anything: dig would then get
+    // "connection refused" instead of an answer.
+    let answer = dig_as(
+        &daemon,
+        "resolver-user",
+        &["@::1", "-p", "53", "six.internal", "A"],
+    );
+    assert!(answer.contains("status: NOERROR"), "{answer}");
+    assert!(answer.contains("10.53.0.9"), "{answer}");
+    assert!(answer.contains("SERVER: ::1#53"), "{answer}");
+    let (session, _) = recorded_query(&daemon, "resolver-user", "A six.internal");
+    assert_eq!(text(&session, "destination"), "[::1]:53");
+}
+
+#[test]
+fn agents_without_a_dns_rule_are_refused_and_nothing_is_asked() {
+    let upstream = Dnsmasq::start("127.0.54.4", "10.53.0.10 secret.internal\n");
+    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let named = NamedServerSink::start("127.0.53.4");
+
+    let answer = dig_as(
+        &daemon,
+        "stranger",
+        &["@127.0.53.4", "-p", "53", "secret.internal", "A"],
+    );
+    assert!(answer.contains("status: REFUSED"), "{answer}");
+    assert!(!answer.contains("10.53.0.10"), "{answer}");
+    named.assert_untouched();
+
+    let (session, statement) = recorded_query(&daemon, "stranger", "A secret.internal");
+    assert_eq!(session["decision"]["rule"], "default-deny");
+    assert_eq!(statement["decision"]["action"], "deny");
+    assert_eq!(text(&statement, "tag"), "REFUSED");
+}
+
+#[test]
+fn malformed_queries_get_formerr_or_nothing_and_the_resolver_keeps_working() {
+    let upstream = Dnsmasq::start("127.0.54.5", "10.53.0.11 after.internal\n");
+    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let named = NamedServerSink::start("127.0.53.5");
+
+    // A header claiming one question that is not there, then three bytes.
+    let script = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(bytes([0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0xff]), ("127.0.53.5", 53))
+reply, source = s.recvfrom(512)
+print("id=%02x%02x rcode=%d from=%s:%d" % (reply[0], reply[1], reply[3] & 15, source[0], source[1]))
+s.sendto(b"abc", ("127.0.53.5", 53))
+s.settimeout(1)
+try:
+    s.recvfrom(512)
+    print("short=answered")
+except socket.timeout:
+    print("short=dropped")
+"#;
+    let output = daemon.sluice(&[
+        "run",
+        "--agent",
+        "resolver-user",
+        "--user",
+        "nobody",
+        "--",
+        "python3",
+        "-c",
+        script,
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("id=1234 rcode=1 from=127.0.53.5:53"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("short=dropped"), "{stdout}");
+
+    let answer = dig_as(
+        &daemon,
+        "resolver-user",
+        &["@127.0.53.5", "-p", "53", "after.internal", "A"],
+    );
+    assert!(answer.contains("10.53.0.11"), "{answer}");
+    named.assert_untouched();
+    let (_, malformed) = recorded_query(&daemon, "resolver-user", "<malformed: 14 bytes>");
+    assert_eq!(text(&malformed, "tag"), "FORMERR");
+}
+
+#[test]
+fn a_hostname_resource_matches_only_after_this_agents_own_lookup() {
+    let service = sluice_tests::Sink::start("127.0.55.1:0");
+    let upstream = Dnsmasq::start("127.0.54.6", "127.0.55.1 db.internal\n");
+    let policy = format!(
+        r#"{POLICY}
+[[resource]]
+name = "internal-db"
+hostnames = ["db.internal"]
+ports = [{port}]
+
+[[rule]]
+name = "resolver-user-reaches-db"
+agent = "resolver-user"
+resource = "internal-db"
+operations = ["connect"]
+action = "allow"
+
+[[rule]]
+agent = "other-agent"
+resource = "internal-db"
+operations = ["connect"]
+action = "allow"
+"#,
+        port = service.addr.port()
+    );
+    let daemon = TestDaemon::start_with_dns(&policy, &[upstream.addr]);
+    let dial = service.addr.to_string();
+    let connect_as = |agent: &str| {
+        let probe = sluice_tests::probe_bin();
+        daemon.probe_with(
+            agent,
+            &["--user", "nobody"],
+            &[probe.to_str().expect("utf-8 probe path"), "tcp", &dial],
+        )
+    };
+
+    // No lookup yet: the address is no resource, so it is denied.
+    let report = connect_as("resolver-user");
+    assert_eq!(report["ok"], false, "{report}");
+
+    // Another agent's lookup does not count for this one.
+    let answer = dig_as(
+        &daemon,
+        "other-agent",
+        &["@127.0.55.53", "db.internal", "A"],
+    );
+    assert!(answer.contains("127.0.55.1"), "{answer}");
+    let report = connect_as("resolver-user");
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(service.peers().is_empty(), "{:?}", service.peers());
+
+    // After its own lookup, the connection is the host-named resource.
+    let answer = dig_as(
+        &daemon,
+        "resolver-user",
+        &["@127.0.55.53", "db.internal", "A"],
+    );
+    assert!(answer.contains("127.0.55.1"), "{answer}");
+    let report = connect_as("resolver-user");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(service.peers().len(), 1);
+
+    let sessions = daemon.wait_for_sessions(Some("resolver-user"), "the connections", |s| {
+        s.iter().filter(|s| text(s, "destination") == dial).count() == 3
+    });
+    let mut decisions: Vec<(String, String)> = sessions
+        .iter()
+        .filter(|s| text(s, "destination") == dial)
+        .map(|s| {
+            (
+                text(&s["decision"], "rule").to_owned(),
+                text(s, "resource").to_owned(),
+            )
+        })
+        .collect();
+    decisions.sort();
+    assert_eq!(
+        decisions,
+        vec![
+            ("default-deny".to_owned(), String::new()),
+            ("default-deny".to_owned(), String::new()),
+            (
+                "resolver-user-reaches-db".to_owned(),
+                "internal-db".to_owned()
+            ),
+        ]
+    );
+}
