@@ -515,6 +515,41 @@ fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
     assert_eq!(all[1]["reason"], "migration");
     assert!(daemon.log().contains("grant expired"), "{}", daemon.log());
 
+    // The audit log has each change once, with who and why.
+    let events = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(&daemon.control_socket)
+        .arg("http://localhost/v1/events?limit=1000")
+        .output()
+        .expect("curl /v1/events");
+    assert!(events.status.success(), "{events:?}");
+    let events: Value = serde_json::from_slice(&events.stdout).expect("events JSON");
+    let changes: Vec<(u64, String, Value, Value)> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|stored| &stored["event"]["activity"])
+        .filter(|activity| activity["type"] == "grant")
+        .map(|grant| {
+            (
+                grant["grant_id"].as_u64().unwrap_or_default(),
+                text(grant, "change").to_owned(),
+                grant["by_name"].clone(),
+                grant["reason"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (first, "created".into(), "root".into(), "migration".into()),
+            (first, "expired".into(), Value::Null, Value::Null),
+            (second, "created".into(), "root".into(), "backfill".into()),
+            (second, "revoked".into(), "root".into(), "done".into()),
+        ],
+        "{events:#}"
+    );
+
     // Grants are on disk: a restarted daemon still knows them.
     let mut daemon = daemon;
     drop(psql);
@@ -743,4 +778,67 @@ fn agents_cannot_use_the_control_socket_or_reach_the_daemons_ports() {
     ];
     expected.sort();
     assert_eq!(refusals, expected, "{sessions:#?}");
+}
+
+/// The agent and resource of `server.policy`, a read rule under mask profile `pii`,
+/// and `pii` redacting `column`.
+fn masked_reader_policy(server: &PgServer, column: &str) -> String {
+    format!(
+        "{}[[rule]]\nname = \"reads\"\nagent = \"app-agent\"\nresource = \"pg\"\n\
+         operations = [\"read\"]\naction = \"allow\"\nmask = \"pii\"\n\n\
+         [[mask]]\nname = \"pii\"\n\n[[mask.rule]]\ncolumn = {column:?}\nstrategy = \"redact\"\n",
+        server.policy(&["app-agent"], &[])
+    )
+}
+
+#[test]
+fn masks_follow_reloads_and_a_grant_keeps_the_readers_mask() {
+    let server = server();
+    let daemon = TestDaemon::start(&masked_reader_policy(&server, "item"));
+    let mut psql = PsqlSession::start(&daemon, "app-agent", &server);
+    let query = "SELECT id, item FROM orders WHERE id = 1;";
+    assert_eq!(psql.allowed(query), "1|[REDACTED]");
+
+    // The same profile name, new content: the open session masks by the new one.
+    rewrite_in_place(&policy_file(&daemon), &masked_reader_policy(&server, "id"));
+    wait_for_generation(&daemon, 2);
+    assert_eq!(psql.allowed(query), "[REDACTED]|tea");
+
+    // A grant lets the write run, but what comes back is masked as a read would be.
+    psql.refused(
+        "INSERT INTO orders VALUES (7, 'pie') RETURNING id, item;",
+        "default-deny",
+    );
+    let grant = daemon.sluice(&[
+        "grant",
+        "--agent",
+        "app-agent",
+        "--resource",
+        "pg",
+        "--allow",
+        "write",
+        "--for",
+        "10m",
+        "--reason",
+        "fix a row",
+    ]);
+    assert!(grant.status.success(), "{grant:?}");
+    let out = psql.allowed("INSERT INTO orders VALUES (7, 'pie') RETURNING id, item;");
+    assert!(out.lines().any(|line| line == "[REDACTED]|pie"), "{out}");
+    let explain = sluice_json(
+        &daemon,
+        &[
+            "policy",
+            "explain",
+            "--agent",
+            "app-agent",
+            "--resource",
+            "pg",
+            "--operation",
+            "write",
+            "--json",
+        ],
+    );
+    assert_eq!(explain["decision"]["mask"], "pii", "{explain:#}");
+    assert!(text(&explain["decision"], "rule").starts_with("grant:"));
 }

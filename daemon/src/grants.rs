@@ -3,9 +3,11 @@
 //!
 //! The decision semantics live in `policy::grants`; this module owns their life cycle.
 //! Every change is written to the store (flushed) before the live view changes, so a
-//! grant in force is always on disk, and logged with who made it and why. Expiry needs
-//! no one: decisions ignore a grant past its `expires_at` at once, and [`run_expiry`]
-//! records each expiry once, shortly after it happens.
+//! grant in force is always on disk. Each creation, expiry and revocation is also a
+//! `grant` event in the audit log, with who (the control peer's uid and name) and why:
+//! a grant is recorded before it takes effect, and refused when it cannot be. Expiry
+//! needs no one: decisions ignore a grant past its `expires_at` at once, and
+//! [`run_expiry`] records each expiry once, shortly after it happens.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,8 +15,9 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use crate::{
+    events::{Activity, Context, Event},
     policy::{Grant, GrantState, Operation, PolicyHandle},
-    store::{Store, StoreError},
+    store::{Durability, Store, StoreError},
 };
 
 /// The longest a grant may run: grants are for a task, not a standing permission.
@@ -31,6 +34,12 @@ pub enum GrantError {
     NotActive { id: u64, state: &'static str },
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("grant {id} is {change}, but its audit event could not be recorded: {source}")]
+    Unrecorded {
+        id: u64,
+        change: &'static str,
+        source: StoreError,
+    },
 }
 
 /// A grant as requested.
@@ -64,6 +73,8 @@ impl Actor {
 /// The daemon's grants.
 pub struct GrantBook {
     store: Store,
+    /// To append events from the blocking threads the control API calls in on.
+    runtime: tokio::runtime::Handle,
     policy: Arc<PolicyHandle>,
     /// Serializes changes, so ids are handed out once and the live view follows the
     /// store in order.
@@ -73,10 +84,12 @@ pub struct GrantBook {
 }
 
 impl GrantBook {
-    /// Loads the grants from the store into the live policy. Blocking.
+    /// Loads the grants from the store into the live policy. Blocking; must be called
+    /// inside the daemon's runtime.
     pub fn load(store: Store, policy: Arc<PolicyHandle>) -> Result<Self, GrantError> {
         let book = Self {
             store,
+            runtime: tokio::runtime::Handle::current(),
             policy,
             changes: std::sync::Mutex::new(()),
             created: Notify::new(),
@@ -142,6 +155,12 @@ impl GrantBook {
             revoked_by: None,
             revoke_reason: None,
         };
+        self.record(&grant, "created", Some(by), Some(grant.reason.clone()))
+            .map_err(|source| GrantError::Unrecorded {
+                id: grant.id,
+                change: "not created",
+                source,
+            })?;
         self.store.put_grant(&grant)?;
         self.refresh()?;
         self.created.notify_one();
@@ -182,8 +201,15 @@ impl GrantBook {
         grant.revoked_by_uid = Some(by.uid);
         grant.revoked_by = by.name.clone();
         grant.revoke_reason = reason;
+        // In force at once; then recorded (a failure is reported, the revocation stands).
         self.store.put_grant(&grant)?;
         self.refresh()?;
+        self.record(&grant, "revoked", Some(by), grant.revoke_reason.clone())
+            .map_err(|source| GrantError::Unrecorded {
+                id,
+                change: "revoked",
+                source,
+            })?;
         tracing::info!(
             grant = grant.id,
             agent = %grant.agent,
@@ -204,6 +230,10 @@ impl GrantBook {
             if grant.state != GrantState::Active || grant.in_force_at(now) {
                 continue;
             }
+            // Recorded first: if that fails, the grant stays active on disk (decisions
+            // already ignore it) and the next pass tries again, so the expiry is
+            // recorded exactly once.
+            self.record(&grant, "expired", None, None)?;
             grant.state = GrantState::Expired;
             grant.ended_at = Some(grant.expires_at);
             self.store.put_grant(&grant)?;
@@ -216,6 +246,36 @@ impl GrantBook {
             );
         }
         self.refresh()
+    }
+
+    /// Appends the `grant` event for `change`, durably. Blocking.
+    fn record(
+        &self,
+        grant: &Grant,
+        change: &str,
+        by: Option<&Actor>,
+        reason: Option<String>,
+    ) -> Result<u64, StoreError> {
+        let event = Event::now(
+            Context {
+                agent: Some(grant.agent.clone()),
+                resource: Some(grant.resource.clone()),
+                ..Context::default()
+            },
+            Activity::Grant {
+                grant_id: grant.id,
+                change: change.to_owned(),
+                agent: grant.agent.clone(),
+                resource: grant.resource.clone(),
+                operations: grant.operation_names(),
+                expires_at: Some(grant.expires_at),
+                by_uid: by.map(|actor| actor.uid),
+                by_name: by.and_then(|actor| actor.name.clone()),
+                reason,
+            },
+        );
+        self.runtime
+            .block_on(self.store.append(event, Durability::Durable))
     }
 
     /// Hands the live policy the active grants, as stored.

@@ -96,6 +96,14 @@ impl PolicyHandle {
         });
     }
 
+    /// The generation of the policy in force (see [`ReloadStatus::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+    }
+
     pub fn reload_status(&self) -> ReloadStatus {
         self.status
             .lock()

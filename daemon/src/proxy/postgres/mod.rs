@@ -430,7 +430,9 @@ struct AgentLoop<'a> {
     /// Portal → (its statement name and statement, parameters bound, result formats).
     portals: HashMap<String, PortalInfo>,
     /// Compiled mask profiles by name, built on first use.
-    maskers: HashMap<String, Arc<Masker>>,
+    /// Keyed by profile name, with the policy generation each was built from, so
+    /// that a reload reaches open sessions at their next statement.
+    maskers: HashMap<String, (u64, Arc<Masker>)>,
     skip_until_sync: bool,
     seq: u64,
     counts: &'a ByteCounts,
@@ -1057,7 +1059,10 @@ impl AgentLoop<'_> {
     }
 
     fn masker(&mut self, profile: &str) -> Option<Arc<Masker>> {
-        if let Some(masker) = self.maskers.get(profile) {
+        let generation = self.session.policy.generation();
+        if let Some((built_from, masker)) = self.maskers.get(profile)
+            && *built_from == generation
+        {
             return Some(Arc::clone(masker));
         }
         let policy = self.session.policy.current();
@@ -1068,7 +1073,8 @@ impl AgentLoop<'_> {
                 return None;
             }
         };
-        self.maskers.insert(profile.to_owned(), Arc::clone(&masker));
+        self.maskers
+            .insert(profile.to_owned(), (generation, Arc::clone(&masker)));
         Some(masker)
     }
 
