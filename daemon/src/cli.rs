@@ -4,10 +4,13 @@
 //! `detach` work on the cgroup and bpffs directly because they must work (and fail
 //! closed) while no daemon is up.
 
+mod approvals;
+mod export;
 mod live_policy;
 #[cfg(test)]
 mod tests;
 mod timeline;
+mod verify;
 
 use std::{
     ffi::OsString,
@@ -68,6 +71,17 @@ pub enum Command {
     Grants(live_policy::GrantsCommand),
     /// Revoke a grant: the agent's next statement is judged without it.
     Revoke(live_policy::RevokeArgs),
+    /// Statements held for a human's approval.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
+    /// Let a held statement run; the reason is recorded with it.
+    Approve(approvals::DecideArgs),
+    /// Refuse a held statement: the agent gets SQLSTATE 42501 with the reason.
+    Deny(approvals::DecideArgs),
+    /// Print the audit event log (or part of it) in a SIEM format, one event per line.
+    Export(export::ExportArgs),
+    /// Check the audit event log's hash chain; exit 1 at the first break, naming it.
+    Verify(verify::VerifyArgs),
     /// Detach the programs and drop their pinned maps. Agents are no longer
     /// intercepted afterwards; use when uninstalling.
     Detach,
@@ -184,6 +198,8 @@ pub enum CliError {
     UnknownUser(String),
     #[error("{0}")]
     System(String),
+    #[error("cannot verify the store in {}: {reason}", dir.display())]
+    Verify { dir: PathBuf, reason: String },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot write the output: {0}")]
@@ -217,6 +233,24 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Revoke(args) => {
             let client = client(&cli.config)?;
             runtime()?.block_on(live_policy::revoke(&client, args))
+        }
+        Command::Approvals(approvals::ApprovalsCommand::List { json }) => {
+            let client = client(&cli.config)?;
+            runtime()?.block_on(approvals::list(&client, json))
+        }
+        Command::Approve(args) => {
+            let client = client(&cli.config)?;
+            runtime()?.block_on(approvals::decide(&client, args, true))
+        }
+        Command::Deny(args) => {
+            let client = client(&cli.config)?;
+            runtime()?.block_on(approvals::decide(&client, args, false))
+        }
+        Command::Verify(args) => verify::verify(&cli.config, args),
+        Command::Export(args) => {
+            let client = client(&cli.config)?;
+            runtime()?.block_on(export::export(&client, args))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_agent(&Config::load(&cli.config)?, args),
         Command::Detach => detach(&Config::load(&cli.config)?),
@@ -541,6 +575,53 @@ fn print_status(status: &StatusReport) {
         "store:      {} ({} sessions, {} open, {} denied)",
         status.store.path, status.store.sessions, status.store.open, status.store.denied
     );
+    print_enforcement(status);
+    print_exporters(status);
+}
+
+/// Each exporter: how far it got, how far behind it is, and its last failure.
+fn print_exporters(status: &StatusReport) {
+    if status.exporters.is_empty() {
+        println!("exporters:  none configured");
+        return;
+    }
+    println!("exporters:");
+    for exporter in &status.exporters {
+        println!(
+            "  {:<16} {:<8} {:<6} cursor {}, lag {}, {} exported",
+            exporter.name,
+            exporter.kind,
+            exporter.format,
+            exporter.cursor,
+            exporter.lag,
+            exporter.exported
+        );
+        if let (Some(error), Some(at)) = (&exporter.last_error, exporter.last_error_at) {
+            println!("  {:<16} last error at {}: {error}", "", timestamp(at));
+        }
+    }
+}
+
+/// The live "cannot route around" matrix: one line per way out, the reason below it.
+fn print_enforcement(status: &StatusReport) {
+    let enforced = status.enforcement.iter().filter(|r| r.enforced).count();
+    println!(
+        "containment: {enforced}/{} ways out closed here, {} packet(s) dropped by the backstop",
+        status.enforcement.len(),
+        status.backstop_drops
+    );
+    for row in &status.enforcement {
+        let state = if row.enforced {
+            "enforced"
+        } else {
+            "NOT ENFORCED"
+        };
+        println!("  {:<17} {state:<13} {}", row.way_out, row.expected);
+        println!("  {:<17} {:<13} by {}", "", "", row.mechanism);
+        if !row.detail.is_empty() {
+            println!("  {:<17} {:<13} {}", "", "", row.detail);
+        }
+    }
 }
 
 fn timestamp(at: time::OffsetDateTime) -> String {

@@ -498,7 +498,7 @@ impl ControlBackend for Backend {
             cgroup_root: self.root.path().display().to_string(),
             programs: bpf::attached_programs(&self.bpffs_dir)
                 .into_iter()
-                .chain(containment::attached_lsm_programs(&self.bpffs_dir))
+                .chain(containment::attached_optional_programs(&self.bpffs_dir))
                 .map(|(name, attached)| ProgramStatus { name, attached })
                 .collect(),
             listeners: self.listeners.clone(),

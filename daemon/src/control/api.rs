@@ -35,6 +35,15 @@ pub struct StatusReport {
     pub store: StoreStatus,
     /// The running kernel's release (`uname -r`).
     pub kernel: String,
+    /// Every way out of the managed cgroup and whether this kernel closes it.
+    #[serde(default)]
+    pub enforcement: Vec<crate::containment::EnforcementRow>,
+    /// Packets the egress backstop dropped (pinned maps survive restarts).
+    #[serde(default)]
+    pub backstop_drops: u64,
+    /// Each configured exporter: cursor, lag, last error.
+    #[serde(default)]
+    pub exporters: Vec<crate::export::runner::ExporterStatus>,
 }
 
 /// One eBPF program.
@@ -125,6 +134,26 @@ pub struct RevokeRequest {
     pub reason: Option<String>,
 }
 
+/// The body of `POST /v1/approvals/{id}/approve` and `POST /v1/approvals/{id}/deny`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDecision {
+    /// Why; recorded with the statement (required, at most 1000 characters).
+    pub reason: String,
+}
+
+/// The answer to an approve or deny: the decision as recorded, and what was held.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalAnswer {
+    pub id: u64,
+    /// `approved` or `denied`.
+    pub outcome: String,
+    pub approver_uid: u32,
+    pub approver_name: Option<String>,
+    pub reason: String,
+    pub statement: crate::approvals::HeldStatement,
+}
+
 /// The body of every error response: `{"error": "..."}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -179,6 +208,21 @@ pub trait ControlBackend: Send + Sync + 'static {
     fn create_grant(&self, _peer: &PeerInfo, _request: GrantRequest) -> Result<Grant, ApiError> {
         Err(ApiError::not_found("this daemon has no grants"))
     }
+    /// Statements held for approval, oldest first (`GET /v1/approvals`).
+    fn approvals(&self) -> Result<Vec<crate::approvals::HeldStatement>, ApiError> {
+        Err(ApiError::not_found("this daemon holds no approvals"))
+    }
+    /// Approves (or denies) held statement `id` on behalf of `peer`
+    /// (`POST /v1/approvals/{id}/approve`, `.../deny`).
+    fn decide_approval(
+        &self,
+        _peer: &PeerInfo,
+        _id: u64,
+        _approve: bool,
+        _reason: &str,
+    ) -> Result<ApprovalAnswer, ApiError> {
+        Err(ApiError::not_found("this daemon holds no approvals"))
+    }
     /// Revokes a grant on behalf of `peer` (`POST /v1/grants/{id}/revoke`).
     fn revoke_grant(
         &self,
@@ -187,5 +231,16 @@ pub trait ControlBackend: Send + Sync + 'static {
         _request: RevokeRequest,
     ) -> Result<Grant, ApiError> {
         Err(ApiError::not_found("this daemon has no grants"))
+    }
+    /// Walks the event log's hash chain (`GET /v1/events/verify`).
+    fn verify_events(&self) -> Result<crate::store::VerifyReport, ApiError> {
+        Err(ApiError::not_found("this daemon keeps no event log"))
+    }
+    /// A page of the event log (`GET /v1/events`).
+    fn events(
+        &self,
+        _query: &crate::export::select::EventQuery,
+    ) -> Result<crate::export::select::EventPage, ApiError> {
+        Err(ApiError::not_found("this daemon keeps no event log"))
     }
 }

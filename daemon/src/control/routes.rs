@@ -72,7 +72,108 @@ pub const ROUTES: &[Route] = &[
         pattern: "/v1/grants/{id}/revoke",
         handler: revoke_grant,
     },
+    Route {
+        method: Method::GET,
+        pattern: "/v1/approvals",
+        handler: list_approvals,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/v1/approvals/{id}/approve",
+        handler: approve,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/v1/approvals/{id}/deny",
+        handler: deny,
+    },
+    Route {
+        method: Method::GET,
+        pattern: "/v1/events",
+        handler: events,
+    },
+    Route {
+        method: Method::GET,
+        pattern: "/v1/events/verify",
+        handler: verify_events,
+    },
 ];
+
+fn verify_events(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    Reply::json(&call.backend.verify_events()?)
+}
+
+fn events(call: &Call<'_>) -> Result<Reply, ApiError> {
+    use crate::export::select::{DEFAULT_EVENT_LIMIT, EventQuery, MAX_EVENT_LIMIT};
+    call.only_query_params(&["after", "limit", "session", "since"])?;
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        call.query_param(name)?
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "{name} must be a non-negative integer, not {text:?}"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let limit = match number("limit")? {
+        None => DEFAULT_EVENT_LIMIT,
+        Some(limit) => usize::try_from(limit)
+            .ok()
+            .filter(|limit| (1..=MAX_EVENT_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be between 1 and {MAX_EVENT_LIMIT}"))
+            })?,
+    };
+    let since = call
+        .query_param("since")?
+        .map(|text| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map_err(|error| {
+                    ApiError::bad_request(format!(
+                        "since must be an RFC 3339 time ({error}), not {text:?}"
+                    ))
+                })
+        })
+        .transpose()?;
+    let query = EventQuery {
+        after: number("after")?.unwrap_or(0),
+        limit,
+        session: number("session")?,
+        since,
+    };
+    Reply::json(&call.backend.events(&query)?)
+}
+
+fn list_approvals(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    Reply::json(&call.backend.approvals()?)
+}
+
+fn approve(call: &Call<'_>) -> Result<Reply, ApiError> {
+    decide_approval(call, true)
+}
+
+fn deny(call: &Call<'_>) -> Result<Reply, ApiError> {
+    decide_approval(call, false)
+}
+
+/// The approver is the connection's peer (`SO_PEERCRED`), never a field of the body.
+fn decide_approval(call: &Call<'_>, approve: bool) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    let id = call.param("id")?;
+    let id = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("approval id must be a number, not {id:?}")))?;
+    let decision: super::api::ApprovalDecision = call.json_body()?;
+    Reply::json(
+        &call
+            .backend
+            .decide_approval(call.peer, id, approve, &decision.reason)?,
+    )
+}
 
 fn reload_policy(call: &Call<'_>) -> Result<Reply, ApiError> {
     call.only_query_params(&[])?;

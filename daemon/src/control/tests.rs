@@ -123,6 +123,15 @@ fn status_report() -> StatusReport {
             denied: 1,
         },
         kernel: "6.1.0-test".into(),
+        enforcement: vec![crate::containment::EnforcementRow {
+            way_out: "packet_socket".into(),
+            expected: "refused".into(),
+            enforced: false,
+            mechanism: "BPF LSM socket_create".into(),
+            detail: "the bpf LSM is not active".into(),
+        }],
+        backstop_drops: 3,
+        exporters: Vec::new(),
     }
 }
 
@@ -177,6 +186,7 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         error: None,
         masked: [("email".to_owned(), 1)].into_iter().collect(),
         nulled: 0,
+        approval: None,
         parameters: Vec::new(),
     }
 }

@@ -21,6 +21,7 @@ pub mod cursor;
 pub mod ecs;
 pub mod ocsf;
 pub mod runner;
+pub mod select;
 pub mod sink;
 
 #[cfg(test)]

@@ -71,10 +71,31 @@ pub struct ExporterStatus {
 
 /// The running exporters.
 pub struct Exporters {
-    states: Vec<Arc<Mutex<ExporterStatus>>>,
-    durable: watch::Receiver<u64>,
+    statuses: ExporterStatuses,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// A view of the exporters' state for `sluice status`; clones share it.
+#[derive(Clone)]
+pub struct ExporterStatuses {
+    states: Vec<Arc<Mutex<ExporterStatus>>>,
+    durable: watch::Receiver<u64>,
+}
+
+impl ExporterStatuses {
+    /// Every exporter's cursor, lag and last error.
+    pub fn statuses(&self) -> Vec<ExporterStatus> {
+        let durable = *self.durable.borrow();
+        self.states
+            .iter()
+            .map(|state| {
+                let mut status = lock(state).clone();
+                status.lag = durable.saturating_sub(status.cursor);
+                status
+            })
+            .collect()
+    }
 }
 
 impl Exporters {
@@ -87,8 +108,10 @@ impl Exporters {
     ) -> Result<Self, ExportError> {
         let (stop, stopped) = watch::channel(false);
         let mut exporters = Self {
-            states: Vec::new(),
-            durable: store.subscribe_events(),
+            statuses: ExporterStatuses {
+                states: Vec::new(),
+                durable: store.subscribe_events(),
+            },
             stop,
             tasks: Vec::new(),
         };
@@ -127,23 +150,15 @@ impl Exporters {
             exporters
                 .tasks
                 .push(tokio::spawn(exporter.run().instrument(span)));
-            exporters.states.push(state);
+            exporters.statuses.states.push(state);
             tracing::info!(exporter = %name, kind = config.kind(), format = %config.format(), cursor, "exporter started");
         }
         Ok(exporters)
     }
 
-    /// Every exporter's cursor, lag and last error.
-    pub fn statuses(&self) -> Vec<ExporterStatus> {
-        let durable = *self.durable.borrow();
-        self.states
-            .iter()
-            .map(|state| {
-                let mut status = lock(state).clone();
-                status.lag = durable.saturating_sub(status.cursor);
-                status
-            })
-            .collect()
+    /// A shareable view of the exporters' state.
+    pub fn statuses(&self) -> ExporterStatuses {
+        self.statuses.clone()
     }
 
     /// Stops the exporters, letting a page in flight finish for a few seconds.
