@@ -229,7 +229,7 @@ impl Interception {
             })?;
         }
         let kernel_support =
-            crate::containment::attach_lsm_programs(&mut ebpf, &links_dir, generation);
+            crate::containment::attach_optional_programs(&mut ebpf, &links_dir, generation);
         // The new links are in place: now the old ones can go.
         for old in old_links {
             if let Err(error) = fs::remove_file(&old) {

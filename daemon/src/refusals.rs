@@ -1,23 +1,26 @@
 //! Records what the eBPF programs refused before it ever reached the daemon.
 //!
 //! UDP other than DNS, connects from another network namespace, connects to the
-//! daemon's own ports: the kernel refuses these in the connect/sendmsg hooks and
-//! reports each on a ring buffer. This task drains it into the store as denied
+//! daemon's own ports, raw and packet sockets, sockets passed in from outside the
+//! cgroup, packets the egress backstop dropped: the kernel refuses these and reports
+//! each on a ring buffer. This task drains it into the store as denied
 //! sessions, so refused attempts are as visible as denied connections.
 
 use std::{os::fd::AsRawFd, sync::Arc};
 
 use aya::maps::{MapData, RingBuf};
-use sluice_common::{HOOK_SENDMSG, Refusal, RefusalReason};
+use sluice_common::{HOOK_LSM_SOCKET_CREATE, HOOK_SOCK_CREATE, Refusal, RefusalReason, hook_name};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroup::ManagedRoot,
     identity::{comm_string, destination_of},
-    store::{Durability, SessionRecord, Store},
+    store::{SessionRecord, Store},
 };
 
 const IPPROTO_UDP: u32 = 17;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 
 struct RingFd(RingBuf<MapData>);
 
@@ -62,7 +65,7 @@ pub async fn record_refusals(ring: RingBuf<MapData>, root: Arc<ManagedRoot>, sto
                 rule = %record.decision.rule,
                 "refused in the kernel"
             );
-            if let Err(error) = store.put_session(&record, Durability::Batched).await {
+            if let Err(error) = crate::audit::record_refused(&store, &record).await {
                 tracing::error!(%error, "cannot record a refusal");
             }
         }
@@ -82,10 +85,15 @@ fn refusal_record(id: u64, refusal: &Refusal, root: &ManagedRoot) -> SessionReco
     let origin = &refusal.origin;
     let reason = RefusalReason::from_u32(refusal.reason);
     let reason_name = reason.map_or("unknown", RefusalReason::as_str);
-    let hook = if refusal.hook == HOOK_SENDMSG {
-        "sendmsg"
+    let hook = hook_name(refusal.hook);
+    // A refused socket() has no destination: name what was asked for instead.
+    let destination = if matches!(refusal.hook, HOOK_SOCK_CREATE | HOOK_LSM_SOCKET_CREATE) {
+        format!(
+            "socket(family {}, type {}, protocol {})",
+            origin.dst_family, refusal.socket_type, refusal.protocol
+        )
     } else {
-        "connect"
+        destination_of(origin).to_string()
     };
     SessionRecord {
         agent: root
@@ -100,11 +108,11 @@ fn refusal_record(id: u64, refusal: &Refusal, root: &ManagedRoot) -> SessionReco
             .ok()
             .map(|p| p.display().to_string()),
         cgroup: crate::cgroup::cgroup_path_of(origin.tgid).unwrap_or_default(),
-        destination: destination_of(origin).to_string(),
-        transport: match refusal.protocol {
-            IPPROTO_UDP => "udp".into(),
-            6 => "tcp".into(),
-            other => format!("ipproto-{other}"),
+        destination,
+        transport: match (refusal.protocol, refusal.socket_type) {
+            (IPPROTO_UDP, _) | (0, SOCK_DGRAM) => "udp".into(),
+            (6, _) | (0, SOCK_STREAM) => "tcp".into(),
+            (other, _) => format!("ipproto-{other}"),
         },
         ..SessionRecord::refused(
             id,
@@ -123,6 +131,15 @@ fn describe(reason: Option<RefusalReason>) -> &'static str {
         }
         Some(RefusalReason::Udp) => "UDP other than DNS is not allowed",
         Some(RefusalReason::Protocol) => "sluice cannot mediate this protocol",
+        Some(RefusalReason::RawSocket) => "raw IP sockets are not allowed",
+        Some(RefusalReason::PacketSocket) => "packet sockets are not allowed",
+        Some(RefusalReason::SocketFamily) => "sluice cannot mediate this socket family",
+        Some(RefusalReason::ForeignSocket) => {
+            "the socket was created outside the managed cgroup and passed in"
+        }
+        Some(RefusalReason::SkbBackstop) => {
+            "a packet that no socket hook mediated was dropped at egress"
+        }
         None => "unknown reason",
     }
 }
