@@ -130,6 +130,7 @@ fn statement(session_id: u64, seq: u64, offset_ms: i64) -> StatementRecord {
         error: None,
         masked: Default::default(),
         nulled: 0,
+        approval: None,
         parameters: Vec::new(),
     }
 }

@@ -24,6 +24,7 @@ const MAX_RULE_CHARS: usize = 24;
 const MAX_KIND_CHARS: usize = 16;
 const MAX_OUTCOME_CHARS: usize = 40;
 const MAX_MASKED_CHARS: usize = 32;
+const MAX_APPROVAL_CHARS: usize = 56;
 /// The aligned columns: offset, decision, rule, kind, duration.
 const ALIGNED: usize = 5;
 
@@ -39,6 +40,8 @@ pub struct Timeline {
 /// the SQL gets the room they do not use).
 struct Cells {
     aligned: [String; ALIGNED],
+    /// How a held statement's approval ended; empty for statements never held.
+    approval: String,
     outcome: String,
     masked: String,
     sql: String,
@@ -77,7 +80,7 @@ impl Timeline {
             }
             line.push_str("  ");
         }
-        for cell in [&cells.outcome, &cells.masked] {
+        for cell in [&cells.approval, &cells.outcome, &cells.masked] {
             if !cell.is_empty() {
                 line.push_str(cell);
                 line.push_str("  ");
@@ -106,6 +109,7 @@ impl Timeline {
                     .duration_us
                     .map_or_else(|| "-".to_owned(), format_duration_us),
             ],
+            approval: cut(&approval(statement), MAX_APPROVAL_CHARS),
             outcome: cut(&outcome(statement), MAX_OUTCOME_CHARS),
             masked: cut(&masking(statement), MAX_MASKED_CHARS),
             // One line per statement: newlines and runs of blanks become one space.
@@ -184,6 +188,24 @@ fn decision_label(action: &str) -> &str {
     }
 }
 
+/// `approved by root (uid 0) after 4.1s: ticket OPS-42`; empty when never held.
+fn approval(statement: &StatementRecord) -> String {
+    let Some(approval) = &statement.approval else {
+        return String::new();
+    };
+    let by = match (approval.approver_uid, &approval.approver_name) {
+        (Some(uid), Some(name)) => format!(" by {name} (uid {uid})"),
+        (Some(uid), None) => format!(" by uid {uid}"),
+        _ => String::new(),
+    };
+    format!(
+        "{}{by} after {}: {}",
+        approval.outcome.replace('_', " "),
+        format_duration_us(approval.waited_ms.saturating_mul(1000)),
+        approval.reason
+    )
+}
+
 /// How the statement ended: its error, else its rows, else its tag.
 fn outcome(statement: &StatementRecord) -> String {
     if let Some(error) = &statement.error {
@@ -260,6 +282,7 @@ mod tests {
             error: None,
             masked: Default::default(),
             nulled: 0,
+            approval: None,
             parameters: Vec::new(),
         }
     }
@@ -306,6 +329,29 @@ mod tests {
         review.rows = None;
         review.tag = None;
         vec![select, masked, denied, review]
+    }
+
+    #[test]
+    fn a_held_statement_shows_who_decided_and_why() {
+        let mut held = statement(
+            1,
+            datetime!(2025-01-02 03:04:05 UTC),
+            "review",
+            "DELETE FROM t",
+        );
+        held.approval = Some(crate::store::ApprovalRecord {
+            id: 17,
+            outcome: "approved".into(),
+            approver_uid: Some(1001),
+            approver_name: Some("alice".into()),
+            reason: "ticket OPS-42".into(),
+            waited_ms: 4_100,
+        });
+        let line = timeline_lines(&session(), &[held], 200).remove(0);
+        assert!(
+            line.contains("approved by alice (uid 1001) after 4.10s: ticket OPS-42"),
+            "{line}"
+        );
     }
 
     #[test]

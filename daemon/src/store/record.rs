@@ -152,4 +152,24 @@ pub struct StatementRecord {
     /// Values set to NULL because they could not be masked in place (binary formats).
     #[serde(default)]
     pub nulled: u64,
+    /// For a statement a `review` rule held: how the hold ended and who decided.
+    #[serde(default)]
+    pub approval: Option<ApprovalRecord>,
+}
+
+/// How a held statement's approval ended, as recorded with the statement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// The approval id (`sluice approve ID`).
+    pub id: u64,
+    /// `approved`, `denied`, `timed_out` or `withdrawn` (the session ended first).
+    pub outcome: String,
+    /// The approver's uid and user name (`SO_PEERCRED` of the control connection);
+    /// `None` unless a human decided.
+    pub approver_uid: Option<u32>,
+    pub approver_name: Option<String>,
+    /// The approver's reason, or why the daemon decided.
+    pub reason: String,
+    /// How long the statement waited, in milliseconds.
+    pub waited_ms: u64,
 }
