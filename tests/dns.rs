@@ -429,3 +429,87 @@ action = "allow"
         ]
     );
 }
+
+#[test]
+fn tls_to_a_hostname_resource_must_ask_for_one_of_its_names() {
+    let service = sluice_tests::Sink::start("127.0.55.2:0");
+    let upstream = Dnsmasq::start(
+        "127.0.54.7",
+        "127.0.55.2 web.internal\n127.0.55.2 other.internal\n",
+    );
+    let policy = format!(
+        r#"{POLICY}
+[[resource]]
+name = "internal-web"
+hostnames = ["web.internal"]
+ports = [{port}]
+
+[[rule]]
+name = "resolver-user-reaches-web"
+agent = "resolver-user"
+resource = "internal-web"
+operations = ["connect"]
+action = "allow"
+"#,
+        port = service.addr.port()
+    );
+    let daemon = TestDaemon::start_with_dns(&policy, &[upstream.addr]);
+    for name in ["web.internal", "other.internal"] {
+        let answer = dig_as(&daemon, "resolver-user", &["@127.0.55.53", name, "A"]);
+        assert!(answer.contains("127.0.55.2"), "{answer}");
+    }
+    // The TLS handshake itself fails either way (the service is no TLS server): what
+    // matters is whether the service was reached.
+    let script = format!(
+        r#"
+import socket, ssl, sys
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+s = socket.create_connection(("127.0.55.2", {port}), timeout=5)
+try:
+    context.wrap_socket(s, server_hostname=sys.argv[1])
+except Exception as error:
+    print(type(error).__name__)
+"#,
+        port = service.addr.port()
+    );
+    let hello = |server_name: &str| {
+        daemon.sluice(&[
+            "run",
+            "--agent",
+            "resolver-user",
+            "--user",
+            "nobody",
+            "--",
+            "python3",
+            "-c",
+            &script,
+            server_name,
+        ])
+    };
+
+    // Resolved by this agent to this address, but not a name of the resource.
+    hello("other.internal");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(service.peers().is_empty(), "{:?}", service.peers());
+    let sessions = daemon.wait_for_sessions(Some("resolver-user"), "the denial", |s| {
+        s.iter()
+            .any(|s| text(&s["decision"], "rule") == "tls-server-name")
+    });
+    let denied = sessions
+        .iter()
+        .find(|s| text(&s["decision"], "rule") == "tls-server-name")
+        .expect("denied session");
+    assert!(
+        text(&denied["decision"], "reason").contains("other.internal"),
+        "{denied}"
+    );
+
+    hello("web.internal");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while service.peers().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(service.peers().len(), 1, "{}", daemon.log());
+}

@@ -96,7 +96,10 @@ async fn run(
                 .names(&identity.agent, redirected.destination.ip())
         })
         .unwrap_or_default();
-    let decision = match policy.resource_for_host_names(redirected.destination, &host_names) {
+    let by_host_name = policy
+        .resource_for_host_names(redirected.destination, &host_names)
+        .cloned();
+    let mut decision = match &by_host_name {
         Some(resource) => policy.decide_with_grants(
             &context.policy.grants(),
             &facts,
@@ -111,6 +114,12 @@ async fn run(
             OffsetDateTime::now_utc(),
         ),
     };
+    if decision.action == Action::Allow
+        && let Some(resource) = &by_host_name
+        && let Some(denial) = crate::dns::check_server_name(&agent, resource, &host_names).await
+    {
+        decision = denial;
+    }
     let mut record = open_record(id, &redirected, &decision);
     crate::metrics::global().decision("connection", decision.action);
 

@@ -22,6 +22,7 @@
 //! datagrams are dropped and the agent's resolver retries.
 
 pub mod names;
+pub mod sni;
 mod upstream;
 
 use std::{
@@ -660,6 +661,51 @@ pub async fn serve_tcp(
         counts
             .down
             .fetch_add(reply.len() as u64 + 2, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How long a connection to a host-named resource is watched for a ClientHello.
+/// Protocols where the server speaks first wait this long before being relayed.
+pub const SERVER_NAME_WAIT: Duration = Duration::from_millis(500);
+
+/// For a connection allowed to `resource` by host name: a denial when it opens with a
+/// TLS ClientHello naming a host that is not one of the resource's `hostnames`, or not
+/// one the resolver gave this agent for the address (`resolved`), or that cannot be
+/// read. `None` lets it through (no TLS, or TLS without a name).
+pub async fn check_server_name(
+    agent: &tokio::net::TcpStream,
+    resource: &crate::policy::Resource,
+    resolved: &[String],
+) -> Option<Decision> {
+    let deny = |reason: String| Decision {
+        action: Action::Deny,
+        rule: "tls-server-name".into(),
+        reason,
+        resource: Some(resource.name.clone()),
+        mask: None,
+        timeout: None,
+    };
+    match sni::peek_opening(agent, SERVER_NAME_WAIT).await {
+        sni::Opening::NotTls | sni::Opening::TlsWithoutName => None,
+        sni::Opening::Unreadable(why) => Some(deny(format!(
+            "the connection to resource `{}` starts like TLS but its server name cannot be read ({why}), so it is denied",
+            resource.name
+        ))),
+        sni::Opening::Tls(name) => {
+            let name = names::normalize(&name);
+            let in_resource = resource
+                .hostnames
+                .iter()
+                .any(|pattern| pattern.match_name(&name).is_some());
+            if in_resource && resolved.contains(&name) {
+                None
+            } else {
+                Some(deny(format!(
+                    "TLS asks for `{name}`, which is not a host name of resource `{}` that this agent resolved to this address, so it is denied",
+                    resource.name
+                )))
+            }
+        }
     }
 }
 
