@@ -211,6 +211,27 @@ fn an_approved_statement_runs_and_the_approver_is_recorded() {
     assert_eq!(approval["approver_name"], "root");
     assert_eq!(approval["reason"], "ticket OPS-42");
     assert!(approval["waited_ms"].as_u64().expect("waited_ms") >= 300);
+
+    // The audit log has the hold and the decision.
+    let session_id = select["session_id"]
+        .as_u64()
+        .expect("session id")
+        .to_string();
+    let export = daemon.sluice(&["export", "--format", "jsonl", "--session", &session_id]);
+    assert!(export.status.success(), "{export:?}");
+    let activities: Vec<Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|event| event["event"]["activity"].clone())
+        .filter(|activity| text(activity, "type").starts_with("approval_"))
+        .collect();
+    assert_eq!(activities.len(), 2, "{activities:#?}");
+    assert_eq!(activities[0]["type"], "approval_requested");
+    assert_eq!(activities[0]["approval_id"], hold["id"]);
+    assert_eq!(activities[1]["type"], "approval_decided");
+    assert_eq!(activities[1]["outcome"], "approved");
+    assert_eq!(activities[1]["approver_name"], "root");
+    assert_eq!(activities[1]["reason"], "ticket OPS-42");
 }
 
 /// Receives one HTTP POST on loopback and hands its body over.
