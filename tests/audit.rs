@@ -1,0 +1,477 @@
+//! The audit event log end to end: a real daemon, a real PostgreSQL server on
+//! 127.0.0.2 and the real psql as the agent.
+//!
+//! The store is read (and tampered with) through sled itself, as a root attacker on the
+//! host would: sled's own checksums stay valid, so only the hash chain can tell.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sluice_tests::{
+    TestDaemon,
+    postgres::{PgCommand, PgServer, Rule},
+};
+
+const AGENT: &str = "writer";
+const PASSWORD: &str = "writer-secret";
+/// Bytes before an event's JSON in a stored value: prev hash and hash.
+const VALUE_HEADER: usize = 64;
+
+fn setup(extra_config: &str) -> (PgServer, TestDaemon) {
+    let pg = PgServer::start();
+    pg.create_role(AGENT, PASSWORD);
+    pg.create_database("audit", AGENT);
+    let daemon = TestDaemon::start_with_config(
+        &pg.policy(&[AGENT], &[Rule::allow(AGENT, &["*"])]),
+        "",
+        extra_config,
+    );
+    (pg, daemon)
+}
+
+/// psql as the agent on database `audit`, stopping at the first error.
+fn psql(daemon: &TestDaemon, pg: &PgServer) -> PgCommand {
+    PgCommand::agent(daemon, AGENT, "psql")
+        .password(PASSWORD)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(pg.conninfo(AGENT, "audit"))
+}
+
+fn store_dir(daemon: &TestDaemon) -> PathBuf {
+    daemon.dir.path().join("state").join("store")
+}
+
+/// Every stored event as `(seq, event JSON)`, read with sled (the daemon must be down).
+fn read_events(store: &Path) -> Vec<(u64, Value)> {
+    let db = sled::open(store).expect("open the store with sled");
+    let tree = db.open_tree("events").expect("events tree");
+    tree.iter()
+        .map(|entry| {
+            let (key, value) = entry.expect("read event");
+            let seq = u64::from_be_bytes(key.as_ref().try_into().expect("8-byte key"));
+            let event = serde_json::from_slice(&value[VALUE_HEADER..]).expect("event JSON");
+            (seq, event)
+        })
+        .collect()
+}
+
+fn verify(daemon: &TestDaemon, args: &[&str]) -> (Output, Value) {
+    let mut all = vec!["verify", "--json"];
+    all.extend_from_slice(args);
+    let output = daemon.sluice(&all);
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "verify printed no JSON ({error}): status {}, stdout {:?}, stderr {:?}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output, report)
+}
+
+fn activity_type(event: &Value) -> &str {
+    event["activity"]["type"].as_str().unwrap_or_default()
+}
+
+fn stop(daemon: &mut TestDaemon) {
+    daemon.kill();
+}
+
+#[test]
+fn a_changed_event_is_reported_by_seq() {
+    let (pg, mut daemon) = setup("");
+    let output = psql(&daemon, &pg)
+        .args(["-c", "CREATE TABLE notes (id int, body text)"])
+        .output();
+    assert!(output.status.success(), "{output:?}");
+    let output = psql(&daemon, &pg)
+        .args([
+            "-c",
+            "INSERT INTO notes VALUES (1, 'first')",
+            "-c",
+            "SELECT * FROM notes",
+        ])
+        .output();
+    assert!(output.status.success(), "{output:?}");
+
+    let (output, report) = verify(&daemon, &[]);
+    assert!(output.status.success(), "{report:#}");
+    assert_eq!(report["chain_break"], Value::Null);
+    stop(&mut daemon);
+
+    // Every kind of event the run produced, with who and where.
+    let events = read_events(&store_dir(&daemon));
+    let types: BTreeSet<&str> = events.iter().map(|(_, e)| activity_type(e)).collect();
+    for expected in [
+        "daemon",
+        "policy_reload",
+        "session_open",
+        "session_close",
+        "statement",
+        "statement_result",
+    ] {
+        assert!(types.contains(expected), "no {expected} event in {types:?}");
+    }
+    let (insert_seq, insert) = events
+        .iter()
+        .find(|(_, e)| activity_type(e) == "statement" && e["activity"]["kind"] == "INSERT")
+        .expect("the INSERT's statement event");
+    assert_eq!(insert["context"]["agent"], AGENT);
+    assert_eq!(insert["context"]["resource"], "pg");
+    assert_eq!(insert["context"]["protocol"], "postgres");
+    assert!(insert["context"]["pid"].as_u64().is_some_and(|pid| pid > 0));
+    assert!(
+        insert["context"]["exe"]
+            .as_str()
+            .is_some_and(|exe| exe.ends_with("/psql"))
+    );
+    assert_eq!(insert["context"]["destination"], pg.addr().to_string());
+    assert_eq!(insert["activity"]["sql"], "INSERT INTO notes VALUES (?, ?)");
+    assert!(
+        !insert.to_string().contains("first"),
+        "a literal leaked: {insert}"
+    );
+    let insert_seq = *insert_seq;
+
+    // A root attacker rewrites one byte of the event through sled.
+    {
+        let db = sled::open(store_dir(&daemon)).expect("open the store");
+        let tree = db.open_tree("events").expect("events tree");
+        let key = insert_seq.to_be_bytes();
+        let mut value = tree.get(key).expect("read").expect("stored").to_vec();
+        let text = String::from_utf8(value[VALUE_HEADER..].to_vec()).expect("UTF-8 JSON");
+        let at = VALUE_HEADER + text.find("\"INSERT\"").expect("kind in the event") + 1;
+        value[at] = b'U';
+        tree.insert(key, value).expect("rewrite");
+        db.flush().expect("flush");
+    }
+
+    // Offline: the CLI opens the store itself.
+    let (output, report) = verify(&daemon, &[]);
+    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["chain_break"]["seq"], insert_seq, "{report:#}");
+    assert_eq!(report["chain_break"]["kind"], "hash_mismatch", "{report:#}");
+    let human = daemon.sluice(&["verify"]);
+    assert_eq!(human.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&human.stdout)
+            .contains(&format!("broken at seq {insert_seq}: hash mismatch")),
+        "{human:?}"
+    );
+
+    // Online: the daemon walks the same chain and reports the same event.
+    daemon.restart();
+    let (output, report) = verify(&daemon, &[]);
+    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["chain_break"]["seq"], insert_seq, "{report:#}");
+}
+
+#[test]
+fn damaged_store_files_give_a_clear_verify_error() {
+    let (pg, mut daemon) = setup("");
+    let mut script = String::from("CREATE TABLE marker_table_0123456789 (id int);\n");
+    for id in 0..50 {
+        script.push_str(&format!(
+            "INSERT INTO marker_table_0123456789 VALUES ({id});\n"
+        ));
+    }
+    let output = psql(&daemon, &pg).stdin(script.into_bytes()).output();
+    assert!(output.status.success(), "{output:?}");
+    stop(&mut daemon);
+
+    // Flip a byte of the marker wherever sled's files hold it.
+    let store = store_dir(&daemon);
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(&store).expect("store dir") {
+        let path = entry.expect("entry").path();
+        if !path.is_file() {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).expect("read store file");
+        let marker = b"marker_table_0123456789";
+        if let Some(at) = bytes.windows(marker.len()).position(|w| w == marker) {
+            bytes[at + 3] ^= 0x20;
+            std::fs::write(&path, bytes).expect("write store file");
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "the marker is in none of the store's files");
+
+    let output = daemon.sluice(&["verify"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "verify panicked: {stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stdout {stdout}, stderr {stderr}"
+    );
+    assert!(
+        stdout.contains("event log broken at seq") || stderr.contains("cannot verify the store"),
+        "no clear report: stdout {stdout}, stderr {stderr}"
+    );
+}
+
+#[test]
+fn after_kill_9_every_row_the_server_holds_has_its_statement_event() {
+    let (pg, mut daemon) = setup("[store]\ndurability = \"strict\"\n");
+    let output = psql(&daemon, &pg)
+        .args(["-c", "CREATE TABLE load (n int PRIMARY KEY)"])
+        .output();
+    assert!(output.status.success(), "{output:?}");
+
+    // One statement per row: row n is statement n of the loading session.
+    const ROWS: usize = 20_000;
+    let script: String = (1..=ROWS)
+        .map(|n| format!("INSERT INTO load VALUES ({n});\n"))
+        .collect();
+    let mut load = psql(&daemon, &pg).timeout(Duration::from_secs(600)).spawn();
+    {
+        use std::io::Write as _;
+        let mut stdin = load.stdin.take().expect("psql stdin");
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(script.as_bytes());
+        });
+    }
+    let count = || -> usize {
+        pg.psql_local("postgres", "audit", "SELECT count(*) FROM load")
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "the load did not start:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(&mut daemon);
+    let _ = load.wait();
+
+    let rows: BTreeSet<u64> = pg
+        .psql_local("postgres", "audit", "SELECT n FROM load ORDER BY n")
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    assert!(
+        rows.len() >= 300 && rows.len() < ROWS,
+        "{} rows",
+        rows.len()
+    );
+
+    let events = read_events(&store_dir(&daemon));
+    let load_session = events
+        .iter()
+        .find(|(_, e)| {
+            activity_type(e) == "statement"
+                && e["activity"]["sql"] == "INSERT INTO load VALUES (?);"
+        })
+        .map(|(_, e)| e["context"]["session_id"].clone())
+        .unwrap_or_else(|| {
+            let statements: BTreeSet<String> = events
+                .iter()
+                .filter(|(_, e)| activity_type(e) == "statement")
+                .map(|(_, e)| e["activity"]["sql"].to_string())
+                .collect();
+            panic!("no statement event of the load among {statements:?}")
+        });
+    let recorded: BTreeSet<u64> = events
+        .iter()
+        .filter(|(_, e)| {
+            activity_type(e) == "statement"
+                && e["context"]["session_id"] == load_session
+                && e["activity"]["sql"] == "INSERT INTO load VALUES (?);"
+                && e["activity"]["decision"]["action"] == "allow"
+        })
+        .filter_map(|(_, e)| e["activity"]["statement_seq"].as_u64())
+        .collect();
+    let missing: Vec<&u64> = rows.difference(&recorded).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} rows have no statement event, first {:?}",
+        missing.len(),
+        rows.len(),
+        &missing[..missing.len().min(10)]
+    );
+
+    daemon.restart();
+    let (output, report) = verify(&daemon, &[]);
+    assert!(output.status.success(), "{report:#}\n{}", daemon.log());
+    assert_eq!(report["chain_break"], Value::Null);
+    assert!(
+        report["events"]
+            .as_u64()
+            .is_some_and(|n| n as usize >= rows.len())
+    );
+}
+
+#[test]
+fn retention_by_size_drops_old_events_records_it_and_verify_passes() {
+    let (pg, mut daemon) = setup("[store]\nmax_bytes = 1073741824\n");
+    let mut script = String::from("CREATE TABLE filler (id int);\n");
+    for id in 0..200 {
+        script.push_str(&format!("INSERT INTO filler VALUES ({id});\n"));
+    }
+    let output = psql(&daemon, &pg).stdin(script.into_bytes()).output();
+    assert!(output.status.success(), "{output:?}");
+    stop(&mut daemon);
+    let before = read_events(&store_dir(&daemon));
+    assert!(before.len() > 400, "{} events", before.len());
+
+    let config = std::fs::read_to_string(&daemon.config_path).expect("read config");
+    assert!(config.contains("max_bytes = 1073741824"), "{config}");
+    std::fs::write(
+        &daemon.config_path,
+        config.replace("max_bytes = 1073741824", "max_bytes = 16384"),
+    )
+    .expect("write config");
+    daemon.restart();
+
+    // Retention runs at start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let (output, report) = verify(&daemon, &[]);
+        assert!(output.status.success(), "{report:#}\n{}", daemon.log());
+        if report["dropped_before"].as_u64().unwrap_or(0) > 0 {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing dropped: {report:#}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(report["chain_break"], Value::Null);
+    let dropped_before = report["dropped_before"].as_u64().expect("dropped_before");
+    assert_eq!(
+        report["first_seq"].as_u64(),
+        Some(dropped_before + 1),
+        "{report:#}"
+    );
+    stop(&mut daemon);
+
+    let after = read_events(&store_dir(&daemon));
+    assert_eq!(after.first().map(|(seq, _)| *seq), Some(dropped_before + 1));
+    let retention = after
+        .iter()
+        .find(|(_, e)| activity_type(e) == "retention")
+        .map(|(_, e)| e)
+        .expect("a retention event");
+    assert_eq!(retention["activity"]["reason"], "size");
+    assert_eq!(retention["activity"]["first_dropped_seq"], 1);
+    assert_eq!(retention["activity"]["last_dropped_seq"], dropped_before);
+    // What the pass kept is within the limit (events appended since are not counted).
+    let retention_seq = after
+        .iter()
+        .find(|(_, e)| activity_type(e) == "retention")
+        .map(|(seq, _)| *seq)
+        .expect("retention seq");
+    let kept_bytes: usize = {
+        let db = sled::open(store_dir(&daemon)).expect("open");
+        let tree = db.open_tree("events").expect("events");
+        tree.range(..retention_seq.to_be_bytes())
+            .map(|entry| entry.map(|(k, v)| k.len() + v.len()).expect("read"))
+            .sum()
+    };
+    assert!(kept_bytes <= 16384, "{kept_bytes} bytes of events kept");
+    let (output, report) = verify(&daemon, &[]);
+    assert!(output.status.success(), "{report:#}");
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs: {status}");
+        Self { dir }
+    }
+
+    /// Writes a file until the filesystem is full.
+    fn fill(&self) {
+        use std::io::Write as _;
+        let mut filler = std::fs::File::create(self.dir.path().join("filler")).expect("filler");
+        let chunk = vec![0xa5_u8; 64 * 1024];
+        while filler.write_all(&chunk).is_ok() {}
+        let _ = filler.sync_all();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_new_sessions_and_the_daemon_keeps_running() {
+    let state = Tmpfs::mount("32m");
+    let pg = PgServer::start();
+    pg.create_role(AGENT, PASSWORD);
+    pg.create_database("audit", AGENT);
+    let mut daemon = TestDaemon::start_with_config(
+        &pg.policy(&[AGENT], &[Rule::allow(AGENT, &["*"])]),
+        "",
+        &format!(
+            "[daemon]\nstate_dir = {:?}\n",
+            state.dir.path().join("state")
+        ),
+    );
+    let output = psql(&daemon, &pg).args(["-c", "SELECT 1"]).output();
+    assert!(output.status.success(), "{output:?}");
+
+    state.fill();
+    let mark = pg.server_log().len();
+    let output = psql(&daemon, &pg)
+        .args(["-c", "SELECT 'after the disk filled'"])
+        .output();
+    assert!(
+        !output.status.success(),
+        "a session ran unrecorded: {output:?}"
+    );
+    let server_log = pg.server_log_since(mark);
+    assert!(
+        !server_log.contains("after the disk filled"),
+        "the statement reached the server:\n{server_log}"
+    );
+    assert!(
+        PgServer::tcp_connections_in(&server_log).is_empty(),
+        "the server was dialled:\n{server_log}"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("cannot record the session: refusing it"),
+        "no clear message in the daemon's log:\n{log}"
+    );
+    // Still running and answering.
+    let status = daemon.sluice(&["status", "--json"]);
+    assert!(status.status.success(), "{status:?}\n{log}");
+    daemon.kill();
+}
