@@ -225,6 +225,29 @@ fn udp_queries_to_any_server_are_answered_by_the_resolver_and_recorded() {
     assert_eq!(text(&session, "resource"), "dns");
     assert_eq!(session["decision"]["action"], "allow");
     assert_eq!(text(&statement, "tag"), "NOERROR A 10.53.0.7");
+
+    // The audit event log has the query and its answer too.
+    let id = session["id"].as_u64().expect("session id").to_string();
+    let export = daemon.sluice(&["export", "--format", "jsonl", "--session", &id]);
+    let events: Vec<Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let dns = events
+        .iter()
+        .map(|stored| &stored["event"])
+        .find(|event| event["activity"]["type"] == "dns")
+        .unwrap_or_else(|| panic!("no dns event in {events:#?}"));
+    assert_eq!(dns["activity"]["name"], "db.internal");
+    assert_eq!(dns["activity"]["query_type"], "A");
+    assert_eq!(dns["activity"]["rcode"], "NOERROR");
+    assert_eq!(
+        dns["activity"]["answers"],
+        serde_json::json!(["A 10.53.0.7"])
+    );
+    assert_eq!(dns["context"]["agent"], "resolver-user");
+    assert_eq!(dns["context"]["uid"], 65534);
+    assert_eq!(dns["context"]["destination"], "127.0.53.1:53");
 }
 
 #[test]
@@ -309,6 +332,9 @@ try:
     print("short=answered")
 except socket.timeout:
     print("short=dropped")
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.connect(("127.0.53.5", 53))
+print("peer=%s:%d" % c.getpeername())
 "#;
     let output = daemon.sluice(&[
         "run",
@@ -328,6 +354,8 @@ except socket.timeout:
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("short=dropped"), "{stdout}");
+    // A connected UDP socket (as glibc uses) still sees the server it named.
+    assert!(stdout.contains("peer=127.0.53.5:53"), "{stdout}");
 
     let answer = dig_as(
         &daemon,
@@ -512,4 +540,41 @@ except Exception as error:
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(service.peers().len(), 1, "{}", daemon.log());
+}
+
+#[test]
+fn glibc_lookups_go_through_the_resolver_whatever_resolv_conf_names() {
+    let upstream = Dnsmasq::start("127.0.54.8", "10.53.0.12 glibc.internal\n");
+    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    // The agent sees a resolv.conf naming a loopback server with nothing on it (in a
+    // mount namespace of its own), so a failed redirect could not leave the host.
+    let resolv_conf = daemon.dir.path().join("agent-resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 127.0.53.8\n").expect("write resolv.conf");
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec runuser -u nobody -- python3 -c \
+         \"import socket; print(socket.getaddrinfo('glibc.internal', 80, socket.AF_INET)[0][4][0])\"",
+        resolv_conf.display()
+    );
+    let output = daemon.sluice(&[
+        "run",
+        "--agent",
+        "resolver-user",
+        "--",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "10.53.0.12",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (session, _) = recorded_query(&daemon, "resolver-user", "A glibc.internal");
+    assert_eq!(text(&session, "destination"), "127.0.53.8:53");
+    assert_eq!(session["uid"], 65534, "{session}");
 }

@@ -121,6 +121,13 @@ impl TestDaemon {
         std::fs::write(policy_dir.join("test.toml"), policy).expect("write policy");
         let port = free_port();
         let dns_port = free_port();
+        // Never the host's resolvers: an agent's query must not leave the machine.
+        let no_upstream = ["127.0.53.53:53".parse().expect("loopback address")];
+        let dns_upstreams = if dns_upstreams.is_empty() {
+            &no_upstream[..]
+        } else {
+            dns_upstreams
+        };
         let upstreams: Vec<String> = dns_upstreams
             .iter()
             .map(|a| format!("{:?}", a.to_string()))
