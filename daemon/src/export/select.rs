@@ -81,3 +81,79 @@ fn matches(query: &EventQuery, event: &StoredEvent) -> bool {
         .is_none_or(|session| event.event.context.session_id == Some(session))
         && query.since.is_none_or(|since| event.event.time >= since)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        events::{Activity, Context, Event, SCHEMA_VERSION},
+        store::{Durability, StoreOptions},
+    };
+
+    fn event(session_id: u64, time: OffsetDateTime) -> Event {
+        Event {
+            version: SCHEMA_VERSION,
+            time,
+            host: "h".into(),
+            context: Context {
+                session_id: Some(session_id),
+                ..Context::default()
+            },
+            activity: Activity::SessionClose {
+                reason: "client_closed".into(),
+                bytes_up: 1,
+                bytes_down: 2,
+                duration_ms: 3,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_filter_by_session_and_time_and_say_where_to_continue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store"), StoreOptions::default()).expect("open");
+        let start = time::macros::datetime!(2026-01-01 00:00 UTC);
+        for index in 0..10_i64 {
+            let session = if index % 2 == 0 { 1 } else { 2 };
+            store
+                .append(
+                    event(session, start + time::Duration::minutes(index)),
+                    Durability::Durable,
+                )
+                .await
+                .expect("append");
+        }
+        let seqs = |page: &EventPage| page.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let query = EventQuery {
+            after: 0,
+            limit: 3,
+            session: Some(2),
+            since: None,
+        };
+        let first = select_events(&store, &query).expect("select");
+        assert_eq!(seqs(&first), [2, 4, 6]);
+        assert!(first.more);
+        let second = select_events(
+            &store,
+            &EventQuery {
+                after: first.next_after,
+                ..query.clone()
+            },
+        )
+        .expect("select");
+        assert_eq!(seqs(&second), [8, 10]);
+        assert!(!second.more);
+        let since = select_events(
+            &store,
+            &EventQuery {
+                after: 0,
+                limit: 100,
+                session: None,
+                since: Some(start + time::Duration::minutes(7)),
+            },
+        )
+        .expect("select");
+        assert_eq!(seqs(&since), [8, 9, 10]);
+        assert!(!since.more);
+    }
+}

@@ -23,12 +23,11 @@ impl FileSink {
 
     pub async fn send(&mut self, lines: &[Line]) -> Result<(), SinkError> {
         let config = self.config.clone();
-        let mut body = Vec::new();
-        for line in lines {
-            body.extend_from_slice(line.text.as_bytes());
-            body.push(b'\n');
-        }
-        tokio::task::spawn_blocking(move || append(&config, &body))
+        let texts: Vec<String> = lines
+            .iter()
+            .map(|line| format!("{}\n", line.text))
+            .collect();
+        tokio::task::spawn_blocking(move || append(&config, &texts))
             .await
             .map_err(|error| SinkError::Io {
                 what: "file exporter task".into(),
@@ -37,28 +36,37 @@ impl FileSink {
     }
 }
 
-fn append(config: &FileConfig, body: &[u8]) -> Result<(), SinkError> {
+/// Appends `lines`, rotating before a line would take the file past `max_bytes` (a
+/// single longer line gets a file of its own); syncs every file it wrote to.
+fn append(config: &FileConfig, lines: &[String]) -> Result<(), SinkError> {
     let path = &config.path;
-    let io = |what: &str, path: &Path| {
+    let io = |what: &str| {
         let what = format!("{what} {}", path.display());
         move |source| SinkError::Io { what, source }
     };
-    let size = match std::fs::metadata(path) {
-        Ok(metadata) => metadata.len(),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(error) => return Err(io("cannot stat", path)(error)),
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io("cannot open"))
     };
-    if size > 0 && size.saturating_add(body.len() as u64) > config.max_bytes {
-        rotate(path, config.keep)?;
+    let mut file = open()?;
+    let mut size = file.metadata().map_err(io("cannot stat"))?.len();
+    for line in lines {
+        let len = line.len() as u64;
+        if size > 0 && size.saturating_add(len) > config.max_bytes {
+            file.sync_data().map_err(io("cannot sync"))?;
+            rotate(path, config.keep)?;
+            file = open()?;
+            size = 0;
+        }
+        file.write_all(line.as_bytes())
+            .map_err(io("cannot write"))?;
+        size = size.saturating_add(len);
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io("cannot open", path))?;
-    file.write_all(body).map_err(io("cannot write", path))?;
-    file.sync_data().map_err(io("cannot sync", path))
+    file.sync_data().map_err(io("cannot sync"))
 }
 
 /// `PATH.(keep-1)` → `PATH.keep`, ..., `PATH` → `PATH.1`; with `keep` 0 the file is
@@ -133,5 +141,13 @@ mod tests {
         for file in [&current, &first, &second] {
             assert!(file.len() <= 4096);
         }
+        // One page larger than max_bytes is split across files too.
+        let page: Vec<Line> = (11..=14)
+            .map(|seq| line(seq, &format!("{seq:02}{text}")))
+            .collect();
+        sink.send(&page).await.expect("send");
+        assert_eq!(read(&path).lines().count(), 2);
+        assert!(read(&path).starts_with("13"));
+        assert!(read(&dir.path().join("events.jsonl.1")).starts_with("11"));
     }
 }
