@@ -563,7 +563,7 @@ fn agents_cannot_use_the_control_socket_and_root_agents_are_recorded() {
 }
 
 #[test]
-fn the_egress_backstop_drops_and_counts_what_no_socket_hook_saw() {
+fn the_egress_backstop_drops_replies_to_peers_that_connect_in() {
     let daemon = TestDaemon::start(POLICY);
     require_enforced(&daemon, "backstop");
     let before = status(&daemon)["backstop_drops"].as_u64().unwrap();
@@ -612,6 +612,34 @@ fn the_egress_backstop_drops_and_counts_what_no_socket_hook_saw() {
         text(&recorded[0], "destination"),
         format!("127.0.0.1:{}", daemon.port)
     );
+    let after = status(&daemon)["backstop_drops"].as_u64().unwrap();
+    assert!(after > before, "drops {before} -> {after}");
+}
+
+#[test]
+fn the_egress_backstop_drops_icmp_echo_from_ping_sockets() {
+    let daemon = TestDaemon::start(POLICY);
+    require_enforced(&daemon, "backstop");
+    // No sock_addr hook runs for a ping socket's sendto (sendmsg4/6 are UDP only). Where
+    // net.ipv4.ping_group_range admits the agent (many distributions admit everyone)
+    // that is ICMP, with any payload, to anywhere. Here the agent admits itself in a
+    // namespace of its own; without sluice the echo is answered there.
+    let admit = "echo '0 0' > /proc/sys/net/ipv4/ping_group_range;";
+    let unmanaged = outside_as_nobody_in_own_netns(admit, &["ping", "127.0.0.1"]);
+    assert_eq!(unmanaged["reply"], true, "{unmanaged}");
+    let before = status(&daemon)["backstop_drops"].as_u64().unwrap();
+
+    let report = as_nobody_in_own_netns(&daemon, admit, &["ping", "127.0.0.1"]);
+    assert_eq!(report["reply"], false, "the echo got out: {report}");
+    // The drop at egress comes back to the sender as EPERM.
+    assert!(
+        text(&report, "send_error").contains("PermissionDenied"),
+        "{report}"
+    );
+    let recorded = refusals(&daemon, "kernel:skb_backstop", 1);
+    assert_eq!(text(&recorded[0], "destination"), "127.0.0.1:0");
+    assert_eq!(text(&recorded[0], "transport"), "ipproto-1");
+    assert_eq!(text(&recorded[0], "comm"), "sluice-probe");
     let after = status(&daemon)["backstop_drops"].as_u64().unwrap();
     assert!(after > before, "drops {before} -> {after}");
 }

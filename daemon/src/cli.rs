@@ -616,10 +616,10 @@ fn print_enforcement(status: &StatusReport) {
         } else {
             "NOT ENFORCED"
         };
-        println!("  {:<17} {state:<13} {}", row.way_out, row.expected);
-        println!("  {:<17} {:<13} by {}", "", "", row.mechanism);
+        println!("  {:<24} {state:<13} {}", row.way_out, row.expected);
+        println!("  {:<24} {:<13} by {}", "", "", row.mechanism);
         if !row.detail.is_empty() {
-            println!("  {:<17} {:<13} {}", "", "", row.detail);
+            println!("  {:<24} {:<13} {}", "", "", row.detail);
         }
     }
 }

@@ -165,7 +165,7 @@ fn attach_root_programs(ebpf: &mut Ebpf, links_dir: &Path, generation: u128) -> 
             .map_err(|error| format!("{name}: {error}"))?;
         program
             .load()
-            .map_err(|error| format!("{name}: loading: {error}"))?;
+            .map_err(|error| format!("{name}: loading: {}", tidy(&error.to_string())))?;
         let id = program
             .attach(&root, CgroupAttachMode::Single)
             .map_err(|error| format!("{name}: attaching: {error}"))?;
@@ -177,6 +177,15 @@ fn attach_root_programs(ebpf: &mut Ebpf, links_dir: &Path, generation: u128) -> 
         pin(link, links_dir, name, generation)?;
     }
     Ok(())
+}
+
+/// A load error without aya's empty "Verifier output:" tail.
+fn tidy(error: &str) -> String {
+    let trimmed = error.trim_end();
+    trimmed
+        .strip_suffix("Verifier output:")
+        .map_or(trimmed, |head| head.trim_end().trim_end_matches('.'))
+        .to_owned()
 }
 
 fn pin(link: FdLink, links_dir: &Path, name: &str, generation: u128) -> Result<(), String> {
@@ -198,7 +207,7 @@ fn attach_all_lsm(ebpf: &mut Ebpf, links_dir: &Path, generation: u128) -> Result
             .map_err(|error| format!("{name}: {error}"))?;
         program
             .load(hook, &btf)
-            .map_err(|error| format!("{name}: loading: {error}"))?;
+            .map_err(|error| format!("{name}: loading: {}", tidy(&error.to_string())))?;
         let id = program
             .attach()
             .map_err(|error| format!("{name}: attaching: {error}"))?;
@@ -458,7 +467,7 @@ fn leave_cgroup_row(cgroup_root: &Path) -> EnforcementRow {
         way_out: "leave_cgroup".into(),
         expected: "fails for a non-root agent".into(),
         enforced: detail.is_empty(),
-        mechanism: "the cgroup tree is root-owned (cgroup.procs writes need write access)".into(),
+        mechanism: "a root-owned cgroup tree: moving needs write access to cgroup.procs".into(),
         detail,
     }
 }

@@ -12,7 +12,8 @@
 //!   (`sendto(MSG_FASTOPEN)`) or by io_uring's IORING_OP_CONNECT.
 //! - `udp-connect ADDR`, `udp-sendmsg ADDR`: a connected UDP send; an unconnected
 //!   sendmsg(2).
-//! - `sockets`: try raw IPv4/IPv6 and packet sockets.
+//! - `sockets`: try raw IPv4/IPv6 and packet sockets. `ping ADDR`: an ICMP echo
+//!   through an unprivileged ping socket and sendto.
 //! - `serve ADDR`: listen, and answer the first peer that connects in.
 //! - `unix PATH REQUEST`: a unix socket exchange.
 //! - `fd-recv PATH ACTION [ADDR]`: use an inet socket received over SCM_RIGHTS.
@@ -47,6 +48,7 @@ fn main() {
         ["udp-sendmsg", addr] => udp_sendmsg(addr),
         ["sockets"] => sockets(),
         ["serve", addr] => serve(addr),
+        ["ping", addr] => ping(addr),
         ["unix", path, request] => unix(path, request),
         ["fd-recv", path, action] => fd_recv(path, action, None),
         ["fd-recv", path, action, addr] => fd_recv(path, action, Some(addr)),
@@ -439,6 +441,42 @@ fn serve(addr: &str) -> Value {
                 Err(error) => return Err(format!("accept: {error}")),
             }
         }
+    })();
+    result.unwrap_or_else(|error| json!({"ok": false, "error": error}))
+}
+
+/// `ping ADDR`: one ICMP echo through an unprivileged ping socket and sendto, then
+/// waits half a second for the reply.
+fn ping(addr: &str) -> Value {
+    let result = (|| -> Result<Value, String> {
+        let target: SocketAddr = format!("{addr}:0").parse().map_err(|e| format!("{e}"))?;
+        let socket = raw_socket_call(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)
+            .map_err(|e| format!("socket: {e} ({:?})", e.kind()))?;
+        // Type 8 (echo request), code 0; the kernel fills in checksum and id.
+        let request = [8u8, 0, 0, 0, 0, 0, 0, 1, b's', b'l', b'u', b'i', b'c', b'e'];
+        let (storage, len) = sockaddr_of(&target);
+        // SAFETY: request and storage are valid for the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&raw const storage).cast(),
+                len,
+            )
+        };
+        let send_error = (sent < 0).then(|| {
+            let error = std::io::Error::last_os_error();
+            format!("sendto: {error} ({:?})", error.kind())
+        });
+        let socket = UdpSocket::from(socket);
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .map_err(|e| e.to_string())?;
+        let mut reply = [0u8; 64];
+        let replied = socket.recv(&mut reply).is_ok();
+        Ok(json!({"ok": replied, "reply": replied, "send_error": send_error}))
     })();
     result.unwrap_or_else(|error| json!({"ok": false, "error": error}))
 }
