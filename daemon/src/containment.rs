@@ -471,3 +471,90 @@ fn leave_cgroup_row(cgroup_root: &Path) -> EnforcementRow {
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(rows: &'a [EnforcementRow], way_out: &str) -> &'a EnforcementRow {
+        rows.iter()
+            .find(|r| r.way_out == way_out)
+            .unwrap_or_else(|| panic!("no row {way_out}"))
+    }
+
+    #[test]
+    fn nothing_attached_means_nothing_enforced_and_each_row_says_what_is_missing() {
+        let bpffs = tempfile::tempdir().unwrap();
+        let rows = matrix(
+            bpffs.path(),
+            Path::new("/nonexistent"),
+            &KernelSupport::default(),
+        );
+        assert_eq!(rows.len(), 15);
+        assert!(rows.iter().all(|r| !r.enforced), "{rows:#?}");
+        assert_eq!(
+            row(&rows, "raw_socket").detail,
+            "not attached: sluice_sock_create"
+        );
+        assert!(
+            row(&rows, "leave_cgroup")
+                .detail
+                .starts_with("cannot inspect the managed root")
+        );
+    }
+
+    #[test]
+    fn attached_links_enforce_their_rows_and_missing_kernel_features_are_named() {
+        let bpffs = tempfile::tempdir().unwrap();
+        let links = bpffs.path().join("links");
+        fs::create_dir(&links).unwrap();
+        let every_program = crate::bpf::PROGRAMS
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(ROOT_PROGRAMS.iter().copied())
+            .chain(LSM_PROGRAMS.iter().map(|(name, _)| *name));
+        for name in every_program {
+            fs::write(links.join(format!("{name}-1")), "").unwrap();
+        }
+        let managed_root = tempfile::tempdir().unwrap();
+        fs::set_permissions(managed_root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let support = KernelSupport {
+            lsm_missing: Some("the bpf LSM is not active".into()),
+            root_hooks_missing: None,
+            unix_hooks_in_kernel: true,
+        };
+        let rows = matrix(bpffs.path(), managed_root.path(), &support);
+        for enforced in ["tcp", "udp", "raw_socket", "foreign_socket", "backstop"] {
+            assert!(row(&rows, enforced).enforced, "{enforced}: {rows:#?}");
+        }
+        for missing in ["packet_socket", "foreign_connected_socket"] {
+            let r = row(&rows, missing);
+            assert!(!r.enforced);
+            assert_eq!(r.detail, "the bpf LSM is not active");
+        }
+        let unix = row(&rows, "unix_relay");
+        assert!(!unix.enforced);
+        assert!(unix.detail.contains("aya 0.14 cannot attach them"));
+        // Enforced exactly when the directory is root's (it is when tests run as root).
+        let root_owned = fs::metadata(managed_root.path()).unwrap().uid() == 0;
+        assert_eq!(row(&rows, "leave_cgroup").enforced, root_owned, "{rows:#?}");
+        fs::set_permissions(managed_root.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let rows = matrix(bpffs.path(), managed_root.path(), &support);
+        assert!(!row(&rows, "leave_cgroup").enforced);
+        assert!(row(&rows, "leave_cgroup").detail.contains("mode 777"));
+    }
+
+    #[test]
+    fn load_errors_lose_an_empty_verifier_tail() {
+        assert_eq!(
+            tidy(
+                "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1). Verifier output: "
+            ),
+            "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1)"
+        );
+        assert_eq!(
+            tidy("Verifier output: R1 invalid"),
+            "Verifier output: R1 invalid"
+        );
+    }
+}
