@@ -14,7 +14,7 @@ use std::{
 use serde_json::Value;
 use sluice_tests::{
     TestDaemon,
-    postgres::{PgServer, Rule, pg_bin},
+    postgres::{PgServer, Rule, pg_bin, pg_policy},
     text,
 };
 
@@ -841,4 +841,79 @@ fn masks_follow_reloads_and_a_grant_keeps_the_readers_mask() {
     );
     assert_eq!(explain["decision"]["mask"], "pii", "{explain:#}");
     assert!(text(&explain["decision"], "rule").starts_with("grant:"));
+}
+
+/// What the running daemon decides for `operation` by `app-agent` on `pg`: the rule.
+fn live_rule(daemon: &TestDaemon, operation: &str) -> String {
+    let explained = sluice_json(
+        daemon,
+        &[
+            "policy",
+            "explain",
+            "--agent",
+            "app-agent",
+            "--resource",
+            "pg",
+            "--operation",
+            operation,
+            "--json",
+        ],
+    );
+    text(&explained["decision"], "rule").to_owned()
+}
+
+#[test]
+fn policy_reload_on_demand_and_after_the_directory_is_replaced() {
+    let port = sluice_tests::free_port();
+    let reader = pg_policy(
+        &["127.0.0.2"],
+        port,
+        &["app-agent"],
+        &[Rule::allow("app-agent", &["read"]).named("reads")],
+    );
+    let writer = pg_policy(
+        &["127.0.0.2"],
+        port,
+        &["app-agent"],
+        &[Rule::allow("app-agent", &["read", "write"]).named("writes")],
+    );
+    let daemon = TestDaemon::start(&reader);
+    assert_eq!(live_rule(&daemon, "write"), "default-deny");
+
+    // Behind a symlink the watch cannot see the edits: `sluice policy reload` applies them.
+    let outside = daemon.dir.path().join("outside.toml");
+    std::fs::write(&outside, &reader).expect("write");
+    std::fs::remove_file(policy_file(&daemon)).expect("remove");
+    std::os::unix::fs::symlink(&outside, policy_file(&daemon)).expect("symlink");
+    wait_for_generation(&daemon, 2);
+    rewrite_in_place(&outside, &writer.replace("action", "acton"));
+    let rejected = daemon.sluice(&["policy", "reload"]);
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert_eq!(rejected.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("test.toml:") && stderr.contains("acton") && stderr.contains("rejected"),
+        "{stderr}"
+    );
+    assert_eq!(status(&daemon)["policy"]["last_rejected"]["trigger"], "api");
+    assert_eq!(generation(&daemon), 2);
+    assert_eq!(live_rule(&daemon, "write"), "default-deny");
+
+    rewrite_in_place(&outside, &writer);
+    let applied = daemon.sluice(&["policy", "reload"]);
+    assert!(applied.status.success(), "{applied:?}");
+    assert!(String::from_utf8_lossy(&applied.stdout).contains("generation 3"));
+    assert_eq!(live_rule(&daemon, "write"), "writes");
+
+    // The whole directory swapped for another (as config managers do): watched again.
+    let policies = daemon.dir.path().join("policies");
+    let replacement = daemon.dir.path().join("policies.new");
+    std::fs::create_dir(&replacement).expect("mkdir");
+    std::fs::write(replacement.join("test.toml"), &reader).expect("write");
+    std::fs::rename(&policies, daemon.dir.path().join("policies.old")).expect("rename");
+    std::fs::rename(&replacement, &policies).expect("rename");
+    wait_for_generation(&daemon, 4);
+    assert_eq!(live_rule(&daemon, "write"), "default-deny");
+    rewrite_in_place(&policy_file(&daemon), &writer);
+    wait_for_generation(&daemon, 5);
+    assert_eq!(live_rule(&daemon, "write"), "writes");
 }

@@ -31,7 +31,6 @@ use crate::{
     events::Activity,
     grants::{Actor, GrantBook, GrantError, NewGrant},
     policy::{ExplainQuestion, Explanation, Grant, Policy},
-    policy_watch::PolicyWatch,
     proxy::postgres::cancel::CancelRegistry,
     redirect::RedirectListeners,
     session::{PolicyHandle, SessionContext},
@@ -267,19 +266,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         },
     ));
     let redirect_task = tokio::spawn(listeners.serve(context));
-    match PolicyWatch::new(&config.daemon.policy_dir) {
-        Ok(watch) => {
-            let policy = Arc::clone(&policy);
-            let dir = config.daemon.policy_dir.clone();
-            let watch_store = store.clone();
-            tokio::spawn(async move {
-                while watch.changed().await.is_ok() {
-                    reload_policy(&policy, &dir, "file_change", &watch_store);
-                }
-                tracing::error!("the policy directory watch failed: reload with SIGHUP");
-            });
-        }
-        Err(error) => tracing::error!(%error, "policy files are not watched: reload with SIGHUP"),
+    {
+        let policy = Arc::clone(&policy);
+        let dir = config.daemon.policy_dir.clone();
+        let watch_store = store.clone();
+        tokio::spawn(crate::policy_watch::run(dir.clone(), move || {
+            reload_policy(&policy, &dir, "file_change", &watch_store);
+        }));
     }
     crate::audit::record(
         &store,
@@ -590,7 +583,7 @@ impl ControlBackend for Backend {
                     duration: Duration::from_secs(request.duration_seconds),
                     reason: request.reason,
                 },
-                &Actor::from_uid(peer.uid),
+                &Actor::from_peer(peer),
             )
             .map_err(grant_error)
     }
@@ -602,7 +595,7 @@ impl ControlBackend for Backend {
         request: RevokeRequest,
     ) -> Result<Grant, ApiError> {
         self.grants
-            .revoke(id, &Actor::from_uid(peer.uid), request.reason)
+            .revoke(id, &Actor::from_peer(peer), request.reason)
             .map_err(grant_error)
     }
 

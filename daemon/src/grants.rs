@@ -60,13 +60,12 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// The actor for `uid`, named from the user database when it can be.
-    pub fn from_uid(uid: u32) -> Self {
-        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map(|user| user.name);
-        Self { uid, name }
+    /// The authorized control peer.
+    pub fn from_peer(peer: &crate::control::PeerInfo) -> Self {
+        Self {
+            uid: peer.uid,
+            name: peer.user.clone(),
+        }
     }
 }
 

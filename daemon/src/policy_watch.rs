@@ -5,7 +5,9 @@
 //! replaces, including a swapped `..data` symlink), created, deleted or re-permissioned.
 //! Editors write in several steps, so events are debounced: the reload runs once the
 //! directory has been quiet for [`DEBOUNCE`]. A change to a file outside the directory
-//! that a symlink points to is not seen; SIGHUP covers it.
+//! that a symlink points to is not seen; SIGHUP covers it. When the directory itself is
+//! removed or renamed the watch is lost; [`run`] sets it up again once the directory is
+//! back and reloads then, since changes may have been missed meanwhile.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd, RawFd},
@@ -18,6 +20,9 @@ use tokio::io::unix::AsyncFd;
 
 /// How long the directory must be quiet before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// How often to try to watch again a directory that cannot be watched.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Why the watch could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,8 @@ impl PolicyWatch {
                     | AddWatchFlags::IN_CREATE
                     | AddWatchFlags::IN_DELETE
                     | AddWatchFlags::IN_ATTRIB
+                    | AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_MOVE_SELF
                     | AddWatchFlags::IN_ONLYDIR,
             )
             .map_err(|errno| error(errno.into()))?;
@@ -86,9 +93,51 @@ impl PolicyWatch {
         loop {
             let mut ready = self.inotify.readable().await?;
             match ready.get_inner().0.read_events() {
-                Ok(_) => return Ok(()),
+                Ok(events) => {
+                    let lost = AddWatchFlags::IN_IGNORED
+                        | AddWatchFlags::IN_DELETE_SELF
+                        | AddWatchFlags::IN_MOVE_SELF;
+                    if events.iter().any(|event| event.mask.intersects(lost)) {
+                        return Err(std::io::Error::other(
+                            "the policy directory was removed or renamed",
+                        ));
+                    }
+                    return Ok(());
+                }
                 Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
                 Err(errno) => return Err(errno.into()),
+            }
+        }
+    }
+}
+
+/// Watches `dir` for the daemon's lifetime and calls `reload` after each change.
+pub async fn run(dir: PathBuf, reload: impl Fn()) {
+    let mut missed = false;
+    loop {
+        let watch = match PolicyWatch::new(&dir) {
+            Ok(watch) => watch,
+            Err(error) => {
+                if !missed {
+                    tracing::error!(%error, "policy files are not watched (SIGHUP reloads); retrying");
+                }
+                missed = true;
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        if missed {
+            tracing::info!(dir = %dir.display(), "policy directory watched again");
+            reload();
+        }
+        loop {
+            match watch.changed().await {
+                Ok(()) => reload(),
+                Err(error) => {
+                    tracing::warn!(%error, "policy directory watch lost; setting it up again");
+                    missed = true;
+                    break;
+                }
             }
         }
     }

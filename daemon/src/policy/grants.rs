@@ -168,3 +168,211 @@ impl Policy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, time::Duration};
+
+    use super::*;
+
+    const POLICY: &str = r#"
+[[agent]]
+name = "ci-bot"
+uids = [1000]
+
+[[resource]]
+name = "orders-db"
+addresses = ["127.0.0.2"]
+ports = [5432]
+protocol = "postgres"
+
+[[resource]]
+name = "other-db"
+addresses = ["127.0.0.3"]
+ports = [5432]
+protocol = "postgres"
+
+[[rule]]
+name = "reads"
+agent = "ci-bot"
+resource = "orders-db"
+operations = ["read"]
+action = "allow"
+mask = "pii"
+
+[[rule]]
+name = "no-ddl"
+agent = "ci-bot"
+resource = "orders-db"
+operations = ["ddl"]
+action = "deny"
+
+[[rule]]
+name = "admin-review"
+agent = "ci-bot"
+resource = "orders-db"
+operations = ["admin"]
+action = "review"
+
+[[rule]]
+name = "everyone-dcl-masked"
+agent = "*"
+resource = "orders-db"
+operations = ["dcl"]
+action = "allow"
+mask = "strict"
+
+[[rule]]
+name = "but-not-ci-bot"
+agent = "ci-bot"
+resource = "orders-db"
+operations = ["dcl"]
+action = "deny"
+
+[[mask]]
+name = "pii"
+
+[[mask]]
+name = "strict"
+"#;
+
+    fn policy() -> Policy {
+        match Policy::from_sources(&[(PathBuf::from("test.toml"), POLICY.to_owned())]) {
+            Ok(policy) => policy,
+            Err(errors) => panic!("policy should load:\n{errors}"),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn grant(id: u64, operations: &[Operation]) -> Grant {
+        Grant {
+            id,
+            agent: "ci-bot".into(),
+            resource: "orders-db".into(),
+            operations: operations.to_vec(),
+            reason: "migration".into(),
+            created_at: now(),
+            expires_at: now() + Duration::from_secs(60),
+            created_by_uid: 0,
+            created_by: Some("root".into()),
+            state: GrantState::Active,
+            ended_at: None,
+            revoked_by_uid: None,
+            revoked_by: None,
+            revoke_reason: None,
+        }
+    }
+
+    fn ci_bot(uid: u32) -> AgentFacts<'static> {
+        AgentFacts {
+            agent: "ci-bot",
+            uid,
+            exe: None,
+        }
+    }
+
+    fn decide(grants: &[Grant], operation: Operation) -> Decision {
+        policy().decide_with_grants(grants, &ci_bot(1000), Some("orders-db"), operation, now())
+    }
+
+    #[test]
+    fn a_grant_beats_default_deny_deny_and_review_for_its_classes_only() {
+        let grants = [grant(
+            7,
+            &[Operation::Write, Operation::Ddl, Operation::Admin],
+        )];
+        for operation in [Operation::Write, Operation::Ddl, Operation::Admin] {
+            let decision = decide(&grants, operation);
+            assert_eq!(decision.action, Action::Allow, "{operation}: {decision:?}");
+            assert_eq!(decision.rule, "grant:7");
+            assert!(decision.reason.contains("migration") && decision.reason.contains("root"));
+        }
+        let without = decide(&[], Operation::Ddl);
+        assert_eq!(
+            (without.action, without.rule.as_str()),
+            (Action::Deny, "no-ddl")
+        );
+        let review = decide(&[], Operation::Admin);
+        assert_eq!(review.action, Action::Review);
+        let dangerous = decide(&grants, Operation::Dangerous);
+        assert_eq!(dangerous.rule, "default-deny");
+    }
+
+    #[test]
+    fn a_grant_never_replaces_an_allow_and_keeps_the_allow_rules_masks() {
+        let grants = [grant(
+            7,
+            &[Operation::Read, Operation::Write, Operation::Dcl],
+        )];
+        let read = decide(&grants, Operation::Read);
+        assert_eq!(
+            (read.rule.as_str(), read.mask.as_deref()),
+            ("reads", Some("pii"))
+        );
+        // No allow rule for write: the reader's mask.
+        let write = decide(&grants, Operation::Write);
+        assert_eq!(
+            (write.rule.as_str(), write.mask.as_deref()),
+            ("grant:7", Some("pii"))
+        );
+        // A deny overrode an allow rule with a mask: that allow rule's mask comes back.
+        let dcl = decide(&grants, Operation::Dcl);
+        assert_eq!(
+            (dcl.rule.as_str(), dcl.mask.as_deref()),
+            ("grant:7", Some("strict"))
+        );
+    }
+
+    #[test]
+    fn expired_revoked_foreign_and_unqualified_grants_do_not_count() {
+        let mut expired = grant(1, &[Operation::Write]);
+        expired.expires_at = now() - Duration::from_secs(1);
+        let mut revoked = grant(2, &[Operation::Write]);
+        revoked.state = GrantState::Revoked;
+        let mut elsewhere = grant(3, &[Operation::Write]);
+        elsewhere.resource = "other-db".into();
+        let mut someone_else = grant(4, &[Operation::Write]);
+        someone_else.agent = "other-bot".into();
+        let grants = [expired, revoked, elsewhere, someone_else];
+        assert_eq!(decide(&grants, Operation::Write).rule, "default-deny");
+
+        // A process failing the agent's uid constraint is not that agent.
+        let granted = [grant(5, &[Operation::Write])];
+        let stranger = policy().decide_with_grants(
+            &granted,
+            &ci_bot(4242),
+            Some("orders-db"),
+            Operation::Write,
+            now(),
+        );
+        assert_eq!(stranger.action, Action::Deny);
+    }
+
+    #[test]
+    fn a_grant_implies_connecting_and_the_oldest_applying_grant_is_named() {
+        let grants = [grant(9, &[Operation::Write]), grant(8, &[Operation::Write])];
+        let policy = policy();
+        let stranger_agent = AgentFacts {
+            agent: "other-bot",
+            uid: 1000,
+            exe: None,
+        };
+        let mut foreign = grant(10, &[Operation::Write]);
+        foreign.agent = "other-bot".into();
+        foreign.resource = "other-db".into();
+        // No rule names other-db: only the grant lets the connection through.
+        let destination = "127.0.0.3:5432".parse().expect("address");
+        let denied = policy.decide_connection_with_grants(&[], &stranger_agent, destination, now());
+        assert_eq!(denied.action, Action::Deny);
+        let connect =
+            policy.decide_connection_with_grants(&[foreign], &stranger_agent, destination, now());
+        assert_eq!(
+            (connect.action, connect.rule.as_str()),
+            (Action::Allow, "grant:10")
+        );
+        assert_eq!(decide(&grants, Operation::Write).rule, "grant:8");
+    }
+}
