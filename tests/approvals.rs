@@ -662,3 +662,43 @@ fn metrics_count_sessions_and_agents_cannot_reach_the_endpoint() {
     assert_eq!(sessions[0]["decision"]["rule"], "kernel:daemon_port");
     assert_eq!(text(&sessions[0], "destination"), target);
 }
+
+#[test]
+fn an_agent_that_goes_away_withdraws_its_hold() {
+    let server = server();
+    let daemon = TestDaemon::start(&server.policy(
+        &["quitter"],
+        &[Rule::review("quitter", &["write"]).named("writes-need-review")],
+    ));
+    let mut psql = spawn_psql(
+        &daemon,
+        &server,
+        "quitter",
+        &["--user", AGENT_USER],
+        &["DELETE FROM orders WHERE id = 2"],
+    );
+    let hold = wait_for_hold(&daemon, "quitter", "DELETE FROM orders");
+    psql.kill().expect("kill psql");
+    let _ = psql.wait();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !held(&daemon).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the hold stayed after the agent left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let late = daemon.sluice(&["approve", &id_of(&hold), "--reason", "too late"]);
+    assert!(!late.status.success(), "a withdrawn hold was approved");
+    let statements = recorded_statements(&daemon, "quitter");
+    let delete = find_statement(&statements, "DELETE FROM orders");
+    assert_eq!(delete["approval"]["outcome"], "withdrawn");
+    assert!(text(delete, "error").starts_with("not run"), "{delete:#}");
+    assert_eq!(
+        server
+            .psql_local("app", "shop", "SELECT count(*) FROM orders")
+            .trim(),
+        "3"
+    );
+}

@@ -252,15 +252,15 @@ impl ApprovalBroker {
             expires_at: now + timeout,
         };
         let (sender, receiver) = oneshot::channel();
-        if let Some(notifier) = &self.notifier {
-            notifier.announce(&held);
-        }
         tracing::info!(
             approval = id,
             rule = %held.rule,
             timeout_s = timeout.as_secs(),
             "statement held for approval"
         );
+        // In the table before anyone hears of it, so a quick decision finds it.
+        let announcement = self.notifier.as_ref().map(|_| held.clone());
+        crate::metrics::global().held_approvals.inc();
         self.table().insert(
             id,
             Waiting {
@@ -268,7 +268,9 @@ impl ApprovalBroker {
                 verdict: sender,
             },
         );
-        crate::metrics::global().held_approvals.inc();
+        if let (Some(notifier), Some(held)) = (&self.notifier, announcement) {
+            notifier.announce(&held);
+        }
         Ok(Hold {
             broker: Arc::clone(self),
             id,

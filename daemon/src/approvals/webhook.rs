@@ -279,4 +279,58 @@ mod tests {
         assert_eq!((target.host.as_str(), target.port), ("::1", 9));
         assert_eq!(target.path, "/a?b=c");
     }
+
+    fn held() -> HeldStatement {
+        let now = time::OffsetDateTime::now_utc();
+        HeldStatement {
+            id: 17,
+            session_id: 4,
+            statement_seq: 2,
+            agent: "bot".into(),
+            pid: 4711,
+            uid: 1000,
+            resource: "orders-db".into(),
+            sql: "DELETE FROM orders WHERE id = ?".into(),
+            kind: "DELETE".into(),
+            operation: "write".into(),
+            rule: "writes-need-review".into(),
+            reason: "rule sends to review".into(),
+            waiting_since: now,
+            timeout_seconds: 600,
+            expires_at: now + Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn the_json_body_is_the_hold_and_how_to_decide_it() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&body(WebhookFormat::Json, &held()).expect("body"))
+                .expect("JSON");
+        assert_eq!(body["event"], "approval_requested");
+        assert_eq!(body["id"], 17);
+        assert_eq!(body["sql"], "DELETE FROM orders WHERE id = ?");
+        assert_eq!(
+            body["approve_command"],
+            "sluice approve 17 --reason \"...\""
+        );
+    }
+
+    #[test]
+    fn the_slack_body_is_one_text_field() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&body(WebhookFormat::Slack, &held()).expect("body"))
+                .expect("JSON");
+        let object = body.as_object().expect("object");
+        assert_eq!(object.len(), 1, "{body}");
+        let text = object["text"].as_str().expect("text");
+        for part in [
+            "approval 17",
+            "`bot`",
+            "pid 4711",
+            "sluice approve 17",
+            "10m",
+        ] {
+            assert!(text.contains(part), "{part} missing from {text}");
+        }
+    }
 }
