@@ -702,11 +702,17 @@ fn explain_agrees_with_the_live_decision() {
 
 #[test]
 fn agents_cannot_use_the_control_socket_or_reach_the_daemons_ports() {
-    let daemon = TestDaemon::start(
+    let mut daemon = TestDaemon::start(
         "[[agent]]\nname = \"probe\"\n\n\
          [[resource]]\nname = \"anything\"\naddresses = [\"127.0.0.0/8\", \"::1\"]\nports = [\"1-65535\"]\n\n\
          [[rule]]\nagent = \"probe\"\nresource = \"anything\"\naction = \"allow\"\n",
     );
+    // Every TCP port the daemon can open: the redirect listeners and the metrics endpoint.
+    let metrics = format!("127.0.0.1:{}", sluice_tests::free_port());
+    let mut config = std::fs::read_to_string(&daemon.config_path).expect("config");
+    config.push_str(&format!("[metrics]\nlisten = {metrics:?}\n"));
+    std::fs::write(&daemon.config_path, config).expect("write config");
+    daemon.restart();
     let socket = daemon.control_socket.to_str().expect("utf-8").to_owned();
     let curl = |options: &[&str]| {
         let mut args = vec!["run", "--agent", "probe"];
@@ -740,18 +746,25 @@ fn agents_cannot_use_the_control_socket_or_reach_the_daemons_ports() {
         Value::Array(vec![])
     );
 
-    for target in [
-        format!("127.0.0.1:{}", daemon.port),
-        format!("[::1]:{}", daemon.port),
-    ] {
-        let report = daemon.probe("probe", &["tcp", &target]);
+    let mut targets: Vec<String> = status(&daemon)["listeners"]
+        .as_array()
+        .expect("listeners")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|listener| !listener.starts_with("udp/"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(targets.len(), 2, "{targets:?}");
+    targets.push(metrics.clone());
+    for target in &targets {
+        let report = daemon.probe("probe", &["tcp", target]);
         assert_eq!(report["ok"], false, "{target}: {report}");
         assert!(
             text(&report, "error").contains("PermissionDenied"),
             "{report}"
         );
     }
-    let sessions = daemon.wait_for_sessions(Some("probe"), "three refusals", |s| s.len() >= 3);
+    let sessions = daemon.wait_for_sessions(Some("probe"), "four refusals", |s| s.len() >= 4);
     let mut refusals: Vec<(String, String)> = sessions
         .iter()
         .map(|s| {
@@ -763,6 +776,7 @@ fn agents_cannot_use_the_control_socket_or_reach_the_daemons_ports() {
         .collect();
     refusals.sort();
     let mut expected = vec![
+        (metrics, "kernel:daemon_port".to_owned()),
         (
             format!("127.0.0.1:{}", daemon.port),
             "kernel:daemon_port".to_owned(),
