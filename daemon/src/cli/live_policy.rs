@@ -56,7 +56,7 @@ pub struct GrantArgs {
     #[arg(long)]
     pub resource: String,
     /// Operation classes to allow, comma separated (`write,ddl`).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required = true, value_parser = grant_class)]
     pub allow: Vec<Operation>,
     /// How long: `90s`, `30m`, `2h`, `1d`.
     #[arg(long = "for", value_parser = crate::grants::parse_duration)]
@@ -67,6 +67,17 @@ pub struct GrantArgs {
     /// Print the grant as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// One class a grant allows: named, never `*`.
+fn grant_class(text: &str) -> Result<Operation, String> {
+    if text == "*" {
+        return Err(
+            "a grant names the classes it allows (like write,ddl): `*` is not accepted".into(),
+        );
+    }
+    text.parse()
+        .map_err(|error: crate::policy::UnknownOperation| error.to_string())
 }
 
 #[derive(Debug, Subcommand)]
