@@ -332,9 +332,6 @@ try:
     print("short=answered")
 except socket.timeout:
     print("short=dropped")
-c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-c.connect(("127.0.53.5", 53))
-print("peer=%s:%d" % c.getpeername())
 "#;
     let output = daemon.sluice(&[
         "run",
@@ -354,8 +351,6 @@ print("peer=%s:%d" % c.getpeername())
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("short=dropped"), "{stdout}");
-    // A connected UDP socket (as glibc uses) still sees the server it named.
-    assert!(stdout.contains("peer=127.0.53.5:53"), "{stdout}");
 
     let answer = dig_as(
         &daemon,
@@ -577,4 +572,50 @@ fn glibc_lookups_go_through_the_resolver_whatever_resolv_conf_names() {
     let (session, _) = recorded_query(&daemon, "resolver-user", "A glibc.internal");
     assert_eq!(text(&session, "destination"), "127.0.53.8:53");
     assert_eq!(session["uid"], 65534, "{session}");
+}
+
+#[test]
+fn connected_and_v4_mapped_sockets_see_the_server_they_named() {
+    let upstream = Dnsmasq::start("127.0.54.9", "10.53.0.13 mapped.internal\n");
+    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let named = NamedServerSink::start("127.0.53.9");
+    let script = r#"
+import socket
+query = bytes([0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]) + b"\x06mapped\x08internal\x00\x00\x01\x00\x01"
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(3)
+c.connect(("127.0.53.9", 53))
+c.send(query)
+reply = c.recv(512)
+print("connected peer=%s:%d rcode=%d answers=%d" % (c.getpeername() + (reply[3] & 15, reply[7])))
+m = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+m.settimeout(3)
+m.sendto(query, ("::ffff:127.0.53.9", 53))
+reply, source = m.recvfrom(512)
+print("mapped rcode=%d answers=%d from=%s:%d" % (reply[3] & 15, reply[7], source[0], source[1]))
+"#;
+    let output = daemon.sluice(&[
+        "run",
+        "--agent",
+        "resolver-user",
+        "--user",
+        "nobody",
+        "--",
+        "python3",
+        "-c",
+        script,
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // A connected UDP socket (as glibc uses) still has the server it named as its peer.
+    assert!(
+        stdout.contains("connected peer=127.0.53.9:53 rcode=0 answers=1"),
+        "{stdout} {stderr}"
+    );
+    // v4-mapped IPv6 is IPv4 on the wire, and the reply still comes "from" the server.
+    assert!(
+        stdout.contains("mapped rcode=0 answers=1 from=::ffff:127.0.53.9:53"),
+        "{stdout} {stderr}"
+    );
+    named.assert_untouched();
 }

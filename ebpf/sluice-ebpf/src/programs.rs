@@ -428,18 +428,18 @@ pub fn sluice_recvmsg6(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     let origin = unsafe { &*origin };
-    if origin.v4_mapped == 1 {
+    // An IPv6 socket's unconnected send to a v4-mapped address runs the sendmsg4 hook,
+    // which records a plain IPv4 origin: shown v4-mapped here all the same.
+    if origin.v4_mapped == 1 || origin.dst_family == AF_INET {
         sock_addr.user_ip6[0] = 0;
         sock_addr.user_ip6[1] = 0;
         sock_addr.user_ip6[2] = V4_MAPPED_WORD;
         sock_addr.user_ip6[3] = origin.dst_ip[0];
-    } else if origin.dst_family == AF_INET6 {
+    } else {
         sock_addr.user_ip6[0] = origin.dst_ip[0];
         sock_addr.user_ip6[1] = origin.dst_ip[1];
         sock_addr.user_ip6[2] = origin.dst_ip[2];
         sock_addr.user_ip6[3] = origin.dst_ip[3];
-    } else {
-        return ALLOW;
     }
     sock_addr.user_port = origin.dst_port.to_be() as u32;
     ALLOW
