@@ -369,7 +369,7 @@ pub fn matrix(
         ),
         lsm_row(
             "packet_socket",
-            "refused",
+            "refused, and every family but unix, inet, netlink and AF_ALG (AF_VSOCK too)",
             "BPF LSM socket_create keyed by the task's cgroup (5.7, bpf LSM active)",
             &["sluice_lsm_socket_create"],
         ),
