@@ -51,8 +51,10 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Appends `events` in order (sharing group commits) and returns the last seq;
-    /// `None` when there were none. Waits as [`Store::append`] does.
+    /// Appends `events` in order (sharing group commits). With [`Durability::Durable`]
+    /// it returns the last seq once all are flushed; with [`Durability::Batched`] it
+    /// returns `None` as soon as they are queued (a failed commit is logged by the
+    /// writer), so a hot path never waits for the writer.
     pub async fn append_all(
         &self,
         events: Vec<Event>,
@@ -69,6 +71,9 @@ impl Store {
             }))
             .await?;
             answers.push(answer);
+        }
+        if durability == Durability::Batched {
+            return Ok(None);
         }
         let mut last = None;
         for answer in answers {

@@ -803,22 +803,23 @@ impl AgentLoop<'_> {
         match review {
             Review::Query {
                 frame,
-                mut records,
+                records,
                 masks,
                 started,
                 held,
             } => {
+                let mut guarded = HeldRecords::new(records, &self.session.store);
                 let mut refused = None;
                 for (index, decision) in held {
-                    let Some(record) = records.get(index) else {
+                    let Some(record) = guarded.records.get(index) else {
                         continue;
                     };
                     let resolution = self.hold(record, &decision).await;
-                    if let Some(record) = records.get_mut(index) {
+                    if let Some(record) = guarded.records.get_mut(index) {
                         record.approval = Some(approval_record(&resolution));
                     }
                     if resolution.outcome == Outcome::Withdrawn {
-                        self.record_withdrawn(records, &resolution).await;
+                        self.record_withdrawn(guarded.release(), &resolution).await;
                         return Ok(false);
                     }
                     if resolution.outcome != Outcome::Approved {
@@ -826,6 +827,7 @@ impl AgentLoop<'_> {
                         break;
                     }
                 }
+                let mut records = guarded.release();
                 match refused {
                     None => {
                         self.push(Pending::Query {
@@ -862,7 +864,7 @@ impl AgentLoop<'_> {
                 pending,
             } => {
                 let Pending::Execute {
-                    mut record,
+                    record,
                     started,
                     mask,
                     portal,
@@ -872,7 +874,15 @@ impl AgentLoop<'_> {
                 else {
                     return Ok(true);
                 };
-                let resolution = self.hold(&record, &decision).await;
+                let guarded = HeldRecords::new(vec![*record], &self.session.store);
+                let Some(held) = guarded.records.first() else {
+                    return Ok(true);
+                };
+                let resolution = self.hold(held, &decision).await;
+                let Some(record) = guarded.release().pop() else {
+                    return Ok(true);
+                };
+                let mut record = Box::new(record);
                 record.approval = Some(approval_record(&resolution));
                 match resolution.outcome {
                     Outcome::Approved => {
@@ -1183,6 +1193,55 @@ impl AgentLoop<'_> {
             timeout: None,
         };
         self.record(&statement, "<unknown portal>", 0, &decision)
+    }
+}
+
+/// Statements of a request while it is held. Should the session be torn down meanwhile
+/// (the server went away, which drops the agent loop mid-wait), dropping this records
+/// them as not run, so that no statement record is lost.
+struct HeldRecords {
+    records: Vec<StatementRecord>,
+    store: Store,
+}
+
+impl HeldRecords {
+    fn new(records: Vec<StatementRecord>, store: &Store) -> Self {
+        Self {
+            records,
+            store: store.clone(),
+        }
+    }
+
+    /// The records, now the hold is over.
+    fn release(mut self) -> Vec<StatementRecord> {
+        std::mem::take(&mut self.records)
+    }
+}
+
+impl Drop for HeldRecords {
+    fn drop(&mut self) {
+        let records = std::mem::take(&mut self.records);
+        if records.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                statements = records.len(),
+                "held statements not recorded: no runtime"
+            );
+            return;
+        };
+        runtime.spawn(async move {
+            for mut record in records {
+                record.error.get_or_insert_with(|| {
+                    "not run: the session ended while it waited for approval".into()
+                });
+                if let Err(error) = store.put_statement(&record, Durability::Batched).await {
+                    tracing::error!(%error, seq = record.seq, "cannot record a statement");
+                }
+            }
+        });
     }
 }
 
@@ -1806,8 +1865,10 @@ impl ServerLoop<'_> {
             self.session.audit_context.clone(),
             crate::events::Activity::statement_result(&record),
         );
+        // Batched even in strict mode: the result goes to the agent, not upstream, and
+        // the next statement's durable write flushes it anyway.
         let written = store
-            .put_statement_with_events(&record, &[result], store.audit_durability())
+            .put_statement_with_events(&record, &[result], Durability::Batched)
             .await;
         crate::metrics::global().store_write(
             "statement",
