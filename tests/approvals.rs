@@ -702,3 +702,40 @@ fn an_agent_that_goes_away_withdraws_its_hold() {
         "3"
     );
 }
+
+#[test]
+fn a_held_statement_is_recorded_when_the_server_goes_away() {
+    let mut server = server();
+    let daemon = TestDaemon::start(&server.policy(
+        &["stranded"],
+        &[Rule::review("stranded", &["write"]).named("writes-need-review")],
+    ));
+    let psql = spawn_psql(
+        &daemon,
+        &server,
+        "stranded",
+        &["--user", AGENT_USER],
+        &["DELETE FROM orders WHERE id = 2"],
+    );
+    wait_for_hold(&daemon, "stranded", "DELETE FROM orders");
+    server.stop();
+    let output = finish(psql);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(held(&daemon).is_empty(), "the hold outlived its session");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let statements = recorded_statements(&daemon, "stranded");
+        if let Some(delete) = statements
+            .iter()
+            .find(|s| text(s, "sql").contains("DELETE FROM orders"))
+        {
+            assert!(text(delete, "error").starts_with("not run"), "{delete:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held statement was never recorded: {statements:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
