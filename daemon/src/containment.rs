@@ -354,6 +354,21 @@ pub fn matrix(
             "",
         ),
         row(
+            "dns",
+            "answered by the daemon's resolver and recorded; the named server is never reached",
+            "UDP port 53: cgroup/connect4, connect6, sendmsg4, sendmsg6 rewrite to the resolver, cgroup_skb/egress files the sender (4.12), recvmsg4, recvmsg6 restore the source (5.2); TCP port 53 through the redirect listener",
+            &[
+                "sluice_connect4",
+                "sluice_connect6",
+                "sluice_sendmsg4",
+                "sluice_sendmsg6",
+                "sluice_recvmsg4",
+                "sluice_recvmsg6",
+                "sluice_dns_egress",
+            ],
+            "",
+        ),
+        row(
             "quic",
             "refused, so clients fall back to TCP",
             "the UDP hooks: QUIC is UDP",
@@ -490,7 +505,7 @@ mod tests {
             Path::new("/nonexistent"),
             &KernelSupport::default(),
         );
-        assert_eq!(rows.len(), 15);
+        assert_eq!(rows.len(), 16);
         assert!(rows.iter().all(|r| !r.enforced), "{rows:#?}");
         assert_eq!(
             row(&rows, "raw_socket").detail,
@@ -524,7 +539,14 @@ mod tests {
             unix_hooks_in_kernel: true,
         };
         let rows = matrix(bpffs.path(), managed_root.path(), &support);
-        for enforced in ["tcp", "udp", "raw_socket", "foreign_socket", "backstop"] {
+        for enforced in [
+            "tcp",
+            "udp",
+            "dns",
+            "raw_socket",
+            "foreign_socket",
+            "backstop",
+        ] {
             assert!(row(&rows, enforced).enforced, "{enforced}: {rows:#?}");
         }
         for missing in ["packet_socket", "foreign_connected_socket"] {
