@@ -8,7 +8,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
     os::{
-        fd::{AsRawFd as _, RawFd},
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::{
             fs::PermissionsExt as _,
             net::{UnixListener, UnixStream},
@@ -330,7 +330,7 @@ fn pass_descriptor(dir: &Path, passed: Passed) -> std::path::PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::thread::spawn(move || {
         let (channel, _) = listener.accept().expect("accept fd channel");
-        let unconnected;
+        let unconnected: OwnedFd;
         let fd: RawFd = match &passed {
             Passed::UnconnectedTcp(target) => {
                 let family = if target.is_ipv4() {
@@ -338,9 +338,12 @@ fn pass_descriptor(dir: &Path, passed: Passed) -> std::path::PathBuf {
                 } else {
                     libc::AF_INET6
                 };
-                // SAFETY: plain socket(2); closed when this thread ends.
-                unconnected = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
-                unconnected
+                // SAFETY: plain socket(2); the descriptor is owned, so closed on return.
+                let raw = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
+                assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+                // SAFETY: a fresh descriptor nobody else owns.
+                unconnected = unsafe { OwnedFd::from_raw_fd(raw) };
+                unconnected.as_raw_fd()
             }
             Passed::ConnectedTcp(stream) => stream.as_raw_fd(),
             Passed::Udp(socket) => socket.as_raw_fd(),
