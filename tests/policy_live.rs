@@ -428,6 +428,31 @@ fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
         ],
     );
     let first = grant["id"].as_u64().expect("grant id");
+    // Bad requests are refused with a reason, and create nothing.
+    for (args, why) in [
+        (
+            ["--resource", "nope", "--for", "1m"],
+            "defines no resource `nope`",
+        ),
+        (
+            ["--resource", "pg", "--for", "0s"],
+            "duration must be between",
+        ),
+        (
+            ["--resource", "pg", "--for", "31d"],
+            "duration must be between",
+        ),
+    ] {
+        let mut all = vec!["grant", "--agent", "app-agent", "--allow", "write"];
+        all.extend_from_slice(&args);
+        all.extend_from_slice(&["--reason", "x"]);
+        let refused = daemon.sluice(&all);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+    }
     assert_eq!(grant["state"], "active");
     assert_eq!(grant["created_by_uid"], 0);
     assert_eq!(grant["created_by"], "root");
