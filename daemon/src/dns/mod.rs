@@ -19,7 +19,13 @@
 //!    resources can name hosts.
 //!
 //! In-flight UDP queries are bounded ([`DnsConfig::max_in_flight`]); past the bound,
-//! datagrams are dropped and the agent's resolver retries.
+//! datagrams are dropped and the agent's resolver retries. A truncated UDP answer is
+//! passed on as it is: the agent retries over TCP, which is forwarded over TCP.
+//!
+//! Limits: the answer sent back is the upstream's, byte for byte but for the id (no
+//! filtering of records); a host process outside the managed cgroup that sends to the
+//! resolver from a port an agent's socket used moments before could be taken for that
+//! agent (the egress record lives until the LRU map evicts it).
 
 pub mod names;
 pub mod sni;
@@ -287,7 +293,6 @@ impl Resolver {
         let answers = self.learn(&asker.identity.agent, &query_name, &response);
         let rcode = rcode_name(response.metadata.response_code);
         tracing::info!(name = %query_name, rcode, answers = ?answers, "DNS query answered");
-        statement.rows = None;
         statement.tag = Some(if answers.is_empty() {
             rcode.to_owned()
         } else {
