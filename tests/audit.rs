@@ -15,6 +15,7 @@ use serde_json::Value;
 use sluice_tests::{
     TestDaemon,
     postgres::{PgCommand, PgServer, Rule},
+    sluice_bin,
 };
 
 const AGENT: &str = "writer";
@@ -216,6 +217,36 @@ fn damaged_store_files_give_a_clear_verify_error() {
         stdout.contains("event log broken at seq") || stderr.contains("cannot verify the store"),
         "no clear report: stdout {stdout}, stderr {stderr}"
     );
+
+    // A daemon does not carry on from a store that lost flushed events: their numbers
+    // would be handed out again.
+    if stdout.contains("truncated") {
+        let mut start = std::process::Command::new(sluice_bin())
+            .arg("--config")
+            .arg(&daemon.config_path)
+            .arg("daemon")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the daemon");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = start.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = start.kill();
+                panic!("the daemon started on a store that lost events");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut start.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read stderr");
+        assert!(!status.success());
+        assert!(stderr.contains("the event log lost events"), "{stderr}");
+    }
 }
 
 #[test]
