@@ -381,7 +381,8 @@ async fn statements_of_a_session_round_trip() {
         "tag": "SELECT 1",
         "error": null,
         "masked": {"email": 1},
-        "nulled": 0
+        "nulled": 0,
+        "approval": null
     }]);
     assert_eq!(body, expected);
     harness.stop().await;
