@@ -58,15 +58,9 @@ impl Store {
 }
 
 fn decode_grant(key: &[u8], value: &[u8]) -> Result<Grant, StoreError> {
-    serde_json::from_slice(value).map_err(|source| StoreError::Decode {
-        key: format!("grants/{}", String::from_utf8_lossy(&hex(key))),
-        source,
-    })
-}
-
-fn hex(bytes: &[u8]) -> Vec<u8> {
-    bytes
-        .iter()
-        .flat_map(|byte| format!("{byte:02x}").into_bytes())
-        .collect()
+    let key = <[u8; 8]>::try_from(key).map_or_else(
+        |_| format!("grants/<{} byte key>", key.len()),
+        |id| format!("grants/{}", u64::from_be_bytes(id)),
+    );
+    serde_json::from_slice(value).map_err(|source| StoreError::Decode { key, source })
 }
