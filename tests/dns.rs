@@ -619,3 +619,24 @@ print("mapped rcode=%d answers=%d from=%s:%d" % (reply[3] & 15, reply[7], source
     );
     named.assert_untouched();
 }
+
+#[test]
+fn with_the_daemon_down_dns_fails_closed() {
+    let upstream = Dnsmasq::start("127.0.54.10", "10.53.0.14 down.internal\n");
+    let mut daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let named = NamedServerSink::start("127.0.53.10");
+    daemon.kill();
+    // The programs stay attached: the query goes where no resolver listens.
+    let answer = dig_as(
+        &daemon,
+        "resolver-user",
+        &["@127.0.53.10", "-p", "53", "down.internal", "A"],
+    );
+    assert!(!answer.contains("10.53.0.14"), "{answer}");
+    // dig ran, and was refused (ICMP port unreachable from loopback) or timed out.
+    assert!(
+        answer.contains("no servers could be reached") || answer.contains("connection refused"),
+        "{answer}"
+    );
+    named.assert_untouched();
+}
