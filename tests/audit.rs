@@ -101,6 +101,13 @@ fn a_changed_event_is_reported_by_seq() {
         .output();
     assert!(output.status.success(), "{output:?}");
 
+    // A destination the policy does not allow: refused, and recorded as such.
+    let refused = PgCommand::agent(&daemon, AGENT, "psql")
+        .args(["-X", "-c", "SELECT 1", "-d"])
+        .arg("host=127.0.0.3 port=5432 user=writer dbname=audit sslmode=disable")
+        .output();
+    assert!(!refused.status.success(), "{refused:?}");
+
     let (output, report) = verify(&daemon, &[]);
     assert!(output.status.success(), "{report:#}");
     assert_eq!(report["chain_break"], Value::Null);
@@ -119,6 +126,22 @@ fn a_changed_event_is_reported_by_seq() {
     ] {
         assert!(types.contains(expected), "no {expected} event in {types:?}");
     }
+    let denied = events
+        .iter()
+        .find(|(_, e)| {
+            activity_type(e) == "session_open" && e["activity"]["decision"]["action"] == "deny"
+        })
+        .map(|(_, e)| e)
+        .expect("the refused connection's session_open event");
+    assert_eq!(
+        denied["context"]["destination"], "127.0.0.3:5432",
+        "{denied}"
+    );
+    assert_eq!(denied["context"]["agent"], AGENT, "{denied}");
+    assert_eq!(
+        denied["activity"]["decision"]["rule"], "default-deny",
+        "{denied}"
+    );
     let (insert_seq, insert) = events
         .iter()
         .find(|(_, e)| activity_type(e) == "statement" && e["activity"]["kind"] == "INSERT")
@@ -249,20 +272,23 @@ fn damaged_store_files_give_a_clear_verify_error() {
     }
 }
 
-#[test]
-fn after_kill_9_every_row_the_server_holds_has_its_statement_event() {
-    let (pg, mut daemon) = setup("[store]\ndurability = \"strict\"\n");
-    let output = psql(&daemon, &pg)
+/// Rows (numbered from 1) to load; far more than the load runs before the kill.
+const LOAD_ROWS: usize = 20_000;
+const LOAD_SQL: &str = "INSERT INTO load VALUES (?);";
+
+/// Loads numbered rows through the daemon, one INSERT per statement (row n is
+/// statement n of the loading session), and kills the daemon with SIGKILL once the
+/// server holds at least 300 of them. Returns the rows the server holds and the
+/// statement numbers of the load's recorded `statement` events.
+fn load_then_kill_9(pg: &PgServer, daemon: &mut TestDaemon) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let output = psql(daemon, pg)
         .args(["-c", "CREATE TABLE load (n int PRIMARY KEY)"])
         .output();
     assert!(output.status.success(), "{output:?}");
-
-    // One statement per row: row n is statement n of the loading session.
-    const ROWS: usize = 20_000;
-    let script: String = (1..=ROWS)
+    let script: String = (1..=LOAD_ROWS)
         .map(|n| format!("INSERT INTO load VALUES ({n});\n"))
         .collect();
-    let mut load = psql(&daemon, &pg).timeout(Duration::from_secs(600)).spawn();
+    let mut load = psql(daemon, pg).timeout(Duration::from_secs(600)).spawn();
     {
         use std::io::Write as _;
         let mut stdin = load.stdin.take().expect("psql stdin");
@@ -285,7 +311,8 @@ fn after_kill_9_every_row_the_server_holds_has_its_statement_event() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    stop(&mut daemon);
+    stop(daemon);
+    let _ = load.kill();
     let _ = load.wait();
 
     let rows: BTreeSet<u64> = pg
@@ -294,37 +321,45 @@ fn after_kill_9_every_row_the_server_holds_has_its_statement_event() {
         .filter_map(|line| line.trim().parse().ok())
         .collect();
     assert!(
-        rows.len() >= 300 && rows.len() < ROWS,
+        rows.len() >= 300 && rows.len() < LOAD_ROWS,
         "{} rows",
         rows.len()
     );
-
-    let events = read_events(&store_dir(&daemon));
+    let events = read_events(&store_dir(daemon));
     let load_session = events
         .iter()
-        .find(|(_, e)| {
-            activity_type(e) == "statement"
-                && e["activity"]["sql"] == "INSERT INTO load VALUES (?);"
-        })
+        .find(|(_, e)| activity_type(e) == "statement" && e["activity"]["sql"] == LOAD_SQL)
         .map(|(_, e)| e["context"]["session_id"].clone())
-        .unwrap_or_else(|| {
-            let statements: BTreeSet<String> = events
-                .iter()
-                .filter(|(_, e)| activity_type(e) == "statement")
-                .map(|(_, e)| e["activity"]["sql"].to_string())
-                .collect();
-            panic!("no statement event of the load among {statements:?}")
-        });
-    let recorded: BTreeSet<u64> = events
+        .expect("statement events of the load");
+    let recorded = events
         .iter()
         .filter(|(_, e)| {
             activity_type(e) == "statement"
                 && e["context"]["session_id"] == load_session
-                && e["activity"]["sql"] == "INSERT INTO load VALUES (?);"
+                && e["activity"]["sql"] == LOAD_SQL
                 && e["activity"]["decision"]["action"] == "allow"
         })
         .filter_map(|(_, e)| e["activity"]["statement_seq"].as_u64())
         .collect();
+    (rows, recorded)
+}
+
+/// Restarts the daemon and checks the chain is whole and holds at least `min` events.
+fn restart_and_verify(daemon: &mut TestDaemon, min: usize) {
+    daemon.restart();
+    let (output, report) = verify(daemon, &[]);
+    assert!(output.status.success(), "{report:#}\n{}", daemon.log());
+    assert_eq!(report["chain_break"], Value::Null);
+    assert!(
+        report["events"].as_u64().is_some_and(|n| n as usize >= min),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn after_kill_9_every_row_the_server_holds_has_its_statement_event() {
+    let (pg, mut daemon) = setup("[store]\ndurability = \"strict\"\n");
+    let (rows, recorded) = load_then_kill_9(&pg, &mut daemon);
     let missing: Vec<&u64> = rows.difference(&recorded).collect();
     assert!(
         missing.is_empty(),
@@ -333,16 +368,26 @@ fn after_kill_9_every_row_the_server_holds_has_its_statement_event() {
         rows.len(),
         &missing[..missing.len().min(10)]
     );
+    restart_and_verify(&mut daemon, rows.len());
+}
 
-    daemon.restart();
-    let (output, report) = verify(&daemon, &[]);
-    assert!(output.status.success(), "{report:#}\n{}", daemon.log());
-    assert_eq!(report["chain_break"], Value::Null);
+#[test]
+fn after_kill_9_in_batched_mode_only_the_newest_events_are_missing() {
+    let (pg, mut daemon) = setup("[store]\ndurability = \"batched\"\nflush_interval_ms = 200\n");
+    let (rows, recorded) = load_then_kill_9(&pg, &mut daemon);
+    // Whatever was lost is the tail: no row is missing its event while a later one
+    // has it, and the store reopens with a whole chain.
+    let newest_recorded = recorded.last().copied().unwrap_or(0);
+    let holes: Vec<&u64> = rows
+        .difference(&recorded)
+        .filter(|row| **row < newest_recorded)
+        .collect();
     assert!(
-        report["events"]
-            .as_u64()
-            .is_some_and(|n| n as usize >= rows.len())
+        holes.is_empty(),
+        "rows without events before event {newest_recorded}: {holes:?}"
     );
+    assert!(!recorded.is_empty());
+    restart_and_verify(&mut daemon, recorded.len());
 }
 
 #[test]
