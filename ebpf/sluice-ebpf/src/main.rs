@@ -16,7 +16,6 @@
 //!    the sender under each query's 4-tuple, and `sluice_recvmsg4`/`sluice_recvmsg6`
 //!    (5.2) make the replies appear to come from the server the agent asked. TCP to
 //!    port 53 is redirected like any TCP; the daemon hands it to its resolver.
-//!
 //! 6. `containment` closes the other ways out: raw and packet sockets, sockets passed
 //!    in from outside the cgroup, and an egress backstop for packets no hook saw.
 //!
@@ -35,9 +34,10 @@ fn main() {
     // Only the bpf target has programs; the host build exists so workspace tools work.
 }
 
-/// The kernel lets only GPL-compatible programs be BPF LSM programs or call GPL-only
-/// helpers, so the compiled eBPF object is offered under GPL as well (as aya's own
-/// template does); the source stays under the workspace license too.
+/// The kernel loads BPF LSM programs (and lets programs call GPL-only helpers) only when
+/// the object declares a license it lists as GPL-compatible, and Apache-2.0, the
+/// workspace's, is not on that list. The object declares "Dual MIT/GPL" as aya's own
+/// template does; whether that is the right declaration is the project owner's call.
 #[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
