@@ -661,6 +661,11 @@ fn metrics_count_sessions_and_agents_cannot_reach_the_endpoint() {
     let sessions = daemon.wait_for_sessions(Some("prober"), "the refusal", |s| !s.is_empty());
     assert_eq!(sessions[0]["decision"]["rule"], "kernel:daemon_port");
     assert_eq!(text(&sessions[0], "destination"), target);
+    let metrics = scrape(metrics_port);
+    assert!(
+        metrics.contains("sluice_connections_total{outcome=\"refused_in_kernel\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]

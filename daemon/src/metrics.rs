@@ -65,7 +65,7 @@ impl Metrics {
         let connections = Family::<Labels, Counter>::default();
         registry.register(
             "connections",
-            "Agent connections by outcome (allowed, denied, unidentified, upstream_unreachable, record_failed)",
+            "Agent connections by outcome (allowed, denied, refused_in_kernel, unidentified, record_failed)",
             connections.clone(),
         );
         let decisions = Family::<Labels2, Counter>::default();

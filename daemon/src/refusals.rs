@@ -65,6 +65,7 @@ pub async fn record_refusals(ring: RingBuf<MapData>, root: Arc<ManagedRoot>, sto
                 rule = %record.decision.rule,
                 "refused in the kernel"
             );
+            crate::metrics::global().connection("refused_in_kernel");
             if let Err(error) = crate::audit::record_refused(&store, &record).await {
                 tracing::error!(%error, "cannot record a refusal");
             }
