@@ -75,7 +75,7 @@ pub fn retention_rule(config: &StoreConfig) -> Option<RetentionRule> {
     (rule.max_age.is_some() || rule.max_bytes.is_some()).then_some(rule)
 }
 
-/// Applies `rule` now and then every [`RETENTION_PERIOD`], until the store shuts down.
+/// Applies `rule` now and then every minute, until the store shuts down.
 pub async fn run_retention(store: Store, rule: RetentionRule) {
     let mut ticks = tokio::time::interval(RETENTION_PERIOD);
     loop {

@@ -15,12 +15,13 @@
 //! | `meta`       | `counts`                              | [`StoreCounts`] as JSON                |
 //! | `meta`       | `last_session_id`                     | highest session id ever handed out, BE |
 //! | `grants`     | grant id, `u64` big-endian            | the [`Grant`](crate::policy::Grant) as JSON |
+//! | `events`     | event seq, `u64` big-endian           | prev hash, hash, event JSON (see [`events`]) |
+//! | `meta`       | `event_log`                           | the event log's head, base and size    |
 //!
 //! Big-endian keys make sled's byte order the id order, so scans run oldest to newest,
 //! and a session's statements are one contiguous prefix range in seq order.
-//! Later additions (an append-only event log with a hash chain, exporter cursors,
-//! retention) get trees of their own and go through the same writer, so that one
-//! group commit stays atomic across all of them.
+//! The event log goes through the same writer as the records, so a record and the
+//! events describing it land in one atomic commit; retention runs there too.
 //!
 //! # One writer, group commit
 //!
