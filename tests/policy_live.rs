@@ -410,24 +410,6 @@ fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
     psql.refused("INSERT INTO orders VALUES (10, 'a');", "default-deny");
     psql.refused("CREATE TABLE notes (id int);", "no-ddl");
 
-    let grant = sluice_json(
-        &daemon,
-        &[
-            "grant",
-            "--agent",
-            "app-agent",
-            "--resource",
-            "pg",
-            "--allow",
-            "write,ddl",
-            "--for",
-            "3s",
-            "--reason",
-            "migration",
-            "--json",
-        ],
-    );
-    let first = grant["id"].as_u64().expect("grant id");
     // Bad requests are refused with a reason, and create nothing.
     for (args, why) in [
         (
@@ -453,6 +435,25 @@ fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
             "{args:?}: {stderr}"
         );
     }
+
+    let grant = sluice_json(
+        &daemon,
+        &[
+            "grant",
+            "--agent",
+            "app-agent",
+            "--resource",
+            "pg",
+            "--allow",
+            "write,ddl",
+            "--for",
+            "3s",
+            "--reason",
+            "migration",
+            "--json",
+        ],
+    );
+    let first = grant["id"].as_u64().expect("grant id");
     assert_eq!(grant["state"], "active");
     assert_eq!(grant["created_by_uid"], 0);
     assert_eq!(grant["created_by"], "root");
