@@ -71,8 +71,8 @@ pub enum DaemonError {
     Grants(#[from] crate::grants::GrantError),
     #[error("approvals: {0}")]
     Approvals(#[from] crate::approvals::ids::IdError),
-    #[error("approval webhooks: {0}")]
-    Webhooks(String),
+    #[error("approvals configuration: {0}")]
+    ApprovalsConfig(String),
     #[error("metrics: {0}")]
     Metrics(#[from] crate::metrics::MetricsError),
 }
@@ -189,8 +189,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let approvals = Arc::new(ApprovalBroker::new(
         &config.daemon.state_dir.join("approval-ids"),
         crate::approvals::parse_duration(&config.approvals.default_timeout)
-            .map_err(|error| DaemonError::Webhooks(error.to_string()))?,
-        Notifier::start(&config.approvals.webhook).map_err(DaemonError::Webhooks)?,
+            .map_err(|error| DaemonError::ApprovalsConfig(error.to_string()))?,
+        Notifier::start(&config.approvals.webhook).map_err(DaemonError::ApprovalsConfig)?,
     )?);
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {
