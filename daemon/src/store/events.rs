@@ -3,7 +3,7 @@
 //! | tree     | key                 | value                                                   |
 //! |----------|---------------------|---------------------------------------------------------|
 //! | `events` | seq, `u64` BE       | prev hash (32 bytes), hash (32 bytes), the event's JSON |
-//! | `meta`   | `event_log`         | [`EventLogState`] as JSON                               |
+//! | `meta`   | `event_log`         | `EventLogState` as JSON                               |
 //!
 //! `hash = SHA-256(seq as 8 bytes BE ‖ prev hash ‖ event JSON as stored)`. The JSON is
 //! hashed exactly as stored and never re-serialized, so adding schema fields later does
@@ -13,7 +13,7 @@
 //! Besides sled, the writer keeps `events.head` next to the database: the seq and hash
 //! of the newest event known to be flushed, rewritten after each flush. sled recovers
 //! from a damaged log by dropping everything after the damage; the head file is how
-//! such a loss is noticed (by [`verify`] and by opening the store) instead of the
+//! such a loss is noticed (by `verify` and by opening the store) instead of the
 //! shortened chain passing as whole.
 //!
 //! Hex is hand-written (a dozen lines): no hex crate is in the tree.
@@ -184,7 +184,7 @@ impl Store {
         }
     }
 
-    /// Walks the chain of the live store (see [`verify`]); events appended meanwhile
+    /// Walks the chain of the live store (see `verify`); events appended meanwhile
     /// are left for the next run.
     pub fn verify_events(&self) -> Result<VerifyReport, StoreError> {
         // A retention pass during the walk moves the base: walk again.
@@ -269,7 +269,7 @@ fn encode_event(event: &Event) -> Result<Vec<u8>, StoreError> {
 
 /// The sled tree holding the event log, keyed by seq.
 pub(super) const EVENTS_TREE: &str = "events";
-/// `meta` key of the [`EventLogState`].
+/// `meta` key of the `EventLogState`.
 pub(super) const EVENT_LOG_KEY: &[u8] = b"event_log";
 /// The file, in the store directory, naming the newest flushed event.
 pub(super) const HEAD_FILE: &str = "events.head";
@@ -403,7 +403,7 @@ pub(super) fn decode_seq(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// Decodes one stored event (without checking its hash: that is [`verify`]'s job).
+/// Decodes one stored event (without checking its hash: that is `verify`'s job).
 pub(super) fn decode_stored(seq: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
     let (prev, hash, json) = split_value(value).ok_or_else(|| StoreError::Corrupt {
         what: format!("event {seq}"),
@@ -492,7 +492,7 @@ pub(super) fn read_head_file(dir: &Path) -> Result<Option<ChainLink>, StoreError
     }))
 }
 
-/// What [`verify`] found.
+/// What `verify` found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     /// Events checked.
