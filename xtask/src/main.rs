@@ -6,6 +6,7 @@
 //! packages. These tasks put all of that in one place, so the README's commands and
 //! CI (`.ci/run`) do exactly the same thing on a fresh machine.
 
+mod bench;
 mod setup;
 mod shell;
 
@@ -49,6 +50,25 @@ enum Task {
         daemon_args: Vec<OsString>,
     },
     /// Lint, build and run every test, as CI does (as root).
+    /// Measure sluice against direct PostgreSQL and PgBouncer; write BENCHMARKS.md (as root).
+    Bench {
+        /// A short, small run for developing the bench (figures are not stable).
+        #[arg(long)]
+        quick: bool,
+        /// Rounds per figure (default 3; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Seconds per pgbench run (default 5; 2 with --quick).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Where to write the report (default BENCHMARKS.md in the workspace).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Run only these parts, comma-separated: pgbench, large, connect, profile, idle,
+        /// internals (for developing the bench; the report then has gaps).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
@@ -80,6 +100,36 @@ fn run_task(task: Task) -> Result<()> {
         Task::Setup => step("setup", || setup::all(&workspace)),
         Task::Build { release } => build(&workspace, release),
         Task::Run { daemon_args } => run_daemon(&workspace, &daemon_args),
+        Task::Bench {
+            quick,
+            rounds,
+            seconds,
+            output,
+            only,
+        } => {
+            require_root("bench", "it attaches eBPF programs and starts servers")?;
+            let output = output.unwrap_or_else(|| workspace.join("BENCHMARKS.md"));
+            let mut options = if quick {
+                bench::Options::quick(output)
+            } else {
+                bench::Options::full(output)
+            };
+            if let Some(rounds) = rounds {
+                options.rounds = rounds.max(1);
+                options.command.push_str(&format!(" --rounds {rounds}"));
+            }
+            if let Some(seconds) = seconds {
+                options.seconds = seconds.max(1);
+                options.command.push_str(&format!(" --seconds {seconds}"));
+            }
+            if !only.is_empty() {
+                options
+                    .command
+                    .push_str(&format!(" --only {}", only.join(",")));
+                options.only = only;
+            }
+            bench::run_bench(&workspace, options)
+        }
         Task::Test {
             no_lint,
             cargo_test_args,

@@ -1,0 +1,172 @@
+//! What the bench reads from the kernel about a running process: CPU time and resident
+//! memory from `/proc`, the eBPF programs' run-time counters (`bpf_stats`) from the
+//! fdinfo of the program fds the daemon holds, and `perf` profiles.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::shell::capture;
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system, all threads) `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: count fields after the last ')'.
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the state field.
+    let ticks = |index: usize| -> Result<f64> {
+        Ok(fields
+            .get(index)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / USER_HZ)
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+/// One eBPF program's counters.
+#[derive(Clone, Debug, Default)]
+pub struct ProgStats {
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+/// The counters of every eBPF program `pid` holds an fd of, by program id. The
+/// counters only move while `kernel.bpf_stats_enabled` is 1 (see [`BpfStatsGuard`]).
+pub fn bpf_prog_stats(pid: u32) -> Result<BTreeMap<u32, ProgStats>> {
+    let mut programs = BTreeMap::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let is_prog = fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-prog");
+        if !is_prog {
+            continue;
+        }
+        let fdinfo = Path::new("/proc")
+            .join(pid.to_string())
+            .join("fdinfo")
+            .join(entry.file_name());
+        let Ok(text) = fs::read_to_string(&fdinfo) else {
+            continue;
+        };
+        let field = |key: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let Some(id) = field("prog_id:") else {
+            continue;
+        };
+        programs.insert(
+            id as u32,
+            ProgStats {
+                name: prog_name(id as u32).unwrap_or_else(|| format!("prog {id}")),
+                run_time_ns: field("run_time_ns:").unwrap_or(0),
+                run_cnt: field("run_cnt:").unwrap_or(0),
+            },
+        );
+    }
+    Ok(programs)
+}
+
+/// The program's name, from `bpftool` when it is installed.
+fn prog_name(id: u32) -> Option<String> {
+    let json = capture(
+        Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string(), "--json"])
+            .stderr(Stdio::null()),
+    )
+    .ok()?;
+    let start = json.find("\"name\":\"")? + "\"name\":\"".len();
+    let end = json.get(start..)?.find('"')? + start;
+    json.get(start..end).map(str::to_owned)
+}
+
+/// Turns `kernel.bpf_stats_enabled` on, and restores its old value on drop.
+pub struct BpfStatsGuard {
+    old: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsGuard {
+    pub fn enable() -> Result<Self> {
+        let old = fs::read_to_string(BPF_STATS_SYSCTL)
+            .context("reading kernel.bpf_stats_enabled")?
+            .trim()
+            .to_owned();
+        fs::write(BPF_STATS_SYSCTL, "1").context("setting kernel.bpf_stats_enabled=1")?;
+        Ok(Self { old })
+    }
+}
+
+impl Drop for BpfStatsGuard {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS_SYSCTL, &self.old);
+    }
+}
+
+/// Whether `perf` can count events here (it needs a PMU or at least software events).
+pub fn perf_works() -> bool {
+    Command::new("perf")
+        .args(["stat", "-e", "task-clock", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Samples `pid` with call graphs for `seconds`, then returns the hottest symbols
+/// (self time, percent) as `perf report` prints them.
+pub fn perf_profile(pid: u32, seconds: u64, data_file: &Path) -> Result<String> {
+    let record = Command::new("perf")
+        .args(["record", "-F", "499", "-g", "-o"])
+        .arg(data_file)
+        .args(["-p", &pid.to_string(), "--", "sleep", &seconds.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("could not start perf record")?;
+    if !record.success() {
+        bail!("perf record failed ({record})");
+    }
+    let report = capture(
+        Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "-g", "none"])
+            .args(["--sort", "dso,symbol", "--percent-limit", "1.5", "-i"])
+            .arg(data_file),
+    )?;
+    Ok(report
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .take(20)
+        // Drop the empty caller columns `-g none` leaves at the end of each line.
+        .map(|line| line.trim_end_matches([' ', '-']).to_owned())
+        .collect::<Vec<_>>()
+        .join("\n"))
+}

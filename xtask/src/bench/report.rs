@@ -1,0 +1,418 @@
+//! Turns a run's [`Results`] into `BENCHMARKS.md`: the machine, medians per scenario,
+//! ratios, and each target met or missed by how much.
+//!
+//! The hand-written analysis below [`ANALYSIS_HEADING`] in an existing file is carried
+//! over unchanged, so a new run refreshes the figures without losing the findings.
+
+use std::{fmt::Write as _, fs, path::Path, process::Command};
+
+use anyhow::Result;
+
+use super::{Results, Way, WayRuns, pgbench::PgbenchResult};
+use crate::shell::capture;
+
+/// Everything from this heading on is kept from the previous `BENCHMARKS.md`.
+pub const ANALYSIS_HEADING: &str = "## What limits each figure";
+
+/// The machine a run was taken on.
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub date: String,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+impl Machine {
+    pub fn read() -> Result<Self> {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map_or_else(
+                || "unknown CPU".to_owned(),
+                |(_, model)| model.trim().to_owned(),
+            );
+        Ok(Self {
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            cpu,
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")?
+                .trim()
+                .to_owned(),
+            date: capture(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?
+                .trim()
+                .to_owned(),
+            load_before: load_average(),
+            load_after: String::new(),
+        })
+    }
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn median_of(runs: &[PgbenchResult], field: impl Fn(&PgbenchResult) -> f64) -> f64 {
+    median(&runs.iter().map(field).collect::<Vec<_>>())
+}
+
+fn tps(runs: &[WayRuns], way: Way) -> Option<f64> {
+    runs.iter()
+        .find(|r| r.way == way)
+        .map(|r| median_of(&r.runs, |run| run.tps))
+}
+
+fn p50(runs: &[WayRuns], way: Way) -> Option<f64> {
+    runs.iter()
+        .find(|r| r.way == way)
+        .map(|r| median_of(&r.runs, |run| run.p50_us))
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+pub fn render(results: &Results, previous: &Path) -> Result<String> {
+    let options = &results.options;
+    let machine = &results.machine;
+    let mut out = String::new();
+    writeln!(out, "# sluice benchmarks\n")?;
+    writeln!(
+        out,
+        "Produced by `{}` on {}: {} cores ({}), Linux {}. Load average {} at the start \
+         and {} at the end of the run{}. {} round(s) per figure, {} s per pgbench run, \
+         pgbench scale {}; every figure is the median of the rounds, and within a round \
+         the ways took turns. Measuring took {:.1} minutes.\n",
+        options.command,
+        machine.date,
+        machine.cores,
+        machine.cpu,
+        machine.kernel,
+        machine.load_before,
+        machine.load_after,
+        if machine.load_before.parse::<f64>().unwrap_or(0.0) > 0.5 {
+            " (a busy machine: other builds and tests ran at the same time, so absolute \
+             figures are low and noisy; the ratios are the fairer reading)"
+        } else {
+            ""
+        },
+        options.rounds,
+        options.seconds,
+        options.scale,
+        results.minutes,
+    )?;
+    writeln!(
+        out,
+        "Everything runs on loopback: a private PostgreSQL {} (fsync off, so the server \
+         costs the same for every way), PgBouncer in session mode, and sluice daemons \
+         (release build) whose agents reach the server through the eBPF redirect, the \
+         PostgreSQL decoder, per-statement policy and statement recording. `batched` and \
+         `strict` are the store's durability modes; `+ mask` adds a PII profile (e-mail \
+         columns hashed, every detector on every text column). Proxy CPU is the user+system \
+         time of PgBouncer or the daemon per transaction.\n",
+        super::servers::pg_bin_dir()
+            .ok()
+            .and_then(|bin| Some(bin.parent()?.file_name()?.to_string_lossy().into_owned()))
+            .unwrap_or_default(),
+    )?;
+    for note in &results.notes {
+        writeln!(out, "> {note}\n")?;
+    }
+
+    targets(&mut out, results)?;
+
+    writeln!(out, "## pgbench\n")?;
+    writeln!(
+        out,
+        "| workload | clients | way | TPS | p50 µs | p99 µs | proxy CPU µs/tx | TPS / direct | TPS / PgBouncer |"
+    )?;
+    writeln!(out, "|---|---:|---|---:|---:|---:|---:|---:|---:|")?;
+    for (workload, runs) in &results.workloads {
+        let direct = tps(runs, Way::Direct);
+        let bouncer = tps(runs, Way::PgBouncer);
+        for way_runs in runs {
+            let way_tps = median_of(&way_runs.runs, |r| r.tps);
+            let ratio = |base: Option<f64>| match base {
+                Some(base) if base > 0.0 && way_runs.way != Way::Direct => {
+                    format!("{:.2}", way_tps / base)
+                }
+                _ => String::new(),
+            };
+            let cpu = if way_runs.proxy_cpu_us.is_empty() {
+                String::new()
+            } else {
+                format!("{:.1}", median(&way_runs.proxy_cpu_us))
+            };
+            writeln!(
+                out,
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+                workload.name,
+                workload.clients,
+                way_runs.way.label(),
+                way_tps,
+                median_of(&way_runs.runs, |r| r.p50_us),
+                median_of(&way_runs.runs, |r| r.p99_us),
+                cpu,
+                ratio(direct),
+                if way_runs.way == Way::PgBouncer {
+                    String::new()
+                } else {
+                    ratio(bouncer)
+                },
+            )?;
+        }
+    }
+    writeln!(out)?;
+
+    writeln!(
+        out,
+        "## Large result set\n\n`SELECT * FROM bench_rows`: {} rows, {:.1} MB of row data \
+         (id, name, e-mail, a note of which a third holds a card number), one client, \
+         received in full by pgbench.\n",
+        options.large_rows,
+        results.large_bytes as f64 / 1e6
+    )?;
+    writeln!(out, "| way | MB/s | / direct |\n|---|---:|---:|")?;
+    let direct_rate = results
+        .large
+        .iter()
+        .find(|(way, _)| *way == Way::Direct)
+        .map(|(_, rates)| median(rates));
+    for (way, rates) in &results.large {
+        let rate = median(rates);
+        let ratio = match direct_rate {
+            Some(direct) if *way != Way::Direct && direct > 0.0 => format!("{:.2}", rate / direct),
+            _ => String::new(),
+        };
+        writeln!(out, "| {} | {rate:.1} | {ratio} |", way.label())?;
+    }
+    writeln!(out)?;
+
+    writeln!(
+        out,
+        "## Connection cost\n\n`pgbench -C -S -c 1`: a new connection for every \
+         transaction, so each one is connect, authenticate, one query, disconnect.\n"
+    )?;
+    writeln!(
+        out,
+        "| way | ms per connect + query | pgbench's connection time, ms |\n|---|---:|---:|"
+    )?;
+    for (way, runs) in &results.connect {
+        writeln!(
+            out,
+            "| {} | {:.3} | {:.3} |",
+            way.label(),
+            median_of(runs, |r| r.latency_avg_ms),
+            median_of(runs, |r| r.connection_ms.unwrap_or(0.0))
+        )?;
+    }
+    writeln!(
+        out,
+        "\nThe eBPF programs' own cost (`kernel.bpf_stats_enabled`, run_time_ns and \
+         run_cnt of each program the daemon loaded) over the sluice runs, {} connections:\n",
+        results.bpf_connections
+    )?;
+    writeln!(
+        out,
+        "| program | runs per connection | ns per run | ns per connection |\n|---|---:|---:|---:|"
+    )?;
+    let connections = results.bpf_connections.max(1) as f64;
+    for prog in &results.bpf {
+        writeln!(
+            out,
+            "| {} | {:.2} | {:.0} | {:.0} |",
+            prog.name,
+            prog.run_cnt as f64 / connections,
+            prog.run_time_ns as f64 / prog.run_cnt.max(1) as f64,
+            prog.run_time_ns as f64 / connections
+        )?;
+    }
+    writeln!(
+        out,
+        "| **all** | | | **{:.0}** |\n",
+        bpf_ns_per_connection(results)
+    )?;
+
+    if let Some(idle) = &results.idle {
+        writeln!(
+            out,
+            "## Idle connections\n\nA managed client opens plain TCP connections to a sink \
+             through the daemon and holds them; the daemon's VmRSS was {} KiB before the \
+             first.\n",
+            idle.baseline_kib
+        )?;
+        writeln!(
+            out,
+            "| idle connections | daemon RSS KiB | KiB per connection |\n|---:|---:|---:|"
+        )?;
+        for (count, rss, per) in &idle.points {
+            writeln!(out, "| {count} | {rss} | {per:.1} |")?;
+        }
+        writeln!(out)?;
+    }
+
+    writeln!(
+        out,
+        "## Components alone\n\n`daemon/examples/bench_internals.rs`, release build, one \
+         thread for masking:\n"
+    )?;
+    writeln!(out, "| component | figure |\n|---|---:|")?;
+    if let Some(rate) = results.masking_mb_s {
+        writeln!(
+            out,
+            "| masking engine, PII profile over a generated customer-row corpus | {rate:.1} MB/s |"
+        )?;
+    }
+    for (mode, rate) in &results.recording {
+        writeln!(
+            out,
+            "| statement recording into sled, {mode}, 64 concurrent writers | {rate:.0} events/s |"
+        )?;
+    }
+    writeln!(out)?;
+
+    if let Some(profile) = &results.perf {
+        writeln!(
+            out,
+            "## Daemon profile\n\n`perf record -g` on the daemon during an 8-client prepared \
+             select-only run through sluice (batched); self time by DSO and symbol, entries \
+             over 1.5 %:\n\n```text\n{profile}\n```\n"
+        )?;
+    }
+
+    let kept = fs::read_to_string(previous)
+        .ok()
+        .and_then(|text| text.find(ANALYSIS_HEADING).map(|at| text[at..].to_owned()));
+    match kept {
+        Some(analysis) => out.push_str(&analysis),
+        None => writeln!(
+            out,
+            "{ANALYSIS_HEADING}\n\nNot written for this run yet: see the profile above."
+        )?,
+    }
+    Ok(out)
+}
+
+fn bpf_ns_per_connection(results: &Results) -> f64 {
+    let total: u64 = results.bpf.iter().map(|p| p.run_time_ns).sum();
+    total as f64 / results.bpf_connections.max(1) as f64
+}
+
+fn targets(out: &mut String, results: &Results) -> Result<()> {
+    writeln!(out, "## Targets\n\n| target | measured | |\n|---|---|---|")?;
+    for way in [Way::SluiceBatched, Way::SluiceStrict, Way::SluiceMask] {
+        let ratios: Vec<(String, f64)> = results
+            .workloads
+            .iter()
+            .filter_map(|(workload, runs)| {
+                let ratio = tps(runs, way)? / tps(runs, Way::PgBouncer)?;
+                Some((
+                    format!("{}, {} client(s)", workload.name, workload.clients),
+                    ratio,
+                ))
+            })
+            .collect();
+        if let Some((name, worst)) = ratios.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+            writeln!(
+                out,
+                "| {} TPS ≥ PgBouncer on every pgbench workload | lowest {:.2}× ({name}) | {} |",
+                way.label(),
+                worst,
+                verdict(*worst >= 1.0)
+            )?;
+        }
+    }
+    for way in [Way::SluiceBatched, Way::SluiceStrict] {
+        let ratios: Vec<(String, f64)> = results
+            .workloads
+            .iter()
+            .filter(|(workload, _)| workload.clients == 8)
+            .filter_map(|(workload, runs)| {
+                Some((
+                    workload.name.clone(),
+                    tps(runs, way)? / tps(runs, Way::Direct)?,
+                ))
+            })
+            .collect();
+        if let Some((name, worst)) = ratios.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+            writeln!(
+                out,
+                "| {} TPS ≥ 0.80 × direct at 8 clients | lowest {:.2}× ({name}) | {} |",
+                way.label(),
+                worst,
+                verdict(*worst >= 0.80)
+            )?;
+        }
+    }
+    let added: Vec<(String, f64)> = results
+        .workloads
+        .iter()
+        .filter(|(workload, _)| workload.clients == 1)
+        .filter_map(|(workload, runs)| {
+            Some((
+                workload.name.clone(),
+                p50(runs, Way::SluiceBatched)? - p50(runs, Way::Direct)?,
+            ))
+        })
+        .collect();
+    if let Some((name, worst)) = added.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+        writeln!(
+            out,
+            "| added p50 latency at 1 client ≤ 40 µs (sluice, batched) | highest +{worst:.0} µs ({name}) | {} |",
+            verdict(*worst <= 40.0)
+        )?;
+    }
+    if results.bpf_connections > 0 {
+        let ns = bpf_ns_per_connection(results);
+        writeln!(
+            out,
+            "| eBPF connect path ≤ 1 µs per connect | {:.2} µs (all programs, per connection) | {} |",
+            ns / 1e3,
+            verdict(ns <= 1_000.0)
+        )?;
+    }
+    if let Some(rate) = results.masking_mb_s {
+        writeln!(
+            out,
+            "| masking ≥ 300 MB/s per core | {rate:.0} MB/s | {} |",
+            verdict(rate >= 300.0)
+        )?;
+    }
+    if let Some((count, _, per)) = results.idle.as_ref().and_then(|idle| idle.points.last()) {
+        writeln!(
+            out,
+            "| ≤ 16 KiB daemon memory per idle connection | {per:.1} KiB at {count} | {} |",
+            verdict(*per <= 16.0)
+        )?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}
