@@ -180,6 +180,13 @@ fn rewrite_in_place(path: &Path, text: &str) {
     file.write_all(text.as_bytes()).expect("write policy file");
 }
 
+/// Replaces the policy file with a symlink to `target`, in one rename (one reload).
+fn replace_with_symlink(daemon: &TestDaemon, target: &Path) {
+    let staged = daemon.dir.path().join("staged-link.toml");
+    std::os::unix::fs::symlink(target, &staged).expect("symlink");
+    std::fs::rename(&staged, policy_file(daemon)).expect("rename the symlink into place");
+}
+
 fn sluice_json(daemon: &TestDaemon, args: &[&str]) -> Value {
     let output = daemon.sluice(args);
     assert!(
@@ -361,8 +368,7 @@ fn a_running_session_follows_valid_reloads_and_ignores_invalid_ones() {
     // SIGHUP.
     let outside = daemon.dir.path().join("outside.toml");
     std::fs::write(&outside, server.policy(&["app-agent"], &writer)).expect("write");
-    std::fs::remove_file(policy_file(&daemon)).expect("remove");
-    std::os::unix::fs::symlink(&outside, policy_file(&daemon)).expect("symlink");
+    replace_with_symlink(&daemon, &outside);
     wait_for_generation(&daemon, 3);
     rewrite_in_place(&outside, &server.policy(&["app-agent"], &reader));
     assert_eq!(generation(&daemon), 3);
@@ -923,8 +929,7 @@ fn policy_reload_on_demand_and_after_the_directory_is_replaced() {
     // Behind a symlink the watch cannot see the edits: `sluice policy reload` applies them.
     let outside = daemon.dir.path().join("outside.toml");
     std::fs::write(&outside, &reader).expect("write");
-    std::fs::remove_file(policy_file(&daemon)).expect("remove");
-    std::os::unix::fs::symlink(&outside, policy_file(&daemon)).expect("symlink");
+    replace_with_symlink(&daemon, &outside);
     wait_for_generation(&daemon, 2);
     rewrite_in_place(&outside, &writer.replace("action", "acton"));
     let rejected = daemon.sluice(&["policy", "reload"]);
