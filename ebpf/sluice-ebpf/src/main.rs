@@ -35,9 +35,9 @@ fn main() {
 }
 
 /// The kernel loads BPF LSM programs (and lets programs call GPL-only helpers) only when
-/// the object declares a license it lists as GPL-compatible, and Apache-2.0, the
-/// workspace's, is not on that list. The object declares "Dual MIT/GPL" as aya's own
-/// template does; whether that is the right declaration is the project owner's call.
+/// the object declares a license it lists as GPL-compatible, and Apache-2.0, the rest of
+/// the workspace's, is not on that list. So this crate is licensed MIT OR GPL-2.0 (its
+/// Cargo.toml), declared to the kernel as "Dual MIT/GPL".
 #[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
