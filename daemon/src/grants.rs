@@ -106,7 +106,7 @@ impl GrantBook {
 
     /// Creates a grant that is in force from now on. Blocking.
     pub fn create(&self, request: NewGrant, by: &Actor) -> Result<Grant, GrantError> {
-        if request.agent.is_empty() || request.agent.contains('/') || request.agent == "*" {
+        if matches!(request.agent.as_str(), "" | "." | ".." | "*") || request.agent.contains('/') {
             return Err(GrantError::Invalid(format!(
                 "agent must be one managed cgroup name, not {:?}",
                 request.agent
