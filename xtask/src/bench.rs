@@ -205,6 +205,9 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
         minutes: 0.0,
     };
     let scratch = Scratch::create()?;
+    // A part that fails is reported and the others still run, so one broken part does
+    // not throw away a quarter hour of figures; the command fails at the end.
+    let mut failed: Vec<String> = Vec::new();
     let bench_started = Instant::now();
     println!("\n=== servers ===");
     {
@@ -246,50 +249,49 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
             scratch: &scratch,
             options: &options,
         };
-        if options.wants("pgbench") {
-            step("pgbench", || {
-                for workload in bench.workloads() {
-                    let runs = bench.run_workload(&workload)?;
-                    results.workloads.push((workload, runs));
-                }
-                Ok(())
-            })?;
-        }
-        if options.wants("large") {
-            step("large result set", || {
-                results.large = bench.large_result(results.large_bytes)?;
-                Ok(())
-            })?;
-        }
-        if options.wants("connect") {
-            step("connection cost", || bench.connection_cost(&mut results))?;
-        }
-        if options.wants("profile") {
-            step("profile", || {
-                if probes::perf_works() {
-                    results.perf = Some(bench.profile()?);
-                } else {
-                    results
-                        .notes
-                        .push("`perf` does not work on this machine: no profile.".to_owned());
-                }
-                Ok(())
-            })?;
-        }
-    }
-    if options.wants("idle") {
-        step("idle connections", || {
-            results.idle = Some(idle::run(&scratch, &binary, &options.idle_counts)?);
+        attempt(&options, &mut failed, "pgbench", "pgbench", || {
+            for workload in bench.workloads() {
+                let runs = bench.run_workload(&workload)?;
+                results.workloads.push((workload, runs));
+            }
             Ok(())
-        })?;
+        });
+        attempt(&options, &mut failed, "large", "large result set", || {
+            results.large = bench.large_result(results.large_bytes)?;
+            Ok(())
+        });
+        attempt(&options, &mut failed, "connect", "connection cost", || {
+            bench.connection_cost(&mut results)
+        });
+        attempt(&options, &mut failed, "profile", "profile", || {
+            if probes::perf_works() {
+                results.perf = Some(bench.profile()?);
+            } else {
+                results
+                    .notes
+                    .push("`perf` does not work on this machine: no profile.".to_owned());
+            }
+            Ok(())
+        });
     }
-    if options.wants("internals") {
-        step("masking and recording alone", || {
-            internals_bench(&internals, &options, &mut results)
-        })?;
-    }
+    attempt(&options, &mut failed, "idle", "idle connections", || {
+        results.idle = Some(idle::run(&scratch, &binary, &options.idle_counts)?);
+        Ok(())
+    });
+    attempt(
+        &options,
+        &mut failed,
+        "internals",
+        "masking and recording alone",
+        || internals_bench(&internals, &options, &mut results),
+    );
     results.minutes = bench_started.elapsed().as_secs_f64() / 60.0;
     results.machine.load_after = report::load_average();
+    for failure in &failed {
+        results
+            .notes
+            .push(format!("A part of this run failed: {failure}"));
+    }
     step("report", || {
         let text = report::render(&results, &options.output)?;
         fs::write(&options.output, text)
@@ -301,7 +303,26 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
             results.minutes
         ));
         Ok(())
-    })
+    })?;
+    if !failed.is_empty() {
+        bail!("{} part(s) failed:\n{}", failed.len(), failed.join("\n"));
+    }
+    Ok(())
+}
+
+/// Runs `body` as step `title` when `part` is wanted, recording its failure.
+fn attempt(
+    options: &Options,
+    failed: &mut Vec<String>,
+    part: &str,
+    title: &str,
+    body: impl FnOnce() -> Result<()>,
+) {
+    if options.wants(part)
+        && let Err(error) = step(title, body)
+    {
+        failed.push(format!("{error:#}"));
+    }
 }
 
 /// The bench policy: both agents may do anything on the server; the masked agent's

@@ -60,12 +60,43 @@ pub struct IdleResult {
     pub baseline_kib: u64,
     /// (connections, RSS KiB, KiB per connection over the baseline)
     pub points: Vec<(usize, u64, f64)>,
+    /// Why the largest count was not reached, if it was not.
+    pub clamped: Option<String>,
+}
+
+/// The hard `RLIMIT_NOFILE` of this process, from `/proc/self/limits`.
+fn hard_nofile_limit() -> Result<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok())
+        .context("no open-file limit in /proc/self/limits")
 }
 
 /// Measures at each count in `counts` (ascending), in one daemon started for this.
 pub fn run(scratch: &Scratch, binary: &std::path::Path, counts: &[usize]) -> Result<IdleResult> {
-    let most = counts.iter().copied().max().unwrap_or(0);
-    let nofile = (most as u64) * 3 + 4096;
+    // The daemon holds two sockets per connection. Without CAP_SYS_RESOURCE no process
+    // may go past this process's hard limit, so larger counts are clamped (and said so).
+    let hard = hard_nofile_limit()?;
+    let most_possible = (hard.saturating_sub(1024) / 2) as usize;
+    let mut clamped = None;
+    let counts: Vec<usize> = counts
+        .iter()
+        .map(|&count| {
+            if count > most_possible {
+                clamped = Some(format!(
+                    "{count} idle connections need more open files than the hard limit \
+                     here ({hard}, and no CAP_SYS_RESOURCE to raise it): measured at \
+                     {most_possible} instead"
+                ));
+                most_possible
+            } else {
+                count
+            }
+        })
+        .collect();
+    let nofile = hard;
     // The sink is Python too: std's listener has a backlog of 128, and a burst of
     // upstream connects from the daemon overflows it (SYN retries then take seconds).
     let sink_port = super::servers::free_port(SINK_HOST)?;
@@ -129,7 +160,7 @@ pub fn run(scratch: &Scratch, binary: &std::path::Path, counts: &[usize]) -> Res
     let mut points = Vec::new();
     let mut open = 0;
     let result = (|| -> Result<()> {
-        for &count in counts {
+        for &count in &counts {
             writeln!(to_client, "{}", count - open)?;
             let mut answer = String::new();
             from_client.read_line(&mut answer)?;
@@ -156,6 +187,7 @@ pub fn run(scratch: &Scratch, binary: &std::path::Path, counts: &[usize]) -> Res
     Ok(IdleResult {
         baseline_kib,
         points,
+        clamped,
     })
 }
 

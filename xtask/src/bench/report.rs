@@ -265,6 +265,9 @@ pub fn render(results: &Results, previous: &Path) -> Result<String> {
             writeln!(out, "| {count} | {rss} | {per:.1} |")?;
         }
         writeln!(out)?;
+        if let Some(clamped) = &idle.clamped {
+            writeln!(out, "> {clamped}.\n")?;
+        }
     }
 
     writeln!(
