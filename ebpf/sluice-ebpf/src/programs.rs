@@ -219,29 +219,43 @@ fn redirect_dns(
 /// Points an IPv4 connect or send at the daemon's `port`. Only valid in the v4 hooks.
 #[inline(always)]
 fn rewrite4(ctx: &SockAddrContext, config: &RedirectConfig, port: u16) {
-    unsafe {
-        let sock_addr = &mut *ctx.sock_addr;
-        sock_addr.user_ip4 = config.listen_ip4;
-        sock_addr.user_port = port.to_be() as u32;
-    }
+    write4(ctx, config.listen_ip4, port);
 }
 
 /// Points an IPv6 connect or send at the daemon's `port` (its v4-mapped form for
 /// v4-mapped destinations). Only valid in the v6 hooks.
 #[inline(always)]
 fn rewrite6(ctx: &SockAddrContext, config: &RedirectConfig, v4_mapped: bool, port: u16) {
+    write6(ctx, v4_mapped, config.listen_ip4, &config.listen_ip6, port);
+}
+
+/// Writes `ip4` and `port` (host order) into the hook's address. Only valid in the v4
+/// hooks.
+#[inline(always)]
+fn write4(ctx: &SockAddrContext, ip4: u32, port: u16) {
+    unsafe {
+        let sock_addr = &mut *ctx.sock_addr;
+        sock_addr.user_ip4 = ip4;
+        sock_addr.user_port = port.to_be() as u32;
+    }
+}
+
+/// Writes `ip6`, or `ip4` in its v4-mapped form when `v4_mapped`, and `port` (host
+/// order) into the hook's address. Only valid in the v6 hooks.
+#[inline(always)]
+fn write6(ctx: &SockAddrContext, v4_mapped: bool, ip4: u32, ip6: &[u32; 4], port: u16) {
     unsafe {
         let sock_addr = &mut *ctx.sock_addr;
         if v4_mapped {
             sock_addr.user_ip6[0] = 0;
             sock_addr.user_ip6[1] = 0;
             sock_addr.user_ip6[2] = V4_MAPPED_WORD;
-            sock_addr.user_ip6[3] = config.listen_ip4;
+            sock_addr.user_ip6[3] = ip4;
         } else {
-            sock_addr.user_ip6[0] = config.listen_ip6[0];
-            sock_addr.user_ip6[1] = config.listen_ip6[1];
-            sock_addr.user_ip6[2] = config.listen_ip6[2];
-            sock_addr.user_ip6[3] = config.listen_ip6[3];
+            sock_addr.user_ip6[0] = ip6[0];
+            sock_addr.user_ip6[1] = ip6[1];
+            sock_addr.user_ip6[2] = ip6[2];
+            sock_addr.user_ip6[3] = ip6[3];
         }
         sock_addr.user_port = port.to_be() as u32;
     }
@@ -336,12 +350,8 @@ pub fn sluice_getpeername4(ctx: SockAddrContext) -> i32 {
     if origin.is_null() {
         return ALLOW;
     }
-    unsafe {
-        let origin = &*origin;
-        let sock_addr = &mut *ctx.sock_addr;
-        sock_addr.user_ip4 = origin.dst_ip[0];
-        sock_addr.user_port = origin.dst_port.to_be() as u32;
-    }
+    let origin = unsafe { &*origin };
+    write4(&ctx, origin.dst_ip[0], origin.dst_port);
     ALLOW
 }
 
@@ -353,22 +363,14 @@ pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
     if origin.is_null() {
         return ALLOW;
     }
-    unsafe {
-        let origin = &*origin;
-        let sock_addr = &mut *ctx.sock_addr;
-        if origin.v4_mapped == 1 {
-            sock_addr.user_ip6[0] = 0;
-            sock_addr.user_ip6[1] = 0;
-            sock_addr.user_ip6[2] = V4_MAPPED_WORD;
-            sock_addr.user_ip6[3] = origin.dst_ip[0];
-        } else {
-            sock_addr.user_ip6[0] = origin.dst_ip[0];
-            sock_addr.user_ip6[1] = origin.dst_ip[1];
-            sock_addr.user_ip6[2] = origin.dst_ip[2];
-            sock_addr.user_ip6[3] = origin.dst_ip[3];
-        }
-        sock_addr.user_port = origin.dst_port.to_be() as u32;
-    }
+    let origin = unsafe { &*origin };
+    write6(
+        &ctx,
+        origin.v4_mapped == 1,
+        origin.dst_ip[0],
+        &origin.dst_ip,
+        origin.dst_port,
+    );
     ALLOW
 }
 
@@ -392,8 +394,7 @@ pub fn sluice_recvmsg4(ctx: SockAddrContext) -> i32 {
     }
     let origin = unsafe { &*origin };
     if origin.dst_family == AF_INET {
-        sock_addr.user_ip4 = origin.dst_ip[0];
-        sock_addr.user_port = origin.dst_port.to_be() as u32;
+        write4(&ctx, origin.dst_ip[0], origin.dst_port);
     }
     ALLOW
 }
@@ -430,18 +431,13 @@ pub fn sluice_recvmsg6(ctx: SockAddrContext) -> i32 {
     let origin = unsafe { &*origin };
     // An IPv6 socket's unconnected send to a v4-mapped address runs the sendmsg4 hook,
     // which records a plain IPv4 origin: shown v4-mapped here all the same.
-    if origin.v4_mapped == 1 || origin.dst_family == AF_INET {
-        sock_addr.user_ip6[0] = 0;
-        sock_addr.user_ip6[1] = 0;
-        sock_addr.user_ip6[2] = V4_MAPPED_WORD;
-        sock_addr.user_ip6[3] = origin.dst_ip[0];
-    } else {
-        sock_addr.user_ip6[0] = origin.dst_ip[0];
-        sock_addr.user_ip6[1] = origin.dst_ip[1];
-        sock_addr.user_ip6[2] = origin.dst_ip[2];
-        sock_addr.user_ip6[3] = origin.dst_ip[3];
-    }
-    sock_addr.user_port = origin.dst_port.to_be() as u32;
+    write6(
+        &ctx,
+        origin.v4_mapped == 1 || origin.dst_family == AF_INET,
+        origin.dst_ip[0],
+        &origin.dst_ip,
+        origin.dst_port,
+    );
     ALLOW
 }
 
