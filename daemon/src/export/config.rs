@@ -75,8 +75,8 @@ pub enum SyslogTransport {
     Tls,
 }
 
-/// Splunk's HTTP Event Collector.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+/// Splunk's HTTP Event Collector. Its `Debug` leaves the token out.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HecConfig {
     pub name: String,
@@ -97,6 +97,24 @@ pub struct HecConfig {
     /// How long to wait for a fuller batch once some events are ready.
     #[serde(default = "default_batch_interval_ms")]
     pub batch_interval_ms: u64,
+}
+
+impl std::fmt::Debug for HecConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("HecConfig")
+            .field("name", &self.name)
+            .field("format", &self.format)
+            .field("url", &self.url)
+            .field("token_credential", &self.token_credential)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("index", &self.index)
+            .field("sourcetype", &self.sourcetype)
+            .field("batch_size", &self.batch_size)
+            .field("batch_interval_ms", &self.batch_interval_ms)
+            .finish()
+    }
 }
 
 /// Any HTTP(S) endpoint: a POST per page, one event per line.

@@ -7,7 +7,7 @@
 use serde_json::{Map, Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use super::{PRODUCT, PRODUCT_VERSION, socket_addr};
+use super::{PRODUCT, PRODUCT_VERSION, process_fields, socket_addr};
 use crate::events::{Activity, Context, StoredEvent};
 
 /// The ECS version these documents follow.
@@ -213,13 +213,7 @@ fn message(activity: &Activity, context: &Context) -> String {
 }
 
 fn process(context: &Context) -> Option<Value> {
-    let mut process = Map::new();
-    if let Some(pid) = context.pid {
-        process.insert("pid".into(), json!(pid));
-    }
-    if let Some(comm) = &context.comm {
-        process.insert("name".into(), json!(comm));
-    }
+    let mut process = process_fields(context);
     if let Some(exe) = &context.exe {
         process.insert("executable".into(), json!(exe));
     }

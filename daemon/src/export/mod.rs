@@ -30,8 +30,9 @@ mod tests;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 
-use crate::events::{Activity, StoredEvent};
+use crate::events::{Activity, Context, StoredEvent};
 
 /// The product name every format reports.
 pub const PRODUCT: &str = "sluice";
@@ -98,6 +99,19 @@ pub fn render(format: Format, event: &StoredEvent) -> Result<String, FormatError
 /// socket's refusals say `control-socket`).
 fn socket_addr(text: Option<&str>) -> Option<SocketAddr> {
     text.and_then(|text| text.parse().ok())
+}
+
+/// The process behind an event as the JSON formats name it alike: `pid` and `name`
+/// (its command), where known. Each format adds its own executable and user fields.
+fn process_fields(context: &Context) -> Map<String, Value> {
+    let mut process = Map::new();
+    if let Some(pid) = context.pid {
+        process.insert("pid".into(), json!(pid));
+    }
+    if let Some(comm) = &context.comm {
+        process.insert("name".into(), json!(comm));
+    }
+    process
 }
 
 /// Milliseconds since the Unix epoch.

@@ -26,7 +26,9 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{PRODUCT, PRODUCT_VERSION, Severity, decision_severity, epoch_ms, socket_addr};
+use super::{
+    PRODUCT, PRODUCT_VERSION, Severity, decision_severity, epoch_ms, process_fields, socket_addr,
+};
 use crate::events::{Activity, Context, StoredEvent};
 
 /// The OCSF schema version these events follow.
@@ -324,12 +326,7 @@ fn activity_fields(activity: &Activity, context: &Context, host: &str) -> Mapped
             rule,
             timeout_s,
         } => {
-            fields.insert("user".into(), agent_user(context));
-            fields.insert(
-                "privileges".into(),
-                json!([format!("statement {statement_seq}")]),
-            );
-            fields.insert("session".into(), session(context));
+            authorize_session(&mut fields, context, *statement_seq);
             insert_unmapped_extra(
                 &mut fields,
                 json!({"approval_id": approval_id, "rule": rule, "timeout_s": timeout_s}),
@@ -355,12 +352,7 @@ fn activity_fields(activity: &Activity, context: &Context, host: &str) -> Mapped
             reason,
             waited_ms,
         } => {
-            fields.insert("user".into(), agent_user(context));
-            fields.insert(
-                "privileges".into(),
-                json!([format!("statement {statement_seq}")]),
-            );
-            fields.insert("session".into(), session(context));
+            authorize_session(&mut fields, context, *statement_seq);
             insert_unmapped_extra(
                 &mut fields,
                 json!({
@@ -577,13 +569,7 @@ fn actor(context: &Context) -> Value {
     if context.pid.is_none() && context.uid.is_none() && context.agent.is_none() {
         return json!({"app_name": PRODUCT});
     }
-    let mut process = Map::new();
-    if let Some(pid) = context.pid {
-        process.insert("pid".into(), json!(pid));
-    }
-    if let Some(comm) = &context.comm {
-        process.insert("name".into(), json!(comm));
-    }
+    let mut process = process_fields(context);
     if let Some(exe) = &context.exe {
         let name = exe.rsplit('/').next().unwrap_or(exe);
         process.insert(
@@ -622,6 +608,17 @@ fn agent_user(context: &Context) -> Value {
         json!(context.agent.as_deref().unwrap_or("unknown")),
     );
     Value::Object(user)
+}
+
+/// Authorize Session's required objects for a held statement: the agent, the
+/// privilege it asks for (running that statement) and its session.
+fn authorize_session(fields: &mut Map<String, Value>, context: &Context, statement_seq: u64) {
+    fields.insert("user".into(), agent_user(context));
+    fields.insert(
+        "privileges".into(),
+        json!([format!("statement {statement_seq}")]),
+    );
+    fields.insert("session".into(), session(context));
 }
 
 fn session(context: &Context) -> Value {

@@ -77,18 +77,10 @@ impl HecSink {
                 .map_err(|error| SinkError::Http(error.to_string()))?;
             body.push(b'\n');
         }
-        let path = self.path.clone();
-        let answer = self
-            .client
-            .post(&path, &self.headers, Bytes::from(body))
-            .await?;
-        if answer.status == 200 {
-            Ok(())
-        } else {
-            Err(SinkError::Status {
-                status: answer.status,
-                body: answer.body.chars().take(200).collect(),
+        self.client
+            .deliver(&self.path, &self.headers, Bytes::from(body), |status| {
+                status == 200
             })
-        }
+            .await
     }
 }

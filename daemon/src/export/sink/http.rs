@@ -29,9 +29,9 @@ pub struct HttpClient {
 }
 
 /// An answer: status and (the start of) the body.
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
+struct Answer {
+    status: u16,
+    body: String,
 }
 
 impl HttpClient {
@@ -80,8 +80,28 @@ impl HttpClient {
         &self.uri
     }
 
+    /// POSTs `body` to `path_and_query` with `headers`; `Ok` when `acknowledged` takes
+    /// the answer's status, otherwise [`SinkError::Status`] with the start of its body.
+    pub async fn deliver(
+        &mut self,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+        acknowledged: impl Fn(u16) -> bool,
+    ) -> Result<(), SinkError> {
+        let answer = self.post(path_and_query, headers, body).await?;
+        if acknowledged(answer.status) {
+            Ok(())
+        } else {
+            Err(SinkError::Status {
+                status: answer.status,
+                body: answer.body.chars().take(200).collect(),
+            })
+        }
+    }
+
     /// POSTs `body` to `path_and_query` with `headers`; any answer is `Ok`.
-    pub async fn post(
+    async fn post(
         &mut self,
         path_and_query: &str,
         headers: &[(String, String)],

@@ -50,18 +50,10 @@ impl WebhookSink {
             body.extend_from_slice(line.text.as_bytes());
             body.push(b'\n');
         }
-        let path = self.path.clone();
-        let answer = self
-            .client
-            .post(&path, &self.headers, Bytes::from(body))
-            .await?;
-        if (200..300).contains(&answer.status) {
-            Ok(())
-        } else {
-            Err(SinkError::Status {
-                status: answer.status,
-                body: answer.body.chars().take(200).collect(),
+        self.client
+            .deliver(&self.path, &self.headers, Bytes::from(body), |status| {
+                (200..300).contains(&status)
             })
-        }
+            .await
     }
 }
