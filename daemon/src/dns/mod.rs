@@ -182,31 +182,19 @@ impl Resolver {
         session_id: u64,
         seq: u64,
     ) -> Option<Vec<u8>> {
-        let started_at = OffsetDateTime::now_utc();
         let started = Instant::now();
-        let mut statement = StatementRecord {
+        let mut statement = StatementRecord::begun(
             session_id,
             seq,
-            sql: String::new(),
-            operation: Operation::Read.as_str().to_owned(),
-            kind: "dns".into(),
-            tables: Vec::new(),
-            params: 0,
-            parameters: Vec::new(),
-            decision: DecisionRecord {
+            String::new(),
+            Operation::Read.as_str().to_owned(),
+            "dns".into(),
+            DecisionRecord {
                 action: Action::Deny.to_string(),
                 rule: "dns:malformed".into(),
                 reason: String::new(),
             },
-            started_at,
-            duration_us: None,
-            rows: None,
-            tag: None,
-            error: None,
-            masked: Default::default(),
-            nulled: 0,
-            approval: None,
-        };
+        );
 
         let request = match Message::from_vec(query) {
             Ok(request) => request,

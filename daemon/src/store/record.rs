@@ -157,6 +157,40 @@ pub struct StatementRecord {
     pub approval: Option<ApprovalRecord>,
 }
 
+impl StatementRecord {
+    /// A statement as it reaches the daemon, before it runs: started now, with no
+    /// tables, parameters, outcome or masking yet. Callers fill in the rest with struct
+    /// update syntax.
+    pub fn begun(
+        session_id: u64,
+        seq: u64,
+        sql: String,
+        operation: String,
+        kind: String,
+        decision: DecisionRecord,
+    ) -> Self {
+        Self {
+            session_id,
+            seq,
+            sql,
+            operation,
+            kind,
+            tables: Vec::new(),
+            params: 0,
+            parameters: Vec::new(),
+            decision,
+            started_at: OffsetDateTime::now_utc(),
+            duration_us: None,
+            rows: None,
+            tag: None,
+            error: None,
+            masked: Default::default(),
+            nulled: 0,
+            approval: None,
+        }
+    }
+}
+
 /// How a held statement's approval ended, as recorded with the statement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRecord {

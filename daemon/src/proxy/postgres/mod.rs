@@ -26,7 +26,6 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use time::OffsetDateTime;
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf},
     net::TcpStream,
@@ -54,7 +53,7 @@ use crate::{
     relay::ByteCounts,
     session::PolicyHandle,
     sql::{self, Classified},
-    store::{ApprovalRecord, DecisionRecord, Durability, StatementRecord, Store},
+    store::{ApprovalRecord, Durability, StatementRecord, Store},
 };
 
 /// SQLSTATE for a statement the policy refused: insufficient_privilege.
@@ -1151,11 +1150,6 @@ impl AgentLoop<'_> {
             sql.push_str(" …");
         }
         let record = StatementRecord {
-            session_id: self.session.session_id,
-            seq: self.seq,
-            sql,
-            operation: statement.operation.to_string(),
-            kind: statement.kind.clone(),
             tables: statement
                 .tables_read
                 .iter()
@@ -1163,20 +1157,14 @@ impl AgentLoop<'_> {
                 .cloned()
                 .collect(),
             params,
-            decision: DecisionRecord {
-                action: decision.action.to_string(),
-                rule: decision.rule.clone(),
-                reason: decision.reason.clone(),
-            },
-            started_at: OffsetDateTime::now_utc(),
-            duration_us: None,
-            rows: None,
-            tag: None,
-            error: None,
-            masked: Default::default(),
-            nulled: 0,
-            parameters: Vec::new(),
-            approval: None,
+            ..StatementRecord::begun(
+                self.session.session_id,
+                self.seq,
+                sql,
+                statement.operation.to_string(),
+                statement.kind.clone(),
+                decision.record(),
+            )
         };
         self.audit_statement(&record);
         record
