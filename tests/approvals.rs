@@ -12,28 +12,13 @@ use std::{
 
 use serde_json::Value;
 use sluice_tests::{
-    TestDaemon, free_port,
-    postgres::{PgCommand, PgServer, Rule},
+    TestDaemon, assert_probe_refused, free_port,
+    postgres::{APP_PASSWORD as PASSWORD, PgCommand, PgServer, Rule, shop_server, spawn_pgprobe},
     sluice_bin, text,
 };
 
-const PASSWORD: &str = "app-secret-pw";
 /// Agents run as this user, so that root may approve them (nobody approves their own).
 const AGENT_USER: &str = "nobody";
-
-/// A server with role `app` owning database `shop` and a table `orders` with 3 rows.
-fn server() -> PgServer {
-    let server = PgServer::start();
-    server.create_role("app", PASSWORD);
-    server.create_database("shop", "app");
-    server.psql_local(
-        "app",
-        "shop",
-        "CREATE TABLE orders (id int PRIMARY KEY, item text); \
-         INSERT INTO orders VALUES (1, 'tea'), (2, 'cake'), (3, 'jam');",
-    );
-    server
-}
 
 /// psql as `agent` (with `sluice run` options), running each of `statements` with `-c`.
 fn spawn_psql(
@@ -118,18 +103,10 @@ fn decide(daemon: &TestDaemon, verb: &str, hold: &Value, reason: &str) {
 
 /// The statements of the newest closed session of `agent`.
 fn recorded_statements(daemon: &TestDaemon, agent: &str) -> Vec<Value> {
-    let sessions = daemon.wait_for_sessions(Some(agent), "a closed session", |s| {
-        s.iter().any(|s| text(s, "state") == "closed")
-    });
-    let id = sessions
-        .iter()
-        .find(|s| text(s, "state") == "closed")
-        .and_then(|s| s["id"].as_u64())
-        .expect("session id");
-    let output = daemon.sluice(&["sessions", "show", &id.to_string(), "--json"]);
-    assert!(output.status.success(), "{output:?}");
-    let shown: Value = serde_json::from_slice(&output.stdout).expect("show --json");
-    shown["statements"].as_array().expect("statements").clone()
+    daemon.show_newest_closed_session(agent)["statements"]
+        .as_array()
+        .expect("statements")
+        .clone()
 }
 
 fn find_statement<'a>(statements: &'a [Value], sql: &str) -> &'a Value {
@@ -157,7 +134,7 @@ fn metrics_config(port: u16) -> String {
 
 #[test]
 fn an_approved_statement_runs_and_the_approver_is_recorded() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&server.policy(
         &["reviewed"],
         &[Rule::review("reviewed", &["read"]).named("reads-need-review")],
@@ -272,7 +249,7 @@ fn webhook_receiver() -> (u16, mpsc::Receiver<(String, Value)>) {
 
 #[test]
 fn a_denied_statement_gets_42501_with_the_reason_the_session_goes_on_and_webhooks_hear_of_it() {
-    let server = server();
+    let server = shop_server();
     let (webhook_port, webhook) = webhook_receiver();
     let daemon = TestDaemon::start_with_config(
         &server.policy(
@@ -352,7 +329,7 @@ fn a_denied_statement_gets_42501_with_the_reason_the_session_goes_on_and_webhook
 
 #[test]
 fn a_rule_timeout_denies_the_statement() {
-    let server = server();
+    let server = shop_server();
     let policy = server
         .policy(
             &["reviewed"],
@@ -401,7 +378,7 @@ fn a_rule_timeout_denies_the_statement() {
 
 #[test]
 fn two_held_agents_do_not_block_each_other() {
-    let server = server();
+    let server = shop_server();
     let metrics_port = free_port();
     let daemon = TestDaemon::start_with_config(
         &server.policy(
@@ -461,7 +438,7 @@ fn two_held_agents_do_not_block_each_other() {
 
 #[test]
 fn nobody_approves_their_own_statement() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start_with_config(
         &server.policy(&["root-agent"], &[Rule::review("root-agent", &["read"])]),
         "",
@@ -523,40 +500,25 @@ fn nobody_approves_their_own_statement() {
     assert_eq!(select["approval"]["approver_name"], "nobody");
 }
 
-/// Runs the tokio-postgres probe as `agent` with `script` on stdin.
-fn spawn_pgprobe(daemon: &TestDaemon, server: &PgServer, agent: &str, script: &str) -> Child {
-    let pgprobe = std::env::var("SLUICE_PGPROBE").unwrap_or_else(|_| {
-        format!(
-            "{}/../target/debug/sluice-pgprobe",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    });
-    let mut child = Command::new(sluice_bin())
-        .arg("--config")
-        .arg(&daemon.config_path)
-        .args(["run", "--agent", agent, "--user", AGENT_USER, "--"])
-        .arg(pgprobe)
-        .arg("run")
-        .arg(format!(
-            "host={} port={} user=app password={PASSWORD} dbname=shop",
-            server.addr().ip(),
-            server.port()
-        ))
-        .env("SLUICE_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run pgprobe");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(script.as_bytes()).expect("script");
-    drop(stdin);
-    child
+/// Runs the tokio-postgres probe as `agent` (uid nobody) on `shop`, with `script` on stdin.
+fn spawn_shop_pgprobe(daemon: &TestDaemon, server: &PgServer, agent: &str, script: &str) -> Child {
+    let conninfo = format!(
+        "host={} port={} user=app password={PASSWORD} dbname=shop",
+        server.addr().ip(),
+        server.port()
+    );
+    spawn_pgprobe(
+        daemon,
+        agent,
+        &["--user", AGENT_USER],
+        &["run", &conninfo],
+        script,
+    )
 }
 
 #[test]
 fn extended_protocol_statements_are_held_at_execute() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&server.policy(
         &["driver"],
         &[
@@ -564,7 +526,7 @@ fn extended_protocol_statements_are_held_at_execute() {
             Rule::review("driver", &["write"]).named("writes-need-review"),
         ],
     ));
-    let probe = spawn_pgprobe(
+    let probe = spawn_shop_pgprobe(
         &daemon,
         &server,
         "driver",
@@ -615,7 +577,7 @@ fn extended_protocol_statements_are_held_at_execute() {
 
 #[test]
 fn metrics_count_sessions_and_agents_cannot_reach_the_endpoint() {
-    let server = server();
+    let server = shop_server();
     let metrics_port = free_port();
     let daemon = TestDaemon::start_with_config(
         &server.policy(&["reader"], &[Rule::allow("reader", &["read"])]),
@@ -653,11 +615,7 @@ fn metrics_count_sessions_and_agents_cannot_reach_the_endpoint() {
     // An agent may not reach the daemon's metrics port: refused in the kernel, recorded.
     let target = format!("127.0.0.1:{metrics_port}");
     let report = daemon.probe("prober", &["tcp", &target]);
-    assert_eq!(report["ok"], false, "{report}");
-    assert!(
-        text(&report, "error").contains("PermissionDenied"),
-        "{report}"
-    );
+    assert_probe_refused(&report);
     let sessions = daemon.wait_for_sessions(Some("prober"), "the refusal", |s| !s.is_empty());
     assert_eq!(sessions[0]["decision"]["rule"], "kernel:daemon_port");
     assert_eq!(text(&sessions[0], "destination"), target);
@@ -670,7 +628,7 @@ fn metrics_count_sessions_and_agents_cannot_reach_the_endpoint() {
 
 #[test]
 fn an_agent_that_goes_away_withdraws_its_hold() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&server.policy(
         &["quitter"],
         &[Rule::review("quitter", &["write"]).named("writes-need-review")],
@@ -710,7 +668,7 @@ fn an_agent_that_goes_away_withdraws_its_hold() {
 
 #[test]
 fn a_held_statement_is_recorded_when_the_server_goes_away() {
-    let mut server = server();
+    let mut server = shop_server();
     let daemon = TestDaemon::start(&server.policy(
         &["stranded"],
         &[Rule::review("stranded", &["write"]).named("writes-need-review")],

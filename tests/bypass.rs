@@ -19,39 +19,9 @@ use std::{
 };
 
 use serde_json::Value;
-use sluice_tests::{Sink, TestDaemon, probe_bin, text};
-
-/// Agent `probe` may reach TCP on 127.0.0.2 and ::1; everything else is denied.
-const POLICY: &str = r#"
-[[agent]]
-name = "probe"
-
-[[resource]]
-name = "sinks-v4"
-addresses = ["127.0.0.2"]
-ports = ["1-65535"]
-protocol = "tcp"
-
-[[resource]]
-name = "sinks-v6"
-addresses = ["::1"]
-ports = ["1-65535"]
-protocol = "tcp"
-
-[[rule]]
-name = "probe-reaches-sinks-v4"
-agent = "probe"
-resource = "sinks-v4"
-operations = ["connect"]
-action = "allow"
-
-[[rule]]
-name = "probe-reaches-sinks-v6"
-agent = "probe"
-resource = "sinks-v6"
-operations = ["connect"]
-action = "allow"
-"#;
+use sluice_tests::{
+    PROBE_SINKS_POLICY as POLICY, Sink, TestDaemon, assert_probe_refused, probe_bin, text,
+};
 
 /// Runs the probe as agent `probe`, uid nobody, with `args`.
 fn as_nobody(daemon: &TestDaemon, args: &[&str]) -> Value {
@@ -107,20 +77,24 @@ fn refusals(daemon: &TestDaemon, rule: &str, count: usize) -> Vec<Value> {
         .collect()
 }
 
-/// `sluice status --json`.
-fn status(daemon: &TestDaemon) -> Value {
-    let output = daemon.sluice(&["status", "--json"]);
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).expect("status JSON")
-}
-
 /// One row of the live matrix in `sluice status --json`.
 fn matrix_row(daemon: &TestDaemon, way_out: &str) -> Value {
-    let status = status(daemon);
+    let status = daemon.status_json();
     status["enforcement"]
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["way_out"] == way_out).cloned())
         .unwrap_or_else(|| panic!("no {way_out} row in {status:#}"))
+}
+
+/// Asserts that the human `sluice status` marks `way_out` as NOT ENFORCED.
+fn assert_status_says_not_enforced(daemon: &TestDaemon, way_out: &str) {
+    let printed = String::from_utf8_lossy(&daemon.sluice(&["status"]).stdout).into_owned();
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.contains(way_out) && l.contains("NOT ENFORCED")),
+        "{printed}"
+    );
 }
 
 /// Fails with the status's reason when this kernel does not enforce `way_out`.
@@ -129,29 +103,13 @@ fn require_enforced(daemon: &TestDaemon, way_out: &str) {
     assert_eq!(row["enforced"], true, "not enforced here: {row:#}");
 }
 
-fn assert_refused(report: &Value) {
-    assert_eq!(report["ok"], false, "{report}");
-    assert!(
-        text(report, "error").contains("PermissionDenied"),
-        "{report}"
-    );
-}
-
 /// The closed, allowed session for `destination`, after the sink saw only the daemon.
 fn assert_mediated(daemon: &TestDaemon, sink: &Sink, report: &Value) {
     assert_eq!(report["ok"], true, "{report}\n{}", daemon.log());
     assert_eq!(text(report, "peer"), sink.addr.to_string(), "{report}");
     assert_eq!(text(report, "greeting"), format!("SINK {}", sink.addr));
     assert_eq!(text(report, "echo"), "hello from the agent");
-    let destination = sink.addr.to_string();
-    let sessions = daemon.wait_for_sessions(Some("probe"), "the closed session", |s| {
-        s.iter()
-            .any(|s| text(s, "destination") == destination && text(s, "state") == "closed")
-    });
-    let session = sessions
-        .iter()
-        .find(|s| text(s, "destination") == destination)
-        .expect("session");
+    let session = &daemon.closed_session("probe", &sink.addr.to_string());
     assert_eq!(session["decision"]["action"], "allow", "{session:#}");
     assert_eq!(session["uid"], 65534, "{session:#}");
     let upstream: SocketAddr = text(session, "upstream_local").parse().expect("upstream");
@@ -203,7 +161,7 @@ fn connected_and_unconnected_udp_is_refused_on_both_families() {
         let addr = receiver.local_addr().unwrap().to_string();
         for mode in ["udp-connect", "udp", "udp-sendmsg"] {
             let report = as_nobody(&daemon, &[mode, &addr]);
-            assert_refused(&report);
+            assert_probe_refused(&report);
             attempts += 1;
         }
     }
@@ -227,7 +185,7 @@ fn quic_is_refused_so_clients_fall_back_to_tcp() {
     let quic = UdpSocket::bind("127.0.0.43:443").expect("udp 443 receiver");
     quic.set_nonblocking(true).unwrap();
     let report = as_nobody(&daemon, &["udp-connect", "127.0.0.43:443"]);
-    assert_refused(&report);
+    assert_probe_refused(&report);
     let recorded = refusals(&daemon, "kernel:udp", 1);
     assert_eq!(text(&recorded[0], "destination"), "127.0.0.43:443");
     let mut buffer = [0u8; 64];
@@ -289,13 +247,7 @@ fn raw_and_packet_sockets_are_refused_even_in_the_agents_own_user_namespace() {
         // agent's own namespace sees only that namespace's interfaces.
         assert_eq!(text(&report, "packet"), "created", "{report}");
         assert!(!text(&packet_row, "detail").is_empty(), "{packet_row:#}");
-        let printed = String::from_utf8_lossy(&daemon.sluice(&["status"]).stdout).into_owned();
-        assert!(
-            printed
-                .lines()
-                .any(|l| l.contains("packet_socket") && l.contains("NOT ENFORCED")),
-            "{printed}"
-        );
+        assert_status_says_not_enforced(&daemon, "packet_socket");
     }
 }
 
@@ -305,7 +257,7 @@ fn an_unprivileged_new_network_namespace_cannot_connect() {
     let sink = Sink::start("127.0.0.2:0");
     // In its own namespace 127.0.0.2 would be the agent's own loopback.
     let report = as_nobody_in_own_netns(&daemon, "", &["tcp", &sink.addr.to_string()]);
-    assert_refused(&report);
+    assert_probe_refused(&report);
     let recorded = refusals(&daemon, "kernel:foreign_netns", 1);
     assert_eq!(recorded[0]["uid"], 65534, "{recorded:#?}");
     assert!(sink.peers().is_empty());
@@ -406,7 +358,7 @@ fn sockets_passed_in_from_outside_the_cgroup_are_refused_on_connect_and_send() {
             &sink.addr.to_string(),
         ],
     );
-    assert_refused(&report);
+    assert_probe_refused(&report);
 
     // 3. A UDP socket: the agent sends a datagram with it.
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -421,7 +373,7 @@ fn sockets_passed_in_from_outside_the_cgroup_are_refused_on_connect_and_send() {
             &receiver.local_addr().unwrap().to_string(),
         ],
     );
-    assert_refused(&report);
+    assert_probe_refused(&report);
 
     let recorded = refusals(&daemon, "kernel:foreign_socket", 2);
     assert!(recorded.iter().all(|s| s["uid"] == 65534), "{recorded:#?}");
@@ -454,7 +406,7 @@ fn sends_on_a_socket_connected_outside_the_cgroup_are_refused_where_the_bpf_lsm_
 
     let row = matrix_row(&daemon, "foreign_connected_socket");
     if row["enforced"] == true {
-        assert_refused(&report);
+        assert_probe_refused(&report);
         let recorded = refusals(&daemon, "kernel:foreign_socket", 1);
         assert_eq!(text(&recorded[0], "transport"), "tcp");
         std::thread::sleep(Duration::from_millis(200));
@@ -464,13 +416,7 @@ fn sends_on_a_socket_connected_outside_the_cgroup_are_refused_where_the_bpf_lsm_
         // process that connected could relay anyway), and status says so.
         assert_eq!(report["ok"], true, "{report}");
         assert!(!text(&row, "detail").is_empty(), "{row:#}");
-        let printed = String::from_utf8_lossy(&daemon.sluice(&["status"]).stdout).into_owned();
-        assert!(
-            printed
-                .lines()
-                .any(|l| l.contains("foreign_connected_socket") && l.contains("NOT ENFORCED")),
-            "{printed}"
-        );
+        assert_status_says_not_enforced(&daemon, "foreign_connected_socket");
     }
 }
 
@@ -481,13 +427,7 @@ fn a_unix_socket_to_a_relay_outside_the_cgroup_is_a_documented_limit() {
     let row = matrix_row(&daemon, "unix_relay");
     assert_eq!(row["enforced"], false, "{row:#}");
     assert!(text(&row, "detail").contains("not mediated"), "{row:#}");
-    let printed = String::from_utf8_lossy(&daemon.sluice(&["status"]).stdout).into_owned();
-    assert!(
-        printed
-            .lines()
-            .any(|l| l.contains("unix_relay") && l.contains("NOT ENFORCED")),
-        "{printed}"
-    );
+    assert_status_says_not_enforced(&daemon, "unix_relay");
 
     // And it is real: a relay outside the cgroup hears the agent.
     let dir = tempfile::tempdir().unwrap();
@@ -549,7 +489,7 @@ fn agents_cannot_use_the_control_socket_and_root_agents_are_recorded() {
 
     // nobody cannot even open it (mode 0660, root's group).
     let report = as_nobody(&daemon, &["unix", &socket, request]);
-    assert_refused(&report);
+    assert_probe_refused(&report);
 
     // Root inside the cgroup gets through the mode, and the daemon refuses and records.
     let probe = probe_bin();
@@ -569,7 +509,7 @@ fn agents_cannot_use_the_control_socket_and_root_agents_are_recorded() {
 fn the_egress_backstop_drops_replies_to_peers_that_connect_in() {
     let daemon = TestDaemon::start(POLICY);
     require_enforced(&daemon, "backstop");
-    let before = status(&daemon)["backstop_drops"].as_u64().unwrap();
+    let before = daemon.status_json()["backstop_drops"].as_u64().unwrap();
     // An agent that listens and waits for a colluding peer outside to connect in: no
     // sock_addr hook runs for accept or for what the agent sends back, so only the
     // backstop stands between the agent and that peer.
@@ -615,7 +555,7 @@ fn the_egress_backstop_drops_replies_to_peers_that_connect_in() {
         text(&recorded[0], "destination"),
         format!("127.0.0.1:{}", daemon.port)
     );
-    let after = status(&daemon)["backstop_drops"].as_u64().unwrap();
+    let after = daemon.status_json()["backstop_drops"].as_u64().unwrap();
     assert!(after > before, "drops {before} -> {after}");
 }
 
@@ -630,7 +570,7 @@ fn the_egress_backstop_drops_icmp_echo_from_ping_sockets() {
     let admit = "echo '0 0' > /proc/sys/net/ipv4/ping_group_range;";
     let unmanaged = outside_as_nobody_in_own_netns(admit, &["ping", "127.0.0.1"]);
     assert_eq!(unmanaged["reply"], true, "{unmanaged}");
-    let before = status(&daemon)["backstop_drops"].as_u64().unwrap();
+    let before = daemon.status_json()["backstop_drops"].as_u64().unwrap();
 
     let report = as_nobody_in_own_netns(&daemon, admit, &["ping", "127.0.0.1"]);
     assert_eq!(report["reply"], false, "the echo got out: {report}");
@@ -643,6 +583,6 @@ fn the_egress_backstop_drops_icmp_echo_from_ping_sockets() {
     assert_eq!(text(&recorded[0], "destination"), "127.0.0.1:0");
     assert_eq!(text(&recorded[0], "transport"), "ipproto-1");
     assert_eq!(text(&recorded[0], "comm"), "sluice-probe");
-    let after = status(&daemon)["backstop_drops"].as_u64().unwrap();
+    let after = daemon.status_json()["backstop_drops"].as_u64().unwrap();
     assert!(after > before, "drops {before} -> {after}");
 }

@@ -160,17 +160,6 @@ fn dig_as(daemon: &TestDaemon, agent: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `sluice sessions show ID --json`.
-fn show(daemon: &TestDaemon, id: u64) -> Value {
-    let output = daemon.sluice(&["sessions", "show", &id.to_string(), "--json"]);
-    assert!(
-        output.status.success(),
-        "sessions show failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("sessions show JSON")
-}
-
 /// Waits for the recorded DNS statement whose query text is `query` and whose
 /// answer is in, and returns (session, statement).
 fn recorded_query(daemon: &TestDaemon, agent: &str, query: &str) -> (Value, Value) {
@@ -180,7 +169,7 @@ fn recorded_query(daemon: &TestDaemon, agent: &str, query: &str) -> (Value, Valu
             let Some(id) = session["id"].as_u64() else {
                 continue;
             };
-            let shown = show(daemon, id);
+            let shown = daemon.show_session(id);
             let statements = shown["statements"].as_array().cloned().unwrap_or_default();
             if let Some(statement) = statements
                 .into_iter()

@@ -94,9 +94,7 @@ fn all_seqs(daemon: &TestDaemon) -> Vec<u64> {
 
 /// The exporter named `name` in `sluice status --json`.
 fn exporter_status(daemon: &TestDaemon, name: &str) -> Value {
-    let output = daemon.sluice(&["status", "--json"]);
-    assert!(output.status.success());
-    let status: Value = serde_json::from_slice(&output.stdout).expect("status JSON");
+    let status = daemon.status_json();
     status["exporters"]
         .as_array()
         .and_then(|exporters| exporters.iter().find(|e| e["name"] == name).cloned())

@@ -4,52 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use serde_json::Value;
-use sluice_tests::{Sink, TestDaemon, text};
-
-/// Agent `probe` may reach anything on 127.0.0.2 and ::1; everything else is denied.
-const POLICY: &str = r#"
-[[agent]]
-name = "probe"
-
-[[resource]]
-name = "sinks-v4"
-addresses = ["127.0.0.2"]
-ports = ["1-65535"]
-protocol = "tcp"
-
-[[resource]]
-name = "sinks-v6"
-addresses = ["::1"]
-ports = ["1-65535"]
-protocol = "tcp"
-
-[[rule]]
-name = "probe-reaches-sinks-v4"
-agent = "probe"
-resource = "sinks-v4"
-operations = ["connect"]
-action = "allow"
-
-[[rule]]
-name = "probe-reaches-sinks-v6"
-agent = "probe"
-resource = "sinks-v6"
-operations = ["connect"]
-action = "allow"
-"#;
-
-/// The session for `destination` once it is closed.
-fn closed_session(daemon: &TestDaemon, destination: &str) -> Value {
-    let sessions = daemon.wait_for_sessions(Some("probe"), "the closed session", |sessions| {
-        sessions
-            .iter()
-            .any(|s| text(s, "destination") == destination && text(s, "state") == "closed")
-    });
-    sessions
-        .into_iter()
-        .find(|s| text(s, "destination") == destination && text(s, "state") == "closed")
-        .expect("closed session")
-}
+use sluice_tests::{PROBE_SINKS_POLICY as POLICY, Sink, TestDaemon, assert_probe_refused, text};
 
 /// Connects to `dial` as the agent and checks everything a user would look at.
 fn assert_redirected(daemon: &TestDaemon, sink: &Sink, dial: &str, recorded_destination: &str) {
@@ -65,7 +20,7 @@ fn assert_redirected(daemon: &TestDaemon, sink: &Sink, dial: &str, recorded_dest
     assert_eq!(text(&report, "greeting"), format!("SINK {}", sink.addr));
     assert_eq!(text(&report, "echo"), "hello from the agent");
 
-    let session = closed_session(daemon, recorded_destination);
+    let session = daemon.closed_session("probe", recorded_destination);
     assert_eq!(session["decision"]["action"], "allow", "{session:#}");
     assert!(
         text(&session["decision"], "rule").starts_with("probe-reaches-sinks"),
@@ -223,7 +178,7 @@ fn with_the_daemon_down_agents_cannot_connect_and_a_restart_resumes() {
     let sink = Sink::start("127.0.0.2:0");
     let first = daemon.probe("probe", &["tcp", &sink.addr.to_string()]);
     assert_eq!(first["ok"], true, "{first}");
-    closed_session(&daemon, &sink.addr.to_string());
+    daemon.closed_session("probe", &sink.addr.to_string());
 
     daemon.kill();
     let before = sink.peers().len();
@@ -263,11 +218,7 @@ fn udp_other_than_dns_is_refused_in_the_kernel_and_recorded() {
         "probe",
         &["udp", &receiver.local_addr().unwrap().to_string()],
     );
-    assert_eq!(report["ok"], false, "{report}");
-    assert!(
-        text(&report, "error").contains("PermissionDenied"),
-        "{report}"
-    );
+    assert_probe_refused(&report);
     let mut buffer = [0u8; 64];
     assert!(
         receiver.recv_from(&mut buffer).is_err(),
@@ -284,11 +235,7 @@ fn agents_cannot_reach_the_daemons_own_port() {
     let daemon = TestDaemon::start(POLICY);
     let target = format!("127.0.0.1:{}", daemon.port);
     let report = daemon.probe("probe", &["tcp", &target]);
-    assert_eq!(report["ok"], false, "{report}");
-    assert!(
-        text(&report, "error").contains("PermissionDenied"),
-        "{report}"
-    );
+    assert_probe_refused(&report);
     let sessions = daemon.wait_for_sessions(Some("probe"), "the refusal", |s| !s.is_empty());
     assert_eq!(sessions[0]["decision"]["rule"], "kernel:daemon_port");
 }
@@ -323,7 +270,7 @@ fn agents_run_as_the_given_user_and_are_recorded_with_their_uid() {
         &[probe.to_str().unwrap(), "tcp", &sink.addr.to_string()],
     );
     assert_eq!(report["ok"], true, "{report}");
-    let session = closed_session(&daemon, &sink.addr.to_string());
+    let session = daemon.closed_session("probe", &sink.addr.to_string());
     assert_eq!(session["uid"], 65534, "{session:#}");
 }
 
@@ -347,11 +294,7 @@ fn connects_from_another_network_namespace_are_refused() {
             "127.0.0.2:80",
         ],
     );
-    assert_eq!(report["ok"], false, "{report}");
-    assert!(
-        text(&report, "error").contains("PermissionDenied"),
-        "{report}"
-    );
+    assert_probe_refused(&report);
     let sessions = daemon.wait_for_sessions(Some("probe"), "the refusal", |s| !s.is_empty());
     assert_eq!(sessions[0]["decision"]["rule"], "kernel:foreign_netns");
 }

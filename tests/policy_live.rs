@@ -14,25 +14,9 @@ use std::{
 use serde_json::Value;
 use sluice_tests::{
     TestDaemon,
-    postgres::{PgServer, Rule, pg_bin, pg_policy},
+    postgres::{APP_PASSWORD as PASSWORD, PgServer, Rule, pg_bin, pg_policy, shop_server},
     text,
 };
-
-const PASSWORD: &str = "app-secret-pw";
-
-/// A server with role `app` owning database `shop` and a table `orders` with 3 rows.
-fn server() -> PgServer {
-    let server = PgServer::start();
-    server.create_role("app", PASSWORD);
-    server.create_database("shop", "app");
-    server.psql_local(
-        "app",
-        "shop",
-        "CREATE TABLE orders (id int PRIMARY KEY, item text); \
-         INSERT INTO orders VALUES (1, 'tea'), (2, 'cake'), (3, 'jam');",
-    );
-    server
-}
 
 /// One psql process run as an agent, fed statements one at a time on one session.
 struct PsqlSession {
@@ -140,14 +124,8 @@ impl Drop for PsqlSession {
     }
 }
 
-fn status(daemon: &TestDaemon) -> Value {
-    let output = daemon.sluice(&["status", "--json"]);
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).expect("status JSON")
-}
-
 fn generation(daemon: &TestDaemon) -> u64 {
-    status(daemon)["policy"]["generation"]
+    daemon.status_json()["policy"]["generation"]
         .as_u64()
         .expect("generation")
 }
@@ -202,10 +180,10 @@ fn sluice_json(daemon: &TestDaemon, args: &[&str]) -> Value {
 fn statements_of_only_session(daemon: &TestDaemon, agent: &str, count: usize) -> Vec<Value> {
     let sessions = daemon.wait_for_sessions(Some(agent), "the session", |s| !s.is_empty());
     assert_eq!(sessions.len(), 1, "{sessions:#?}");
-    let id = sessions[0]["id"].as_u64().expect("id").to_string();
+    let id = sessions[0]["id"].as_u64().expect("id");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let show = sluice_json(daemon, &["sessions", "show", &id, "--json"]);
+        let show = daemon.show_session(id);
         let statements = show["statements"].as_array().cloned().unwrap_or_default();
         if statements.len() >= count {
             return statements;
@@ -293,7 +271,7 @@ fn policy_check_reports_each_problem_at_its_file_and_line_with_a_failing_exit() 
 
 #[test]
 fn a_running_session_follows_valid_reloads_and_ignores_invalid_ones() {
-    let server = server();
+    let server = shop_server();
     let reader = [Rule::allow("app-agent", &["read"]).named("reads")];
     let writer = [
         Rule::allow("app-agent", &["read"]).named("reads"),
@@ -323,7 +301,7 @@ fn a_running_session_follows_valid_reloads_and_ignores_invalid_ones() {
     rewrite_in_place(&policy_file(&daemon), &broken);
     let deadline = Instant::now() + Duration::from_secs(15);
     let rejected = loop {
-        let status = status(&daemon);
+        let status = daemon.status_json();
         if !status["policy"]["last_rejected"].is_null() {
             break status["policy"]["last_rejected"].clone();
         }
@@ -372,7 +350,7 @@ fn a_running_session_follows_valid_reloads_and_ignores_invalid_ones() {
     wait_for_generation(&daemon, 3);
     rewrite_in_place(&outside, &server.policy(&["app-agent"], &reader));
     assert_eq!(generation(&daemon), 3);
-    let pid = status(&daemon)["pid"].as_i64().expect("pid");
+    let pid = daemon.status_json()["pid"].as_i64().expect("pid");
     let hup = Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
@@ -404,7 +382,7 @@ fn a_running_session_follows_valid_reloads_and_ignores_invalid_ones() {
 
 #[test]
 fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&server.policy(
         &["app-agent"],
         &[
@@ -592,7 +570,7 @@ fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
 
 #[test]
 fn explain_agrees_with_the_live_decision() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&server.policy(
         &["app-agent"],
         &[
@@ -778,7 +756,7 @@ fn agents_cannot_use_the_control_socket_or_reach_the_daemons_ports() {
         Value::Array(vec![])
     );
 
-    let mut targets: Vec<String> = status(&daemon)["listeners"]
+    let mut targets: Vec<String> = daemon.status_json()["listeners"]
         .as_array()
         .expect("listeners")
         .iter()
@@ -839,7 +817,7 @@ fn masked_reader_policy(server: &PgServer, column: &str) -> String {
 
 #[test]
 fn masks_follow_reloads_and_a_grant_keeps_the_readers_mask() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&masked_reader_policy(&server, "item"));
     let mut psql = PsqlSession::start(&daemon, "app-agent", &server);
     let query = "SELECT id, item FROM orders WHERE id = 1;";
@@ -939,7 +917,10 @@ fn policy_reload_on_demand_and_after_the_directory_is_replaced() {
         stderr.contains("test.toml:") && stderr.contains("acton") && stderr.contains("rejected"),
         "{stderr}"
     );
-    assert_eq!(status(&daemon)["policy"]["last_rejected"]["trigger"], "api");
+    assert_eq!(
+        daemon.status_json()["policy"]["last_rejected"]["trigger"],
+        "api"
+    );
     assert_eq!(generation(&daemon), 2);
     assert_eq!(live_rule(&daemon, "write"), "default-deny");
 

@@ -7,25 +7,9 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_tests::{
     TestDaemon,
-    postgres::{PgCommand, PgServer, Rule},
+    postgres::{APP_PASSWORD as PASSWORD, PgCommand, PgServer, Rule, shop_server, spawn_pgprobe},
     text,
 };
-
-const PASSWORD: &str = "app-secret-pw";
-
-/// A server with role `app` owning database `shop` and a table `orders` with 3 rows.
-fn server() -> PgServer {
-    let server = PgServer::start();
-    server.create_role("app", PASSWORD);
-    server.create_database("shop", "app");
-    server.psql_local(
-        "app",
-        "shop",
-        "CREATE TABLE orders (id int PRIMARY KEY, item text); \
-         INSERT INTO orders VALUES (1, 'tea'), (2, 'cake'), (3, 'jam');",
-    );
-    server
-}
 
 /// Agent `app-agent` may read `pg`.
 fn reader_rules() -> [Rule; 1] {
@@ -36,35 +20,10 @@ fn reader_policy(server: &PgServer) -> String {
     server.policy(&["app-agent"], &reader_rules())
 }
 
-fn pgprobe() -> String {
-    std::env::var("SLUICE_PGPROBE").unwrap_or_else(|_| {
-        format!(
-            "{}/../target/debug/sluice-pgprobe",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    })
-}
-
 /// Runs the tokio-postgres probe as `agent` and parses its report.
 fn pgprobe_as(daemon: &TestDaemon, agent: &str, args: &[&str], stdin: &str) -> Value {
-    let output = std::process::Command::new(sluice_tests::sluice_bin())
-        .arg("--config")
-        .arg(&daemon.config_path)
-        .args(["run", "--agent", agent, "--"])
-        .arg(pgprobe())
-        .args(args)
-        .env("SLUICE_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            if let Some(mut input) = child.stdin.take() {
-                input.write_all(stdin.as_bytes())?;
-            }
-            child.wait_with_output()
-        })
+    let output = spawn_pgprobe(daemon, agent, &[], args, stdin)
+        .wait_with_output()
         .expect("run pgprobe");
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
@@ -75,24 +34,9 @@ fn pgprobe_as(daemon: &TestDaemon, agent: &str, args: &[&str], stdin: &str) -> V
     })
 }
 
-/// `sluice sessions show ID --json` of the agent's newest closed session.
-fn newest_session_with_statements(daemon: &TestDaemon, agent: &str) -> Value {
-    let sessions = daemon.wait_for_sessions(Some(agent), "a closed session", |s| {
-        s.iter().any(|s| text(s, "state") == "closed")
-    });
-    let id = sessions
-        .iter()
-        .find(|s| text(s, "state") == "closed")
-        .and_then(|s| s["id"].as_u64())
-        .expect("session id");
-    let output = daemon.sluice(&["sessions", "show", &id.to_string(), "--json"]);
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).expect("show --json")
-}
-
 #[test]
 fn every_denied_class_gets_42501_never_reaches_the_server_and_the_session_goes_on() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&server.policy(
         &["analyst"],
         &[Rule::allow("analyst", &["read", "write"]).named("analyst-reads-and-writes")],
@@ -163,7 +107,7 @@ fn every_denied_class_gets_42501_never_reaches_the_server_and_the_session_goes_o
     assert!(log.contains("INSERT INTO orders VALUES (4"), "{log}");
 
     // And each statement is recorded with its decision.
-    let shown = newest_session_with_statements(&daemon, "analyst");
+    let shown = daemon.show_newest_closed_session("analyst");
     let statements = shown["statements"].as_array().expect("statements");
     let denied: Vec<&Value> = statements
         .iter()
@@ -187,7 +131,7 @@ fn every_denied_class_gets_42501_never_reaches_the_server_and_the_session_goes_o
 
 #[test]
 fn extended_protocol_denials_keep_the_session_usable() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&reader_policy(&server));
     let mark = server.server_log().len();
     let report = pgprobe_as(
@@ -218,7 +162,7 @@ fn extended_protocol_denials_keep_the_session_usable() {
 
 #[test]
 fn bound_parameters_are_recorded_by_format_and_size_never_by_value() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&reader_policy(&server));
     let report = pgprobe_as(
         &daemon,
@@ -231,7 +175,7 @@ fn bound_parameters_are_recorded_by_format_and_size_never_by_value() {
         serde_json::json!([["3"]]),
         "{report:#}"
     );
-    let shown = newest_session_with_statements(&daemon, "app-agent");
+    let shown = daemon.show_newest_closed_session("app-agent");
     let statement = &shown["statements"][0];
     assert_eq!(statement["params"], 1, "{shown:#}");
     assert_eq!(
@@ -249,7 +193,7 @@ fn bound_parameters_are_recorded_by_format_and_size_never_by_value() {
 
 #[test]
 fn prepared_statements_run_many_times_through_the_proxy() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&reader_policy(&server));
     let report = pgprobe_as(
         &daemon,
@@ -274,7 +218,7 @@ fn prepared_statements_run_many_times_through_the_proxy() {
 
 #[test]
 fn a_cancel_from_the_agent_reaches_the_right_backend() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&reader_policy(&server));
     let report = pgprobe_as(
         &daemon,
@@ -302,7 +246,7 @@ fn a_cancel_from_the_agent_reaches_the_right_backend() {
 
 #[test]
 fn brokered_credentials_log_in_for_an_agent_that_has_no_password() {
-    let server = server();
+    let server = shop_server();
     let policy = server.policy(&["app-agent"], &reader_rules()).replace(
         "protocol = \"postgres\"",
         "protocol = \"postgres\"\ncredential = \"shop-app\"",
@@ -356,7 +300,7 @@ fn brokered_credentials_log_in_for_an_agent_that_has_no_password() {
 
 #[test]
 fn a_wrong_brokered_credential_gives_the_agent_a_clean_auth_error() {
-    let server = server();
+    let server = shop_server();
     let policy = server.policy(&["app-agent"], &reader_rules()).replace(
         "protocol = \"postgres\"",
         "protocol = \"postgres\"\ncredential = \"shop-app\"",
@@ -387,7 +331,7 @@ fn a_wrong_brokered_credential_gives_the_agent_a_clean_auth_error() {
 
 #[test]
 fn hostile_bytes_are_a_recorded_protocol_error_and_the_next_session_is_served() {
-    let server = server();
+    let server = shop_server();
     let daemon = TestDaemon::start(&reader_policy(&server));
     let target = server.addr().to_string();
     let startup = startup_hex("app", "shop");
@@ -491,7 +435,7 @@ fn plant(server: &PgServer) {
 
 #[test]
 fn planted_pii_is_masked_in_text_and_binary_results_and_never_stored() {
-    let server = server();
+    let server = shop_server();
     plant(&server);
     let daemon = TestDaemon::start(&masking_policy(&server));
 
@@ -540,7 +484,7 @@ fn planted_pii_is_masked_in_text_and_binary_results_and_never_stored() {
     );
 
     // The records count what was masked, per column.
-    let shown = newest_session_with_statements(&daemon, "analyst");
+    let shown = daemon.show_newest_closed_session("analyst");
     let masked = &shown["statements"][0]["masked"];
     assert_eq!(masked["email"], 2, "{shown:#}");
     assert_eq!(masked["note"], 2, "{shown:#}");
@@ -563,7 +507,7 @@ fn planted_pii_is_masked_in_text_and_binary_results_and_never_stored() {
 
 #[test]
 fn copy_out_is_refused_under_a_mask_profile() {
-    let server = server();
+    let server = shop_server();
     plant(&server);
     let daemon = TestDaemon::start(&masking_policy(&server));
     let output = PgCommand::agent(&daemon, "analyst", "psql")
@@ -700,7 +644,7 @@ fn an_upstream_certificate_from_an_unknown_ca_is_refused() {
 
 #[test]
 fn a_server_that_reads_backslashes_in_strings_fails_closed() {
-    let server = server();
+    let server = shop_server();
     // A role default: no SET the classifier could see.
     server.psql_admin("ALTER ROLE app SET standard_conforming_strings = off");
     let daemon = TestDaemon::start(&reader_policy(&server));
@@ -722,7 +666,7 @@ fn a_server_that_reads_backslashes_in_strings_fails_closed() {
 #[test]
 fn agents_that_ask_for_tls_get_it_from_the_daemon_with_the_configured_certificate() {
     let (ca, certificate, key) = test_pki();
-    let server = server();
+    let server = shop_server();
     let pki = tempfile::tempdir().expect("tempdir");
     let ca_file = pki.path().join("ca.pem");
     let certificate_file = pki.path().join("agent-facing.pem");
@@ -776,7 +720,7 @@ fn agents_that_ask_for_tls_get_it_from_the_daemon_with_the_configured_certificat
 
 #[test]
 fn table_qualified_mask_rules_hold_in_joins() {
-    let server = server();
+    let server = shop_server();
     plant(&server);
     let policy = server
         .policy(

@@ -40,6 +40,47 @@ pub fn probe_bin() -> PathBuf {
     )
 }
 
+/// The PostgreSQL probe binary (tokio-postgres, built with this package's tests).
+pub fn pgprobe_bin() -> PathBuf {
+    std::env::var_os("SLUICE_PGPROBE").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice-pgprobe"),
+        PathBuf::from,
+    )
+}
+
+/// Agent `probe` may reach TCP on 127.0.0.2 and ::1 (resources `sinks-v4` and
+/// `sinks-v6`, rules `probe-reaches-sinks-v4` and `-v6`); everything else is denied.
+pub const PROBE_SINKS_POLICY: &str = r#"
+[[agent]]
+name = "probe"
+
+[[resource]]
+name = "sinks-v4"
+addresses = ["127.0.0.2"]
+ports = ["1-65535"]
+protocol = "tcp"
+
+[[resource]]
+name = "sinks-v6"
+addresses = ["::1"]
+ports = ["1-65535"]
+protocol = "tcp"
+
+[[rule]]
+name = "probe-reaches-sinks-v4"
+agent = "probe"
+resource = "sinks-v4"
+operations = ["connect"]
+action = "allow"
+
+[[rule]]
+name = "probe-reaches-sinks-v6"
+agent = "probe"
+resource = "sinks-v6"
+operations = ["connect"]
+action = "allow"
+"#;
+
 /// Fails the test early and clearly when not root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -293,6 +334,45 @@ impl TestDaemon {
         serde_json::from_slice(&output.stdout).expect("sessions list JSON")
     }
 
+    /// `sluice status --json`, asserting success.
+    pub fn status_json(&self) -> Value {
+        let output = self.sluice(&["status", "--json"]);
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).expect("status JSON")
+    }
+
+    /// `sluice sessions show ID --json` (the session and its statements), asserting
+    /// success.
+    pub fn show_session(&self, id: u64) -> Value {
+        let output = self.sluice(&["sessions", "show", &id.to_string(), "--json"]);
+        assert!(output.status.success(), "sessions show failed: {output:?}");
+        serde_json::from_slice(&output.stdout).expect("sessions show JSON")
+    }
+
+    /// Waits for a closed session of `agent` and shows the newest one
+    /// ([`TestDaemon::show_session`]).
+    pub fn show_newest_closed_session(&self, agent: &str) -> Value {
+        let sessions = self.wait_for_sessions(Some(agent), "a closed session", |s| {
+            s.iter().any(|s| text(s, "state") == "closed")
+        });
+        let id = sessions
+            .iter()
+            .find(|s| text(s, "state") == "closed")
+            .and_then(|s| s["id"].as_u64())
+            .expect("session id");
+        self.show_session(id)
+    }
+
+    /// Waits until `agent`'s session to `destination` is closed, and returns it.
+    pub fn closed_session(&self, agent: &str, destination: &str) -> Value {
+        let is_it =
+            |s: &Value| text(s, "destination") == destination && text(s, "state") == "closed";
+        let sessions = self.wait_for_sessions(Some(agent), "the closed session", |sessions| {
+            sessions.iter().any(is_it)
+        });
+        sessions.into_iter().find(is_it).expect("closed session")
+    }
+
     /// Waits until `predicate` holds for the session list (close records are batched).
     pub fn wait_for_sessions(
         &self,
@@ -429,6 +509,15 @@ fn serve_sink_connection(
             return;
         }
     }
+}
+
+/// Asserts that a probe report says the kernel refused the attempt (`EPERM`).
+pub fn assert_probe_refused(report: &Value) {
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(
+        text(report, "error").contains("PermissionDenied"),
+        "{report}"
+    );
 }
 
 /// A field of a JSON object as a string, or "".

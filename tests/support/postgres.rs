@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{TestDaemon, require_root, sluice_bin};
+use crate::{TestDaemon, pgprobe_bin, require_root, sluice_bin};
 
 /// The address the server listens on: not 127.0.0.1, so agents' connections to it are
 /// redirected to the daemon like connections to a remote database.
@@ -42,6 +42,24 @@ pub const SUPERUSER_PASSWORD: &str = "sluice-test-superuser";
 
 /// How long one client tool may run before the test fails (and the tool is killed).
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The password of role `app` in [`shop_server`].
+pub const APP_PASSWORD: &str = "app-secret-pw";
+
+/// A server with role `app` (password [`APP_PASSWORD`]) owning database `shop` and a
+/// table `orders` with 3 rows: (1, 'tea'), (2, 'cake'), (3, 'jam').
+pub fn shop_server() -> PgServer {
+    let server = PgServer::start();
+    server.create_role("app", APP_PASSWORD);
+    server.create_database("shop", "app");
+    server.psql_local(
+        "app",
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, item text); \
+         INSERT INTO orders VALUES (1, 'tea'), (2, 'cake'), (3, 'jam');",
+    );
+    server
+}
 
 /// The newest installed PostgreSQL's binary directory (`/usr/lib/postgresql/N/bin`), or
 /// `$SLUICE_PG_BIN`.
@@ -583,6 +601,36 @@ pub fn pg_policy(addresses: &[&str], port: u16, agents: &[&str], rules: &[Rule])
         ));
     }
     policy
+}
+
+/// Starts the tokio-postgres probe ([`pgprobe_bin`]) with `args` as `agent` (with extra
+/// `sluice run` options), `stdin` written to it and closed, stdout and stderr piped.
+pub fn spawn_pgprobe(
+    daemon: &TestDaemon,
+    agent: &str,
+    run_options: &[&str],
+    args: &[&str],
+    stdin: &str,
+) -> Child {
+    let mut child = Command::new(sluice_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(["run", "--agent", agent])
+        .args(run_options)
+        .arg("--")
+        .arg(pgprobe_bin())
+        .args(args)
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pgprobe");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .expect("write pgprobe's stdin");
+    child
 }
 
 /// A PostgreSQL client tool run either directly (outside any managed cgroup, not
