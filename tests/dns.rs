@@ -6,7 +6,7 @@
 use std::{
     net::{SocketAddr, TcpListener, UdpSocket},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -151,6 +151,31 @@ impl NamedServerSink {
     }
 }
 
+/// A dnsmasq on `listen` answering from `hosts`, and a daemon with [`POLICY`] whose
+/// resolver forwards to it (keep the dnsmasq alive as long as the daemon).
+fn daemon_with_upstream(listen: &str, hosts: &str) -> (Dnsmasq, TestDaemon) {
+    let upstream = Dnsmasq::start(listen, hosts);
+    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    (upstream, daemon)
+}
+
+/// Runs `python3 -c script args...` as `resolver-user`, as the unprivileged `nobody`.
+fn python_as_resolver_user(daemon: &TestDaemon, script: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        "run",
+        "--agent",
+        "resolver-user",
+        "--user",
+        "nobody",
+        "--",
+        "python3",
+        "-c",
+        script,
+    ];
+    all.extend_from_slice(args);
+    daemon.sluice(&all)
+}
+
 /// Runs `dig` as `agent`, as the unprivileged `nobody`, and returns its stdout.
 fn dig_as(daemon: &TestDaemon, agent: &str, args: &[&str]) -> String {
     let mut all = vec!["run", "--agent", agent, "--user", "nobody", "--", "dig"];
@@ -190,8 +215,7 @@ fn recorded_query(daemon: &TestDaemon, agent: &str, query: &str) -> (Value, Valu
 
 #[test]
 fn udp_queries_to_any_server_are_answered_by_the_resolver_and_recorded() {
-    let upstream = Dnsmasq::start("127.0.54.1", "10.53.0.7 db.internal\n");
-    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let (_upstream, daemon) = daemon_with_upstream("127.0.54.1", "10.53.0.7 db.internal\n");
     let named = NamedServerSink::start("127.0.53.1");
 
     let answer = dig_as(
@@ -241,8 +265,7 @@ fn udp_queries_to_any_server_are_answered_by_the_resolver_and_recorded() {
 
 #[test]
 fn tcp_queries_are_answered_by_the_resolver_too() {
-    let upstream = Dnsmasq::start("127.0.54.2", "10.53.0.8 tcp.internal\n");
-    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let (_upstream, daemon) = daemon_with_upstream("127.0.54.2", "10.53.0.8 tcp.internal\n");
     let named = NamedServerSink::start("127.0.53.2");
 
     let answer = dig_as(
@@ -262,8 +285,7 @@ fn tcp_queries_are_answered_by_the_resolver_too() {
 
 #[test]
 fn ipv6_queries_are_answered_and_appear_to_come_from_the_named_server() {
-    let upstream = Dnsmasq::start("127.0.54.3", "10.53.0.9 six.internal\n");
-    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let (_upstream, daemon) = daemon_with_upstream("127.0.54.3", "10.53.0.9 six.internal\n");
 
     // Nothing may listen on [::1]:53 for this to prove anything: dig would then get
     // "connection refused" instead of an answer.
@@ -281,8 +303,7 @@ fn ipv6_queries_are_answered_and_appear_to_come_from_the_named_server() {
 
 #[test]
 fn agents_without_a_dns_rule_are_refused_and_nothing_is_asked() {
-    let upstream = Dnsmasq::start("127.0.54.4", "10.53.0.10 secret.internal\n");
-    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let (_upstream, daemon) = daemon_with_upstream("127.0.54.4", "10.53.0.10 secret.internal\n");
     let named = NamedServerSink::start("127.0.53.4");
 
     let answer = dig_as(
@@ -302,8 +323,7 @@ fn agents_without_a_dns_rule_are_refused_and_nothing_is_asked() {
 
 #[test]
 fn malformed_queries_get_formerr_or_nothing_and_the_resolver_keeps_working() {
-    let upstream = Dnsmasq::start("127.0.54.5", "10.53.0.11 after.internal\n");
-    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let (_upstream, daemon) = daemon_with_upstream("127.0.54.5", "10.53.0.11 after.internal\n");
     let named = NamedServerSink::start("127.0.53.5");
 
     // A header claiming one question that is not there, then three bytes.
@@ -322,17 +342,7 @@ try:
 except socket.timeout:
     print("short=dropped")
 "#;
-    let output = daemon.sluice(&[
-        "run",
-        "--agent",
-        "resolver-user",
-        "--user",
-        "nobody",
-        "--",
-        "python3",
-        "-c",
-        script,
-    ]);
+    let output = python_as_resolver_user(&daemon, script, &[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("id=1234 rcode=1 from=127.0.53.5:53"),
@@ -486,20 +496,7 @@ except Exception as error:
 "#,
         port = service.addr.port()
     );
-    let hello = |server_name: &str| {
-        daemon.sluice(&[
-            "run",
-            "--agent",
-            "resolver-user",
-            "--user",
-            "nobody",
-            "--",
-            "python3",
-            "-c",
-            &script,
-            server_name,
-        ])
-    };
+    let hello = |server_name: &str| python_as_resolver_user(&daemon, &script, &[server_name]);
 
     // Resolved by this agent to this address, but not a name of the resource.
     hello("other.internal");
@@ -528,8 +525,7 @@ except Exception as error:
 
 #[test]
 fn glibc_lookups_go_through_the_resolver_whatever_resolv_conf_names() {
-    let upstream = Dnsmasq::start("127.0.54.8", "10.53.0.12 glibc.internal\n");
-    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let (_upstream, daemon) = daemon_with_upstream("127.0.54.8", "10.53.0.12 glibc.internal\n");
     // The agent sees a resolv.conf naming a loopback server with nothing on it (in a
     // mount namespace of its own), so a failed redirect could not leave the host.
     let resolv_conf = daemon.dir.path().join("agent-resolv.conf");
@@ -565,8 +561,7 @@ fn glibc_lookups_go_through_the_resolver_whatever_resolv_conf_names() {
 
 #[test]
 fn connected_and_v4_mapped_sockets_see_the_server_they_named() {
-    let upstream = Dnsmasq::start("127.0.54.9", "10.53.0.13 mapped.internal\n");
-    let daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let (_upstream, daemon) = daemon_with_upstream("127.0.54.9", "10.53.0.13 mapped.internal\n");
     let named = NamedServerSink::start("127.0.53.9");
     let script = r#"
 import socket
@@ -583,17 +578,7 @@ m.sendto(query, ("::ffff:127.0.53.9", 53))
 reply, source = m.recvfrom(512)
 print("mapped rcode=%d answers=%d from=%s:%d" % (reply[3] & 15, reply[7], source[0], source[1]))
 "#;
-    let output = daemon.sluice(&[
-        "run",
-        "--agent",
-        "resolver-user",
-        "--user",
-        "nobody",
-        "--",
-        "python3",
-        "-c",
-        script,
-    ]);
+    let output = python_as_resolver_user(&daemon, script, &[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     // A connected UDP socket (as glibc uses) still has the server it named as its peer.
@@ -611,8 +596,7 @@ print("mapped rcode=%d answers=%d from=%s:%d" % (reply[3] & 15, reply[7], source
 
 #[test]
 fn with_the_daemon_down_dns_fails_closed() {
-    let upstream = Dnsmasq::start("127.0.54.10", "10.53.0.14 down.internal\n");
-    let mut daemon = TestDaemon::start_with_dns(POLICY, &[upstream.addr]);
+    let (_upstream, mut daemon) = daemon_with_upstream("127.0.54.10", "10.53.0.14 down.internal\n");
     let named = NamedServerSink::start("127.0.53.10");
     daemon.kill();
     // The programs stay attached: the query goes where no resolver listens.

@@ -197,6 +197,61 @@ fn statements_of_only_session(daemon: &TestDaemon, agent: &str, count: usize) ->
     }
 }
 
+/// The arguments of `sluice grant` giving `app-agent` the operation classes `allow`
+/// on `pg` for `duration`, because `reason`.
+fn grant_args<'a>(allow: &'a str, duration: &'a str, reason: &'a str) -> Vec<&'a str> {
+    vec![
+        "grant",
+        "--agent",
+        "app-agent",
+        "--resource",
+        "pg",
+        "--allow",
+        allow,
+        "--for",
+        duration,
+        "--reason",
+        reason,
+    ]
+}
+
+/// [`grant_args`] with `--json`: the grant made.
+fn grant_json(daemon: &TestDaemon, allow: &str, duration: &str, reason: &str) -> Value {
+    let mut args = grant_args(allow, duration, reason);
+    args.push("--json");
+    sluice_json(daemon, &args)
+}
+
+/// The arguments of `sluice policy explain` for `app-agent` on `pg`, then `what`
+/// (`--sql ...`, `--operation ...`, ...).
+fn explain_args<'a>(what: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "policy",
+        "explain",
+        "--agent",
+        "app-agent",
+        "--resource",
+        "pg",
+    ];
+    args.extend_from_slice(what);
+    args
+}
+
+/// [`explain_args`] with `--json`: the explanation.
+fn explain_json(daemon: &TestDaemon, what: &[&str]) -> Value {
+    let mut args = explain_args(what);
+    args.push("--json");
+    sluice_json(daemon, &args)
+}
+
+/// The rule that decided each of `statements` (records).
+fn decision_rules(statements: &[Value]) -> Vec<&str> {
+    statements
+        .iter()
+        .map(|s| s["decision"]["rule"].as_str().unwrap_or_default())
+        .collect()
+}
+
 /// Runs `sluice policy check` on a directory holding `files`.
 fn policy_check(files: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -362,10 +417,7 @@ fn a_running_session_follows_valid_reloads_and_ignores_invalid_ones() {
 
     // Every statement ran on the one session.
     let statements = statements_of_only_session(&daemon, "app-agent", 6);
-    let rules: Vec<&str> = statements
-        .iter()
-        .map(|s| s["decision"]["rule"].as_str().unwrap_or_default())
-        .collect();
+    let rules = decision_rules(&statements);
     assert_eq!(
         rules,
         [
@@ -420,23 +472,7 @@ fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
         );
     }
 
-    let grant = sluice_json(
-        &daemon,
-        &[
-            "grant",
-            "--agent",
-            "app-agent",
-            "--resource",
-            "pg",
-            "--allow",
-            "write,ddl",
-            "--for",
-            "3s",
-            "--reason",
-            "migration",
-            "--json",
-        ],
-    );
+    let grant = grant_json(&daemon, "write,ddl", "3s", "migration");
     let first = grant["id"].as_u64().expect("grant id");
     assert_eq!(grant["state"], "active");
     assert_eq!(grant["created_by_uid"], 0);
@@ -465,23 +501,7 @@ fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
         Value::Array(vec![])
     );
 
-    let grant = sluice_json(
-        &daemon,
-        &[
-            "grant",
-            "--agent",
-            "app-agent",
-            "--resource",
-            "pg",
-            "--allow",
-            "write",
-            "--for",
-            "10m",
-            "--reason",
-            "backfill",
-            "--json",
-        ],
-    );
+    let grant = grant_json(&daemon, "write", "10m", "backfill");
     let second = grant["id"].as_u64().expect("grant id");
     assert!(second > first);
     assert_eq!(
@@ -497,10 +517,7 @@ fn a_grant_lets_a_denied_statement_run_until_it_expires_or_is_revoked() {
 
     // Records name the grant; the grants list keeps who, why and how each ended.
     let statements = statements_of_only_session(&daemon, "app-agent", 8);
-    let rules: Vec<&str> = statements
-        .iter()
-        .map(|s| s["decision"]["rule"].as_str().unwrap_or_default())
-        .collect();
+    let rules = decision_rules(&statements);
     let first_rule = format!("grant:{first}");
     let second_rule = format!("grant:{second}");
     assert_eq!(
@@ -578,19 +595,7 @@ fn explain_agrees_with_the_live_decision() {
             Rule::deny("app-agent", &["write"]).named("no-writes"),
         ],
     ));
-    let grant = daemon.sluice(&[
-        "grant",
-        "--agent",
-        "app-agent",
-        "--resource",
-        "pg",
-        "--allow",
-        "ddl",
-        "--for",
-        "10m",
-        "--reason",
-        "schema change",
-    ]);
+    let grant = daemon.sluice(&grant_args("ddl", "10m", "schema change"));
     assert!(grant.status.success(), "{grant:?}");
     let cases = [
         "SELECT item FROM orders WHERE id = 1",
@@ -606,20 +611,7 @@ fn explain_agrees_with_the_live_decision() {
     let mut psql = PsqlSession::start(&daemon, "app-agent", &server);
     let mut explained = Vec::new();
     for sql in cases {
-        let online = sluice_json(
-            &daemon,
-            &[
-                "policy",
-                "explain",
-                "--agent",
-                "app-agent",
-                "--resource",
-                "pg",
-                "--sql",
-                sql,
-                "--json",
-            ],
-        );
+        let online = explain_json(&daemon, &["--sql", sql]);
         let action = text(&online["decision"], "action").to_owned();
         let rule = text(&online["decision"], "rule").to_owned();
         let out = psql.run(&format!("{sql};"));
@@ -674,33 +666,17 @@ fn explain_agrees_with_the_live_decision() {
 
     // Offline, from the files alone: the same except that grants do not count.
     let policy_dir = daemon.dir.path().join("policies");
-    let offline = sluice_json(
+    let offline = explain_json(
         &daemon,
         &[
-            "policy",
-            "explain",
-            "--agent",
-            "app-agent",
-            "--resource",
-            "pg",
             "--sql",
             cases[3],
             "--policy-dir",
             policy_dir.to_str().expect("utf-8"),
-            "--json",
         ],
     );
     assert_eq!(offline["decision"]["rule"], "default-deny", "{offline:#}");
-    let human = daemon.sluice(&[
-        "policy",
-        "explain",
-        "--agent",
-        "app-agent",
-        "--resource",
-        "pg",
-        "--sql",
-        cases[1],
-    ]);
+    let human = daemon.sluice(&explain_args(&["--sql", cases[1]]));
     let human = String::from_utf8_lossy(&human.stdout).into_owned();
     assert!(
         human.contains("class write")
@@ -833,56 +809,18 @@ fn masks_follow_reloads_and_a_grant_keeps_the_readers_mask() {
         "INSERT INTO orders VALUES (7, 'pie') RETURNING id, item;",
         "default-deny",
     );
-    let grant = daemon.sluice(&[
-        "grant",
-        "--agent",
-        "app-agent",
-        "--resource",
-        "pg",
-        "--allow",
-        "write",
-        "--for",
-        "10m",
-        "--reason",
-        "fix a row",
-    ]);
+    let grant = daemon.sluice(&grant_args("write", "10m", "fix a row"));
     assert!(grant.status.success(), "{grant:?}");
     let out = psql.allowed("INSERT INTO orders VALUES (7, 'pie') RETURNING id, item;");
     assert!(out.lines().any(|line| line == "[REDACTED]|pie"), "{out}");
-    let explain = sluice_json(
-        &daemon,
-        &[
-            "policy",
-            "explain",
-            "--agent",
-            "app-agent",
-            "--resource",
-            "pg",
-            "--operation",
-            "write",
-            "--json",
-        ],
-    );
+    let explain = explain_json(&daemon, &["--operation", "write"]);
     assert_eq!(explain["decision"]["mask"], "pii", "{explain:#}");
     assert!(text(&explain["decision"], "rule").starts_with("grant:"));
 }
 
 /// What the running daemon decides for `operation` by `app-agent` on `pg`: the rule.
 fn live_rule(daemon: &TestDaemon, operation: &str) -> String {
-    let explained = sluice_json(
-        daemon,
-        &[
-            "policy",
-            "explain",
-            "--agent",
-            "app-agent",
-            "--resource",
-            "pg",
-            "--operation",
-            operation,
-            "--json",
-        ],
-    );
+    let explained = explain_json(daemon, &["--operation", operation]);
     text(&explained["decision"], "rule").to_owned()
 }
 
