@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sluice_tests::{
     Sink, TestDaemon, free_port,
+    pki::TestPki,
     postgres::{PgCommand, PgServer, Rule},
     text,
 };
@@ -123,34 +124,7 @@ fn wait_for_delivery(daemon: &TestDaemon, what: &str, seen: impl Fn() -> Vec<u64
 /// A CA and a certificate for 127.0.0.1 signed by it, written as PEM files in `dir`:
 /// (ca, certificate, key).
 fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "sluice export test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let mut params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "127.0.0.1");
-    let certificate = params.signed_by(&key, &issuer).expect("server certificate");
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    );
-    std::fs::write(&paths.0, ca.pem()).expect("write CA");
-    std::fs::write(&paths.1, certificate.pem()).expect("write certificate");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
-    (paths.0, paths.1, paths.2)
+    TestPki::for_host("127.0.0.1").write_to(dir)
 }
 
 /// A real rsyslogd in the foreground with a private configuration: imtcp on a loopback

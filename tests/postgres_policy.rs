@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_tests::{
     TestDaemon,
+    pki::TestPki,
     postgres::{APP_PASSWORD as PASSWORD, PgCommand, PgServer, Rule, shop_server, spawn_pgprobe},
     text,
 };
@@ -540,28 +541,8 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// A CA and a server certificate for 127.0.0.2 signed by it, as PEM:
 /// (ca certificate, server certificate, server key).
 fn test_pki() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "sluice test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = rcgen::KeyPair::generate().expect("server key");
-    let mut server_params =
-        rcgen::CertificateParams::new(vec!["127.0.0.2".to_owned()]).expect("server params");
-    server_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "127.0.0.2");
-    let server = server_params
-        .signed_by(&server_key, &issuer)
-        .expect("server certificate");
-    (ca.pem(), server.pem(), server_key.serialize_pem())
+    let pki = TestPki::for_host("127.0.0.2");
+    (pki.ca_pem, pki.certificate_pem, pki.key_pem)
 }
 
 fn tls_policy(server: &PgServer, ca_file: &std::path::Path) -> String {
