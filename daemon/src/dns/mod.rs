@@ -202,10 +202,15 @@ impl Resolver {
                 tracing::info!(%error, bytes = query.len(), "malformed DNS query");
                 statement.sql = format!("<malformed: {} bytes>", query.len());
                 statement.decision.reason = format!("the query could not be parsed: {error}");
-                statement.tag = Some("FORMERR".into());
-                let event = self.dns_event(asker, &statement, "", "", "FORMERR", Vec::new());
-                self.record_statement(&statement, Some(event), Durability::Durable)
-                    .await;
+                self.record_unanswered(
+                    asker,
+                    &mut statement,
+                    "",
+                    "",
+                    "FORMERR",
+                    Durability::Durable,
+                )
+                .await;
                 return format_error(query);
             }
         };
@@ -219,10 +224,15 @@ impl Resolver {
                 statement.sql = "<not a single standard query>".into();
                 statement.decision.reason =
                     "only standard queries with one question are answered".into();
-                statement.tag = Some("NOTIMP".into());
-                let event = self.dns_event(asker, &statement, "", "", "NOTIMP", Vec::new());
-                self.record_statement(&statement, Some(event), Durability::Durable)
-                    .await;
+                self.record_unanswered(
+                    asker,
+                    &mut statement,
+                    "",
+                    "",
+                    "NOTIMP",
+                    Durability::Durable,
+                )
+                .await;
                 return encode(&reply_to(&request, ResponseCode::NotImp));
             }
         };
@@ -234,19 +244,16 @@ impl Resolver {
         statement.decision = decision.record();
         if decision.action != Action::Allow {
             tracing::info!(name = %query_name, rule = %decision.rule, "DNS query refused");
-            let rcode = rcode_name(ResponseCode::Refused);
-            statement.tag = Some(rcode.to_owned());
             statement.duration_us = Some(elapsed_us(started));
-            let event = self.dns_event(
+            self.record_unanswered(
                 asker,
-                &statement,
+                &mut statement,
                 &query_name,
                 &query_type,
-                rcode,
-                Vec::new(),
-            );
-            self.record_statement(&statement, Some(event), Durability::Durable)
-                .await;
+                rcode_name(ResponseCode::Refused),
+                Durability::Durable,
+            )
+            .await;
             return encode(&reply_to(&request, ResponseCode::Refused));
         }
         // The query leaves the host only once its record is durable.
@@ -262,19 +269,16 @@ impl Resolver {
             Err(error) => {
                 tracing::warn!(name = %query_name, %error, "DNS query unanswered");
                 statement.error = Some(error);
-                let rcode = rcode_name(ResponseCode::ServFail);
-                statement.tag = Some(rcode.to_owned());
                 statement.duration_us = Some(elapsed_us(started));
-                let event = self.dns_event(
+                self.record_unanswered(
                     asker,
-                    &statement,
+                    &mut statement,
                     &query_name,
                     &query_type,
-                    rcode,
-                    Vec::new(),
-                );
-                self.record_statement(&statement, Some(event), self.store.audit_durability())
-                    .await;
+                    rcode_name(ResponseCode::ServFail),
+                    self.store.audit_durability(),
+                )
+                .await;
                 return encode(&reply_to(&request, ResponseCode::ServFail));
             }
         };
@@ -454,6 +458,22 @@ impl Resolver {
 
     /// Writes a statement record, with its event if any; `false` when the store could
     /// not take it.
+    /// Records a query that ends with `rcode` and no answers: its tag and its event.
+    async fn record_unanswered(
+        &self,
+        asker: &Asker<'_>,
+        statement: &mut StatementRecord,
+        name: &str,
+        query_type: &str,
+        rcode: &str,
+        durability: Durability,
+    ) {
+        statement.tag = Some(rcode.to_owned());
+        let event = self.dns_event(asker, statement, name, query_type, rcode, Vec::new());
+        self.record_statement(statement, Some(event), durability)
+            .await;
+    }
+
     async fn record_statement(
         &self,
         statement: &StatementRecord,
