@@ -237,27 +237,9 @@ impl Interception {
             }
         }
 
-        let connections = ebpf
-            .take_map(map_names::CONNECTIONS)
-            .ok_or(BpfError::MissingMap("SLUICE_CONNECTIONS"))?;
-        let connections = BpfHashMap::try_from(connections).map_err(|source| BpfError::Map {
-            name: "SLUICE_CONNECTIONS",
-            source,
-        })?;
-        let dns_queries = ebpf
-            .take_map(map_names::DNS_QUERIES)
-            .ok_or(BpfError::MissingMap("SLUICE_DNS_QUERIES"))?;
-        let dns_queries = BpfHashMap::try_from(dns_queries).map_err(|source| BpfError::Map {
-            name: "SLUICE_DNS_QUERIES",
-            source,
-        })?;
-        let refusals = ebpf
-            .take_map(map_names::REFUSALS)
-            .ok_or(BpfError::MissingMap("SLUICE_REFUSALS"))?;
-        let refusals = RingBuf::try_from(refusals).map_err(|source| BpfError::Map {
-            name: "SLUICE_REFUSALS",
-            source,
-        })?;
+        let connections = take_map(&mut ebpf, map_names::CONNECTIONS)?;
+        let dns_queries = take_map(&mut ebpf, map_names::DNS_QUERIES)?;
+        let refusals = take_map(&mut ebpf, map_names::REFUSALS)?;
         Ok(Self {
             _ebpf: ebpf,
             connections: Mutex::new(connections),
@@ -338,6 +320,15 @@ pub fn uninstall(bpffs_dir: &Path) -> Result<usize, BpfError> {
         let _ = fs::remove_dir(dir);
     }
     Ok(count)
+}
+
+/// Takes the map `name` out of `ebpf` as the typed map `M`.
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(BpfError::MissingMap(name))?;
+    M::try_from(map).map_err(|source| BpfError::Map { name, source })
 }
 
 fn load(maps_dir: &Path) -> Result<Ebpf, aya::EbpfError> {
