@@ -36,7 +36,9 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// Where one webhook goes.
 #[derive(Clone, Debug)]
 struct Target {
-    url: String,
+    /// The URL as logs show it: scheme and authority only, since the path of a chat
+    /// tool's incoming webhook (Slack's `/services/T…/B…/…`) is its secret.
+    shown: String,
     tls: bool,
     host: String,
     port: u16,
@@ -67,7 +69,7 @@ impl Target {
             return Err(format!("{url:?} has no host"));
         }
         Ok(Self {
-            url: url.to_owned(),
+            shown: format!("{}://{authority}/…", if tls { "https" } else { "http" }),
             tls,
             port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             authority: authority.as_str().to_owned(),
@@ -144,23 +146,23 @@ async fn send_all(
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, post(target, body, &tls)).await {
                 Ok(Ok(status)) if status.is_success() => {
-                    tracing::debug!(approval = held.id, url = %target.url, "approval webhook sent");
+                    tracing::debug!(approval = held.id, url = %target.shown, "approval webhook sent");
                 }
                 Ok(Ok(status)) => tracing::warn!(
                     approval = held.id,
-                    url = %target.url,
+                    url = %target.shown,
                     status = status.as_u16(),
                     "approval webhook refused the announcement"
                 ),
                 Ok(Err(error)) => tracing::warn!(
                     approval = held.id,
-                    url = %target.url,
+                    url = %target.shown,
                     %error,
                     "approval webhook failed"
                 ),
                 Err(_) => tracing::warn!(
                     approval = held.id,
-                    url = %target.url,
+                    url = %target.shown,
                     "approval webhook timed out after {} s",
                     REQUEST_TIMEOUT.as_secs()
                 ),
