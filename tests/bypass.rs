@@ -35,12 +35,29 @@ fn as_nobody(daemon: &TestDaemon, args: &[&str]) -> Value {
 /// its own (`unshare -rn`), where it holds every capability over that namespace.
 /// `setup` runs first in the namespace's shell.
 fn as_nobody_in_own_netns(daemon: &TestDaemon, setup: &str, args: &[&str]) -> Value {
+    as_nobody_in_own_netns_with(daemon, &[], setup, args)
+}
+
+/// [`as_nobody_in_own_netns`] with extra `sluice run` options.
+fn as_nobody_in_own_netns_with(
+    daemon: &TestDaemon,
+    run_options: &[&str],
+    setup: &str,
+    args: &[&str],
+) -> Value {
     let probe = probe_bin();
     let script = format!("ip link set lo up; {setup} exec \"$0\" \"$@\"");
     let mut command = vec!["unshare", "-rn", "sh", "-c", &script];
     command.push(probe.to_str().expect("utf-8 probe path"));
     command.extend_from_slice(args);
-    daemon.probe_with("probe", &["--user", "nobody"], &command)
+    let mut options = vec!["--user", "nobody"];
+    options.extend_from_slice(run_options);
+    daemon.probe_with("probe", &options, &command)
+}
+
+/// What `sluice run`'s seccomp filter makes socket(2) return, as the probe prints it.
+fn seccomp_refusal() -> String {
+    format!("errno {} ", libc::EAFNOSUPPORT)
 }
 
 /// The same command outside any managed cgroup, as nobody: what the kernel allows
@@ -221,19 +238,35 @@ fn raw_and_packet_sockets_are_refused_even_in_the_agents_own_user_namespace() {
     );
     assert!(raw.iter().all(|s| text(s, "comm") == "sluice-probe"));
 
-    // In the agent's first namespace it lacks CAP_NET_RAW: the kernel refuses packet
+    // In the agent's first namespace it lacks CAP_NET_RAW: the kernel refuses raw
     // sockets with or without sluice.
     let host_netns = as_nobody(&daemon, &["sockets"]);
-    for kind in ["inet_raw", "inet6_raw", "packet", "packet_dgram"] {
+    for kind in ["inet_raw", "inet6_raw"] {
         assert!(
             text(&host_netns, kind).contains("PermissionDenied"),
             "{host_netns}"
         );
     }
+    // `sluice run`'s seccomp filter refuses packet sockets in either namespace, before
+    // the kernel (or the LSM) looks at capabilities.
+    for (report, kind) in [&report, &host_netns]
+        .into_iter()
+        .flat_map(|r| [(r, "packet"), (r, "packet_dgram")])
+    {
+        assert!(
+            text(report, kind).contains(&format!("(os error {})", libc::EAFNOSUPPORT)),
+            "{report}"
+        );
+    }
+    // Without the filter, the BPF LSM alone.
+    let lsm_only = as_nobody_in_own_netns_with(&daemon, &["--no-seccomp"], "", &["sockets"]);
     let packet_row = matrix_row(&daemon, "packet_socket");
     if packet_row["enforced"] == true {
         for kind in ["packet", "packet_dgram"] {
-            assert!(text(&report, kind).contains("PermissionDenied"), "{report}");
+            assert!(
+                text(&lsm_only, kind).contains("PermissionDenied"),
+                "{lsm_only}"
+            );
         }
         let packet = refusals(&daemon, "kernel:packet_socket", 2);
         assert!(
@@ -245,8 +278,58 @@ fn raw_and_packet_sockets_are_refused_even_in_the_agents_own_user_namespace() {
     } else {
         // Where the BPF LSM cannot run, status says so and why: a packet socket in the
         // agent's own namespace sees only that namespace's interfaces.
-        assert_eq!(text(&report, "packet"), "created", "{report}");
+        assert_eq!(text(&lsm_only, "packet"), "created", "{lsm_only}");
         assert!(!text(&packet_row, "detail").is_empty(), "{packet_row:#}");
+        assert_status_says_not_enforced(&daemon, "packet_socket");
+    }
+}
+
+#[test]
+fn sluice_run_refuses_vsock_packet_and_other_unmediated_socket_families_by_seccomp() {
+    let daemon = TestDaemon::start(POLICY);
+    // Without sluice, nobody gets vsock (where the host has it) and, in a namespace of
+    // its own, packet sockets.
+    let unmanaged = outside_as_nobody_in_own_netns("", &["families"]);
+    assert_eq!(text(&unmanaged, "packet"), "created", "{unmanaged}");
+
+    let refused = seccomp_refusal();
+    let host_netns = as_nobody(&daemon, &["families"]);
+    let own_netns = as_nobody_in_own_netns(&daemon, "", &["families"]);
+    for report in [&host_netns, &own_netns] {
+        // socket(2), socketpair(2), and on x86_64 the x32 socket(2) (ENOSYS without the
+        // filter where the kernel has no x32).
+        for kind in ["vsock", "vsock_pair", "packet", "x32_vsock"] {
+            if report.get(kind).is_some() {
+                assert!(text(report, kind).starts_with(&refused), "{kind}: {report}");
+            }
+        }
+        // The families sluice mediates (or that reach nothing) are untouched.
+        for kind in ["unix", "unix_pair", "inet", "inet6", "netlink"] {
+            assert_eq!(text(report, kind), "created", "{kind}: {report}");
+        }
+    }
+
+    // The opt-out leaves it to the kernel and the BPF LSM.
+    let unfiltered = as_nobody_in_own_netns_with(&daemon, &["--no-seccomp"], "", &["families"]);
+    let packet_row = matrix_row(&daemon, "packet_socket");
+    if packet_row["enforced"] == true {
+        for kind in ["vsock", "packet"] {
+            assert!(
+                text(&unfiltered, kind).starts_with(&format!("errno {} ", libc::EPERM)),
+                "{kind}: {unfiltered}"
+            );
+        }
+    } else {
+        for kind in ["vsock", "packet"] {
+            assert_eq!(text(&unfiltered, kind), text(&unmanaged, kind), "{kind}");
+        }
+        // Status says what covers the row instead, and what does not.
+        let detail = text(&packet_row, "detail");
+        assert!(
+            detail.contains("agents started by `sluice run` are covered by its seccomp filter"),
+            "{packet_row:#}"
+        );
+        assert!(detail.contains("io_uring"), "{packet_row:#}");
         assert_status_says_not_enforced(&daemon, "packet_socket");
     }
 }

@@ -105,6 +105,12 @@ pub struct RunArgs {
     /// Run the command as this user (name or uid), with its primary group.
     #[arg(long)]
     pub user: Option<String>,
+    /// Start the agent without the seccomp filter that refuses socket(2) and
+    /// socketpair(2) for every family but unix, inet, inet6, netlink and AF_ALG. Weakens
+    /// containment: where the BPF LSM does not run, the agent can then open AF_VSOCK,
+    /// bluetooth, CAN and other sockets that no cgroup hook sees.
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<OsString>,
@@ -204,6 +210,10 @@ pub enum CliError {
     Runtime(std::io::Error),
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
+    #[error(
+        "cannot install the seccomp filter that refuses unmediated socket families ({0}); refusing to start the agent (`sluice run --no-seccomp` starts it without, weakening containment)"
+    )]
+    Seccomp(String),
     #[error("cannot run {command}: {source}")]
     Exec {
         command: String,
@@ -500,7 +510,27 @@ fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
         }
         command.env("USER", &user.name).env("HOME", &user.dir);
     }
+    // Last before exec, after dropping to the user: defence in depth for the
+    // `packet_socket` row, see crate::seccomp.
+    let seccomp_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if !args.no_seccomp {
+        let filter =
+            crate::seccomp::AgentFilter::new().map_err(|e| CliError::Seccomp(e.to_string()))?;
+        let failed = seccomp_failed.clone();
+        // SAFETY: runs just before exec in this very process (Command::exec does not
+        // fork); installing allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                filter.install().inspect_err(|_| {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                })
+            });
+        }
+    }
     let error = command.exec();
+    if seccomp_failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(CliError::Seccomp(error.to_string()));
+    }
     Err(CliError::Exec {
         command: program.to_string_lossy().into_owned(),
         source: error,

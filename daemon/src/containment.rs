@@ -382,12 +382,19 @@ pub fn matrix(
             &["sluice_sock_create"],
             "",
         ),
-        lsm_row(
-            "packet_socket",
-            "refused, and every family but unix, inet, netlink and AF_ALG (AF_VSOCK too)",
-            "BPF LSM socket_create keyed by the task's cgroup (5.7, bpf LSM active)",
-            &["sluice_lsm_socket_create"],
-        ),
+        {
+            let mut r = lsm_row(
+                "packet_socket",
+                "refused, and every family but unix, inet, netlink and AF_ALG (AF_VSOCK too)",
+                "BPF LSM socket_create keyed by the task's cgroup (5.7, bpf LSM active); \
+                 defence in depth: a seccomp filter on agents started by `sluice run`",
+                &["sluice_lsm_socket_create"],
+            );
+            if !r.enforced {
+                r.detail = format!("{}; {}", r.detail, seccomp_coverage());
+            }
+            r
+        },
         row(
             "netns",
             "refused",
@@ -462,6 +469,20 @@ pub fn matrix(
             "",
         ),
     ]
+}
+
+/// What covers the `packet_socket` row when the LSM program does not run.
+fn seccomp_coverage() -> String {
+    let io_uring = if kernel_at_least(5, 19) {
+        "except sockets created through io_uring (IORING_OP_SOCKET), which seccomp does not see"
+    } else {
+        "this kernel (before 5.19) has no io_uring socket creation to slip past it"
+    };
+    format!(
+        "agents started by `sluice run` are covered by its seccomp filter (socket and \
+         socketpair fail with EAFNOSUPPORT outside unix, inet, netlink and AF_ALG; not with \
+         --no-seccomp), {io_uring}; agents placed in the cgroup otherwise are not"
+    )
 }
 
 /// Leaving needs write access to another cgroup's `cgroup.procs`: the tree must be
@@ -549,11 +570,17 @@ mod tests {
         ] {
             assert!(row(&rows, enforced).enforced, "{enforced}: {rows:#?}");
         }
-        for missing in ["packet_socket", "foreign_connected_socket"] {
-            let r = row(&rows, missing);
-            assert!(!r.enforced);
-            assert_eq!(r.detail, "the bpf LSM is not active");
-        }
+        let foreign = row(&rows, "foreign_connected_socket");
+        assert!(!foreign.enforced);
+        assert_eq!(foreign.detail, "the bpf LSM is not active");
+        let packet = row(&rows, "packet_socket");
+        assert!(!packet.enforced);
+        assert!(
+            packet
+                .detail
+                .starts_with("the bpf LSM is not active; agents started by `sluice run` are covered by its seccomp filter"),
+            "{packet:#?}"
+        );
         let unix = row(&rows, "unix_relay");
         assert!(!unix.enforced);
         assert!(unix.detail.contains("aya 0.14 cannot attach them"));

@@ -34,6 +34,7 @@ pub mod proxy;
 pub mod redirect;
 pub mod refusals;
 pub mod relay;
+pub mod seccomp;
 pub mod session;
 pub mod sql;
 pub mod store;

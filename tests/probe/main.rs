@@ -12,6 +12,9 @@
 //!   (`sendto(MSG_FASTOPEN)`) or by io_uring's IORING_OP_CONNECT.
 //! - `udp-connect ADDR`, `udp-sendmsg ADDR`: a connected UDP send; an unconnected
 //!   sendmsg(2).
+//! - `families`: socket(2) and socketpair(2) in families sluice mediates and in some it
+//!   does not (vsock, packet), the x32 system call too on x86_64; each outcome with
+//!   its errno.
 //! - `sockets`: try raw IPv4/IPv6 and packet sockets. `ping ADDR`: an ICMP echo
 //!   through an unprivileged ping socket and sendto.
 //! - `serve ADDR`: listen, and answer the first peer that connects in.
@@ -47,6 +50,7 @@ fn main() {
         ["udp-connect", addr] => udp_connect(addr),
         ["udp-sendmsg", addr] => udp_sendmsg(addr),
         ["sockets"] => sockets(),
+        ["families"] => families(),
         ["serve", addr] => serve(addr),
         ["ping", addr] => ping(addr),
         ["unix", path, request] => unix(path, request),
@@ -412,6 +416,76 @@ fn sockets() -> Value {
         report.insert(name.into(), Value::String(outcome));
     }
     report.insert("ok".into(), Value::Bool(any_created));
+    Value::Object(report)
+}
+
+/// `families`: which address families get a socket. Each key is `created` or
+/// `errno N (message)`.
+fn families() -> Value {
+    fn outcome(rc: libc::c_long, fds: &[libc::c_int]) -> Value {
+        if rc < 0 {
+            let error = std::io::Error::last_os_error();
+            return Value::String(format!(
+                "errno {} ({error})",
+                error.raw_os_error().unwrap_or(0)
+            ));
+        }
+        for fd in fds {
+            // SAFETY: a descriptor this function just got and owns.
+            unsafe { libc::close(*fd) };
+        }
+        Value::String("created".into())
+    }
+    let socket = |family: libc::c_int, kind: libc::c_int, protocol: libc::c_int| {
+        // SAFETY: socket has no memory preconditions.
+        let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
+        outcome(fd.into(), &[fd])
+    };
+    let socketpair = |family: libc::c_int, kind: libc::c_int| {
+        let mut pair = [-1; 2];
+        // SAFETY: pair has room for the two descriptors.
+        let rc =
+            unsafe { libc::socketpair(family, kind | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
+        outcome(rc.into(), &pair)
+    };
+    let mut report = serde_json::Map::new();
+    report.insert("unix".into(), socket(libc::AF_UNIX, libc::SOCK_STREAM, 0));
+    report.insert(
+        "unix_pair".into(),
+        socketpair(libc::AF_UNIX, libc::SOCK_STREAM),
+    );
+    report.insert("inet".into(), socket(libc::AF_INET, libc::SOCK_STREAM, 0));
+    report.insert("inet6".into(), socket(libc::AF_INET6, libc::SOCK_STREAM, 0));
+    report.insert(
+        "netlink".into(),
+        socket(libc::AF_NETLINK, libc::SOCK_RAW, 0),
+    );
+    report.insert("vsock".into(), socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0));
+    report.insert(
+        "vsock_pair".into(),
+        socketpair(libc::AF_VSOCK, libc::SOCK_STREAM),
+    );
+    // htons(ETH_P_ALL)
+    report.insert(
+        "packet".into(),
+        socket(libc::AF_PACKET, libc::SOCK_RAW, 0x0300),
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The x32 ABI's socket(2): the same number with __X32_SYSCALL_BIT. ENOSYS where
+        // the kernel has no x32 support.
+        // SAFETY: a system call on integers only.
+        let fd = unsafe {
+            libc::syscall(
+                0x4000_0000 | libc::SYS_socket,
+                libc::AF_VSOCK,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        report.insert("x32_vsock".into(), outcome(fd, &[fd as libc::c_int]));
+    }
+    report.insert("ok".into(), Value::Bool(true));
     Value::Object(report)
 }
 
