@@ -163,6 +163,8 @@ pub struct Results {
     pub masking_mb_s: Option<f64>,
     pub recording: Vec<(String, f64)>,
     pub perf: Option<String>,
+    /// CPU seconds per thread group of the batched daemon over the pgbench runs.
+    pub daemon_threads: Vec<(String, f64)>,
     pub minutes: f64,
 }
 
@@ -202,6 +204,7 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
         masking_mb_s: None,
         recording: Vec::new(),
         perf: None,
+        daemon_threads: Vec::new(),
         minutes: 0.0,
     };
     let scratch = Scratch::create()?;
@@ -250,10 +253,20 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
             options: &options,
         };
         attempt(&options, &mut failed, "pgbench", "pgbench", || {
+            let daemon = batched.pid()?;
+            let threads_before = probes::cpu_seconds_by_thread(daemon)?;
             for workload in bench.workloads() {
                 let runs = bench.run_workload(&workload)?;
                 results.workloads.push((workload, runs));
             }
+            results.daemon_threads = probes::cpu_seconds_by_thread(daemon)?
+                .into_iter()
+                .map(|(group, seconds)| {
+                    let before = threads_before.get(&group).copied().unwrap_or(0.0);
+                    (group, seconds - before)
+                })
+                .filter(|(_, seconds)| *seconds > 0.0)
+                .collect();
             Ok(())
         });
         attempt(&options, &mut failed, "large", "large result set", || {

@@ -18,8 +18,12 @@ const USER_HZ: f64 = 100.0;
 
 /// CPU seconds (user + system, all threads) `pid` has used so far.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    cpu_seconds_of(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system seconds from a `/proc/.../stat` file (a process's or a thread's).
+fn cpu_seconds_of(path: &str) -> Result<f64> {
+    let stat = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // The command name may hold spaces and parentheses: count fields after the last ')'.
     let after_comm = stat
         .rsplit_once(')')
@@ -34,6 +38,34 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
             .parse::<f64>()?)
     };
     Ok((ticks(11)? + ticks(12)?) / USER_HZ)
+}
+
+/// CPU seconds per thread group of `pid`: threads are grouped by name with a trailing
+/// `-<number>` dropped (`sled-io-3` counts as `sled-io`).
+pub fn cpu_seconds_by_thread(pid: u32) -> Result<BTreeMap<String, f64>> {
+    let mut groups = BTreeMap::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = entry?.path();
+        let (Ok(comm), Ok(tid)) = (
+            fs::read_to_string(task.join("comm")),
+            task.file_name()
+                .and_then(|name| name.to_str())
+                .unwrap_or_default()
+                .parse::<u32>(),
+        ) else {
+            continue;
+        };
+        let Ok(seconds) = cpu_seconds_of(&format!("/proc/{pid}/task/{tid}/stat")) else {
+            continue;
+        };
+        let comm = comm.trim();
+        let group = match comm.rsplit_once('-') {
+            Some((base, number)) if number.chars().all(|c| c.is_ascii_digit()) => base,
+            _ => comm,
+        };
+        *groups.entry(group.to_owned()).or_insert(0.0) += seconds;
+    }
+    Ok(groups)
 }
 
 /// Resident memory of `pid` in KiB (`VmRSS`).
