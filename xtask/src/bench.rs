@@ -376,6 +376,9 @@ fn prepare_database(postgres: &Postgres, options: &Options, results: &mut Result
             .arg(DATABASE),
     )
     .context("pgbench -i")?;
+    if !options.wants("large") {
+        return Ok(());
+    }
     part(&format!("table bench_rows: {} rows", options.large_rows));
     // About 200 bytes a row: a name, an e-mail, and a note of which a third carries a
     // card number, like a customer table an agent might read whole.
