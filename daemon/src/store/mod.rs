@@ -33,7 +33,9 @@
 //!
 //! * [`Durability::Durable`]: the call returns once the write has been flushed.
 //! * [`Durability::Batched`]: the call returns once the write is queued; the writer
-//!   flushes at most `flush_interval` after it was queued. If a batched write later
+//!   keeps batched writes staged in memory (bounded by count and bytes) and commits and
+//!   flushes them together at most `flush_interval` after they were queued, or sooner
+//!   when a durable write, a read or the size cap needs it. If a batched write later
 //!   fails, the caller has already moved on: the failure is logged and counted in
 //!   [`StoreStats::failed_commits`].
 //!
@@ -47,7 +49,10 @@
 //!
 //! Reads go straight to sled from the caller's thread: they are in-memory lookups or
 //! short scans, fast enough to call from async code. They see every committed write,
-//! flushed or not.
+//! flushed or not. Reads of sessions, statements and counts first make the writer commit
+//! every write queued before them (blocking for one commit when it holds any staged),
+//! so they see everything written before the read, as if batched writes were committed
+//! at once. The event log's readers see flushed events only, and so never wait.
 //!
 //! # Counts
 //!
@@ -93,7 +98,7 @@ pub use record::*;
 pub use writer::{RetentionOutcome, RetentionRule};
 
 use crate::config::StoreConfig;
-use writer::{Command, PutRequest, RecordSummary, StatementPut, Writer, WriterStats};
+use writer::{Command, PutRequest, ReadGate, RecordSummary, StatementPut, Writer, WriterStats};
 
 /// The sled tree holding one record per session.
 const SESSIONS_TREE: &str = "sessions";
@@ -295,6 +300,8 @@ struct Inner {
     audit_durability: Durability,
     next_session_id: Arc<AtomicU64>,
     stats: Arc<WriterStats>,
+    /// Lets reads of the records see the writes the writer holds staged.
+    gate: Arc<ReadGate>,
     /// `None` only while dropping.
     commands: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
@@ -348,6 +355,7 @@ impl Store {
         let last_session_id = last_session_id(&sessions, &meta)?;
         let next_session_id = Arc::new(AtomicU64::new(last_session_id.saturating_add(1)));
         let stats = Arc::new(WriterStats::default());
+        let gate = Arc::new(ReadGate::default());
 
         let queue_capacity = options.queue_capacity.max(1);
         let (commands, receiver) = mpsc::channel(queue_capacity);
@@ -368,6 +376,7 @@ impl Store {
                 dir: dir.to_owned(),
                 durable: durable_sender,
             },
+            Arc::clone(&gate),
         );
         let writer = writer::spawn(writer, receiver)?;
 
@@ -383,6 +392,7 @@ impl Store {
                 audit_durability: options.audit_durability,
                 next_session_id,
                 stats,
+                gate,
                 commands: Some(commands),
                 writer: Some(writer),
             }),
@@ -432,6 +442,7 @@ impl Store {
 
     /// The record of session `id`, if stored.
     pub fn get_session(&self, id: u64) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.gate.commit_staged();
         self.inner
             .sessions
             .get(session_key(id))
@@ -455,6 +466,7 @@ impl Store {
         if limit == 0 {
             return Ok(records);
         }
+        self.inner.gate.commit_staged();
         // Newest first, so a limit stops the scan early; reversed at the end.
         for entry in self.inner.sessions.range(session_key(first_id)..).rev() {
             let (key, value) = entry.map_err(StoreError::Read)?;
@@ -505,6 +517,7 @@ impl Store {
     /// Every stored statement of session `session_id`, in seq order; empty when it has
     /// none (or there is no such session: ask [`Store::get_session`] to tell them apart).
     pub fn statements(&self, session_id: u64) -> Result<Vec<StatementRecord>, StoreError> {
+        self.inner.gate.commit_staged();
         self.inner
             .statements
             .scan_prefix(session_key(session_id))
@@ -530,6 +543,7 @@ impl Store {
 
     /// Totals over all committed records; one key lookup.
     pub fn counts(&self) -> Result<StoreCounts, StoreError> {
+        self.inner.gate.commit_staged();
         Ok(read_counts(&self.inner.meta)?.unwrap_or_default())
     }
 
@@ -570,7 +584,13 @@ impl Store {
 
     async fn send(&self, command: Command) -> Result<(), StoreError> {
         let commands = self.inner.commands.as_ref().ok_or(StoreError::Closed)?;
-        commands.send(command).await.map_err(|_| StoreError::Closed)
+        commands
+            .send(command)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // Counted once queued, so that a later read waits for it to be committed.
+        self.inner.gate.queued();
+        Ok(())
     }
 }
 

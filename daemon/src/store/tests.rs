@@ -926,3 +926,45 @@ fn counts_written_before_statements_existed_still_decode() {
         Err(StoreError::CorruptStatementKey { len: 8 })
     ));
 }
+
+#[tokio::test]
+async fn reads_see_batched_writes_the_writer_holds_staged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A long interval: batched writes stay staged until something needs them.
+    let store = Store::open(dir.path(), options(Duration::from_secs(60))).expect("open");
+    store
+        .put_session(
+            &record(1, "a", SessionState::Open, "allow"),
+            Durability::Durable,
+        )
+        .await
+        .expect("open record");
+    let commits = store.stats().commits;
+    for seq in 1..=20 {
+        store
+            .put_statement(&statement(1, seq), Durability::Batched)
+            .await
+            .expect("batched statement");
+    }
+    store
+        .put_session(
+            &record(1, "a", SessionState::Closed, "allow"),
+            Durability::Batched,
+        )
+        .await
+        .expect("close record");
+    // The read commits what is staged first, and sees all of it.
+    let session = store.get_session(1).expect("get").expect("stored");
+    assert_eq!(session.state, SessionState::Closed);
+    assert_eq!(store.statements(1).expect("statements").len(), 20);
+    assert_eq!(store.counts().expect("counts").statements, 20);
+    let stats = store.stats();
+    assert!(
+        stats.commits - commits < 21,
+        "batched writes share commits: {} commits for 21 writes",
+        stats.commits - commits
+    );
+    // Readers that find nothing staged do not wait.
+    assert_eq!(store.statements(1).expect("statements again").len(), 20);
+    store.shutdown().await.expect("shutdown");
+}

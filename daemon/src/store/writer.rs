@@ -1,10 +1,17 @@
 //! The store's single writer: the only code that mutates the database.
 //!
 //! One thread owns the write side so that group commit is simple and ordering is total:
-//! it drains the command queue, applies the drained writes as one sled transaction,
-//! flushes once if any waiter needs durability (or a batched write's deadline passed),
-//! then answers the waiters. Errors are answered, logged and counted; the loop itself
-//! only ends when the queue is closed (every [`super::Store`] dropped, or a shutdown).
+//! it drains the command queue and stages the drained writes (seq and hash chain are
+//! assigned here, in order). Batched writes stay staged, across drains, until something
+//! needs them committed: a durable waiter, a batched `append` (answered once committed),
+//! retention, a scan, a flush or shutdown, the staged size cap, a reader of the records
+//! (see [`ReadGate`]) or the flush deadline of the oldest staged write. Then everything
+//! staged is applied as one sled transaction, flushed once if any waiter needs
+//! durability (or the deadline passed), and the waiters are answered. A batched write is
+//! therefore committed and flushed together at most the flush interval after it was
+//! queued, as before, but a lone client's statements share one commit instead of paying
+//! one each. Errors are answered, logged and counted; the loop itself only ends when
+//! the queue is closed (every [`super::Store`] dropped, or a shutdown).
 //!
 //! The thread runs a small current-thread tokio runtime of its own, only to wait on
 //! the queue with a deadline; its sled calls block that thread alone.
@@ -13,7 +20,7 @@ use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Condvar, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -24,7 +31,7 @@ use serde::Deserialize;
 use sled::Transactional;
 use time::OffsetDateTime;
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{Notify, mpsc, oneshot, watch},
     time::Instant,
 };
 
@@ -38,6 +45,98 @@ use super::{
     session_key,
 };
 use crate::events::{Activity, Context, Event};
+
+/// Most writes kept staged (uncommitted) across drains before they are committed.
+const MAX_STAGED_WRITES: usize = 2048;
+/// Most encoded bytes kept staged across drains before they are committed.
+const MAX_STAGED_BYTES: usize = 1024 * 1024;
+/// The longest a reader waits for the writer to commit what it has staged; past it
+/// (a writer stuck in a slow flush, or gone) the read goes ahead with what is committed.
+const READ_GATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How readers of the records get to see writes the writer holds staged: every command
+/// is counted once queued, the writer says through which count it has committed, and a
+/// read waits (briefly, blocking) until the writer has committed every command queued
+/// before it, waking the writer to commit at once.
+#[derive(Default)]
+pub(super) struct ReadGate {
+    /// Commands queued so far.
+    queued: AtomicU64,
+    state: Mutex<GateState>,
+    committed: Condvar,
+    /// Wakes the writer to commit what it holds staged.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Commands received by the writer and committed (or answered, or dropped by a
+    /// failed commit): nothing of them is staged any more.
+    committed: u64,
+    /// Readers waiting for a commit.
+    waiters: usize,
+    /// The writer has stopped: nothing is staged any more.
+    closed: bool,
+}
+
+impl ReadGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one command queued for the writer.
+    pub fn queued(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Returns once every command queued before the call is committed, so that a read
+    /// sees it. Cheap when nothing is staged; otherwise blocks for one commit.
+    pub fn commit_staged(&self) {
+        let target = self.queued.load(Ordering::Acquire);
+        let mut state = self.lock();
+        if state.committed >= target || state.closed {
+            return;
+        }
+        state.waiters += 1;
+        self.wake.notify_one();
+        let deadline = std::time::Instant::now() + READ_GATE_TIMEOUT;
+        while state.committed < target && !state.closed {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!("store read went ahead without the writer's newest writes");
+                break;
+            }
+            state = self
+                .committed
+                .wait_timeout(state, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        state.waiters -= 1;
+    }
+
+    /// Whether a reader waits for the writer to commit.
+    fn has_waiters(&self) -> bool {
+        self.lock().waiters > 0
+    }
+
+    /// The first `received` commands the writer received hold nothing staged any more.
+    fn set_committed(&self, received: u64) {
+        let mut state = self.lock();
+        state.committed = state.committed.max(received);
+        if state.waiters > 0 {
+            self.committed.notify_all();
+        }
+    }
+
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        self.committed.notify_all();
+    }
+}
 
 /// An answer channel for a caller awaiting a write.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -287,9 +386,28 @@ struct StagedPuts {
     committed_appends: Vec<(Reply<u64>, u64)>,
     batched: usize,
     oldest_batched: Option<std::time::Instant>,
+    /// Writes staged and their encoded bytes, for the staged size cap.
+    writes: usize,
+    bytes: usize,
 }
 
 impl StagedPuts {
+    /// Counts one staged write of `bytes` encoded bytes against the staged size cap.
+    fn count(&mut self, bytes: usize) {
+        self.writes += 1;
+        self.bytes += bytes;
+    }
+
+    fn over_cap(&self) -> bool {
+        self.writes >= MAX_STAGED_WRITES || self.bytes >= MAX_STAGED_BYTES
+    }
+
+    /// When the oldest staged batched write is due on disk.
+    fn deadline(&self, flush_interval: Duration) -> Option<Instant> {
+        self.oldest_batched
+            .map(|oldest| Instant::from_std(oldest) + flush_interval)
+    }
+
     /// Registers who waits for a staged put: a durable caller, or the flush deadline.
     fn wait(&mut self, reply: Option<Reply<()>>, queued_at: std::time::Instant) {
         match reply {
@@ -358,6 +476,12 @@ pub(super) struct Writer {
     log: EventLog,
     /// The newest seq known flushed.
     flushed_seq: u64,
+    /// Batched writes staged but not committed yet (only batched waiters: anything with
+    /// a waiter that needs a commit is committed in the drain it arrived in).
+    staged: StagedPuts,
+    gate: Arc<ReadGate>,
+    /// Commands received so far, for the [`ReadGate`].
+    received: u64,
 }
 
 /// Starts `writer` on its own thread, serving `commands` until the queue closes.
@@ -413,6 +537,7 @@ impl Writer {
         flush_interval: Duration,
         max_group: usize,
         log: EventLog,
+        gate: Arc<ReadGate>,
     ) -> Self {
         let flushed_seq = log.state.head.seq;
         Self {
@@ -429,21 +554,46 @@ impl Writer {
             max_group: max_group.max(1),
             log,
             flushed_seq,
+            staged: StagedPuts::default(),
+            gate,
+            received: 0,
         }
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut shutdown_replies = Vec::new();
+        let gate = Arc::clone(&self.gate);
         loop {
-            let next = match self.flush_deadline {
-                None => commands.recv().await,
-                Some(deadline) => match tokio::time::timeout_at(deadline, commands.recv()).await {
-                    Ok(next) => next,
-                    Err(_deadline_passed) => {
-                        let _ = self.flush();
+            let deadline = match (
+                self.flush_deadline,
+                self.staged.deadline(self.flush_interval),
+            ) {
+                (Some(flush), Some(staged)) => Some(flush.min(staged)),
+                (flush, staged) => flush.or(staged),
+            };
+            let next = tokio::select! {
+                biased;
+                next = commands.recv() => next,
+                () = gate.wake.notified() => match commands.try_recv() {
+                    // A reader waits: what is queued is applied and committed below.
+                    Ok(command) => Some(command),
+                    Err(_) => {
+                        // Nothing queued: commit what is staged, flush on schedule.
+                        self.commit_staged(&mut Vec::new());
                         continue;
                     }
                 },
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                    if deadline.is_some() =>
+                {
+                    let mut replies = Vec::new();
+                    self.commit_staged(&mut replies);
+                    let flushed = self.flush();
+                    for reply in replies {
+                        reply.answer(Some(&flushed));
+                    }
+                    continue;
+                }
             };
             let Some(first) = next else { break };
             let mut drained = vec![first];
@@ -453,11 +603,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.received += drained.len() as u64;
             if self.apply(drained, &mut shutdown_replies) {
                 // Commands already queued are still received and applied.
                 commands.close();
             }
         }
+        let mut replies = Vec::new();
+        self.commit_staged(&mut replies);
         // Ids handed out since the last commit are persisted too, so that a clean
         // restart never reuses one.
         let last_handed_out = self
@@ -468,16 +621,28 @@ impl Writer {
             let _ = self.commit(Group::default());
         }
         let flushed = self.flush();
+        self.gate.close();
+        for reply in replies {
+            reply.answer(Some(&flushed));
+        }
         for reply in shutdown_replies {
             PendingReply::Unit(reply, Ok(())).answer(Some(&flushed));
         }
     }
 
+    /// Commits what is staged (if anything) and tells waiting readers.
+    fn commit_staged(&mut self, replies: &mut Vec<PendingReply>) {
+        let staged = std::mem::take(&mut self.staged);
+        self.commit_puts(staged, replies);
+        self.gate.set_committed(self.received);
+    }
+
     /// Applies one drained group of commands; `true` when one of them was a shutdown.
     fn apply(&mut self, drained: Vec<Command>, shutdown_replies: &mut Vec<Reply<()>>) -> bool {
-        let mut staged = StagedPuts::default();
+        let mut staged = std::mem::take(&mut self.staged);
         let mut replies = Vec::new();
         let mut must_flush = false;
+        let mut must_commit = false;
         let mut shutting_down = false;
         for command in drained {
             match command {
@@ -494,9 +659,12 @@ impl Writer {
                     let seq = staged
                         .group
                         .stage_event(self.log.state.head, &append.encoded);
+                    staged.count(append.encoded.len());
                     if append.durable {
                         staged.durable_appends.push((append.reply, seq));
                     } else {
+                        // Answered once committed (visible to readers), as documented.
+                        must_commit = true;
                         staged.committed_appends.push((append.reply, seq));
                         staged.wait(None, append.queued_at);
                     }
@@ -528,11 +696,25 @@ impl Writer {
                 }
             }
         }
-        self.commit_puts(staged, &mut replies);
+        let now = Instant::now();
+        let staged_due = staged
+            .deadline(self.flush_interval)
+            .is_some_and(|deadline| deadline <= now);
+        let commit = must_flush
+            || must_commit
+            || shutting_down
+            || staged_due
+            || staged.over_cap()
+            || staged.group.is_empty()
+            || self.gate.has_waiters();
+        self.staged = staged;
+        if commit {
+            self.commit_staged(&mut replies);
+        }
+        // Otherwise only batched writes are staged: they wait for a later commit, at the
+        // latest when the oldest of them is due on disk.
 
-        let deadline_passed = self
-            .flush_deadline
-            .is_some_and(|deadline| deadline <= Instant::now());
+        let deadline_passed = self.flush_deadline.is_some_and(|deadline| deadline <= now);
         let flushed = (must_flush || deadline_passed).then(|| self.flush());
         for reply in replies {
             reply.answer(flushed.as_ref());
@@ -563,6 +745,7 @@ impl Writer {
         // An id given by the caller is never handed out again.
         self.next_session_id
             .fetch_max(put.id.saturating_add(1), Ordering::Relaxed);
+        staged.count(put.encoded.len() + put.events.iter().map(Vec::len).sum::<usize>());
         staged
             .group
             .stage(put.id, put.encoded, previous, put.summary);
@@ -583,6 +766,7 @@ impl Writer {
         };
         match stored {
             Ok(stored) => {
+                staged.count(put.encoded.len() + put.events.iter().map(Vec::len).sum::<usize>());
                 staged.group.stage_statement(put.key, put.encoded, stored);
                 for event in &put.events {
                     staged.group.stage_event(self.log.state.head, event);
