@@ -425,3 +425,46 @@ async fn a_removed_retention_record_is_a_break() {
         (2, BreakKind::MissingRetentionRecord)
     );
 }
+
+#[tokio::test]
+async fn batched_append_all_stays_staged_and_is_flushed_within_the_interval() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            flush_interval: Duration::from_secs(2),
+            ..options()
+        },
+    )
+    .expect("open");
+    let mut durable = store.subscribe_events();
+    let commits = store.stats().commits;
+    for round in 0..10 {
+        let queued = store
+            .append_all(
+                vec![dns_event(&format!("{round}.example")), daemon_event("x")],
+                Durability::Batched,
+            )
+            .await
+            .expect("append_all");
+        assert_eq!(queued, None, "batched append_all does not wait");
+    }
+    // Nobody waits on them: they are not committed one by one (as a batched `append`
+    // is), but together once the oldest is due.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(store.stats().commits, commits, "still staged");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        durable.wait_for(|flushed| *flushed >= 20),
+    )
+    .await
+    .expect("flushed within the interval")
+    .expect("writer alive");
+    assert!(store.stats().commits - commits <= 2);
+    let events = store.events_after(0, 100).expect("read");
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
+    assert_eq!(store.verify_events().expect("verify").chain_break, None);
+}

@@ -44,7 +44,7 @@ impl Store {
         self.send(Command::Append(AppendRequest {
             encoded,
             queued_at: Instant::now(),
-            reply,
+            reply: Some(reply),
             durable: durability == Durability::Durable,
         }))
         .await?;
@@ -54,25 +54,30 @@ impl Store {
     /// Appends `events` in order (sharing group commits). With [`Durability::Durable`]
     /// it returns the last seq once all are flushed; with [`Durability::Batched`] it
     /// returns `None` as soon as they are queued (a failed commit is logged by the
-    /// writer), so a hot path never waits for the writer.
+    /// writer), so a hot path never waits for the writer; the writer keeps them staged
+    /// with its other batched writes, committed and flushed within the flush interval.
     pub async fn append_all(
         &self,
         events: Vec<Event>,
         durability: Durability,
     ) -> Result<Option<u64>, StoreError> {
-        let mut answers = Vec::with_capacity(events.len());
+        let durable = durability == Durability::Durable;
+        let mut answers = Vec::with_capacity(if durable { events.len() } else { 0 });
         for event in &events {
-            let (reply, answer) = oneshot::channel();
+            let reply = durable.then(|| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                reply
+            });
             self.send(Command::Append(AppendRequest {
                 encoded: encode_event(event)?,
                 queued_at: Instant::now(),
                 reply,
-                durable: durability == Durability::Durable,
+                durable,
             }))
             .await?;
-            answers.push(answer);
         }
-        if durability == Durability::Batched {
+        if !durable {
             return Ok(None);
         }
         let mut last = None;

@@ -3,8 +3,8 @@
 //! One thread owns the write side so that group commit is simple and ordering is total:
 //! it drains the command queue and stages the drained writes (seq and hash chain are
 //! assigned here, in order). Batched writes stay staged, across drains, until something
-//! needs them committed: a durable waiter, a batched `append` (answered once committed),
-//! retention, a scan, a flush or shutdown, the staged size cap, a reader of the records
+//! needs them committed: a durable waiter, a batched `append` (answered once committed;
+//! a batched `append_all` is not answered and stays staged), retention, a scan, a flush or shutdown, the staged size cap, a reader of the records
 //! (see [`ReadGate`]) or the flush deadline of the oldest staged write. Then everything
 //! staged is applied as one sled transaction, flushed once if any waiter needs
 //! durability (or the deadline passed), and the waiters are answered. A batched write is
@@ -196,8 +196,10 @@ pub(super) struct StatementPut {
 pub(super) struct AppendRequest {
     pub encoded: Vec<u8>,
     pub queued_at: std::time::Instant,
-    /// Answered with the event's seq: after the flush when `durable`, else after the commit.
-    pub reply: Reply<u64>,
+    /// Answered with the event's seq: after the flush when `durable`, else after the
+    /// commit. `None` for a batched append nobody waits for (`append_all`): it stays
+    /// staged like a batched put, so a hot path's events never force a commit each.
+    pub reply: Option<Reply<u64>>,
     pub durable: bool,
 }
 
@@ -660,13 +662,19 @@ impl Writer {
                         .group
                         .stage_event(self.log.state.head, &append.encoded);
                     staged.count(append.encoded.len());
-                    if append.durable {
-                        staged.durable_appends.push((append.reply, seq));
-                    } else {
-                        // Answered once committed (visible to readers), as documented.
-                        must_commit = true;
-                        staged.committed_appends.push((append.reply, seq));
-                        staged.wait(None, append.queued_at);
+                    match append.reply {
+                        Some(reply) if append.durable => {
+                            staged.durable_appends.push((reply, seq));
+                        }
+                        Some(reply) => {
+                            // Answered once committed (visible to readers), as documented.
+                            must_commit = true;
+                            staged.committed_appends.push((reply, seq));
+                            staged.wait(None, append.queued_at);
+                        }
+                        // Nobody waits: staged like a batched put, committed and flushed
+                        // with the rest by the flush deadline (at once if durable).
+                        None => staged.wait(None, append.queued_at),
                     }
                 }
                 Command::Retain { rule, now, reply } => {
