@@ -584,12 +584,18 @@ impl Store {
 
     async fn send(&self, command: Command) -> Result<(), StoreError> {
         let commands = self.inner.commands.as_ref().ok_or(StoreError::Closed)?;
+        let wake = command.wakes_writer();
         commands
             .send(command)
             .await
             .map_err(|_| StoreError::Closed)?;
         // Counted once queued, so that a later read waits for it to be committed.
         self.inner.gate.queued();
+        // A batched write wakes the writer only when the queue is half full: the writer
+        // drains it anyway when the oldest batched write it holds is due.
+        if wake || commands.capacity().saturating_mul(2) <= commands.max_capacity() {
+            self.inner.gate.wake_writer();
+        }
         Ok(())
     }
 }
@@ -608,6 +614,8 @@ impl Drop for Inner {
     /// releases sled's lock on the directory before the drop returns.
     fn drop(&mut self) {
         drop(self.commands.take());
+        // The writer may hold batched writes staged without listening to the queue.
+        self.gate.wake_writer();
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
         {

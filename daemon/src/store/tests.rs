@@ -968,3 +968,58 @@ async fn reads_see_batched_writes_the_writer_holds_staged() {
     assert_eq!(store.statements(1).expect("statements again").len(), 20);
     store.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn staged_batched_writes_never_hold_up_senders_or_durable_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A long interval and a small queue: the writer holds batched writes staged
+    // without listening to the queue, so only the gate's wake-ups keep things moving.
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            queue_capacity: 4,
+            ..options(Duration::from_secs(60))
+        },
+    )
+    .expect("open");
+    store
+        .put_session(
+            &record(1, "a", SessionState::Open, "allow"),
+            Durability::Durable,
+        )
+        .await
+        .expect("open record");
+    // Far more batched writes than the queue holds: a filling queue wakes the writer.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for seq in 1..=200 {
+            store
+                .put_statement(&statement(1, seq), Durability::Batched)
+                .await
+                .expect("batched statement");
+        }
+    })
+    .await
+    .expect("batched senders are not held up for the flush interval");
+    // A durable write behind staged batched ones is answered at once, with them.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        store.put_session(
+            &record(1, "a", SessionState::Closed, "allow"),
+            Durability::Durable,
+        ),
+    )
+    .await
+    .expect("a durable write wakes the writer")
+    .expect("close record");
+    assert_eq!(store.counts().expect("counts").statements, 200);
+    // A last batched write stays staged; dropping the store still writes it promptly.
+    store
+        .put_statement(&statement(1, 201), Durability::Batched)
+        .await
+        .expect("batched statement");
+    let dropped = std::time::Instant::now();
+    drop(store);
+    assert!(dropped.elapsed() < Duration::from_secs(10));
+    let store = Store::open(dir.path(), options(Duration::from_secs(60))).expect("reopen");
+    assert_eq!(store.statements(1).expect("statements").len(), 201);
+}

@@ -4,14 +4,21 @@
 //! it drains the command queue and stages the drained writes (seq and hash chain are
 //! assigned here, in order). Batched writes stay staged, across drains, until something
 //! needs them committed: a durable waiter, a batched `append` (answered once committed;
-//! a batched `append_all` is not answered and stays staged), retention, a scan, a flush or shutdown, the staged size cap, a reader of the records
-//! (see [`ReadGate`]) or the flush deadline of the oldest staged write. Then everything
+//! a batched `append_all` is not answered and stays staged), retention, a scan, a flush
+//! or shutdown, the staged size cap, a reader of the records (see [`ReadGate`]) or the
+//! flush deadline of the oldest staged write. Then everything
 //! staged is applied as one sled transaction, flushed once if any waiter needs
 //! durability (or the deadline passed), and the waiters are answered. A batched write is
 //! therefore committed and flushed together at most the flush interval after it was
 //! queued, as before, but a lone client's statements share one commit instead of paying
 //! one each. Errors are answered, logged and counted; the loop itself only ends when
 //! the queue is closed (every [`super::Store`] dropped, or a shutdown).
+//!
+//! While it holds batched writes staged the writer does not listen to the queue, so
+//! that batched senders (one per statement on a busy proxy) do not wake its thread one
+//! by one: it drains the queue when the oldest staged write is due, when a command
+//! someone waits on (durable writes, flushes, retention, ...) or a reader wakes it
+//! through the [`ReadGate`], or when the queue is half full.
 //!
 //! The thread runs a small current-thread tokio runtime of its own, only to wait on
 //! the queue with a deadline; its sled calls block that thread alone.
@@ -80,6 +87,12 @@ struct GateState {
 }
 
 impl ReadGate {
+    /// Wakes the writer to apply what is queued (it does not listen to the queue while
+    /// it holds batched writes staged).
+    pub fn wake_writer(&self) {
+        self.wake.notify_one();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.state
             .lock()
@@ -138,6 +151,15 @@ impl ReadGate {
     }
 }
 
+/// What woke the writer's loop.
+enum Woke {
+    Command(Command),
+    /// A sender that needs its command applied soon, or a reader (see [`ReadGate`]).
+    Wake,
+    /// The oldest staged or unflushed batched write is due on disk.
+    Deadline,
+}
+
 /// An answer channel for a caller awaiting a write.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -166,6 +188,23 @@ pub(super) enum Command {
     Shutdown {
         reply: Reply<()>,
     },
+}
+
+impl Command {
+    /// Whether the writer must be woken for it: someone waits on it, or it is not a
+    /// batched write (which may wait for the writer's next drain, at most the flush
+    /// interval away).
+    pub fn wakes_writer(&self) -> bool {
+        match self {
+            Command::Put(put) => put.reply.is_some(),
+            Command::PutStatement(put) => put.reply.is_some(),
+            Command::Append(append) => append.reply.is_some() || append.durable,
+            Command::Retain { .. }
+            | Command::Flush { .. }
+            | Command::CloseInterrupted { .. }
+            | Command::Shutdown { .. } => true,
+        }
+    }
 }
 
 /// One session record to insert or replace, already encoded by the caller.
@@ -573,37 +612,50 @@ impl Writer {
                 (Some(flush), Some(staged)) => Some(flush.min(staged)),
                 (flush, staged) => flush.or(staged),
             };
-            let next = tokio::select! {
+            // While batched writes are staged the queue is not listened to: batched
+            // senders then hand over without waking this thread each (those with a
+            // waiter, and a filling queue, wake it through the gate), and what they
+            // queued is drained when woken or when the oldest staged write is due.
+            let listening = self.staged.oldest_batched.is_none();
+            let woke = tokio::select! {
                 biased;
-                next = commands.recv() => next,
-                () = gate.wake.notified() => match commands.try_recv() {
-                    // A reader waits: what is queued is applied and committed below.
-                    Ok(command) => Some(command),
-                    Err(_) => {
-                        // Nothing queued: commit what is staged, flush on schedule.
-                        self.commit_staged(&mut Vec::new());
-                        continue;
-                    }
+                next = commands.recv(), if listening => match next {
+                    Some(command) => Woke::Command(command),
+                    None => break,
                 },
+                () = gate.wake.notified() => Woke::Wake,
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
-                    if deadline.is_some() =>
-                {
-                    let mut replies = Vec::new();
-                    self.commit_staged(&mut replies);
-                    let flushed = self.flush();
-                    for reply in replies {
-                        reply.answer(Some(&flushed));
-                    }
-                    continue;
-                }
+                    if deadline.is_some() => Woke::Deadline,
             };
-            let Some(first) = next else { break };
-            let mut drained = vec![first];
+            let mut drained = Vec::new();
+            let on_deadline = matches!(woke, Woke::Deadline);
+            if let Woke::Command(first) = woke {
+                drained.push(first);
+            }
             while drained.len() < self.max_group {
                 match commands.try_recv() {
                     Ok(command) => drained.push(command),
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        // Every store dropped: commit, then listen to see the end.
+                        gate.wake.notify_one();
+                        break;
+                    }
                 }
+            }
+            if drained.is_empty() {
+                // Nothing queued: commit what is staged, flush on schedule.
+                let mut replies = Vec::new();
+                self.commit_staged(&mut replies);
+                let flushed = on_deadline.then(|| self.flush());
+                for reply in replies {
+                    reply.answer(flushed.as_ref());
+                }
+                continue;
+            }
+            if drained.len() >= self.max_group {
+                // More may be queued: drain again at once rather than at the deadline.
+                gate.wake.notify_one();
             }
             self.received += drained.len() as u64;
             if self.apply(drained, &mut shutdown_replies) {
