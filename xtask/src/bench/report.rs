@@ -107,8 +107,8 @@ pub fn render(results: &Results, previous: &Path) -> Result<String> {
         machine.load_before,
         machine.load_after,
         if machine.load_before.parse::<f64>().unwrap_or(0.0) > 0.5 {
-            " (a busy machine: other builds and tests ran at the same time, so absolute \
-             figures are low and noisy; the ratios are the fairer reading)"
+            " (the machine was not idle, so absolute figures are noisy; the ratios, \
+             measured side by side, are the fairer reading)"
         } else {
             ""
         },
