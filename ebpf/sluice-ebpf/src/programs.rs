@@ -162,25 +162,16 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
         return refuse(RefusalReason::DaemonPort, protocol, HOOK_CONNECT, origin);
     }
 
-    let stored = unsafe { SLUICE_SOCKET_ORIGIN.get_or_insert_ptr_mut(ctx, None) };
-    if stored.is_null() {
-        // Without a record the daemon could not tell where this was going.
-        return refuse(RefusalReason::NotConfigured, protocol, HOOK_CONNECT, origin);
-    }
-    unsafe { *stored = origin };
-    if SLUICE_PENDING
-        .insert(origin.socket_cookie, origin, 0)
-        .is_err()
-    {
-        return refuse(RefusalReason::NotConfigured, protocol, HOOK_CONNECT, origin);
-    }
-
-    if destination.family == AF_INET && !destination.v4_mapped {
-        rewrite4(ctx, config, config.listen_port);
-    } else {
-        rewrite6(ctx, config, destination.v4_mapped, config.listen_port);
-    }
-    ALLOW
+    hand_off(
+        ctx,
+        config,
+        &destination,
+        origin,
+        &SLUICE_PENDING,
+        config.listen_port,
+        protocol,
+        HOOK_CONNECT,
+    )
 }
 
 /// Sends a UDP DNS connect or datagram to the daemon's resolver instead. The socket
@@ -197,21 +188,46 @@ fn redirect_dns(
     if config.dns_port == 0 {
         return refuse(RefusalReason::Udp, IPPROTO_UDP, hook, origin);
     }
+    hand_off(
+        ctx,
+        config,
+        destination,
+        origin,
+        &SLUICE_DNS_SOCKETS,
+        config.dns_port,
+        IPPROTO_UDP,
+        hook,
+    )
+}
+
+/// Records `origin` on the socket (for getpeername and recvmsg) and in `handoff`, keyed
+/// by socket cookie, for the daemon (or the egress program) to find, then points the
+/// connect or send at the daemon's `port`. Without both records the daemon could not
+/// tell where this was going, so it is refused.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn hand_off(
+    ctx: &SockAddrContext,
+    config: &RedirectConfig,
+    destination: &Destination,
+    origin: Origin,
+    handoff: &LruHashMap<u64, Origin, 16384>,
+    port: u16,
+    protocol: u32,
+    hook: u32,
+) -> i32 {
     let stored = unsafe { SLUICE_SOCKET_ORIGIN.get_or_insert_ptr_mut(ctx, None) };
     if stored.is_null() {
-        return refuse(RefusalReason::NotConfigured, IPPROTO_UDP, hook, origin);
+        return refuse(RefusalReason::NotConfigured, protocol, hook, origin);
     }
     unsafe { *stored = origin };
-    if SLUICE_DNS_SOCKETS
-        .insert(origin.socket_cookie, origin, 0)
-        .is_err()
-    {
-        return refuse(RefusalReason::NotConfigured, IPPROTO_UDP, hook, origin);
+    if handoff.insert(origin.socket_cookie, origin, 0).is_err() {
+        return refuse(RefusalReason::NotConfigured, protocol, hook, origin);
     }
     if destination.family == AF_INET && !destination.v4_mapped {
-        rewrite4(ctx, config, config.dns_port);
+        rewrite4(ctx, config, port);
     } else {
-        rewrite6(ctx, config, destination.v4_mapped, config.dns_port);
+        rewrite6(ctx, config, destination.v4_mapped, port);
     }
     ALLOW
 }
