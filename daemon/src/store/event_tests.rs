@@ -6,7 +6,7 @@ use tempfile::TempDir;
 
 use super::{
     events::{
-        ChainLink, EVENT_LOG_KEY, EVENTS_TREE, EventLogState, GENESIS_HASH, chain_hash,
+        ChainBreak, ChainLink, EVENT_LOG_KEY, EVENTS_TREE, EventLogState, GENESIS_HASH, chain_hash,
         encode_value, split_value, to_hex, verify_dir,
     },
     *,
@@ -59,6 +59,15 @@ fn rewrite_event(store: &Store, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
         .to_vec();
     edit(&mut value);
     store.inner.events.insert(key, value).expect("rewrite");
+}
+
+/// The first break `verify` reports on a live store (the test expects one).
+fn first_break(store: &Store) -> ChainBreak {
+    store
+        .verify_events()
+        .expect("verify")
+        .chain_break
+        .expect("a break")
 }
 
 #[tokio::test]
@@ -170,11 +179,7 @@ async fn verify_reports_the_first_break_exactly() {
         json[at] ^= 0x02;
         *value = encode_value(&prev, &chain_hash(3, &prev, &json), &json);
     });
-    let found = store
-        .verify_events()
-        .expect("verify")
-        .chain_break
-        .expect("a break");
+    let found = first_break(&store);
     assert_eq!((found.seq, found.kind), (4, BreakKind::PrevLinkBroken));
 
     // A removed event: a gap.
@@ -183,11 +188,7 @@ async fn verify_reports_the_first_break_exactly() {
         .events
         .remove(3u64.to_be_bytes())
         .expect("remove");
-    let found = store
-        .verify_events()
-        .expect("verify")
-        .chain_break
-        .expect("a break");
+    let found = first_break(&store);
     assert_eq!((found.seq, found.kind), (3, BreakKind::SeqGap));
 
     // Garbage: undecodable.
@@ -196,11 +197,7 @@ async fn verify_reports_the_first_break_exactly() {
         .events
         .insert(3u64.to_be_bytes(), &b"short"[..])
         .expect("insert");
-    let found = store
-        .verify_events()
-        .expect("verify")
-        .chain_break
-        .expect("a break");
+    let found = first_break(&store);
     assert_eq!((found.seq, found.kind), (3, BreakKind::Undecodable));
 
     // The newest event removed: truncated.
@@ -217,11 +214,7 @@ async fn verify_reports_the_first_break_exactly() {
         .events
         .remove(3u64.to_be_bytes())
         .expect("remove");
-    let found = store
-        .verify_events()
-        .expect("verify")
-        .chain_break
-        .expect("a break");
+    let found = first_break(&store);
     assert_eq!((found.seq, found.kind), (3, BreakKind::Truncated));
 }
 
@@ -415,11 +408,7 @@ async fn a_removed_retention_record_is_a_break() {
         .meta
         .insert(EVENT_LOG_KEY, state.encode().expect("encode"))
         .expect("insert");
-    let found = store
-        .verify_events()
-        .expect("verify")
-        .chain_break
-        .expect("a break");
+    let found = first_break(&store);
     assert_eq!(
         (found.seq, found.kind),
         (2, BreakKind::MissingRetentionRecord)
