@@ -38,3 +38,4 @@ pub mod seccomp;
 pub mod session;
 pub mod sql;
 pub mod store;
+pub mod workload;
