@@ -325,3 +325,57 @@ impl Verifier {
         Ok(())
     }
 }
+
+/// The body of `POST /v1/identity/runs`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindRequest {
+    /// The agent the run is for (`sluice run --agent`).
+    pub agent: String,
+    /// When set, the token must verify as this configured issuer.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The raw token. Never logged, stored or echoed.
+    pub token: String,
+}
+
+impl std::fmt::Debug for BindRequest {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("BindRequest")
+            .field("agent", &self.agent)
+            .field("issuer", &self.issuer)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The answer of `POST /v1/identity/runs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindAnswer {
+    /// The run's cgroup directory: the launcher moves itself into it and execs the agent.
+    pub run_dir: PathBuf,
+    /// The verified identity every record of the run will carry.
+    pub identity: RunIdentity,
+}
+
+/// The daemon's workload identity: the verifier and the bound runs.
+pub struct Workload {
+    pub verifier: Arc<Verifier>,
+    pub runs: Arc<Runs>,
+}
+
+impl Workload {
+    /// Sets identity up from `[identity]`, persisting under `state_dir`, and (inside a
+    /// tokio runtime) starts the key refresh and the run watcher. The runs become what
+    /// [`runs::installed`] answers, for identifying connections.
+    pub fn start(config: &IdentityConfig, state_dir: &Path) -> Result<Self, String> {
+        let issuers = config.validate()?;
+        let verifier = Arc::new(Verifier::new(issuers, Some(state_dir)));
+        let runs = Arc::new(Runs::new(Some(state_dir)));
+        runs::install(Arc::clone(&runs));
+        verifier.spawn_refresh();
+        runs.spawn_watch();
+        Ok(Self { verifier, runs })
+    }
+}

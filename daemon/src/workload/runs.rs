@@ -44,6 +44,18 @@ pub struct Binding {
     pub populated: bool,
 }
 
+static INSTALLED: std::sync::OnceLock<Arc<Runs>> = std::sync::OnceLock::new();
+
+/// Makes `runs` the daemon's bound runs (once; later calls are ignored).
+pub fn install(runs: Arc<Runs>) {
+    let _ = INSTALLED.set(runs);
+}
+
+/// The daemon's bound runs, when identity is set up (always, in the daemon).
+pub fn installed() -> Option<&'static Arc<Runs>> {
+    INSTALLED.get()
+}
+
 /// Every bound run, by cgroup id.
 pub struct Runs {
     bindings: RwLock<HashMap<u64, Arc<Binding>>>,
