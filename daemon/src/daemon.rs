@@ -31,7 +31,6 @@ use crate::{
     events::Activity,
     grants::{Actor, GrantBook, GrantError, NewGrant},
     policy::{ExplainQuestion, Explanation, Grant, Policy},
-    proxy::postgres::cancel::CancelRegistry,
     redirect::RedirectListeners,
     session::{PolicyHandle, SessionContext},
     store::{Durability, SessionFilter, SessionRecord, StatementRecord, Store, StoreOptions},
@@ -255,7 +254,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             config.redirect.upstream_connect_timeout_ms,
         ),
         credentials: Arc::new(credentials),
-        cancels: Arc::new(CancelRegistry::default()),
+        registry: Arc::new(crate::protocols::Registry::standard()),
         mask_key: crate::credentials::load_or_create_mask_key(&config.daemon.state_dir)?.into(),
         approvals,
     });

@@ -147,28 +147,45 @@ impl PolicyHandle {
         )
     }
 
-    /// The decision on one classified statement of a PostgreSQL resource, as the proxy
-    /// takes it: [`Self::decide`], then COPY output is refused under a mask profile,
-    /// since a COPY stream cannot be masked.
+    /// The decision on one operation of a decoded protocol, as the pipeline takes it:
+    /// [`Self::decide`], then an operation whose output cannot be masked (`unmaskable`
+    /// says why) is refused under a mask profile.
+    pub fn decide_operation(
+        &self,
+        facts: &AgentFacts<'_>,
+        resource: &str,
+        operation: Operation,
+        unmaskable: Option<&str>,
+    ) -> Decision {
+        let mut decision = self.decide(facts, Some(resource), operation);
+        if decision.action == Action::Allow
+            && let Some(why) = unmaskable
+            && let Some(profile) = &decision.mask
+        {
+            decision.action = Action::Deny;
+            decision.reason = format!(
+                "{}; but {why} under mask profile `{profile}`",
+                decision.reason
+            );
+        }
+        decision
+    }
+
+    /// The decision on one classified statement of a SQL resource, as the proxy takes
+    /// it: COPY output is refused under a mask profile, since a COPY stream cannot be
+    /// masked.
     pub fn decide_statement(
         &self,
         facts: &AgentFacts<'_>,
         resource: &str,
         statement: &Classified,
     ) -> Decision {
-        let mut decision = self.decide(facts, Some(resource), statement.operation);
-        if decision.action == Action::Allow
-            && statement.kind.starts_with("COPY")
-            && statement.tables_written.is_empty()
-            && let Some(profile) = &decision.mask
-        {
-            decision.action = Action::Deny;
-            decision.reason = format!(
-                "{}; but COPY output cannot be masked, so COPY TO is refused under mask profile `{profile}`",
-                decision.reason
-            );
-        }
-        decision
+        self.decide_operation(
+            facts,
+            resource,
+            statement.operation,
+            unmaskable_output(statement),
+        )
     }
 
     /// Classifies `sql` as the PostgreSQL proxy does and decides each statement.
@@ -189,6 +206,12 @@ impl PolicyHandle {
             })
             .collect()
     }
+}
+
+/// Why the output of `statement` cannot be masked, when it cannot (COPY TO's stream).
+pub fn unmaskable_output(statement: &Classified) -> Option<&'static str> {
+    (statement.kind.starts_with("COPY") && statement.tables_written.is_empty())
+        .then_some("COPY output cannot be masked, so COPY TO is refused")
 }
 
 /// A question for `sluice policy explain`.
