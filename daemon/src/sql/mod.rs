@@ -88,6 +88,7 @@ mod fallback;
 mod functions;
 mod guard;
 mod mask;
+pub mod mysql;
 #[cfg(test)]
 mod tests;
 
@@ -192,6 +193,23 @@ pub enum Flag {
     KeywordOnly,
     /// A statement sqlparser parsed but this classifier does not know.
     Unclassified,
+    /// Reads or writes a file on the database server, or has the client send one (MySQL
+    /// `SELECT ... INTO OUTFILE`, `LOAD DATA [LOCAL]`, `DATA DIRECTORY`).
+    ServerFile,
+    /// Names a table or column of MySQL's `mysql` schema (accounts, password hashes).
+    SystemSchema(String),
+    /// A replication or binary log statement (MySQL `CHANGE MASTER`, `BINLOG`, ...).
+    Replication,
+    /// Creates code stored in the server that runs later (procedures, functions,
+    /// triggers, events).
+    StoredCode,
+    /// MySQL `HANDLER`: direct row access below the SQL layer.
+    Handler,
+    /// SQL text built at run time (`PREPARE ... FROM @var`), which cannot be judged.
+    DynamicSql,
+    /// A storage engine that reaches server files or other servers (MariaDB `CONNECT`,
+    /// `FEDERATED`, `SPIDER`).
+    ForeignEngine(String),
 }
 
 impl fmt::Display for Flag {
@@ -217,6 +235,13 @@ impl fmt::Display for Flag {
             Self::WriteFunction(name) => write!(formatter, "write-function:{name}"),
             Self::KeywordOnly => formatter.write_str("keyword-only"),
             Self::Unclassified => formatter.write_str("unclassified"),
+            Self::ServerFile => formatter.write_str("server-file"),
+            Self::SystemSchema(name) => write!(formatter, "system-schema:{name}"),
+            Self::Replication => formatter.write_str("replication"),
+            Self::StoredCode => formatter.write_str("stored-code"),
+            Self::Handler => formatter.write_str("handler"),
+            Self::DynamicSql => formatter.write_str("dynamic-sql"),
+            Self::ForeignEngine(name) => write!(formatter, "foreign-engine:{name}"),
         }
     }
 }
