@@ -252,7 +252,7 @@ async fn run(
                 None,
                 identity.clone(),
                 resource,
-                judged.host_name,
+                (judged.host_name, host_names),
                 Arc::clone(&counts),
             );
             let upstream = match upstream {
@@ -323,9 +323,10 @@ fn session_info(
     parent_session: Option<u64>,
     identity: Identity,
     resource: Resource,
-    host_name: Option<String>,
+    host_names: (Option<String>, Vec<String>),
     counts: Arc<ByteCounts>,
 ) -> SessionInfo {
+    let (host_name, host_names) = host_names;
     let upstream_addr = record
         .destination
         .parse()
@@ -341,6 +342,7 @@ fn session_info(
         resource,
         upstream_addr,
         host_name,
+        host_names,
         policy: Arc::clone(&context.policy),
         store: context.store.clone(),
         credentials: Arc::clone(&context.credentials),
@@ -501,7 +503,7 @@ impl OpenNested {
                     parent,
                     identity,
                     resource,
-                    host_name,
+                    (host_name.clone(), host_name.into_iter().collect()),
                     Arc::clone(&counts),
                 );
                 let upstream = match upstream {

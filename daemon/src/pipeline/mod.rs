@@ -184,7 +184,7 @@ impl<'s> Pipeline<'s> {
     /// `approval_requested` and `approval_decided` events. Fails closed: a hold that
     /// cannot be made is denied.
     pub async fn hold<F>(
-        &mut self,
+        &self,
         record: &OperationRecord,
         decision: &Decision,
         agent_gone: F,

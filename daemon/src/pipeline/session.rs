@@ -88,6 +88,9 @@ pub struct SessionInfo {
     /// The host name the agent used for it, when known (the resolver's answer, a
     /// CONNECT authority, an SSH forward's host).
     pub host_name: Option<String>,
+    /// Every name the resolver gave this agent for the destination's address (within
+    /// their TTL), or the nested target's name; empty when none is known.
+    pub host_names: Vec<String>,
     pub policy: Arc<PolicyHandle>,
     pub store: Store,
     pub credentials: Arc<Credentials>,
