@@ -188,14 +188,15 @@ impl PolicyHandle {
         )
     }
 
-    /// Classifies `sql` as the PostgreSQL proxy does and decides each statement.
+    /// Classifies `sql` as the proxy for `dialect` does and decides each statement.
     pub fn explain_sql(
         &self,
         facts: &AgentFacts<'_>,
         resource: &str,
+        dialect: sql::Dialect,
         sql_text: &str,
     ) -> Vec<ExplainedStatement> {
-        sql::classify_or_unparsed(sql_text)
+        sql::classify_dialect(dialect, sql_text)
             .into_iter()
             .map(|statement| ExplainedStatement {
                 decision: self.decide_statement(facts, resource, &statement),
@@ -221,7 +222,8 @@ pub struct ExplainQuestion {
     pub agent: String,
     /// The resource's name in the policy.
     pub resource: String,
-    /// SQL to classify as the PostgreSQL proxy does; or else `operation`.
+    /// SQL to classify as the resource's proxy (PostgreSQL or MySQL) does; or else
+    /// `operation`.
     #[serde(default)]
     pub sql: Option<String>,
     #[serde(default)]
@@ -291,13 +293,13 @@ impl PolicyHandle {
         };
         let statements = match (&question.sql, question.operation) {
             (Some(sql_text), None) => {
-                if resource.protocol != super::Protocol::Postgres {
+                let Some(dialect) = sql::Dialect::of(resource.protocol) else {
                     return Err(ExplainError::NotSql {
                         resource: resource.name.clone(),
                         protocol: resource.protocol.to_string(),
                     });
-                }
-                let statements = self.explain_sql(&facts, &resource.name, sql_text);
+                };
+                let statements = self.explain_sql(&facts, &resource.name, dialect, sql_text);
                 if statements.is_empty() {
                     return Err(ExplainError::EmptySql);
                 }

@@ -291,6 +291,39 @@ pub fn classify_or_unparsed(sql: &str) -> Vec<Classified> {
     classify(sql).unwrap_or_else(|_| vec![Classified::unparsed()])
 }
 
+/// The SQL dialects the proxies speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    Postgres,
+    Mysql,
+}
+
+impl Dialect {
+    /// The dialect of a resource's protocol, if it speaks SQL.
+    pub fn of(protocol: crate::policy::Protocol) -> Option<Self> {
+        match protocol {
+            crate::policy::Protocol::Postgres => Some(Self::Postgres),
+            crate::policy::Protocol::Mysql => Some(Self::Mysql),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies `sql` as the proxy of `dialect` does on a fresh connection, failing closed
+/// like [`classify_or_unparsed`]. For MySQL that is the default `sql_mode` and an unknown
+/// server version, so version-dependent comments are read both ways (see
+/// [`mysql::classify_mysql`]).
+pub fn classify_dialect(dialect: Dialect, sql: &str) -> Vec<Classified> {
+    match dialect {
+        Dialect::Postgres => classify_or_unparsed(sql),
+        Dialect::Mysql => mysql::classify_mysql(sql.as_bytes(), &mysql::MysqlContext::default())
+            .into_iter()
+            .map(|statement| statement.classified)
+            .collect(),
+    }
+}
+
 fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, SqlError> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(SqlError::TooLong {

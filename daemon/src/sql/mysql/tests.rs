@@ -707,3 +707,37 @@ fn parse_sql_mode_reads_tracked_values() {
         Some("MSSQL")
     );
 }
+
+// --- The dialect entry point (`sluice policy explain --sql`) ---------------------------
+
+#[test]
+fn explain_classifies_with_the_resource_dialect() {
+    use crate::{
+        policy::Protocol,
+        sql::{Dialect, classify_dialect},
+    };
+    assert_eq!(Dialect::of(Protocol::Mysql), Some(Dialect::Mysql));
+    assert_eq!(Dialect::of(Protocol::Postgres), Some(Dialect::Postgres));
+    assert_eq!(Dialect::of(Protocol::Http), None);
+    // MySQL-only statements and comments are known to the MySQL dialect only.
+    let mysql = classify_dialect(
+        Dialect::Mysql,
+        "/*M!100100 DROP TABLE t */; LOAD DATA INFILE '/x' INTO TABLE t",
+    );
+    assert_eq!(
+        mysql
+            .iter()
+            .map(|statement| statement.operation)
+            .collect::<Vec<_>>(),
+        vec![Operation::Dangerous, Operation::Dangerous]
+    );
+    let postgres = classify_dialect(
+        Dialect::Postgres,
+        "/*M!100100 DROP TABLE t */; LOAD DATA INFILE '/x' INTO TABLE t",
+    );
+    assert_eq!(postgres.len(), 1);
+    assert_eq!(postgres[0].operation, Operation::Unparsed);
+    // Backquoted names are MySQL identifiers.
+    let mysql = classify_dialect(Dialect::Mysql, "SELECT `e-mail` FROM `shop`.`users`");
+    assert_eq!(mysql[0].tables_read, vec!["shop.users"]);
+}
