@@ -11,6 +11,7 @@
 //!
 //! Adding a protocol is its module plus one line in [`Registry::standard`].
 
+pub mod mysql;
 pub mod postgres;
 
 use crate::{
@@ -49,6 +50,7 @@ impl Registry {
     pub fn standard() -> Self {
         let mut registry = Self::empty();
         registry.register(postgres::Handler::default());
+        registry.register(mysql::Handler::default());
         registry
     }
 
