@@ -36,6 +36,13 @@ pub const TEST_PACKAGES: &[&str] = &[
     // tests/export.rs: a real syslog collector, over TCP and over TLS (ossl driver).
     "rsyslog",
     "rsyslog-openssl",
+    // tests/mysql.rs: a real MariaDB server and its clients, the Python connectors and
+    // sysbench; `cargo xtask bench` runs sysbench through sluice too.
+    "mariadb-server",
+    "mariadb-client",
+    "python3-pymysql",
+    "python3-mysqldb",
+    "sysbench",
 ];
 
 /// Everything: the Rust toolchain parts, then the Debian packages.
