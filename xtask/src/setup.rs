@@ -43,6 +43,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "python3-pymysql",
     "python3-mysqldb",
     "sysbench",
+    // tests/bypass.rs: whether the kernel can load BPF LSM programs, asked of bpftool.
+    "bpftool",
 ];
 
 /// Everything: the Rust toolchain parts, then the Debian packages.
