@@ -239,6 +239,13 @@ pub enum CliError {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    // Policies checked or explained here may name only the configured identity issuers;
+    // an unreadable configuration leaves none, so such policies are refused.
+    if let Command::Policy(_) = &cli.command
+        && let Ok(config) = Config::load(&cli.config)
+    {
+        crate::workload::set_known_issuers(&config.identity);
+    }
     match cli.command {
         Command::Policy(PolicyCommand::Check { dir }) => Ok(policy_check(&dir)),
         Command::Policy(PolicyCommand::Reload) => {
@@ -628,7 +635,10 @@ fn bind_identity(
         client
             .post("/v1/identity/runs", &request)
             .await
-            .map_err(|error| CliError::System(format!("the daemon refused the identity: {error}")))
+            .map_err(|error| match error {
+                ClientError::Http { message, .. } => CliError::System(message),
+                other => CliError::System(format!("cannot bind the identity: {other}")),
+            })
     })?;
     eprintln!("sluice: identity verified: {}", answer.identity.summary());
     Ok(answer.run_dir)
@@ -792,6 +802,11 @@ fn print_session(session: &SessionRecord) {
     );
     field("exe", session.exe.as_deref().unwrap_or("(gone)"));
     field("cgroup", &session.cgroup);
+    if let Some(identity) = &session.identity {
+        field("identity", &identity.summary());
+        field("  subject", &identity.subject);
+        field("  token", &format!("sha256:{}", identity.token_sha256));
+    }
     field("source", &session.source);
     field(
         "destination",

@@ -95,6 +95,7 @@ pub(super) fn session(id: u64) -> SessionRecord {
         destination: "10.0.0.9:5432".into(),
         upstream_local: None,
         parent_session: None,
+        identity: None,
         transport: "tcp".into(),
         resource: Some("orders-db".into()),
         decision: DecisionRecord {
