@@ -58,6 +58,10 @@ pub struct SessionRecord {
     /// forward); `None` for a connection the kernel redirected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_session: Option<u64>,
+    /// The verified workload identity of the agent run (`sluice run --identity`): the
+    /// CI job's issuer, subject and recorded claims. Absent for runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::workload::RunIdentity>,
     /// `tcp` or `udp`.
     pub transport: String,
     /// The policy resource the destination matched, if any.
@@ -96,6 +100,7 @@ impl SessionRecord {
             destination: String::new(),
             upstream_local: None,
             parent_session: None,
+            identity: None,
             transport: "tcp".into(),
             resource: None,
             decision: DecisionRecord {
