@@ -357,7 +357,8 @@ mod tests {
         );
         for name in ["ci-bot", "a", "agent_7.prod", "x-y-z"] {
             assert_eq!(
-                root.agent_of_dir_name(&root.agent_dir_name(name)).as_deref(),
+                root.agent_of_dir_name(&root.agent_dir_name(name))
+                    .as_deref(),
                 Some(name)
             );
         }
