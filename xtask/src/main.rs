@@ -7,6 +7,7 @@
 //! CI (`.ci/run`) do exactly the same thing on a fresh machine.
 
 mod bench;
+mod package;
 mod setup;
 mod shell;
 mod vm;
@@ -69,6 +70,13 @@ enum Task {
         /// internals (for developing the bench; the report then has gaps).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Build the Debian package (target/package/sluice_VERSION_amd64.deb): the binary,
+    /// the systemd units, /etc/sluice/sluice.toml and a default-deny policy.
+    Package {
+        /// The package version (default: the workspace's).
+        #[arg(long)]
+        version: Option<String>,
     },
     /// Run the end-to-end tests inside Debian's 6.1 and 6.12 kernels with the BPF LSM
     /// active, under QEMU (TCG) through virtme-ng (as root). Downloads what it needs.
@@ -152,6 +160,11 @@ fn run_task(task: Task) -> Result<()> {
             no_lint,
             cargo_test_args,
         } => test(&workspace, no_lint, &cargo_test_args),
+        Task::Package { version } => {
+            let target = target_dir(&workspace);
+            step("setup", || setup::toolchain(&workspace))?;
+            package::package(&workspace, &target, version.as_deref()).map(drop)
+        }
         Task::VmTest {
             kernel,
             suites,
