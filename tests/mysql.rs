@@ -1076,3 +1076,259 @@ fn sysbench_runs_without_errors_through_sluice_in_both_statement_modes() {
         "1000"
     );
 }
+
+/// One long-lived pymysql connection run as an agent: each statement written to it is
+/// executed in the same session and answered with one JSON line.
+struct PySession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+const PY_SESSION: &str = r#"
+import json, sys, pymysql
+conn = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="x", password="",
+                       database="shop", autocommit=True)
+for line in sys.stdin:
+    cur = conn.cursor()
+    try:
+        cur.execute(line.strip())
+        print(json.dumps({"rows": [list(map(str, row)) for row in cur.fetchall()]}), flush=True)
+    except pymysql.MySQLError as error:
+        print(json.dumps({"error": [error.args[0], str(error.args[1])]}), flush=True)
+"#;
+
+impl PySession {
+    fn start(daemon: &TestDaemon, agent: &str, server: &MariaServer) -> Self {
+        // As `nobody`: root may approve what it holds, and nobody approves their own.
+        let mut child = std::process::Command::new(sluice_tests::sluice_bin())
+            .arg("--config")
+            .arg(&daemon.config_path)
+            .args([
+                "run",
+                "--agent",
+                agent,
+                "--user",
+                "nobody",
+                "--",
+                "/usr/bin/python3",
+            ])
+            .args(["-c", PY_SESSION, sluice_tests::mysql::HOST])
+            .arg(server.port().to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the python session");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends `sql` without waiting for its answer.
+    fn send(&mut self, sql: &str) {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{sql}").expect("write to the session");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// The answer to the statement sent before.
+    fn answer(&mut self) -> Value {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the answer");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not an answer: {line:?}"))
+    }
+
+    fn run(&mut self, sql: &str) -> Value {
+        self.send(sql);
+        self.answer()
+    }
+
+    /// Runs `sql`, which must succeed; returns its rows.
+    fn allowed(&mut self, sql: &str) -> Value {
+        let answer = self.run(sql);
+        assert!(answer["error"].is_null(), "{sql}: {answer}");
+        answer["rows"].clone()
+    }
+
+    /// Runs `sql`, which must be refused by sluice naming `why`.
+    fn refused(&mut self, sql: &str, why: &str) {
+        let answer = self.run(sql);
+        let message = answer["error"][1].as_str().unwrap_or_default().to_owned();
+        assert!(
+            message.contains("sluice") && message.contains(why),
+            "{sql}: {answer}"
+        );
+    }
+}
+
+impl Drop for PySession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sluice approvals list --json`, waiting for a hold of `agent` whose SQL has `sql`.
+fn wait_for_hold(daemon: &TestDaemon, agent: &str, sql: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let output = daemon.sluice(&["approvals", "list", "--json"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let held: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
+        if let Some(hold) = held
+            .into_iter()
+            .find(|h| text(h, "agent") == agent && text(h, "sql").contains(sql))
+        {
+            return hold;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hold for {sql}:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_statement_under_review_waits_for_a_human_and_runs_or_is_refused() {
+    let server = shop();
+    let daemon = brokered(
+        &server,
+        &["bot"],
+        &[
+            MyRule::allow("bot", &["read"]),
+            MyRule::review("bot", &["write"]),
+        ],
+    );
+    let mut session = PySession::start(&daemon, "bot", &server);
+    assert_eq!(
+        session.allowed("SELECT COUNT(*) FROM orders"),
+        serde_json::json!([["3"]])
+    );
+
+    session.send("INSERT INTO orders VALUES (4, 'bread')");
+    let hold = wait_for_hold(&daemon, "bot", "INSERT INTO orders");
+    assert_eq!(text(&hold, "resource"), "db");
+    assert_eq!(
+        text(&hold, "sql"),
+        "INSERT INTO orders VALUES (?, ?)",
+        "literals masked"
+    );
+    assert!(
+        !server.general_log().contains("bread"),
+        "held: not sent yet"
+    );
+    let id = hold["id"].as_u64().expect("id").to_string();
+    let approve = daemon.sluice(&["approve", &id, "--reason", "ticket OPS-7"]);
+    assert!(approve.status.success(), "{}", stderr(&approve));
+    assert!(session.answer()["error"].is_null());
+    assert_eq!(
+        server
+            .admin("SELECT item FROM shop.orders WHERE id = 4")
+            .trim(),
+        "bread"
+    );
+
+    session.send("DELETE FROM orders WHERE id = 4");
+    let hold = wait_for_hold(&daemon, "bot", "DELETE FROM orders");
+    let id = hold["id"].as_u64().expect("id").to_string();
+    let deny = daemon.sluice(&["deny", &id, "--reason", "not today"]);
+    assert!(deny.status.success(), "{}", stderr(&deny));
+    let answer = session.answer();
+    let message = answer["error"][1].as_str().unwrap_or_default();
+    assert!(
+        message.contains("denied by root") && message.contains("not today"),
+        "{answer}"
+    );
+    // The session goes on.
+    assert_eq!(
+        session.allowed("SELECT COUNT(*) FROM orders"),
+        serde_json::json!([["4"]])
+    );
+    assert!(!server.general_log().contains("DELETE FROM orders"));
+
+    let insert = wait_for_statement(&daemon, "bot", "for the approved INSERT", |s| {
+        text(s, "kind") == "INSERT" && !s["approval"].is_null()
+    });
+    assert_eq!(insert["approval"]["outcome"], "approved", "{insert:#}");
+    assert_eq!(insert["approval"]["reason"], "ticket OPS-7");
+    let delete = wait_for_statement(&daemon, "bot", "for the refused DELETE", |s| {
+        text(s, "kind") == "DELETE" && !s["approval"].is_null()
+    });
+    assert_eq!(delete["approval"]["outcome"], "denied", "{delete:#}");
+}
+
+#[test]
+fn a_grant_lets_a_refused_statement_run_until_it_is_revoked() {
+    let server = shop();
+    let daemon = brokered(&server, &["bot"], &[MyRule::allow("bot", &["read"])]);
+    let mut session = PySession::start(&daemon, "bot", &server);
+    session.refused("INSERT INTO orders VALUES (4, 'bread')", "default-deny");
+    let grant = daemon.sluice(&[
+        "grant",
+        "--agent",
+        "bot",
+        "--resource",
+        "db",
+        "--allow",
+        "write",
+        "--for",
+        "10m",
+        "--reason",
+        "backfill",
+        "--json",
+    ]);
+    assert!(grant.status.success(), "{}", stderr(&grant));
+    let grant: Value = serde_json::from_slice(&grant.stdout).expect("grant JSON");
+    session.allowed("INSERT INTO orders VALUES (4, 'bread')");
+    let id = grant["id"].as_u64().expect("grant id").to_string();
+    let revoke = daemon.sluice(&["revoke", &id, "--reason", "done"]);
+    assert!(revoke.status.success(), "{}", stderr(&revoke));
+    session.refused("INSERT INTO orders VALUES (5, 'milk')", "default-deny");
+    assert_eq!(server.admin("SELECT COUNT(*) FROM shop.orders").trim(), "4");
+}
+
+#[test]
+fn a_running_session_follows_reloads_even_for_statements_prepared_before() {
+    let server = shop();
+    let reader = [MyRule::allow("bot", &["read"])];
+    let writer = [
+        MyRule::allow("bot", &["read"]),
+        MyRule::allow("bot", &["write"]),
+    ];
+    let policy = |rules: &[MyRule]| server.policy(&["bot"], Some("shop-app"), rules);
+    let daemon = brokered(&server, &["bot"], &reader);
+    let mut session = PySession::start(&daemon, "bot", &server);
+    session.refused("INSERT INTO orders VALUES (4, 'bread')", "default-deny");
+
+    let policy_file = daemon.dir.path().join("policies").join("test.toml");
+    let generation = |daemon: &TestDaemon| daemon.status_json()["policy"]["generation"].as_u64();
+    let reload = |rules: &[MyRule], wanted: u64| {
+        std::fs::write(&policy_file, policy(rules)).expect("rewrite the policy");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while generation(&daemon) < Some(wanted) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reload:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    reload(&writer, 2);
+    session.allowed("INSERT INTO orders VALUES (4, 'bread')");
+    session.allowed("PREPARE add_row FROM 'INSERT INTO orders VALUES (5, ''milk'')'");
+
+    // Prepared while writes were allowed; executed after they no longer are.
+    reload(&reader, 3);
+    session.refused("EXECUTE add_row", "default-deny");
+    assert_eq!(server.admin("SELECT COUNT(*) FROM shop.orders").trim(), "4");
+    assert!(!server.general_log().contains("EXECUTE add_row"));
+}
