@@ -945,3 +945,41 @@ fn a_protocol_sluice_does_not_decode_fails_check_reload_and_start() {
         "{stderr}"
     );
 }
+
+/// Runs `sluice ARGS` with stdout on a pipe whose reader has already gone (as after
+/// `| head -1` has read its line) and returns its exit status and stderr.
+fn sluice_into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let output = Command::new(sluice_tests::sluice_bin())
+        .args(args)
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run sluice");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_exits_quietly_when_its_output_pipe_closes_early() {
+    let daemon = TestDaemon::start(BASE_POLICY);
+    let config = daemon.config_path.display().to_string();
+    let policies = daemon.dir.path().join("policies").display().to_string();
+    for args in [
+        vec!["--config", &config, "status"],
+        vec!["--config", &config, "sessions", "list"],
+        vec!["policy", "check", &policies],
+    ] {
+        let (status, stderr) = sluice_into_closed_pipe(&args);
+        assert!(
+            stderr.is_empty(),
+            "sluice {args:?} wrote to stderr: {stderr}"
+        );
+        assert_eq!(status.code(), Some(141), "sluice {args:?}: {status}");
+    }
+}
