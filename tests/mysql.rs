@@ -1332,3 +1332,56 @@ fn a_running_session_follows_reloads_even_for_statements_prepared_before() {
     assert_eq!(server.admin("SELECT COUNT(*) FROM shop.orders").trim(), "4");
     assert!(!server.general_log().contains("EXECUTE add_row"));
 }
+
+#[test]
+fn the_daemon_speaks_verified_tls_upstream_for_an_agent_that_does_not() {
+    let pki = sluice_tests::pki::TestPki::for_host(sluice_tests::mysql::HOST);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, certificate, key) = pki.write_to(dir.path());
+    let server = MariaServer::start_tls(&certificate, &key, &ca);
+    server.admin(
+        "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT); \
+         CREATE USER 'tls'@'%' IDENTIFIED BY 'tls-Secret-pw' REQUIRE SSL; \
+         GRANT ALL ON shop.* TO 'tls'@'%'",
+    );
+    let policy = |ca_file: &std::path::Path| {
+        server
+            .policy(&["bot"], Some("shop-tls"), &[MyRule::allow("bot", &["read"])])
+            .replace(
+                "protocol = \"mysql\"",
+                &format!(
+                    "protocol = \"mysql\"\ntls = {{ mode = \"verify-full\", ca_file = {ca_file:?} }}"
+                ),
+            )
+    };
+    let credentials = server.credentials("shop-tls", "tls", "tls-Secret-pw");
+    let daemon = TestDaemon::start_with_credentials(&policy(&ca), &credentials);
+    // The agent speaks plain MySQL; the server sees TLS (the user requires it).
+    let output = server.client_as(
+        &daemon,
+        "bot",
+        "shop",
+        &[
+            "-N",
+            "-B",
+            "-e",
+            "SELECT CURRENT_USER(), VARIABLE_VALUE <> '' FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'",
+        ],
+    );
+    assert_eq!(assert_ok(&output).trim(), "tls@%\t1");
+    drop(daemon);
+
+    // A CA that did not sign the server's certificate: refused, nothing relayed.
+    let other = sluice_tests::pki::TestPki::for_host(sluice_tests::mysql::HOST);
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let (other_ca, _, _) = other.write_to(other_dir.path());
+    let daemon = TestDaemon::start_with_credentials(&policy(&other_ca), &credentials);
+    let output = server.client_as(&daemon, "bot", "shop", &["-e", "SELECT 1"]);
+    assert!(!output.status.success());
+    let error = stderr(&output);
+    assert!(
+        error.contains("no verified TLS connection to `db`"),
+        "{error}"
+    );
+    assert!(!error.contains("tls-Secret-pw"));
+}
