@@ -233,6 +233,59 @@ fn no_backslash_escapes_cannot_smuggle_a_second_statement() {
     wait_for_statement(&daemon, "bot", "for the smuggle", |s| {
         s["decision"]["action"] == "deny" && text(s, "sql").contains("DROP")
     });
+    // Turning off the session tracking the daemon reads sql_mode from is refused too.
+    let output = server.client_as(
+        &daemon,
+        "bot",
+        "shop",
+        &["-e", "SET @@session.session_track_system_variables = ''"],
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("mysql-session-tracking"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn malformed_packets_end_only_their_own_session() {
+    let server = shop();
+    let daemon = brokered(&server, &["bot"], &[MyRule::allow("bot", &["read"])]);
+    // A login request that is three bytes of nothing, then a packet claiming 16 MB
+    // that never comes: each session ends, the daemon goes on.
+    let script = format!(
+        "import socket\n\
+         for junk in [b'\\x03\\x00\\x00\\x01abc', b'\\xff\\xff\\xff\\x01' + b'x' * 100]:\n\
+         \x20   s = socket.create_connection(('{host}', {port}), timeout=10)\n\
+         \x20   s.recv(4096)\n\
+         \x20   s.sendall(junk)\n\
+         \x20   s.shutdown(socket.SHUT_WR)\n\
+         \x20   print(len(s.recv(4096)))\n",
+        host = sluice_tests::mysql::HOST,
+        port = server.port()
+    );
+    let mut command = agent_command(&daemon, "bot", std::path::Path::new("/usr/bin/python3"));
+    command.args(["-c", &script]);
+    assert_ok(&run_with_timeout(command, None));
+    daemon.wait_for_sessions(
+        Some("bot"),
+        "two sessions ended by protocol errors",
+        |sessions| {
+            sessions
+                .iter()
+                .filter(|s| text(s, "close_reason").starts_with("protocol_error"))
+                .count()
+                == 2
+        },
+    );
+    let output = server.client_as(
+        &daemon,
+        "bot",
+        "shop",
+        &["-N", "-B", "-e", "SELECT COUNT(*) FROM orders"],
+    );
+    assert_eq!(assert_ok(&output).trim(), "3");
 }
 
 #[test]
