@@ -14,6 +14,9 @@
 pub mod mysql;
 pub mod postgres;
 
+#[cfg(test)]
+mod layout;
+
 use crate::{
     pipeline::{BoxFuture, ByteStream, Closed, Dial, SessionInfo, Upstream},
     policy::{Protocol, SupportedProtocols},
