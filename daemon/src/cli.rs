@@ -5,6 +5,7 @@
 //! closed) while no daemon is up.
 
 mod approvals;
+mod ca;
 mod export;
 mod live_policy;
 #[cfg(test)]
@@ -82,6 +83,9 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Check the audit event log's hash chain; exit 1 at the first break, naming it.
     Verify(verify::VerifyArgs),
+    /// The local CA that intercepts agents' TLS to `http` resources.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Detach the programs and drop their pinned maps. Agents are no longer
     /// intercepted afterwards; use when uninstalling.
     Detach,
@@ -264,6 +268,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Run(args) => run_agent(&Config::load(&cli.config)?, args),
         Command::Detach => detach(&Config::load(&cli.config)?),
+        Command::Ca(command) => ca::run(&Config::load(&cli.config)?, command),
         Command::Daemon(args) => {
             let mut config = Config::load(&cli.config)?;
             if let Some(dir) = args.policy_dir {
@@ -495,6 +500,13 @@ fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
         .ok_or_else(|| CliError::System("no command given".into()))?;
     let mut command = std::process::Command::new(program);
     command.args(rest);
+    // Agents trust the local CA without reconfiguration: every runtime's variable
+    // points at the system roots plus the sluice CA.
+    if let Some(bundle) = ca::bundle_path(config) {
+        for variable in crate::protocols::http::ca::TRUST_VARIABLES {
+            command.env(variable, &bundle);
+        }
+    }
     if let Some(user) = user {
         let (uid, gid) = (user.uid, user.gid);
         let name = std::ffi::CString::new(user.name.as_bytes())

@@ -51,6 +51,8 @@ pub enum DaemonError {
     Policy(#[from] crate::policy::PolicyErrors),
     #[error("credentials: {0}")]
     Credentials(#[from] crate::credentials::CredentialsError),
+    #[error("local CA: {0}")]
+    LocalCa(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
@@ -220,6 +222,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         runtime: tokio::runtime::Handle::current(),
     });
 
+    let http_ca = Arc::new(
+        crate::protocols::http::ca::LocalCa::load_or_create(
+            &crate::protocols::http::ca::CaPaths::in_state_dir(&config.daemon.state_dir),
+        )
+        .map_err(|error| DaemonError::LocalCa(error.to_string()))?,
+    );
+    if let Some(public_dir) = config.control.socket.parent() {
+        match crate::protocols::http::ca::publish(http_ca.certificate_pem(), public_dir) {
+            Ok(bundle) => tracing::info!(
+                bundle = %bundle.display(),
+                fingerprint = %http_ca.fingerprint(),
+                "local CA ready (agents started with `sluice run` trust it)"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot publish the local CA for agents"),
+        }
+    }
     let interception = Arc::new(interception);
     let dns = (!dns_sockets.is_empty()).then(|| {
         let upstreams = config.dns.effective_upstreams(&dns_addrs);
@@ -251,6 +269,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cancels: Arc::new(CancelRegistry::default()),
         mask_key: crate::credentials::load_or_create_mask_key(&config.daemon.state_dir)?.into(),
         approvals,
+        http_ca,
     });
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;

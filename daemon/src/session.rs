@@ -40,6 +40,8 @@ pub struct SessionContext {
     pub mask_key: Arc<[u8]>,
     /// Where statements under `review` rules wait for a human.
     pub approvals: Arc<crate::approvals::ApprovalBroker>,
+    /// The local CA that intercepts agents' TLS to `http` resources.
+    pub http_ca: Arc<crate::protocols::http::ca::LocalCa>,
 }
 
 /// The longest the open record may take to become durable before the session is
@@ -227,6 +229,7 @@ async fn run(
     drop(policy);
     let protocol = match &resource {
         Some(resource) if resource.protocol == Protocol::Postgres => "postgres",
+        Some(resource) if resource.protocol == Protocol::Http => "http",
         _ => "tcp",
     };
     let close_reason = match resource {
@@ -251,6 +254,28 @@ async fn run(
                 },
             };
             crate::proxy::postgres::proxy(session, agent, upstream, &counts).await
+        }
+        Some(resource) if resource.protocol == Protocol::Http => {
+            let session = crate::protocols::http::HttpSession {
+                session_id: id,
+                agent: identity.agent.clone(),
+                pid: identity.pid,
+                uid: identity.uid,
+                exe: identity.exe.as_deref().map(Into::into),
+                resource,
+                destination: redirected.destination,
+                policy: Arc::clone(&context.policy),
+                credentials: Arc::clone(&context.credentials),
+                store: context.store.clone(),
+                approvals: Arc::clone(&context.approvals),
+                mask_key: Arc::clone(&context.mask_key),
+                audit_context: Context {
+                    protocol: Some("http".into()),
+                    ..Context::of_session(&record)
+                },
+                ca: Arc::clone(&context.http_ca),
+            };
+            crate::protocols::http::serve(session, agent, upstream, &counts).await
         }
         _ => relay::relay(agent, upstream, &counts).await.close_reason(),
     };

@@ -19,8 +19,8 @@ use toml::Spanned;
 use super::{
     Policy,
     model::{
-        Action, Agent, AgentTls, HostPattern, Location, Operation, OperationSet, PortRange,
-        Protocol, Resource, Rule, Selector, UpstreamTls,
+        Action, Agent, AgentTls, HostPattern, HttpNarrowing, Location, Operation, OperationSet,
+        PortRange, Protocol, Resource, Rule, Selector, TlsMode, UpstreamTls,
     },
 };
 use crate::{config::line_column, masking::MaskProfile};
@@ -120,6 +120,8 @@ struct RuleSpec {
     mask: Option<Spanned<String>>,
     /// How long a statement held for review waits before it is denied (`review` only).
     timeout: Option<Spanned<String>>,
+    /// HTTP resources: `{ methods, paths, hosts }`.
+    http: Option<Spanned<HttpNarrowing>>,
 }
 
 struct ParsedFile<'a> {
@@ -438,6 +440,14 @@ impl Builder {
             }
         }
 
+        if spec.tls.mode == TlsMode::Passthrough && spec.protocol != Protocol::Http {
+            self.report(
+                &name_at,
+                "tls.mode = \"passthrough\" applies only to resources with protocol = \"http\"",
+            );
+            valid = false;
+        }
+
         if valid {
             self.resources.push(Resource {
                 name: spec.name.get_ref().clone(),
@@ -575,6 +585,36 @@ impl Builder {
             },
         };
 
+        let http = spec.http.as_ref().map(|http| {
+            let mut narrowing = http.get_ref().clone();
+            let at = file.locate(http.span());
+            if let Some(methods) = &mut narrowing.methods {
+                for method in methods.iter_mut() {
+                    *method = method.to_ascii_uppercase();
+                    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                        self.report(&at, format!("`{method}` is not an HTTP method"));
+                        valid = false;
+                    }
+                }
+            }
+            for path in narrowing.paths.iter().flatten() {
+                if !path.starts_with('/') {
+                    self.report(&at, format!("http path `{path}` must start with `/`"));
+                    valid = false;
+                }
+            }
+            for list in [&narrowing.methods, &narrowing.paths, &narrowing.hosts] {
+                if list.as_ref().is_some_and(Vec::is_empty) {
+                    self.report(
+                        &at,
+                        "an `http` list must not be empty (leave it out to match all)",
+                    );
+                    valid = false;
+                }
+            }
+            narrowing
+        });
+
         if valid {
             self.rules.push(Rule {
                 name,
@@ -584,6 +624,7 @@ impl Builder {
                 action: spec.action,
                 mask,
                 timeout,
+                http,
                 location,
             });
         }
@@ -614,6 +655,7 @@ impl Builder {
                 if earlier.agent == later.agent
                     && earlier.resource == later.resource
                     && earlier.action != later.action
+                    && earlier.http == later.http
                     && earlier
                         .operations
                         .overlaps_at_same_specificity(&later.operations)

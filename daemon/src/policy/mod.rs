@@ -29,8 +29,9 @@ pub use live::{
 };
 pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::{
-    Action, Agent, AgentTls, HostPattern, Location, Operation, OperationSet, PortRange, Protocol,
-    Resource, Rule, Selector, TlsMode, UnknownOperation, UpstreamTls,
+    Action, Agent, AgentTls, HostPattern, HttpNarrowing, Location, Operation, OperationSet,
+    PortRange, Protocol, Resource, Rule, Selector, TlsMode, UnknownOperation, UpstreamTls,
+    glob_matches,
 };
 use model::{OperationMatch, Specificity};
 
@@ -218,6 +219,25 @@ impl Policy {
         self.decide_about(agent, resource, operation, &target)
     }
 
+    /// Whether the process may send one HTTP request: `operation` is the method's class;
+    /// rules narrowed by `http = { methods, paths, hosts }` count only when the request
+    /// matches them, and then count as more specific than rules without.
+    pub fn decide_http(
+        &self,
+        agent: &AgentFacts<'_>,
+        resource: &str,
+        operation: Operation,
+        request: (&str, &str, &str),
+    ) -> Decision {
+        let (method, host, path) = request;
+        let target = format!("resource `{resource}` ({method} {host}{path})");
+        self.decide_about_with(agent, Some(resource), operation, &target, |rule| {
+            rule.http
+                .as_ref()
+                .is_none_or(|http| http.matches(method, host, path))
+        })
+    }
+
     fn decide_about(
         &self,
         facts: &AgentFacts<'_>,
@@ -225,9 +245,20 @@ impl Policy {
         operation: Operation,
         target: &str,
     ) -> Decision {
+        self.decide_about_with(facts, resource, operation, target, |_| true)
+    }
+
+    fn decide_about_with(
+        &self,
+        facts: &AgentFacts<'_>,
+        resource: Option<&str>,
+        operation: Operation,
+        target: &str,
+        admit: impl Fn(&Rule) -> bool,
+    ) -> Decision {
         let same_name = self.agents.iter().find(|agent| agent.name == facts.agent);
         let identified = same_name.filter(|agent| agent.satisfies_constraints(facts));
-        let best = self.best_rule(identified, resource, operation, |_| true);
+        let best = self.best_rule(identified, resource, operation, admit);
 
         let constraint_note = match (same_name, identified) {
             (Some(agent), None) => format!(
@@ -346,6 +377,7 @@ impl Policy {
                     agent_named,
                     resource_named,
                     operation: operation_match,
+                    narrowed: rule.http.is_some(),
                 },
                 action,
             };

@@ -311,6 +311,10 @@ pub enum TlsMode {
     Disable,
     /// TLS with the certificate chain and the server name verified.
     VerifyFull,
+    /// HTTP resources only: the agent's TLS is relayed as opaque bytes, not
+    /// intercepted (for pinned clients and mTLS upstreams); only the connection is
+    /// judged and the session is recorded as passthrough.
+    Passthrough,
 }
 
 impl Resource {
@@ -507,7 +511,77 @@ pub struct Rule {
     /// How long a statement this `review` rule holds may wait for a human before it
     /// is denied; `None`: the daemon's `[approvals] default_timeout`.
     pub timeout: Option<std::time::Duration>,
+    /// HTTP resources: the rule covers only requests with these methods, paths and hosts.
+    pub http: Option<HttpNarrowing>,
     pub location: Location,
+}
+
+/// `http = { methods, paths, hosts }` on a rule: each list, when present, must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpNarrowing {
+    /// Upper-case method names.
+    pub methods: Option<Vec<String>>,
+    /// Globs over the normalised path: `*` within a segment, `**` across segments.
+    pub paths: Option<Vec<String>>,
+    /// Host globs (`api.example.com`, `*.example.com`).
+    pub hosts: Option<Vec<String>>,
+}
+
+impl HttpNarrowing {
+    /// Whether a request with this method, host (lower case) and normalised path is
+    /// covered.
+    pub fn matches(&self, method: &str, host: &str, path: &str) -> bool {
+        let methods = self
+            .methods
+            .as_ref()
+            .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)));
+        let paths = self
+            .paths
+            .as_ref()
+            .is_none_or(|paths| paths.iter().any(|glob| glob_matches(glob, path)));
+        let hosts = self.hosts.as_ref().is_none_or(|hosts| {
+            hosts
+                .iter()
+                .any(|glob| glob_matches(&glob.to_ascii_lowercase(), host))
+        });
+        methods && paths && hosts
+    }
+}
+
+impl fmt::Display for HttpNarrowing {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(methods) = &self.methods {
+            parts.push(format!("methods {}", methods.join("|")));
+        }
+        if let Some(paths) = &self.paths {
+            parts.push(format!("paths {}", paths.join("|")));
+        }
+        if let Some(hosts) = &self.hosts {
+            parts.push(format!("hosts {}", hosts.join("|")));
+        }
+        formatter.write_str(&parts.join(", "))
+    }
+}
+
+/// Whether a glob (`*` = any run of characters except `/`, `**` = anything) matches.
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    fn matches(glob: &[u8], text: &[u8]) -> bool {
+        match glob.split_first() {
+            None => text.is_empty(),
+            Some((b'*', rest)) if rest.first() == Some(&b'*') => {
+                let rest = &rest[1..];
+                (0..=text.len()).any(|skip| matches(rest, &text[skip..]))
+            }
+            Some((b'*', rest)) => {
+                let limit = text.iter().position(|&b| b == b'/').unwrap_or(text.len());
+                (0..=limit).any(|skip| matches(rest, &text[skip..]))
+            }
+            Some((&byte, rest)) => text.first() == Some(&byte) && matches(rest, &text[1..]),
+        }
+    }
+    matches(glob.as_bytes(), text.as_bytes())
 }
 
 /// How specifically a rule matched; compared field by field, in this order.
@@ -516,4 +590,6 @@ pub(super) struct Specificity {
     pub agent_named: bool,
     pub resource_named: bool,
     pub operation: OperationMatch,
+    /// An `http` narrowing that matched beats a rule without one.
+    pub narrowed: bool,
 }

@@ -290,6 +290,7 @@ fn at_equal_specificity_deny_beats_review_beats_allow() {
     let rule = |name: &str, action: Action| Rule {
         mask: None,
         timeout: None,
+        http: None,
         name: name.to_owned(),
         agent: Selector::Named("ci-bot".to_owned()),
         resource: Selector::Named("db".to_owned()),

@@ -1,0 +1,1607 @@
+//! The proxy loop of one HTTP(S) connection: recognise, intercept, then judge, forward
+//! and record each request.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Body, Frame, Incoming},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::TcpStream,
+    sync::Mutex,
+};
+
+use super::{
+    ca::LocalCa,
+    request::{
+        METHOD_OVERRIDE_HEADERS, form_method, host_without_port, method_class, normalise_path,
+        query_parameter_names,
+    },
+    scrub::{Scrubber, StreamScrubber},
+    tls,
+};
+use crate::{
+    approvals::{ApprovalBroker, HoldRequest, Outcome, Resolution},
+    credentials::Credentials,
+    events::{Activity, Context as EventContext, Event},
+    policy::{Action, AgentFacts, Decision, PolicyHandle, Resource, TlsMode},
+    relay::ByteCounts,
+    store::{ApprovalRecord, Durability, StatementRecord, Store},
+};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// How long the agent has to send its first bytes.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of a form body read to find a `_method` field.
+const MAX_FORM_BODY: usize = 1024 * 1024;
+/// The most of a response body buffered to mask it; above it the response is refused.
+const MAX_MASKED_BODY: usize = 8 * 1024 * 1024;
+
+/// What the proxy needs to know about its session.
+pub struct HttpSession {
+    pub session_id: u64,
+    pub agent: String,
+    pub pid: u32,
+    pub uid: u32,
+    pub exe: Option<PathBuf>,
+    pub resource: Resource,
+    pub destination: SocketAddr,
+    pub policy: Arc<PolicyHandle>,
+    pub credentials: Arc<Credentials>,
+    pub store: Store,
+    pub approvals: Arc<ApprovalBroker>,
+    /// The HMAC key of the `hash` masking strategy.
+    pub mask_key: Arc<[u8]>,
+    pub audit_context: EventContext,
+    pub ca: Arc<LocalCa>,
+}
+
+/// What the first bytes of a connection say it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstBytes {
+    TlsClientHello,
+    Http1,
+    H2Preface,
+    Connect,
+    Other,
+}
+
+/// Recognises a connection by its first bytes; `None` when more bytes are needed.
+pub fn recognise(bytes: &[u8]) -> Option<FirstBytes> {
+    let first = *bytes.first()?;
+    if first == 0x16 {
+        return Some(FirstBytes::TlsClientHello);
+    }
+    let token_len = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    match bytes.get(token_len) {
+        None if token_len < 16 => None,
+        Some(b' ') if token_len > 0 => Some(match &bytes[..token_len] {
+            b"PRI" => FirstBytes::H2Preface,
+            b"CONNECT" => FirstBytes::Connect,
+            _ => FirstBytes::Http1,
+        }),
+        _ => Some(FirstBytes::Other),
+    }
+}
+
+/// Runs the connection to its end and returns the close reason.
+pub async fn serve(
+    session: HttpSession,
+    mut agent: TcpStream,
+    upstream: TcpStream,
+    counts: &ByteCounts,
+) -> String {
+    let mut first = Vec::with_capacity(64);
+    let kind = loop {
+        if let Some(kind) = recognise(&first) {
+            break kind;
+        }
+        let mut chunk = [0u8; 64];
+        match tokio::time::timeout(FIRST_BYTES_TIMEOUT, agent.read(&mut chunk)).await {
+            Ok(Ok(0)) => return "closed before sending anything".into(),
+            Ok(Ok(read)) => first.extend_from_slice(&chunk[..read]),
+            Ok(Err(error)) => return format!("agent i/o: {error}"),
+            Err(_) => return "protocol_error: the agent sent nothing to recognise".into(),
+        }
+    };
+    let shared = Arc::new(Shared::new(session));
+    let tally = Arc::new(Tally::default());
+    let reason = dispatch(shared, kind, first, agent, upstream, counts, &tally).await;
+    counts
+        .up
+        .fetch_add(tally.up.load(Ordering::Relaxed), Ordering::Relaxed);
+    counts
+        .down
+        .fetch_add(tally.down.load(Ordering::Relaxed), Ordering::Relaxed);
+    reason
+}
+
+async fn dispatch(
+    shared: Arc<Shared>,
+    kind: FirstBytes,
+    first: Vec<u8>,
+    mut agent: TcpStream,
+    upstream: TcpStream,
+    counts: &ByteCounts,
+    tally: &Arc<Tally>,
+) -> String {
+    let passthrough = shared.session.resource.tls.mode == TlsMode::Passthrough;
+    match kind {
+        FirstBytes::TlsClientHello if passthrough => {
+            let mut upstream = upstream;
+            counts.up.fetch_add(first.len() as u64, Ordering::Relaxed);
+            if let Err(error) = upstream.write_all(&first).await {
+                return format!("upstream i/o: {error}");
+            }
+            tracing::info!("TLS passthrough (resource says tls.mode = passthrough)");
+            let end = crate::relay::relay(agent, upstream, counts).await;
+            format!("tls_passthrough: {}", end.close_reason())
+        }
+        FirstBytes::TlsClientHello => {
+            let agent = Counted::new(Prefixed::new(first, agent), tally);
+            intercept_tls(shared, agent, upstream).await
+        }
+        FirstBytes::Http1 => {
+            let agent = Counted::new(Prefixed::new(first, agent), tally);
+            serve_plain(shared, agent, upstream, false).await
+        }
+        FirstBytes::H2Preface => {
+            let agent = Counted::new(Prefixed::new(first, agent), tally);
+            serve_plain(shared, agent, upstream, true).await
+        }
+        FirstBytes::Connect => {
+            let _ = agent
+                .write_all(
+                    b"HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 78\r\n\r\n{\"error\":\"refused\",\"reason\":\"sluice does not relay CONNECT to this resource\"}",
+                )
+                .await;
+            shared
+                .record_refusal("CONNECT", "CONNECT to an http resource is not relayed")
+                .await;
+            "protocol_error: CONNECT refused".into()
+        }
+        FirstBytes::Other => {
+            shared
+                .record_refusal(
+                    "",
+                    "the connection is neither TLS nor HTTP (an http resource only carries HTTP)",
+                )
+                .await;
+            tracing::warn!("not HTTP on an http resource: refused");
+            "protocol_error: not HTTP on an http resource".into()
+        }
+    }
+}
+
+async fn serve_plain<S>(shared: Arc<Shared>, agent: S, upstream: TcpStream, h2: bool) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = upstream.set_nodelay(true);
+    let sender = match Upstream::handshake(upstream, h2).await {
+        Ok(sender) => sender,
+        Err(error) => return format!("upstream i/o: {error}"),
+    };
+    let connection = Connection {
+        shared,
+        upstream: sender,
+        sni: None,
+        scheme: "http",
+        upgrades: Default::default(),
+    };
+    connection.serve(agent, h2).await
+}
+
+async fn intercept_tls<S>(shared: Arc<Shared>, agent: S, upstream: TcpStream) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let acceptor =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), agent);
+    let start = match acceptor.await {
+        Ok(start) => start,
+        Err(error) => {
+            shared
+                .record_refusal("", &format!("not a TLS ClientHello: {error}"))
+                .await;
+            return format!("protocol_error: bad ClientHello: {error}");
+        }
+    };
+    let hello = start.client_hello();
+    let sni = hello.server_name().map(str::to_ascii_lowercase);
+    let offered: Vec<Vec<u8>> = hello
+        .alpn()
+        .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+        .unwrap_or_default();
+    let resource = &shared.session.resource;
+    let roots = match tls::roots_for(resource.tls.ca_file.as_deref()) {
+        Ok(roots) => roots,
+        Err(error) => return format!("upstream_tls: {error}"),
+    };
+    let client_config = match tls::client_config(roots, tls::usable_alpn(&offered)) {
+        Ok(config) => config,
+        Err(error) => return format!("upstream_tls: {error}"),
+    };
+    let Some(name) = tls::upstream_name(
+        sni.as_deref(),
+        resource.tls.server_name.as_deref(),
+        shared.session.destination.ip(),
+    ) else {
+        return "protocol_error: the SNI is not a valid server name".into();
+    };
+    let _ = upstream.set_nodelay(true);
+    let upstream = match tokio_rustls::TlsConnector::from(client_config)
+        .connect(name, upstream)
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::warn!(%error, "upstream certificate not verified: the agent's handshake is refused");
+            shared
+                .record_refusal(
+                    "",
+                    &format!("the upstream's certificate was not verified: {error}"),
+                )
+                .await;
+            return format!("upstream_tls: certificate not verified: {error}");
+        }
+    };
+    let chosen = upstream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let leaf_name = sni
+        .clone()
+        .unwrap_or_else(|| shared.session.destination.ip().to_string());
+    let leaf = match shared.session.ca.leaf(&leaf_name) {
+        Ok(leaf) => leaf,
+        Err(error) => return format!("local_ca: {error}"),
+    };
+    let server_config = match tls::server_config(leaf, chosen.clone()) {
+        Ok(config) => config,
+        Err(error) => return format!("local_ca: {error}"),
+    };
+    let agent = match start.into_stream(server_config).await {
+        Ok(agent) => agent,
+        Err(error) if tls::is_distrust(&error) => {
+            tracing::warn!(%error, "client does not trust the sluice CA");
+            shared
+                .record_refusal(
+                    "",
+                    &format!("client does not trust the sluice CA ({error}): give it the bundle `sluice run` sets in SSL_CERT_FILE, or run `sluice ca install`"),
+                )
+                .await;
+            return format!("client does not trust the sluice CA: {error}");
+        }
+        Err(error) => return format!("agent_tls: {error}"),
+    };
+    let h2 = chosen.as_deref() == Some(tls::H2);
+    let sender = match Upstream::handshake(upstream, h2).await {
+        Ok(sender) => sender,
+        Err(error) => return format!("upstream i/o: {error}"),
+    };
+    let connection = Connection {
+        shared,
+        upstream: sender,
+        sni,
+        scheme: "https",
+        upgrades: Default::default(),
+    };
+    connection.serve(agent, h2).await
+}
+
+/// The client end towards the upstream.
+#[derive(Clone)]
+enum Upstream {
+    H1(Arc<Mutex<hyper::client::conn::http1::SendRequest<ProxyBody>>>),
+    H2(hyper::client::conn::http2::SendRequest<ProxyBody>),
+}
+
+impl Upstream {
+    async fn handshake<S>(io: S, h2: bool) -> Result<Self, hyper::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if h2 {
+            let (sender, connection) =
+                hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                    .handshake(TokioIo::new(io))
+                    .await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream h2 connection ended");
+                }
+            });
+            Ok(Self::H2(sender))
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::Builder::new()
+                .handshake(TokioIo::new(io))
+                .await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.with_upgrades().await {
+                    tracing::debug!(%error, "upstream connection ended");
+                }
+            });
+            Ok(Self::H1(Arc::new(Mutex::new(sender))))
+        }
+    }
+
+    async fn send(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Self::H1(sender) => {
+                let mut sender = sender.lock().await;
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+            Self::H2(sender) => {
+                let mut sender = sender.clone();
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+        }
+    }
+}
+
+/// What every request of the connection shares.
+struct Shared {
+    session: HttpSession,
+    seq: AtomicU64,
+}
+
+impl Shared {
+    fn new(session: HttpSession) -> Self {
+        Self {
+            session,
+            seq: AtomicU64::new(1),
+        }
+    }
+
+    fn facts(&self) -> AgentFacts<'_> {
+        AgentFacts {
+            agent: &self.session.agent,
+            uid: self.session.uid,
+            exe: self.session.exe.as_deref(),
+        }
+    }
+
+    /// Records a connection-level refusal as a request record of its own.
+    async fn record_refusal(&self, method: &str, reason: &str) {
+        let decision = Decision {
+            action: Action::Deny,
+            rule: "http".into(),
+            reason: reason.to_owned(),
+            resource: Some(self.session.resource.name.clone()),
+            mask: None,
+            timeout: None,
+        };
+        let mut facts = RequestFacts::new(
+            self.seq.fetch_add(1, Ordering::Relaxed),
+            method,
+            String::new(),
+            String::new(),
+        );
+        facts.error = Some(reason.to_owned());
+        self.store(facts.into_record(&decision)).await;
+    }
+
+    async fn store(&self, record: StatementRecord) {
+        let events = [
+            Event::now(
+                self.session.audit_context.clone(),
+                Activity::statement(&record),
+            ),
+            Event::now(
+                self.session.audit_context.clone(),
+                Activity::statement_result(&record),
+            ),
+        ];
+        if let Err(error) = self
+            .session
+            .store
+            .put_statement_with_events(&record, &events, Durability::Batched)
+            .await
+        {
+            tracing::error!(%error, seq = record.seq, "cannot record a request");
+        }
+    }
+
+    /// Judges one method on one host and path: the policy, the rules' `http`
+    /// narrowing and the grants in force.
+    fn judge(&self, method: &str, host: &str, path: &str) -> Decision {
+        let policy = self.session.policy.current();
+        policy.decide_http_with_grants(
+            &self.session.policy.grants(),
+            &self.facts(),
+            &self.session.resource.name,
+            method_class(method),
+            (method, host, path),
+            time::OffsetDateTime::now_utc(),
+        )
+    }
+}
+
+/// The facts of one request, as recorded.
+struct RequestFacts {
+    seq: u64,
+    method: String,
+    host: String,
+    path: String,
+    query_names: Vec<String>,
+    header_names: Vec<String>,
+    operation: String,
+    started_at: time::OffsetDateTime,
+    started: Instant,
+    status: Option<u16>,
+    bytes_up: u64,
+    bytes_down: u64,
+    credential: Option<String>,
+    masked: std::collections::BTreeMap<String, u64>,
+    error: Option<String>,
+    approval: Option<ApprovalRecord>,
+}
+
+impl RequestFacts {
+    fn new(seq: u64, method: &str, host: String, path: String) -> Self {
+        Self {
+            seq,
+            method: method.to_owned(),
+            operation: method_class(method).to_string(),
+            host,
+            path,
+            query_names: Vec::new(),
+            header_names: Vec::new(),
+            started_at: time::OffsetDateTime::now_utc(),
+            started: Instant::now(),
+            status: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            credential: None,
+            masked: Default::default(),
+            error: None,
+            approval: None,
+        }
+    }
+
+    /// The text a record shows for the request: method, host, path and the query's
+    /// parameter names (never their values).
+    fn line(&self) -> String {
+        let mut line = format!("{} {}{}", self.method, self.host, self.path);
+        if !self.query_names.is_empty() {
+            line.push('?');
+            line.push_str(&self.query_names.join("&"));
+        }
+        line
+    }
+
+    fn into_record(self, decision: &Decision) -> StatementRecord {
+        let mut parameters = vec![
+            format!("bytes_up={}", self.bytes_up),
+            format!("bytes_down={}", self.bytes_down),
+        ];
+        if let Some(credential) = &self.credential {
+            parameters.push(format!("credential={credential}"));
+        }
+        parameters.extend(
+            self.header_names
+                .iter()
+                .map(|name| format!("header={name}")),
+        );
+        let mut record = StatementRecord::begun(
+            0,
+            self.seq,
+            self.line(),
+            self.operation.clone(),
+            "http".into(),
+            decision.record(),
+        );
+        record.started_at = self.started_at;
+        record.tables = if self.host.is_empty() {
+            Vec::new()
+        } else {
+            vec![self.host.clone()]
+        };
+        record.params = self.query_names.len();
+        record.parameters = parameters;
+        record.duration_us =
+            Some(self.started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
+        record.tag = self.status.map(|status| status.to_string());
+        record.error = self.error;
+        record.masked = self.masked;
+        record.approval = self.approval;
+        record
+    }
+}
+
+/// One agent connection's request loop.
+struct Connection {
+    shared: Arc<Shared>,
+    upstream: Upstream,
+    /// The SNI of an intercepted connection: every request must name it.
+    sni: Option<String>,
+    scheme: &'static str,
+    /// Relays of upgraded connections (WebSocket), awaited before the session ends.
+    upgrades: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Connection {
+    async fn serve<S>(self, agent: S, h2: bool) -> String
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = Arc::new(self);
+        let service = {
+            let this = Arc::clone(&this);
+            hyper::service::service_fn(move |request| {
+                let this = Arc::clone(&this);
+                async move { Ok::<_, Infallible>(this.handle(request).await) }
+            })
+        };
+        let io = TokioIo::new(agent);
+        let result = if h2 {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+        } else {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        };
+        let upgrades = std::mem::take(
+            &mut *this
+                .upgrades
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for relay in upgrades {
+            let _ = relay.await;
+        }
+        match result {
+            Ok(()) => "closed".into(),
+            Err(error) if error.is_parse() || error.is_parse_too_large() => {
+                format!("protocol_error: malformed request: {error}")
+            }
+            Err(error) => format!("agent: {error}"),
+        }
+    }
+
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        let upgrade = request.headers().contains_key(header::UPGRADE)
+            && request.version() == hyper::Version::HTTP_11;
+        let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        let mut body = Some(body);
+        let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
+        let method = parts.method.as_str().to_owned();
+        let mut facts = RequestFacts::new(seq, &method, String::new(), String::new());
+        facts.header_names = header_names(&parts.headers);
+        facts.query_names = query_parameter_names(parts.uri.query());
+
+        // Smuggling shapes hyper lets through: both framings, or several lengths.
+        let headers = &parts.headers;
+        if headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH)
+        {
+            return self
+                .refuse(
+                    facts,
+                    StatusCode::BAD_REQUEST,
+                    "both Content-Length and Transfer-Encoding",
+                )
+                .await;
+        }
+        if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+            return self
+                .refuse(
+                    facts,
+                    StatusCode::BAD_REQUEST,
+                    "more than one Content-Length",
+                )
+                .await;
+        }
+        if headers.get_all(header::HOST).iter().count() > 1 {
+            return self
+                .refuse(facts, StatusCode::BAD_REQUEST, "more than one Host")
+                .await;
+        }
+
+        // The host the request names, as the upstream will read it.
+        let authority = parts
+            .uri
+            .authority()
+            .map(|authority| authority.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|host| host.to_str().ok())
+                    .map(str::to_owned)
+            });
+        let Some(authority) = authority else {
+            return self
+                .refuse(facts, StatusCode::BAD_REQUEST, "the request names no host")
+                .await;
+        };
+        let host = host_without_port(&authority);
+        facts.host = host.clone();
+        if let (Some(uri_host), Some(header_host)) = (
+            parts.uri.authority().map(|a| host_without_port(a.as_str())),
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(host_without_port),
+        ) && uri_host != header_host
+        {
+            return self
+                .refuse(
+                    facts,
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "the request target and Host name different hosts",
+                )
+                .await;
+        }
+        if let Some(sni) = &self.sni
+            && *sni != host
+        {
+            return self
+                .refuse(
+                    facts,
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!("the request names host {host} but the TLS connection is for {sni}"),
+                )
+                .await;
+        }
+        let resource = &shared.session.resource;
+        if self.sni.is_none()
+            && !resource.hostnames.is_empty()
+            && !resource
+                .hostnames
+                .iter()
+                .any(|pattern| pattern.match_name(&host).is_some())
+        {
+            return self
+                .refuse(
+                    facts,
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!("host {host} is not a name of resource `{}`", resource.name),
+                )
+                .await;
+        }
+
+        let raw_path = parts.uri.path().to_owned();
+        let path = match normalise_path(&raw_path) {
+            Ok(path) => path,
+            Err(error) => {
+                facts.path = raw_path;
+                return self
+                    .refuse(facts, StatusCode::BAD_REQUEST, &error.to_string())
+                    .await;
+            }
+        };
+        facts.path = path.clone();
+
+        // Method overrides are judged as the method they name, along with the real one.
+        let mut methods = vec![method.clone()];
+        for name in METHOD_OVERRIDE_HEADERS {
+            for value in &parts.headers.get_all(*name) {
+                match value.to_str() {
+                    Ok(value) => methods.push(value.trim().to_ascii_uppercase()),
+                    Err(_) => {
+                        return self
+                            .refuse(
+                                facts,
+                                StatusCode::BAD_REQUEST,
+                                "an unreadable method-override header",
+                            )
+                            .await;
+                    }
+                }
+            }
+        }
+        let mut buffered_body: Option<Bytes> = None;
+        if method == "POST"
+            && parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| {
+                    value
+                        .to_ascii_lowercase()
+                        .starts_with("application/x-www-form-urlencoded")
+                })
+        {
+            // Judged before the body is read, then again with its `_method`.
+            let decision = self.judge_all(&methods, &host, &path);
+            if decision.action == Action::Deny {
+                return self.deny(facts, decision).await;
+            }
+            let Some(incoming) = body.take() else {
+                return self
+                    .refuse(
+                        facts,
+                        StatusCode::BAD_REQUEST,
+                        "the form body was already read",
+                    )
+                    .await;
+            };
+            match http_body_util::Limited::new(incoming, MAX_FORM_BODY)
+                .collect()
+                .await
+            {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    if let Some(named) = form_method(&bytes) {
+                        methods.push(named);
+                    }
+                    buffered_body = Some(bytes);
+                }
+                Err(error) => {
+                    return self
+                        .refuse(facts, StatusCode::PAYLOAD_TOO_LARGE, &format!("the form body could not be read within {MAX_FORM_BODY} bytes: {error}"))
+                        .await;
+                }
+            }
+        }
+        let mut decision = self.judge_all(&methods, &host, &path);
+        if let Some(named) = methods.get(1) {
+            facts.operation = method_class(named).max(method_class(&method)).to_string();
+        }
+
+        if decision.action == Action::Review {
+            let resolution = self.hold(&facts, &decision).await;
+            facts.approval = Some(approval_record(&resolution));
+            if resolution.outcome != Outcome::Approved {
+                decision.action = Action::Deny;
+                decision.reason = format!(
+                    "{} (approval {} {}: {})",
+                    decision.reason,
+                    resolution.id,
+                    resolution.outcome.as_str(),
+                    resolution.reason
+                );
+                return self.deny(facts, decision).await;
+            }
+        }
+        if decision.action != Action::Allow {
+            return self.deny(facts, decision).await;
+        }
+
+        let body = match (buffered_body, body) {
+            (Some(bytes), _) => Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            (None, Some(incoming)) => incoming.map_err(BoxError::from).boxed_unsync(),
+            (None, None) => http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        };
+        self.forward(parts, body, agent_upgrade, facts, decision, &host, &path)
+            .await
+    }
+
+    /// The strictest decision over every method the request may be acted on as.
+    fn judge_all(&self, methods: &[String], host: &str, path: &str) -> Decision {
+        let mut worst: Option<Decision> = None;
+        for method in methods {
+            let decision = self.shared.judge(method, host, path);
+            if worst
+                .as_ref()
+                .is_none_or(|current| severity(decision.action) > severity(current.action))
+            {
+                worst = Some(decision);
+            }
+        }
+        worst.unwrap_or_else(|| self.shared.judge("GET", host, path))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: ProxyBody,
+        agent_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        mut facts: RequestFacts,
+        decision: Decision,
+        host: &str,
+        path: &str,
+    ) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        let resource = &shared.session.resource;
+        let upgrade = agent_upgrade.is_some();
+
+        // The credential, only now that the upstream's certificate has been verified.
+        let mut scrubber = Scrubber::default();
+        let mut injected: Option<(HeaderName, HeaderValue)> = None;
+        if let Some(name) = &resource.credential {
+            let Some(credential) = shared.session.credentials.get(name) else {
+                return self
+                    .refuse(
+                        facts,
+                        StatusCode::BAD_GATEWAY,
+                        &format!("credential `{name}` is not in the credentials file"),
+                    )
+                    .await;
+            };
+            match injection(credential) {
+                Ok((header_name, value, secrets)) => {
+                    scrubber = Scrubber::new(secrets.iter().map(String::as_str));
+                    injected = Some((header_name, value));
+                    facts.credential = Some(name.clone());
+                }
+                Err(problem) => {
+                    return self
+                        .refuse(
+                            facts,
+                            StatusCode::BAD_GATEWAY,
+                            &format!("credential `{name}`: {problem}"),
+                        )
+                        .await;
+                }
+            }
+        }
+        let masker = decision.mask.as_deref().and_then(|profile| {
+            let policy = shared.session.policy.current();
+            let profile = policy.mask_profile(profile)?;
+            crate::masking::Masker::new(profile, &shared.session.mask_key).ok()
+        });
+        if decision.mask.is_some() && masker.is_none() {
+            return self
+                .refuse(
+                    facts,
+                    StatusCode::BAD_GATEWAY,
+                    "the rule's mask profile cannot be applied",
+                )
+                .await;
+        }
+        let inspect = masker.is_some() || !scrubber.is_empty();
+
+        // Re-serialised: hyper writes the request line and headers anew.
+        let mut headers = HeaderMap::new();
+        for (name, value) in &parts.headers {
+            if is_hop_by_hop(name) && !(upgrade && name == header::UPGRADE) {
+                continue;
+            }
+            if name == header::HOST {
+                continue;
+            }
+            if injected.is_some()
+                && (name == header::AUTHORIZATION
+                    || injected
+                        .as_ref()
+                        .is_some_and(|(injected, _)| injected == name))
+            {
+                continue;
+            }
+            if name == header::TE {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if parts
+            .headers
+            .get(header::TE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.to_ascii_lowercase().contains("trailers"))
+        {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if inspect {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        if let Some((name, value)) = &injected {
+            headers.insert(name.clone(), value.clone());
+        }
+        let query = parts
+            .uri
+            .query()
+            .map(|query| format!("?{query}"))
+            .unwrap_or_default();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|authority| authority.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| host.to_owned());
+        let uri = match &self.upstream {
+            Upstream::H1(_) => format!("{path}{query}"),
+            Upstream::H2(_) => format!("{}://{authority}{path}{query}", self.scheme),
+        };
+        let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+        if let Upstream::H1(_) = &self.upstream {
+            builder = builder.header(header::HOST, authority.as_str());
+        }
+        let Some(builder_headers) = builder.headers_mut() else {
+            return self
+                .refuse(
+                    facts,
+                    StatusCode::BAD_REQUEST,
+                    "the request cannot be re-serialised",
+                )
+                .await;
+        };
+        builder_headers.extend(headers);
+        let bytes_up = Arc::new(AtomicU64::new(facts.bytes_up));
+        let counter = Arc::clone(&bytes_up);
+        let body: ProxyBody = body
+            .map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                frame
+            })
+            .boxed_unsync();
+        let upstream_request = match builder.body(body) {
+            Ok(request) => request,
+            Err(error) => {
+                return self
+                    .refuse(
+                        facts,
+                        StatusCode::BAD_REQUEST,
+                        &format!("the request cannot be re-serialised: {error}"),
+                    )
+                    .await;
+            }
+        };
+        let mut response = match self.upstream.send(upstream_request).await {
+            Ok(response) => response,
+            Err(error) => {
+                facts.bytes_up = bytes_up.load(Ordering::Relaxed);
+                return self
+                    .refuse(
+                        facts,
+                        StatusCode::BAD_GATEWAY,
+                        &format!("upstream: {error}"),
+                    )
+                    .await;
+            }
+        };
+        let status = response.status();
+        facts.status = Some(status.as_u16());
+
+        if status == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(agent_upgrade) = agent_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let relay = tokio::spawn(async move {
+                let (Ok(agent), Ok(upstream)) = (agent_upgrade.await, upstream_upgrade.await)
+                else {
+                    tracing::debug!("upgrade did not complete");
+                    return;
+                };
+                let mut agent = TokioIo::new(agent);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+            });
+            self.upgrades
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(relay);
+        }
+
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(
+            &mut parts.headers,
+            status == StatusCode::SWITCHING_PROTOCOLS,
+        );
+        let mut scrubbed_headers = 0;
+        if !scrubber.is_empty() {
+            for value in parts.headers.values_mut() {
+                let (clean, count) = scrubber.scrub(value.as_bytes());
+                if count > 0 {
+                    scrubbed_headers += count;
+                    *value =
+                        HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static(""));
+                }
+            }
+        }
+        if scrubbed_headers > 0 {
+            *facts.masked.entry("scrubbed".into()).or_default() += scrubbed_headers;
+        }
+        let encoded = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| !value.trim().eq_ignore_ascii_case("identity"));
+        if inspect && encoded {
+            facts.bytes_up = bytes_up.load(Ordering::Relaxed);
+            return self
+                .refuse(facts, StatusCode::BAD_GATEWAY, "the response body is compressed and must be inspected (credential scrubbing or masking): refused")
+                .await;
+        }
+
+        if let Some(masker) = masker {
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let collected = match http_body_util::Limited::new(body, MAX_MASKED_BODY)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) => {
+                    facts.bytes_up = bytes_up.load(Ordering::Relaxed);
+                    return self
+                        .refuse(facts, StatusCode::BAD_GATEWAY, &format!("the response could not be masked within {MAX_MASKED_BODY} bytes: {error}"))
+                        .await;
+                }
+            };
+            let masked = match super::mask::mask_body(&masker, &content_type, &collected) {
+                Ok((masked, counts)) => {
+                    for (key, count) in counts {
+                        *facts.masked.entry(key).or_default() += count;
+                    }
+                    masked
+                }
+                Err(problem) => {
+                    facts.bytes_up = bytes_up.load(Ordering::Relaxed);
+                    return self.refuse(facts, StatusCode::BAD_GATEWAY, &problem).await;
+                }
+            };
+            let (masked, scrubbed) = scrubber.scrub(&masked);
+            if scrubbed > 0 {
+                *facts.masked.entry("scrubbed".into()).or_default() += scrubbed;
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let body = Full::new(Bytes::from(masked)).map_err(|never| match never {});
+            let recorded = Recorded::new(body, None, facts, decision, Arc::clone(shared), bytes_up);
+            return Response::from_parts(parts, recorded.boxed_unsync());
+        }
+        let stream_scrubber = (!scrubber.is_empty()).then(|| {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            StreamScrubber::new(scrubber)
+        });
+        let recorded = Recorded::new(
+            body,
+            stream_scrubber,
+            facts,
+            decision,
+            Arc::clone(shared),
+            bytes_up,
+        );
+        Response::from_parts(parts, recorded.boxed_unsync())
+    }
+
+    async fn hold(&self, facts: &RequestFacts, decision: &Decision) -> Resolution {
+        let session = &self.shared.session;
+        let request = HoldRequest {
+            session_id: session.session_id,
+            statement_seq: facts.seq,
+            agent: session.agent.clone(),
+            pid: session.pid,
+            uid: session.uid,
+            resource: session.resource.name.clone(),
+            sql: facts.line(),
+            kind: "http".into(),
+            operation: facts.operation.clone(),
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+            timeout: decision.timeout,
+        };
+        let mut hold = match session.approvals.hold(request) {
+            Ok(hold) => hold,
+            Err(error) => {
+                tracing::error!(%error, "cannot hold a request for approval: denying it");
+                return Resolution {
+                    id: 0,
+                    outcome: Outcome::Denied,
+                    approver: None,
+                    reason: format!("it could not be held for approval: {error}"),
+                    waited: Duration::ZERO,
+                };
+            }
+        };
+        self.audit(Activity::ApprovalRequested {
+            approval_id: hold.id(),
+            statement_seq: facts.seq,
+            rule: decision.rule.clone(),
+            timeout_s: decision
+                .timeout
+                .unwrap_or_else(|| session.approvals.default_timeout())
+                .as_secs(),
+        })
+        .await;
+        let resolution = hold.resolution().await;
+        drop(hold);
+        crate::metrics::global().approval(resolution.outcome);
+        self.audit(Activity::ApprovalDecided {
+            approval_id: resolution.id,
+            statement_seq: facts.seq,
+            outcome: resolution.outcome.as_str().to_owned(),
+            approver_uid: resolution.approver.as_ref().map(|a| a.uid),
+            approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
+            reason: Some(resolution.reason.clone()),
+            waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
+        })
+        .await;
+        resolution
+    }
+
+    async fn audit(&self, activity: Activity) {
+        let session = &self.shared.session;
+        if let Err(error) = session
+            .store
+            .append(
+                Event::now(session.audit_context.clone(), activity),
+                session.store.audit_durability(),
+            )
+            .await
+        {
+            tracing::error!(%error, "cannot append an approval event to the audit log");
+        }
+    }
+
+    async fn deny(&self, mut facts: RequestFacts, decision: Decision) -> Response<ProxyBody> {
+        facts.status = Some(403);
+        tracing::info!(request = %facts.line(), rule = %decision.rule, "request denied");
+        let body = serde_json::json!({
+            "error": "denied by sluice",
+            "rule": decision.rule,
+            "reason": decision.reason,
+        });
+        self.shared.store(facts.into_record(&decision)).await;
+        json_response(StatusCode::FORBIDDEN, &body)
+    }
+
+    /// Answers a request that cannot be judged or forwarded, and records it.
+    async fn refuse(
+        &self,
+        mut facts: RequestFacts,
+        status: StatusCode,
+        reason: &str,
+    ) -> Response<ProxyBody> {
+        tracing::info!(request = %facts.line(), status = status.as_u16(), reason, "request refused");
+        facts.status = Some(status.as_u16());
+        facts.error = Some(reason.to_owned());
+        let decision = Decision {
+            action: Action::Deny,
+            rule: "http".into(),
+            reason: reason.to_owned(),
+            resource: Some(self.shared.session.resource.name.clone()),
+            mask: None,
+            timeout: None,
+        };
+        self.shared.store(facts.into_record(&decision)).await;
+        let body = serde_json::json!({ "error": "refused by sluice", "reason": reason });
+        json_response(status, &body)
+    }
+}
+
+fn severity(action: Action) -> u8 {
+    match action {
+        Action::Allow => 0,
+        Action::Review => 1,
+        Action::Deny => 2,
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn header_names(headers: &HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = headers
+        .keys()
+        .map(|name| name.as_str().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
+    )
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "http2-settings",
+    ] {
+        headers.remove(name);
+    }
+    if !upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The header to inject for a credential, and the secrets to scrub from responses.
+fn injection(
+    credential: &crate::credentials::Credential,
+) -> Result<(HeaderName, HeaderValue, Vec<String>), String> {
+    use base64::Engine as _;
+    let (name, value, secrets) = if let Some(bearer) = &credential.bearer {
+        (
+            header::AUTHORIZATION,
+            format!("Bearer {}", bearer.expose()),
+            vec![bearer.expose().to_owned()],
+        )
+    } else if let (Some(name), Some(value)) = (&credential.header, &credential.value) {
+        (
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{name}` is not a header name"))?,
+            value.expose().to_owned(),
+            vec![value.expose().to_owned()],
+        )
+    } else {
+        let pair = format!("{}:{}", credential.user, credential.password.expose());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&pair);
+        (
+            header::AUTHORIZATION,
+            format!("Basic {encoded}"),
+            vec![pair, credential.password.expose().to_owned()],
+        )
+    };
+    if secrets
+        .iter()
+        .any(|secret| secret.len() < super::scrub::MIN_SECRET_LEN)
+    {
+        return Err(format!(
+            "secrets shorter than {} characters cannot be scrubbed from responses reliably",
+            super::scrub::MIN_SECRET_LEN
+        ));
+    }
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| "the secret is not a valid header value".to_owned())?;
+    value.set_sensitive(true);
+    Ok((name, value, secrets))
+}
+
+fn approval_record(resolution: &Resolution) -> ApprovalRecord {
+    ApprovalRecord {
+        id: resolution.id,
+        outcome: resolution.outcome.as_str().to_owned(),
+        approver_uid: resolution.approver.as_ref().map(|a| a.uid),
+        approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
+        reason: resolution.reason.clone(),
+        waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
+    }
+}
+
+/// A response body on its way to the agent: counted, scrubbed when a credential was
+/// injected, and recorded when it ends (or the agent drops it).
+struct Recorded<B> {
+    inner: B,
+    scrubber: Option<StreamScrubber>,
+    queued: std::collections::VecDeque<Frame<Bytes>>,
+    ended: bool,
+    facts: Option<RequestFacts>,
+    decision: Decision,
+    shared: Arc<Shared>,
+    bytes_up: Arc<AtomicU64>,
+    bytes_down: u64,
+}
+
+impl<B> Recorded<B> {
+    fn new(
+        inner: B,
+        scrubber: Option<StreamScrubber>,
+        facts: RequestFacts,
+        decision: Decision,
+        shared: Arc<Shared>,
+        bytes_up: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            inner,
+            scrubber,
+            queued: Default::default(),
+            ended: false,
+            facts: Some(facts),
+            decision,
+            shared,
+            bytes_up,
+            bytes_down: 0,
+        }
+    }
+}
+
+impl<B> Drop for Recorded<B> {
+    fn drop(&mut self) {
+        let Some(mut facts) = self.facts.take() else {
+            return;
+        };
+        facts.bytes_up = self.bytes_up.load(Ordering::Relaxed);
+        facts.bytes_down = self.bytes_down;
+        if let Some(scrubber) = &self.scrubber
+            && scrubber.count > 0
+        {
+            *facts.masked.entry("scrubbed".into()).or_default() += scrubber.count;
+        }
+        if !self.ended && facts.error.is_none() {
+            facts.error =
+                Some("the response did not finish (the agent or upstream went away)".into());
+        }
+        let record = facts.into_record(&self.decision);
+        let shared = Arc::clone(&self.shared);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { shared.store(record).await });
+        }
+    }
+}
+
+impl<B> Body for Recorded<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(frame) = this.queued.pop_front() {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_down += data.len() as u64;
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(context) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => match &mut this.scrubber {
+                        Some(scrubber) => {
+                            let clean = scrubber.push(&data);
+                            if !clean.is_empty() {
+                                this.queued.push_back(Frame::data(Bytes::from(clean)));
+                            }
+                        }
+                        None => this.queued.push_back(Frame::data(data)),
+                    },
+                    Err(frame) => {
+                        if let Some(scrubber) = &mut this.scrubber {
+                            let rest = scrubber.finish();
+                            if !rest.is_empty() {
+                                this.queued.push_back(Frame::data(Bytes::from(rest)));
+                            }
+                        }
+                        this.queued.push_back(frame);
+                    }
+                },
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    if let Some(scrubber) = &mut this.scrubber {
+                        let rest = scrubber.finish();
+                        if !rest.is_empty() {
+                            this.queued.push_back(Frame::data(Bytes::from(rest)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.queued.is_empty()
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            offset: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.offset < this.prefix.len() {
+            let rest = &this.prefix[this.offset..];
+            let take = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..take]);
+            this.offset += take;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(context, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(context, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(context)
+    }
+}
+
+/// The agent's stream, counting the session's bytes each way. Owned counters, so the
+/// stream can outlive the session's borrow (hyper keeps it for upgrades).
+struct Counted<S> {
+    inner: S,
+    counts: Arc<Tally>,
+}
+
+/// The session's byte counters, shared with the tasks hyper spawns.
+#[derive(Default)]
+struct Tally {
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S, counts: &Arc<Tally>) -> Self {
+        Self {
+            inner,
+            counts: Arc::clone(counts),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(context, buf);
+        let read = buf.filled().len() - before;
+        self.counts.up.fetch_add(read as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(context, buf);
+        if let Poll::Ready(Ok(written)) = &result {
+            self.counts
+                .down
+                .fetch_add(*written as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_say_what_a_connection_is() {
+        assert_eq!(recognise(b""), None);
+        assert_eq!(
+            recognise(&[0x16, 0x03, 0x01]),
+            Some(FirstBytes::TlsClientHello)
+        );
+        assert_eq!(recognise(b"GET / HTTP/1.1\r\n"), Some(FirstBytes::Http1));
+        assert_eq!(recognise(b"GE"), None);
+        assert_eq!(
+            recognise(b"GET http://x/ HTTP/1.1"),
+            Some(FirstBytes::Http1)
+        );
+        assert_eq!(
+            recognise(b"PRI * HTTP/2.0\r\n"),
+            Some(FirstBytes::H2Preface)
+        );
+        assert_eq!(
+            recognise(b"CONNECT x:443 HTTP/1.1"),
+            Some(FirstBytes::Connect)
+        );
+        assert_eq!(recognise(b"SSH-2.0-OpenSSH"), Some(FirstBytes::Other));
+        assert_eq!(recognise(b"\x00\x00\x00\x08"), Some(FirstBytes::Other));
+        assert_eq!(recognise(b" GET"), Some(FirstBytes::Other));
+    }
+}

@@ -1,0 +1,3 @@
+//! The protocols the daemon decodes, one module each.
+
+pub mod http;
