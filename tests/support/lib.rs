@@ -5,6 +5,7 @@
 //! control socket and store, so tests run in parallel without seeing each other.
 //! These tests need root (cgroups, eBPF): `cargo xtask test` runs them so.
 
+pub mod http;
 pub mod pki;
 pub mod postgres;
 

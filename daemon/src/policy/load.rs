@@ -440,6 +440,16 @@ impl Builder {
             }
         }
 
+        if spec.protocol != Protocol::Http
+            && spec.tls.mode == TlsMode::Disable
+            && (spec.tls.ca_file.is_some() || spec.tls.server_name.is_some())
+        {
+            self.report(
+                &name_at,
+                "`tls` names a ca_file or server_name but no mode: set tls.mode = \"verify-full\"",
+            );
+            valid = false;
+        }
         if spec.tls.mode == TlsMode::Passthrough && spec.protocol != Protocol::Http {
             self.report(
                 &name_at,

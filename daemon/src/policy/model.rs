@@ -294,6 +294,8 @@ pub struct AgentTls {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
+    /// Optional for `http` resources, whose upstream TLS follows the agent's.
+    #[serde(default)]
     pub mode: TlsMode,
     /// PEM file with the CA certificates to trust; the system roots when absent.
     pub ca_file: Option<std::path::PathBuf>,

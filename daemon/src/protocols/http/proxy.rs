@@ -397,7 +397,7 @@ impl Shared {
             String::new(),
         );
         facts.error = Some(reason.to_owned());
-        self.store(facts.into_record(&decision)).await;
+        self.store(facts.into_record(self.session.session_id, &decision)).await;
     }
 
     async fn store(&self, record: StatementRecord) {
@@ -489,7 +489,7 @@ impl RequestFacts {
         line
     }
 
-    fn into_record(self, decision: &Decision) -> StatementRecord {
+    fn into_record(self, session_id: u64, decision: &Decision) -> StatementRecord {
         let mut parameters = vec![
             format!("bytes_up={}", self.bytes_up),
             format!("bytes_down={}", self.bytes_down),
@@ -503,7 +503,7 @@ impl RequestFacts {
                 .map(|name| format!("header={name}")),
         );
         let mut record = StatementRecord::begun(
-            0,
+            session_id,
             self.seq,
             self.line(),
             self.operation.clone(),
@@ -1171,7 +1171,7 @@ impl Connection {
             "rule": decision.rule,
             "reason": decision.reason,
         });
-        self.shared.store(facts.into_record(&decision)).await;
+        self.shared.store(facts.into_record(self.shared.session.session_id, &decision)).await;
         json_response(StatusCode::FORBIDDEN, &body)
     }
 
@@ -1193,7 +1193,7 @@ impl Connection {
             mask: None,
             timeout: None,
         };
-        self.shared.store(facts.into_record(&decision)).await;
+        self.shared.store(facts.into_record(self.shared.session.session_id, &decision)).await;
         let body = serde_json::json!({ "error": "refused by sluice", "reason": reason });
         json_response(status, &body)
     }
@@ -1377,7 +1377,7 @@ impl<B> Drop for Recorded<B> {
             facts.error =
                 Some("the response did not finish (the agent or upstream went away)".into());
         }
-        let record = facts.into_record(&self.decision);
+        let record = facts.into_record(self.shared.session.session_id, &self.decision);
         let shared = Arc::clone(&self.shared);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { shared.store(record).await });
