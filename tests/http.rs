@@ -344,7 +344,7 @@ fn passthrough_only_where_the_resource_says_so() {
     assert!(body.contains("\"method\":\"GET\""), "{body}");
     // No injection without interception.
     assert!(
-        nginx.access_log()[0].contains("auth=\"\""),
+        nginx.access_log()[0].contains("auth=\"-\""),
         "{:?}",
         nginx.access_log()
     );
@@ -434,7 +434,14 @@ action = "allow"
 #[test]
 fn malformed_requests_get_400_and_the_daemon_keeps_serving() {
     let nginx = Nginx::start();
-    let daemon = daemon(&policy(&nginx, None, READ_ALL));
+    let writes = r#"
+[[rule]]
+agent = "ci-bot"
+resource = "api-plain"
+operations = ["write"]
+action = "allow"
+"#;
+    let daemon = daemon(&policy(&nginx, None, &format!("{READ_ALL}{writes}")));
     let port = nginx.plain_port.to_string();
     // Raw bytes from a real agent process (python's socket), each on a new connection.
     let script = r#"
@@ -594,9 +601,9 @@ action = "allow"
 
 #[test]
 fn a_large_download_streams_with_bounded_daemon_memory() {
-    // 512 MiB (not 1 GiB, to keep the suite's time): far more than the daemon's
-    // memory may grow by.
-    const SIZE: u64 = 512 * 1024 * 1024;
+    // 128 MiB (not the 1 GiB of the issue: a debug build on a shared 2-core machine
+    // moves it at ~10 MB/s), still far more than the daemon's memory may grow by.
+    const SIZE: u64 = 128 * 1024 * 1024;
     let nginx = Nginx::with_big_file(SIZE);
     let daemon = daemon(&policy(&nginx, None, READ_ALL));
     let pid = daemon_pid(&daemon);
@@ -605,6 +612,8 @@ fn a_large_download_streams_with_bounded_daemon_memory() {
         &daemon,
         None,
         &[
+            "--max-time",
+            "600",
             "--resolve",
             &nginx.resolve(API_NAME),
             "-o",
@@ -618,7 +627,7 @@ fn a_large_download_streams_with_bounded_daemon_memory() {
     assert_eq!(body, SIZE.to_string());
     let peak = hwm_kib(pid);
     assert!(
-        peak < before + 128 * 1024,
+        peak < before + 48 * 1024,
         "the daemon grew from {before} KiB to a peak of {peak} KiB while streaming {SIZE} bytes"
     );
     let records = wait_for_requests(&daemon, nginx.tls_port, |records| !records.is_empty());

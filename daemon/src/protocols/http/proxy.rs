@@ -397,7 +397,8 @@ impl Shared {
             String::new(),
         );
         facts.error = Some(reason.to_owned());
-        self.store(facts.into_record(self.session.session_id, &decision)).await;
+        self.store(facts.into_record(self.session.session_id, &decision))
+            .await;
     }
 
     async fn store(&self, record: StatementRecord) {
@@ -545,6 +546,28 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let this = Arc::new(self);
+        if h2 {
+            return Self::run(this, agent, true).await;
+        }
+        // hyper accepts some smuggling shapes silently (it lets Transfer-Encoding win
+        // over Content-Length, folds repeated equal lengths, takes a bare LF as a line
+        // end): the first request's head is checked here, before hyper reads it.
+        let mut agent = agent;
+        let head = match first_head(&mut agent).await {
+            Ok(head) => head,
+            Err(error) => return format!("agent i/o: {error}"),
+        };
+        if let Err(problem) = check_head(&head) {
+            this.refuse_raw(&mut agent, &head, problem).await;
+            return format!("protocol_error: {problem}");
+        }
+        Self::run(this, Prefixed::new(head, agent), false).await
+    }
+
+    async fn run<S>(this: Arc<Self>, agent: S, h2: bool) -> String
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let service = {
             let this = Arc::clone(&this);
             hyper::service::service_fn(move |request| {
@@ -579,6 +602,46 @@ impl Connection {
             }
             Err(error) => format!("agent: {error}"),
         }
+    }
+
+    /// Answers a request hyper must not see with 400, records it and closes.
+    async fn refuse_raw<S>(&self, agent: &mut S, head: &[u8], problem: &str)
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line);
+        let mut words = line.split_whitespace();
+        let method = words.next().unwrap_or_default();
+        let target = words.next().unwrap_or_default();
+        let mut facts = RequestFacts::new(
+            self.shared.seq.fetch_add(1, Ordering::Relaxed),
+            method,
+            String::new(),
+            target.split('?').next().unwrap_or_default().to_owned(),
+        );
+        facts.status = Some(400);
+        facts.error = Some(problem.to_owned());
+        tracing::info!(problem, "malformed request refused");
+        let decision = Decision {
+            action: Action::Deny,
+            rule: "http".into(),
+            reason: problem.to_owned(),
+            resource: Some(self.shared.session.resource.name.clone()),
+            mask: None,
+            timeout: None,
+        };
+        self.shared
+            .store(facts.into_record(self.shared.session.session_id, &decision))
+            .await;
+        let body =
+            serde_json::json!({ "error": "refused by sluice", "reason": problem }).to_string();
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = agent.write_all(response.as_bytes()).await;
+        let _ = agent.shutdown().await;
     }
 
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
@@ -779,6 +842,7 @@ impl Connection {
                 );
                 return self.deny(facts, decision).await;
             }
+            decision.action = Action::Allow;
         }
         if decision.action != Action::Allow {
             return self.deny(facts, decision).await;
@@ -952,12 +1016,18 @@ impl Connection {
         builder_headers.extend(headers);
         let bytes_up = Arc::new(AtomicU64::new(facts.bytes_up));
         let counter = Arc::clone(&bytes_up);
+        let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = Arc::clone(&body_failed);
         let body: ProxyBody = body
             .map_frame(move |frame| {
                 if let Some(data) = frame.data_ref() {
                     counter.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 frame
+            })
+            .map_err(move |error| {
+                failed.store(true, Ordering::Relaxed);
+                error
             })
             .boxed_unsync();
         let upstream_request = match builder.body(body) {
@@ -974,6 +1044,16 @@ impl Connection {
         };
         let mut response = match self.upstream.send(upstream_request).await {
             Ok(response) => response,
+            Err(error) if body_failed.load(Ordering::Relaxed) => {
+                facts.bytes_up = bytes_up.load(Ordering::Relaxed);
+                return self
+                    .refuse(
+                        facts,
+                        StatusCode::BAD_REQUEST,
+                        &format!("malformed request body: {error}"),
+                    )
+                    .await;
+            }
             Err(error) => {
                 facts.bytes_up = bytes_up.load(Ordering::Relaxed);
                 return self
@@ -1171,7 +1251,9 @@ impl Connection {
             "rule": decision.rule,
             "reason": decision.reason,
         });
-        self.shared.store(facts.into_record(self.shared.session.session_id, &decision)).await;
+        self.shared
+            .store(facts.into_record(self.shared.session.session_id, &decision))
+            .await;
         json_response(StatusCode::FORBIDDEN, &body)
     }
 
@@ -1193,7 +1275,9 @@ impl Connection {
             mask: None,
             timeout: None,
         };
-        self.shared.store(facts.into_record(self.shared.session.session_id, &decision)).await;
+        self.shared
+            .store(facts.into_record(self.shared.session.session_id, &decision))
+            .await;
         let body = serde_json::json!({ "error": "refused by sluice", "reason": reason });
         json_response(status, &body)
     }
@@ -1575,9 +1659,103 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// The most of a first request head read before hyper takes over.
+const MAX_FIRST_HEAD: usize = 64 * 1024;
+
+/// Reads the first request's head (through the blank line) without consuming more
+/// than needed beyond it; what was read is handed to hyper after the check.
+async fn first_head<S: AsyncRead + Unpin>(agent: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n")
+            || head.windows(2).any(|w| w == b"\n\n")
+            || head.len() >= MAX_FIRST_HEAD
+        {
+            return Ok(head);
+        }
+        let read = tokio::time::timeout(FIRST_BYTES_TIMEOUT, agent.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request head"))??;
+        if read == 0 {
+            return Ok(head);
+        }
+        head.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// The smuggling shapes refused in a request head: both framings, several lengths,
+/// obsolete line folding, a bare CR or LF.
+pub fn check_head(bytes: &[u8]) -> Result<(), &'static str> {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 2)
+        .or_else(|| bytes.windows(2).position(|w| w == b"\n\n").map(|at| at + 1))
+        .unwrap_or(bytes.len());
+    let head = &bytes[..end];
+    for (index, &byte) in head.iter().enumerate() {
+        if byte == b'\r' && head.get(index + 1) != Some(&b'\n') {
+            return Err("a bare CR in the request head");
+        }
+        if byte == b'\n' && (index == 0 || head[index - 1] != b'\r') {
+            return Err("a bare LF in the request head");
+        }
+    }
+    let mut lengths = 0;
+    let mut chunked = false;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err("obsolete line folding in the request head");
+        }
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+        }
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = true;
+        }
+    }
+    if lengths > 1 {
+        return Err("more than one Content-Length");
+    }
+    if lengths == 1 && chunked {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smuggling_shapes_in_a_head_are_refused() {
+        let ok = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(check_head(ok), Ok(()));
+        assert!(
+            check_head(
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .is_err()
+        );
+        assert!(
+            check_head(b"POST / HTTP/1.1\r\nContent-Length: 1\r\ncontent-length: 1\r\n\r\n")
+                .is_err()
+        );
+        assert!(check_head(b"GET / HTTP/1.1\r\nX: 1\r\n folded\r\n\r\n").is_err());
+        assert!(check_head(b"GET / HTTP/1.1\nHost: a\n\n").is_err());
+        assert!(check_head(b"GET / HTTP/1.1\r\nHost: a\rX: 1\r\n\r\n").is_err());
+        // Bytes after the head (a body) are not the head's business.
+        assert_eq!(
+            check_head(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n\r\r"),
+            Ok(())
+        );
+    }
 
     #[test]
     fn first_bytes_say_what_a_connection_is() {
