@@ -31,7 +31,6 @@ use crate::{
     events::Activity,
     grants::{Actor, GrantBook, GrantError, NewGrant},
     policy::{ExplainQuestion, Explanation, Grant, Policy},
-    proxy::postgres::cancel::CancelRegistry,
     redirect::RedirectListeners,
     session::{PolicyHandle, SessionContext},
     store::{Durability, SessionFilter, SessionRecord, StatementRecord, Store, StoreOptions},
@@ -49,10 +48,12 @@ pub enum DaemonError {
     },
     #[error("policy: {0}")]
     Policy(#[from] crate::policy::PolicyErrors),
+    #[error("identity: {0}")]
+    Identity(String),
     #[error("credentials: {0}")]
     Credentials(#[from] crate::credentials::CredentialsError),
-    #[error("local CA: {0}")]
-    LocalCa(String),
+    #[error("protocol handler: {0}")]
+    Protocol(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
@@ -106,6 +107,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let root = Arc::new(ManagedRoot::resolve(&config.cgroup.root)?);
     root.ensure()?;
+    let workload = Arc::new(
+        crate::workload::Workload::start(&config.identity, &config.daemon.state_dir)
+            .map_err(DaemonError::Identity)?,
+    );
 
     let listeners = RedirectListeners::bind(&config.redirect)?;
     let netns_cookie = listeners
@@ -220,24 +225,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         kernel_support: interception.kernel_support().clone(),
         listeners: listener_addrs,
         runtime: tokio::runtime::Handle::current(),
+        workload: Arc::clone(&workload),
     });
 
-    let http_ca = Arc::new(
-        crate::protocols::http::ca::LocalCa::load_or_create(
-            &crate::protocols::http::ca::CaPaths::in_state_dir(&config.daemon.state_dir),
-        )
-        .map_err(|error| DaemonError::LocalCa(error.to_string()))?,
-    );
-    if let Some(public_dir) = config.control.socket.parent() {
-        match crate::protocols::http::ca::publish(http_ca.certificate_pem(), public_dir) {
-            Ok(bundle) => tracing::info!(
-                bundle = %bundle.display(),
-                fingerprint = %http_ca.fingerprint(),
-                "local CA ready (agents started with `sluice run` trust it)"
-            ),
-            Err(error) => tracing::warn!(%error, "cannot publish the local CA for agents"),
-        }
-    }
+    let registry = Arc::new(crate::protocols::Registry::standard());
+    registry
+        .prepare(&config.daemon.state_dir, config.control.socket.parent())
+        .map_err(DaemonError::Protocol)?;
     let interception = Arc::new(interception);
     let dns = (!dns_sockets.is_empty()).then(|| {
         let upstreams = config.dns.effective_upstreams(&dns_addrs);
@@ -266,10 +260,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             config.redirect.upstream_connect_timeout_ms,
         ),
         credentials: Arc::new(credentials),
-        cancels: Arc::new(CancelRegistry::default()),
+        registry,
         mask_key: crate::credentials::load_or_create_mask_key(&config.daemon.state_dir)?.into(),
         approvals,
-        http_ca,
     });
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -437,9 +430,61 @@ struct Backend {
     kernel_support: KernelSupport,
     listeners: Vec<String>,
     runtime: tokio::runtime::Handle,
+    workload: Arc<crate::workload::Workload>,
 }
 
 impl ControlBackend for Backend {
+    fn bind_run(
+        &self,
+        peer: &PeerInfo,
+        request: crate::workload::BindRequest,
+    ) -> Result<crate::workload::BindAnswer, ApiError> {
+        let forbidden = |message: String| ApiError::new(hyper::StatusCode::FORBIDDEN, message);
+        crate::cgroup::validate_agent_name(&request.agent)
+            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        let verified = self
+            .runtime
+            .block_on(self.workload.verifier.verify(&request.token))
+            .map_err(|error| {
+                tracing::warn!(agent = %request.agent, peer = %peer.display_name(), %error, "identity token refused");
+                forbidden(format!("identity token refused: {error}"))
+            })?;
+        if let Some(issuer) = &request.issuer
+            && &verified.record.issuer != issuer
+        {
+            return Err(forbidden(format!(
+                "the token verified as issuer {:?}, not {issuer:?}",
+                verified.record.issuer
+            )));
+        }
+        let agent_dir = self
+            .root
+            .ensure_agent(&request.agent)
+            .map_err(|error| ApiError::internal(error.to_string()))?;
+        let agent_cgroup = format!(
+            "{}/{}",
+            self.root.cgroup_path().trim_end_matches('/'),
+            request.agent
+        );
+        let binding = self
+            .workload
+            .runs
+            .bind(&request.agent, &agent_dir, &agent_cgroup, verified)
+            .map_err(|error| ApiError::internal(error.to_string()))?;
+        tracing::info!(
+            agent = %request.agent,
+            run = %binding.cgroup_path,
+            identity = %binding.identity.record.summary(),
+            token_sha256 = %binding.identity.record.token_sha256,
+            peer = %peer.display_name(),
+            "run bound to a verified workload identity"
+        );
+        Ok(crate::workload::BindAnswer {
+            run_dir: binding.dir.clone(),
+            identity: binding.identity.record.clone(),
+        })
+    }
+
     fn approvals(&self) -> Result<Vec<HeldStatement>, ApiError> {
         Ok(self.approvals.list())
     }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::CliError;
 use crate::{
     config::Config,
-    protocols::http::ca::{CaPaths, LocalCa, publish},
+    protocols::local_ca::{CaPaths, LocalCa, publish},
 };
 
 /// Where `sluice ca install` puts the certificate for `update-ca-certificates`.
@@ -29,7 +29,7 @@ pub enum CaCommand {
 
 pub fn run(config: &Config, command: CaCommand) -> Result<ExitCode, CliError> {
     let paths = CaPaths::in_state_dir(&config.daemon.state_dir);
-    let fail = |error: crate::protocols::http::ca::CaError| CliError::System(error.to_string());
+    let fail = |error: crate::protocols::local_ca::CaError| CliError::System(error.to_string());
     match command {
         CaCommand::Show => {
             let ca = LocalCa::load(&paths).map_err(fail)?;

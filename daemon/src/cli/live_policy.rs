@@ -22,7 +22,7 @@ pub struct ExplainArgs {
     /// The resource's name in the policy.
     #[arg(long)]
     pub resource: String,
-    /// SQL to classify and decide, as the PostgreSQL proxy would.
+    /// SQL to classify and decide, as the resource's proxy (PostgreSQL or MySQL) would.
     #[arg(
         long,
         conflicts_with = "operation",

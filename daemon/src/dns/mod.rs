@@ -511,6 +511,7 @@ impl Resolver {
             source: asker.source.to_string(),
             destination: asker.server.to_string(),
             upstream_local: None,
+            parent_session: None,
             transport: asker.transport.as_str().to_owned(),
             resource: decision.resource.clone(),
             decision: decision.record(),

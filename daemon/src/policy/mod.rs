@@ -25,13 +25,13 @@ use serde::{Deserialize, Serialize};
 pub use grants::{Grant, GrantState};
 pub use live::{
     ExplainError, ExplainQuestion, ExplainedStatement, Explanation, PolicyHandle, RejectedReload,
-    ReloadStatus,
+    ReloadStatus, unmaskable_output,
 };
 pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::{
     Action, Agent, AgentTls, HostPattern, HttpNarrowing, Location, Operation, OperationSet,
-    PortRange, Protocol, Resource, Rule, Selector, TlsMode, UnknownOperation, UpstreamTls,
-    glob_matches,
+    PortRange, Protocol, Resource, Rule, Selector, SupportedProtocols, TlsMode, UnknownOperation,
+    UpstreamTls, glob_matches,
 };
 use model::{OperationMatch, Specificity};
 

@@ -144,6 +144,7 @@ pub enum Protocol {
     Mysql,
     Http,
     Kubernetes,
+    Ssh,
     /// DNS (UDP and TCP port 53), answered by the daemon's resolver: each query is the
     /// operation `read`.
     Dns,
@@ -158,8 +159,57 @@ impl Protocol {
             Self::Mysql => "mysql",
             Self::Http => "http",
             Self::Kubernetes => "kubernetes",
+            Self::Ssh => "ssh",
             Self::Dns => "dns",
         }
+    }
+
+    /// Every protocol a policy file can name.
+    pub const ALL: [Protocol; 7] = [
+        Self::Tcp,
+        Self::Postgres,
+        Self::Mysql,
+        Self::Http,
+        Self::Kubernetes,
+        Self::Ssh,
+        Self::Dns,
+    ];
+}
+
+/// The protocols whose rules this sluice can enforce: `tcp` and `dns` (the core relays
+/// and resolves them) and each protocol with a registered decoder. The binary gets it
+/// from the protocol registry and hands it to the policy loader, which refuses a
+/// policy naming any other: a rule that would never be applied must not load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupportedProtocols(Vec<Protocol>);
+
+impl SupportedProtocols {
+    /// Only what the core serves itself: `tcp` and `dns`.
+    pub fn core() -> Self {
+        Self(vec![Protocol::Tcp, Protocol::Dns])
+    }
+
+    /// Every protocol (for tests of the policy model alone).
+    pub fn all() -> Self {
+        Self(Protocol::ALL.to_vec())
+    }
+
+    /// These and `more`.
+    pub fn with(mut self, more: impl IntoIterator<Item = Protocol>) -> Self {
+        for protocol in more {
+            if !self.0.contains(&protocol) {
+                self.0.push(protocol);
+            }
+        }
+        self
+    }
+
+    pub fn contains(&self, protocol: Protocol) -> bool {
+        self.0.contains(&protocol)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Protocol> + '_ {
+        self.0.iter().copied()
     }
 }
 

@@ -16,4 +16,60 @@ pub mod request;
 pub mod scrub;
 pub mod tls;
 
-pub use proxy::{HttpSession, serve};
+use proxy::serve;
+
+use std::{
+    path::Path,
+    sync::{Arc, OnceLock},
+};
+
+use crate::{
+    pipeline::{BoxFuture, ByteStream, Closed, SessionInfo, Upstream},
+    policy::Protocol,
+};
+
+/// The `http` protocol handler: holds the local CA for every session.
+#[derive(Default)]
+pub struct Handler {
+    ca: OnceLock<Arc<ca::LocalCa>>,
+}
+
+impl super::ProtocolHandler for Handler {
+    fn protocol(&self) -> Protocol {
+        Protocol::Http
+    }
+
+    fn prepare(&self, state_dir: &Path, public_dir: Option<&Path>) -> Result<(), String> {
+        let local = ca::LocalCa::load_or_create(&ca::CaPaths::in_state_dir(state_dir))
+            .map_err(|error| format!("local CA: {error}"))?;
+        if let Some(dir) = public_dir {
+            match ca::publish(local.certificate_pem(), dir) {
+                Ok(bundle) => tracing::info!(
+                    bundle = %bundle.display(),
+                    fingerprint = %local.fingerprint(),
+                    "local CA ready (agents started with `sluice run` trust it)"
+                ),
+                Err(error) => tracing::warn!(%error, "cannot publish the local CA for agents"),
+            }
+        }
+        let _ = self.ca.set(Arc::new(local));
+        Ok(())
+    }
+
+    fn serve<'a>(
+        &'a self,
+        session: SessionInfo,
+        agent: Box<dyn ByteStream>,
+        upstream: Upstream,
+    ) -> BoxFuture<'a, Closed> {
+        Box::pin(async move {
+            let Some(ca) = self.ca.get() else {
+                return Closed::from("local_ca: not loaded".to_owned());
+            };
+            let Upstream::Dialled(upstream) = upstream else {
+                return Closed::from("upstream: not dialled".to_owned());
+            };
+            Closed::from(serve(session, Arc::clone(ca), agent, upstream).await)
+        })
+    }
+}

@@ -3,8 +3,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
-    path::PathBuf,
     pin::Pin,
     sync::{
         Arc,
@@ -24,7 +22,6 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
-    net::TcpStream,
     sync::Mutex,
 };
 
@@ -38,12 +35,12 @@ use super::{
     tls,
 };
 use crate::{
-    approvals::{ApprovalBroker, HoldRequest, Outcome, Resolution},
-    credentials::Credentials,
-    events::{Activity, Context as EventContext, Event},
-    policy::{Action, AgentFacts, Decision, PolicyHandle, Resource, TlsMode},
+    approvals::{Outcome, Resolution},
+    events::{Activity, Event},
+    pipeline::{ByteStream, Details, Operation, Pipeline, SessionInfo, approval_record},
+    policy::{Action, Decision, TlsMode},
     relay::ByteCounts,
-    store::{ApprovalRecord, Durability, StatementRecord, Store},
+    store::{ApprovalRecord, Durability, StatementRecord},
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,25 +52,6 @@ const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_FORM_BODY: usize = 1024 * 1024;
 /// The most of a response body buffered to mask it; above it the response is refused.
 const MAX_MASKED_BODY: usize = 8 * 1024 * 1024;
-
-/// What the proxy needs to know about its session.
-pub struct HttpSession {
-    pub session_id: u64,
-    pub agent: String,
-    pub pid: u32,
-    pub uid: u32,
-    pub exe: Option<PathBuf>,
-    pub resource: Resource,
-    pub destination: SocketAddr,
-    pub policy: Arc<PolicyHandle>,
-    pub credentials: Arc<Credentials>,
-    pub store: Store,
-    pub approvals: Arc<ApprovalBroker>,
-    /// The HMAC key of the `hash` masking strategy.
-    pub mask_key: Arc<[u8]>,
-    pub audit_context: EventContext,
-    pub ca: Arc<LocalCa>,
-}
 
 /// What the first bytes of a connection say it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,11 +83,12 @@ pub fn recognise(bytes: &[u8]) -> Option<FirstBytes> {
 
 /// Runs the connection to its end and returns the close reason.
 pub async fn serve(
-    session: HttpSession,
-    mut agent: TcpStream,
-    upstream: TcpStream,
-    counts: &ByteCounts,
+    session: SessionInfo,
+    ca: Arc<LocalCa>,
+    mut agent: Box<dyn ByteStream>,
+    upstream: Box<dyn ByteStream>,
 ) -> String {
+    let counts = Arc::clone(&session.counts);
     let mut first = Vec::with_capacity(64);
     let kind = loop {
         if let Some(kind) = recognise(&first) {
@@ -123,9 +102,9 @@ pub async fn serve(
             Err(_) => return "protocol_error: the agent sent nothing to recognise".into(),
         }
     };
-    let shared = Arc::new(Shared::new(session));
+    let shared = Arc::new(Shared::new(session, ca));
     let tally = Arc::new(Tally::default());
-    let reason = dispatch(shared, kind, first, agent, upstream, counts, &tally).await;
+    let reason = dispatch(shared, kind, first, agent, upstream, &counts, &tally).await;
     counts
         .up
         .fetch_add(tally.up.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -139,8 +118,8 @@ async fn dispatch(
     shared: Arc<Shared>,
     kind: FirstBytes,
     first: Vec<u8>,
-    mut agent: TcpStream,
-    upstream: TcpStream,
+    mut agent: Box<dyn ByteStream>,
+    upstream: Box<dyn ByteStream>,
     counts: &ByteCounts,
     tally: &Arc<Tally>,
 ) -> String {
@@ -153,8 +132,14 @@ async fn dispatch(
                 return format!("upstream i/o: {error}");
             }
             tracing::info!("TLS passthrough (resource says tls.mode = passthrough)");
-            let end = crate::relay::relay(agent, upstream, counts).await;
-            format!("tls_passthrough: {}", end.close_reason())
+            match tokio::io::copy_bidirectional(&mut agent, &mut upstream).await {
+                Ok((up, down)) => {
+                    counts.up.fetch_add(up, Ordering::Relaxed);
+                    counts.down.fetch_add(down, Ordering::Relaxed);
+                    "tls_passthrough: closed".into()
+                }
+                Err(error) => format!("tls_passthrough: {error}"),
+            }
         }
         FirstBytes::TlsClientHello => {
             let agent = Counted::new(Prefixed::new(first, agent), tally);
@@ -192,11 +177,15 @@ async fn dispatch(
     }
 }
 
-async fn serve_plain<S>(shared: Arc<Shared>, agent: S, upstream: TcpStream, h2: bool) -> String
+async fn serve_plain<S>(
+    shared: Arc<Shared>,
+    agent: S,
+    upstream: Box<dyn ByteStream>,
+    h2: bool,
+) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _ = upstream.set_nodelay(true);
     let sender = match Upstream::handshake(upstream, h2).await {
         Ok(sender) => sender,
         Err(error) => return format!("upstream i/o: {error}"),
@@ -211,7 +200,7 @@ where
     connection.serve(agent, h2).await
 }
 
-async fn intercept_tls<S>(shared: Arc<Shared>, agent: S, upstream: TcpStream) -> String
+async fn intercept_tls<S>(shared: Arc<Shared>, agent: S, upstream: Box<dyn ByteStream>) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -244,11 +233,10 @@ where
     let Some(name) = tls::upstream_name(
         sni.as_deref(),
         resource.tls.server_name.as_deref(),
-        shared.session.destination.ip(),
+        shared.session.upstream_addr.ip(),
     ) else {
         return "protocol_error: the SNI is not a valid server name".into();
     };
-    let _ = upstream.set_nodelay(true);
     let upstream = match tokio_rustls::TlsConnector::from(client_config)
         .connect(name, upstream)
         .await
@@ -268,8 +256,8 @@ where
     let chosen = upstream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let leaf_name = sni
         .clone()
-        .unwrap_or_else(|| shared.session.destination.ip().to_string());
-    let leaf = match shared.session.ca.leaf(&leaf_name) {
+        .unwrap_or_else(|| shared.session.upstream_addr.ip().to_string());
+    let leaf = match shared.ca.leaf(&leaf_name) {
         Ok(leaf) => leaf,
         Err(error) => return format!("local_ca: {error}"),
     };
@@ -360,23 +348,17 @@ impl Upstream {
 
 /// What every request of the connection shares.
 struct Shared {
-    session: HttpSession,
+    session: SessionInfo,
+    ca: Arc<LocalCa>,
     seq: AtomicU64,
 }
 
 impl Shared {
-    fn new(session: HttpSession) -> Self {
+    fn new(session: SessionInfo, ca: Arc<LocalCa>) -> Self {
         Self {
             session,
+            ca,
             seq: AtomicU64::new(1),
-        }
-    }
-
-    fn facts(&self) -> AgentFacts<'_> {
-        AgentFacts {
-            agent: &self.session.agent,
-            uid: self.session.uid,
-            exe: self.session.exe.as_deref(),
         }
     }
 
@@ -397,8 +379,18 @@ impl Shared {
             String::new(),
         );
         facts.error = Some(reason.to_owned());
-        self.store(facts.into_record(self.session.session_id, &decision))
-            .await;
+        self.finish(&facts, &decision).await;
+    }
+
+    /// Records a finished request: its result alone when its `statement` event was
+    /// already written, else both.
+    async fn finish(&self, facts: &RequestFacts, decision: &Decision) {
+        let record = facts.record(self, decision);
+        if facts.announced {
+            self.session.store_result(record).await;
+        } else {
+            self.store(record).await;
+        }
     }
 
     async fn store(&self, record: StatementRecord) {
@@ -428,7 +420,7 @@ impl Shared {
         let policy = self.session.policy.current();
         policy.decide_http_with_grants(
             &self.session.policy.grants(),
-            &self.facts(),
+            &self.session.facts(),
             &self.session.resource.name,
             method_class(method),
             (method, host, path),
@@ -455,6 +447,8 @@ struct RequestFacts {
     masked: std::collections::BTreeMap<String, u64>,
     error: Option<String>,
     approval: Option<ApprovalRecord>,
+    /// Its `statement` event is written (before it went upstream).
+    announced: bool,
 }
 
 impl RequestFacts {
@@ -476,6 +470,7 @@ impl RequestFacts {
             masked: Default::default(),
             error: None,
             approval: None,
+            announced: false,
         }
     }
 
@@ -490,7 +485,8 @@ impl RequestFacts {
         line
     }
 
-    fn into_record(self, session_id: u64, decision: &Decision) -> StatementRecord {
+    /// The request as an operation of the pipeline.
+    fn operation(&self) -> Operation {
         let mut parameters = vec![
             format!("bytes_up={}", self.bytes_up),
             format!("bytes_down={}", self.bytes_down),
@@ -503,28 +499,44 @@ impl RequestFacts {
                 .iter()
                 .map(|name| format!("header={name}")),
         );
-        let mut record = StatementRecord::begun(
-            session_id,
-            self.seq,
-            self.line(),
-            self.operation.clone(),
-            "http".into(),
-            decision.record(),
-        );
+        Operation {
+            protocol: crate::policy::Protocol::Http,
+            class: self
+                .operation
+                .parse()
+                .unwrap_or(crate::policy::Operation::Unparsed),
+            verb: "http".into(),
+            targets: if self.host.is_empty() {
+                Vec::new()
+            } else {
+                vec![self.host.clone()]
+            },
+            summary: crate::pipeline::truncated(self.line()),
+            parameters,
+            details: Details::Http {
+                method: self.method.clone(),
+                host: self.host.clone(),
+                path: self.path.clone(),
+                query_keys: self.query_names.clone(),
+                status: self.status,
+            },
+            unmaskable: None,
+        }
+    }
+
+    /// The request's operation record (the pipeline's shape), numbered in the
+    /// connection's order.
+    fn record(&self, shared: &Shared, decision: &Decision) -> StatementRecord {
+        let mut record = Pipeline::new(&shared.session).record(&self.operation(), decision);
+        record.seq = self.seq;
         record.started_at = self.started_at;
-        record.tables = if self.host.is_empty() {
-            Vec::new()
-        } else {
-            vec![self.host.clone()]
-        };
         record.params = self.query_names.len();
-        record.parameters = parameters;
         record.duration_us =
             Some(self.started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
         record.tag = self.status.map(|status| status.to_string());
-        record.error = self.error;
-        record.masked = self.masked;
-        record.approval = self.approval;
+        record.error = self.error.clone();
+        record.masked = self.masked.clone();
+        record.approval = self.approval.clone();
         record
     }
 }
@@ -631,9 +643,7 @@ impl Connection {
             mask: None,
             timeout: None,
         };
-        self.shared
-            .store(facts.into_record(self.shared.session.session_id, &decision))
-            .await;
+        self.shared.finish(&facts, &decision).await;
         let body =
             serde_json::json!({ "error": "refused by sluice", "reason": problem }).to_string();
         let response = format!(
@@ -1042,6 +1052,30 @@ impl Connection {
                     .await;
             }
         };
+        // The `statement` event is in the audit log (durably in strict mode) before the
+        // request goes upstream; the daemon fails closed when it cannot be written.
+        let announcement = facts.record(shared, &decision);
+        let session = &shared.session;
+        if let Err(error) = session
+            .store
+            .append(
+                Event::now(
+                    session.audit_context.clone(),
+                    Activity::statement(&announcement),
+                ),
+                session.store.audit_durability(),
+            )
+            .await
+        {
+            return self
+                .refuse(
+                    facts,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("audit_log_unavailable: {error}"),
+                )
+                .await;
+        }
+        facts.announced = true;
         let mut response = match self.upstream.send(upstream_request).await {
             Ok(response) => response,
             Err(error) if body_failed.load(Ordering::Relaxed) => {
@@ -1175,72 +1209,12 @@ impl Connection {
     }
 
     async fn hold(&self, facts: &RequestFacts, decision: &Decision) -> Resolution {
-        let session = &self.shared.session;
-        let request = HoldRequest {
-            session_id: session.session_id,
-            statement_seq: facts.seq,
-            agent: session.agent.clone(),
-            pid: session.pid,
-            uid: session.uid,
-            resource: session.resource.name.clone(),
-            sql: facts.line(),
-            kind: "http".into(),
-            operation: facts.operation.clone(),
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
-            timeout: decision.timeout,
-        };
-        let mut hold = match session.approvals.hold(request) {
-            Ok(hold) => hold,
-            Err(error) => {
-                tracing::error!(%error, "cannot hold a request for approval: denying it");
-                return Resolution {
-                    id: 0,
-                    outcome: Outcome::Denied,
-                    approver: None,
-                    reason: format!("it could not be held for approval: {error}"),
-                    waited: Duration::ZERO,
-                };
-            }
-        };
-        self.audit(Activity::ApprovalRequested {
-            approval_id: hold.id(),
-            statement_seq: facts.seq,
-            rule: decision.rule.clone(),
-            timeout_s: decision
-                .timeout
-                .unwrap_or_else(|| session.approvals.default_timeout())
-                .as_secs(),
-        })
-        .await;
-        let resolution = hold.resolution().await;
-        drop(hold);
-        crate::metrics::global().approval(resolution.outcome);
-        self.audit(Activity::ApprovalDecided {
-            approval_id: resolution.id,
-            statement_seq: facts.seq,
-            outcome: resolution.outcome.as_str().to_owned(),
-            approver_uid: resolution.approver.as_ref().map(|a| a.uid),
-            approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
-            reason: Some(resolution.reason.clone()),
-            waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
-        })
-        .await;
-        resolution
-    }
-
-    async fn audit(&self, activity: Activity) {
-        let session = &self.shared.session;
-        if let Err(error) = session
-            .store
-            .append(
-                Event::now(session.audit_context.clone(), activity),
-                session.store.audit_durability(),
-            )
+        let record = facts.record(&self.shared, decision);
+        // hyper gives no signal that the agent left while its request waits; the hold's
+        // timeout bounds the wait.
+        Pipeline::new(&self.shared.session)
+            .hold(&record, decision, std::future::pending())
             .await
-        {
-            tracing::error!(%error, "cannot append an approval event to the audit log");
-        }
     }
 
     async fn deny(&self, mut facts: RequestFacts, decision: Decision) -> Response<ProxyBody> {
@@ -1251,9 +1225,7 @@ impl Connection {
             "rule": decision.rule,
             "reason": decision.reason,
         });
-        self.shared
-            .store(facts.into_record(self.shared.session.session_id, &decision))
-            .await;
+        self.shared.finish(&facts, &decision).await;
         json_response(StatusCode::FORBIDDEN, &body)
     }
 
@@ -1275,9 +1247,7 @@ impl Connection {
             mask: None,
             timeout: None,
         };
-        self.shared
-            .store(facts.into_record(self.shared.session.session_id, &decision))
-            .await;
+        self.shared.finish(&facts, &decision).await;
         let body = serde_json::json!({ "error": "refused by sluice", "reason": reason });
         json_response(status, &body)
     }
@@ -1397,17 +1367,6 @@ fn injection(
     Ok((name, value, secrets))
 }
 
-fn approval_record(resolution: &Resolution) -> ApprovalRecord {
-    ApprovalRecord {
-        id: resolution.id,
-        outcome: resolution.outcome.as_str().to_owned(),
-        approver_uid: resolution.approver.as_ref().map(|a| a.uid),
-        approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
-        reason: resolution.reason.clone(),
-        waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
-    }
-}
-
 /// A response body on its way to the agent: counted, scrubbed when a credential was
 /// injected, and recorded when it ends (or the agent drops it).
 struct Recorded<B> {
@@ -1461,10 +1420,17 @@ impl<B> Drop for Recorded<B> {
             facts.error =
                 Some("the response did not finish (the agent or upstream went away)".into());
         }
-        let record = facts.into_record(self.shared.session.session_id, &self.decision);
+        let record = facts.record(&self.shared, &self.decision);
+        let announced = facts.announced;
         let shared = Arc::clone(&self.shared);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { shared.store(record).await });
+            runtime.spawn(async move {
+                if announced {
+                    shared.session.store_result(record).await;
+                } else {
+                    shared.store(record).await;
+                }
+            });
         }
     }
 }
