@@ -188,6 +188,131 @@ action = "allow"
     );
     assert_eq!(post["decision"]["rule"], "comment-only");
     assert_eq!(text(post, "tag"), "200");
+
+    // `policy explain --http` decides as the proxy did, path normalisation included.
+    for (request, rule) in [
+        ("DELETE https://api.test/api/repos/acme/api", "default-deny"),
+        (
+            "POST https://api.test/api/repos/acme/x/issues/1/comments",
+            "comment-only",
+        ),
+        ("GET /api/repos/acme/api/../other", "read-api"),
+    ] {
+        let output = daemon.sluice(&[
+            "policy",
+            "explain",
+            "--agent",
+            "ci-bot",
+            "--resource",
+            "api",
+            "--http",
+            request,
+            "--json",
+        ]);
+        assert!(output.status.success(), "{output:?}");
+        let explained: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        assert_eq!(
+            explained["decision"]["rule"], rule,
+            "{request}: {explained:#}"
+        );
+    }
+    let narrowed = daemon.sluice(&[
+        "policy",
+        "explain",
+        "--agent",
+        "ci-bot",
+        "--resource",
+        "api",
+        "--http",
+        "POST https://api.test/api/repos/acme/api/labels",
+        "--json",
+    ]);
+    let explained: Value = serde_json::from_slice(&narrowed.stdout).expect("JSON");
+    assert_eq!(explained["decision"]["action"], "deny", "{explained:#}");
+}
+
+#[test]
+fn connect_through_https_proxy_opens_a_judged_and_intercepted_tunnel() {
+    let nginx = Nginx::start();
+    let proxy = r#"
+[[resource]]
+name = "egress-proxy"
+addresses = ["127.0.0.3"]
+ports = [3128]
+protocol = "http"
+
+[[rule]]
+agent = "ci-bot"
+resource = "egress-proxy"
+operations = ["connect"]
+action = "allow"
+
+[[rule]]
+agent = "ci-bot"
+resource = "api"
+operations = ["read"]
+action = "allow"
+"#;
+    let daemon = daemon(&policy(&nginx, None, proxy));
+    let url = nginx.url(HOST, "/echo");
+    let output = daemon.run_agent(
+        "ci-bot",
+        "env",
+        &[
+            "HTTPS_PROXY=http://127.0.0.3:3128",
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            &url,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log()
+    );
+    // Intercepted inside the tunnel: the token was injected and scrubbed on the way back.
+    assert!(
+        stdout.contains("authorization=Bearer [sluice:scrubbed]"),
+        "{stdout}"
+    );
+    let log = nginx.access_log();
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert!(
+        log[0].contains(&format!("auth=\"Bearer {TOKEN}\"")),
+        "{log:#?}"
+    );
+    // The tunnel is a session of its own, linked to the proxy connection.
+    let tunnel = daemon.closed_session("ci-bot", &format!("{HOST}:{}", nginx.tls_port));
+    assert!(tunnel["parent_session"].as_u64().is_some(), "{tunnel:#}");
+    let parent = daemon.closed_session("ci-bot", "127.0.0.3:3128");
+    assert!(
+        text(&parent, "close_reason").starts_with("http_connect: tunnel session"),
+        "{parent:#}"
+    );
+
+    // CONNECT to a destination no rule allows is refused with 403.
+    let output = daemon.run_agent(
+        "ci-bot",
+        "env",
+        &[
+            "HTTPS_PROXY=http://127.0.0.3:3128",
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "https://127.0.0.9:4443/",
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]

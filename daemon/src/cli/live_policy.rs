@@ -25,10 +25,14 @@ pub struct ExplainArgs {
     /// SQL to classify and decide, as the resource's proxy (PostgreSQL or MySQL) would.
     #[arg(
         long,
-        conflicts_with = "operation",
-        required_unless_present = "operation"
+        conflicts_with_all = ["operation", "http"],
+        required_unless_present_any = ["operation", "http"]
     )]
     pub sql: Option<String>,
+    /// An HTTP request to decide, `"METHOD URL"`, as the resource's HTTP proxy would
+    /// (the path normalised, the rules' `http` narrowing applied).
+    #[arg(long, conflicts_with = "operation")]
+    pub http: Option<String>,
     /// An operation class to decide (`connect`, `read`, `write`, ...).
     #[arg(long)]
     pub operation: Option<Operation>,
@@ -130,6 +134,7 @@ pub async fn explain(
         resource: args.resource,
         sql: args.sql,
         operation: args.operation,
+        http: args.http,
         uid: args.uid,
         exe: args.exe,
     };

@@ -9,6 +9,7 @@
 //! check` cannot disagree.
 
 mod grants;
+mod http_path;
 mod live;
 mod load;
 mod model;
@@ -23,6 +24,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use grants::{Grant, GrantState};
+pub use http_path::{TargetError, method_class, normalise_path};
 pub use live::{
     ExplainError, ExplainQuestion, ExplainedStatement, Explanation, PolicyHandle, RejectedReload,
     ReloadStatus, unmaskable_output,

@@ -24,7 +24,7 @@ use std::{
 };
 
 use crate::{
-    pipeline::{BoxFuture, ByteStream, Closed, SessionInfo, Upstream},
+    pipeline::{BoxFuture, ByteStream, Closed, Dial, SessionInfo, Upstream},
     policy::Protocol,
 };
 
@@ -37,6 +37,11 @@ pub struct Handler {
 impl super::ProtocolHandler for Handler {
     fn protocol(&self) -> Protocol {
         Protocol::Http
+    }
+
+    /// The handler dials: a CONNECT names the proxy's own address, never dialled.
+    fn dial(&self) -> Dial {
+        Dial::ByHandler
     }
 
     fn prepare(&self, state_dir: &Path, public_dir: Option<&Path>) -> Result<(), String> {
@@ -66,10 +71,12 @@ impl super::ProtocolHandler for Handler {
             let Some(ca) = self.ca.get() else {
                 return Closed::from("local_ca: not loaded".to_owned());
             };
-            let Upstream::Dialled(upstream) = upstream else {
-                return Closed::from("upstream: not dialled".to_owned());
-            };
-            Closed::from(serve(session, Arc::clone(ca), agent, upstream).await)
+            drop(upstream);
+            let (reason, upstream_local) = serve(session, Arc::clone(ca), agent).await;
+            Closed {
+                reason,
+                upstream_local,
+            }
         })
     }
 }

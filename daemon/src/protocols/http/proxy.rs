@@ -81,13 +81,15 @@ pub fn recognise(bytes: &[u8]) -> Option<FirstBytes> {
     }
 }
 
-/// Runs the connection to its end and returns the close reason.
+/// Runs the connection to its end and returns the close reason and the daemon's own
+/// address on the upstream connection. The handler dials itself: a `CONNECT` is
+/// answered by sluice (the proxy the agent named), never dialled.
 pub async fn serve(
     session: SessionInfo,
     ca: Arc<LocalCa>,
-    mut agent: Box<dyn ByteStream>,
-    upstream: Box<dyn ByteStream>,
-) -> String {
+    agent: Box<dyn ByteStream>,
+) -> (String, Option<String>) {
+    let mut agent = agent;
     let counts = Arc::clone(&session.counts);
     let mut first = Vec::with_capacity(64);
     let kind = loop {
@@ -96,13 +98,45 @@ pub async fn serve(
         }
         let mut chunk = [0u8; 64];
         match tokio::time::timeout(FIRST_BYTES_TIMEOUT, agent.read(&mut chunk)).await {
-            Ok(Ok(0)) => return "closed before sending anything".into(),
+            Ok(Ok(0)) => return ("closed before sending anything".into(), None),
             Ok(Ok(read)) => first.extend_from_slice(&chunk[..read]),
-            Ok(Err(error)) => return format!("agent i/o: {error}"),
-            Err(_) => return "protocol_error: the agent sent nothing to recognise".into(),
+            Ok(Err(error)) => return (format!("agent i/o: {error}"), None),
+            Err(_) => {
+                return (
+                    "protocol_error: the agent sent nothing to recognise".into(),
+                    None,
+                );
+            }
         }
     };
     let shared = Arc::new(Shared::new(session, ca));
+    if kind == FirstBytes::Connect {
+        let reason = connect_tunnel(&shared, first, agent).await;
+        return (reason, None);
+    }
+    if kind == FirstBytes::Other {
+        shared
+            .record_refusal(
+                "",
+                "the connection is neither TLS nor HTTP (an http resource only carries HTTP)",
+            )
+            .await;
+        tracing::warn!("not HTTP on an http resource: refused");
+        return ("protocol_error: not HTTP on an http resource".into(), None);
+    }
+    let upstream = match tokio::time::timeout(
+        shared.session.upstream_connect_timeout,
+        tokio::net::TcpStream::connect(shared.session.upstream_addr),
+    )
+    .await
+    {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(error)) => return (format!("upstream_unreachable: {error}"), None),
+        Err(_) => return ("upstream_unreachable: timed out".into(), None),
+    };
+    let _ = upstream.set_nodelay(true);
+    let upstream_local = upstream.local_addr().ok().map(|addr| addr.to_string());
+    let upstream: Box<dyn ByteStream> = Box::new(upstream);
     let tally = Arc::new(Tally::default());
     let reason = dispatch(shared, kind, first, agent, upstream, &counts, &tally).await;
     counts
@@ -111,7 +145,141 @@ pub async fn serve(
     counts
         .down
         .fetch_add(tally.down.load(Ordering::Relaxed), Ordering::Relaxed);
-    reason
+    (reason, upstream_local)
+}
+
+/// The most of a CONNECT request head read.
+const MAX_CONNECT_HEAD: usize = 8 * 1024;
+
+/// `CONNECT host:port`, from agents that honour HTTPS_PROXY: what follows is a new
+/// connection to that destination, judged again and recorded as a session of its own
+/// (linked to this one), then served by its resource's protocol (intercepted again
+/// when it is an `http` resource).
+async fn connect_tunnel(
+    shared: &Shared,
+    mut head: Vec<u8>,
+    mut agent: Box<dyn ByteStream>,
+) -> String {
+    let session = &shared.session;
+    shared
+        .session
+        .counts
+        .up
+        .fetch_add(head.len() as u64, Ordering::Relaxed);
+    let end = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if head.len() > MAX_CONNECT_HEAD {
+            return "protocol_error: CONNECT head too long".into();
+        }
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(FIRST_BYTES_TIMEOUT, agent.read(&mut chunk)).await {
+            Ok(Ok(read)) if read > 0 => {
+                session.counts.up.fetch_add(read as u64, Ordering::Relaxed);
+                head.extend_from_slice(&chunk[..read]);
+            }
+            _ => return "protocol_error: incomplete CONNECT request".into(),
+        }
+    };
+    let leftover = head.split_off(end);
+    if let Err(problem) = check_head(&head) {
+        let _ = agent.write_all(&raw_response(400, problem)).await;
+        shared.record_refusal("CONNECT", problem).await;
+        return format!("protocol_error: {problem}");
+    }
+    let line = String::from_utf8_lossy(&head);
+    let authority = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let host = super::request::host_without_port(&authority);
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    let Some(port) = port.filter(|_| !host.is_empty()) else {
+        let _ = agent
+            .write_all(&raw_response(400, "CONNECT needs host:port"))
+            .await;
+        shared
+            .record_refusal("CONNECT", "CONNECT needs host:port")
+            .await;
+        return "protocol_error: CONNECT without host:port".into();
+    };
+    let (destination, host_name) = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => (std::net::SocketAddr::new(ip, port), None),
+        Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(mut addresses) => match addresses.next() {
+                Some(address) => (address, Some(host.clone())),
+                None => {
+                    let _ = agent
+                        .write_all(&raw_response(502, "no address for the host"))
+                        .await;
+                    return format!("http_connect: no address for {host}");
+                }
+            },
+            Err(error) => {
+                let _ = agent
+                    .write_all(&raw_response(502, "the host does not resolve"))
+                    .await;
+                return format!("http_connect: {host} does not resolve: {error}");
+            }
+        },
+    };
+    let target = crate::pipeline::NestedTarget {
+        destination,
+        host_name,
+        via: "http_connect",
+    };
+    match session.nested.open(session, target).await {
+        Ok(nested) => {
+            let id = nested.id();
+            let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+            if let Err(error) = agent.write_all(established).await {
+                return format!("agent i/o: {error}");
+            }
+            session
+                .counts
+                .down
+                .fetch_add(established.len() as u64, Ordering::Relaxed);
+            tracing::info!(tunnel_session = id, %authority, "CONNECT tunnel opened");
+            let reason = nested.serve(Box::new(Prefixed::new(leftover, agent))).await;
+            format!("http_connect: tunnel session {id}: {reason}")
+        }
+        Err(crate::pipeline::NestedRefusal::Denied { rule, reason }) => {
+            let body =
+                serde_json::json!({ "error": "denied by sluice", "rule": rule, "reason": reason });
+            let _ = agent.write_all(&raw_json_response(403, &body)).await;
+            format!("http_connect: {authority} denied by rule `{rule}`")
+        }
+        Err(refusal) => {
+            let _ = agent
+                .write_all(&raw_response(502, &refusal.to_string()))
+                .await;
+            format!("http_connect: {refusal}")
+        }
+    }
+}
+
+fn raw_response(status: u16, reason: &str) -> Vec<u8> {
+    raw_json_response(
+        status,
+        &serde_json::json!({ "error": "refused by sluice", "reason": reason }),
+    )
+}
+
+fn raw_json_response(status: u16, body: &serde_json::Value) -> Vec<u8> {
+    let body = body.to_string();
+    let text = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("Error");
+    format!(
+        "HTTP/1.1 {status} {text}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 async fn dispatch(
@@ -153,26 +321,8 @@ async fn dispatch(
             let agent = Counted::new(Prefixed::new(first, agent), tally);
             serve_plain(shared, agent, upstream, true).await
         }
-        FirstBytes::Connect => {
-            let _ = agent
-                .write_all(
-                    b"HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 78\r\n\r\n{\"error\":\"refused\",\"reason\":\"sluice does not relay CONNECT to this resource\"}",
-                )
-                .await;
-            shared
-                .record_refusal("CONNECT", "CONNECT to an http resource is not relayed")
-                .await;
-            "protocol_error: CONNECT refused".into()
-        }
-        FirstBytes::Other => {
-            shared
-                .record_refusal(
-                    "",
-                    "the connection is neither TLS nor HTTP (an http resource only carries HTTP)",
-                )
-                .await;
-            tracing::warn!("not HTTP on an http resource: refused");
-            "protocol_error: not HTTP on an http resource".into()
+        FirstBytes::Connect | FirstBytes::Other => {
+            "protocol_error: not served here (recognised before dialling)".into()
         }
     }
 }
