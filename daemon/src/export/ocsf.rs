@@ -55,6 +55,12 @@ pub const DNS_ACTIVITY: Class = Class {
     category_uid: 4,
     category_name: "Network Activity",
 };
+pub const HTTP_ACTIVITY: Class = Class {
+    uid: 4002,
+    name: "HTTP Activity",
+    category_uid: 4,
+    category_name: "Network Activity",
+};
 pub const DATASTORE_ACTIVITY: Class = Class {
     uid: 6005,
     name: "Datastore Activity",
@@ -121,8 +127,16 @@ struct Mapped {
 /// `stored` as an OCSF event object.
 pub fn event(stored: &StoredEvent) -> Value {
     let event = &stored.event;
-    let class = class_of(&event.activity);
-    let mapped = activity_fields(&event.activity, &event.context, &event.host);
+    let http = is_http_operation(&event.activity, &event.context);
+    let class = if http {
+        HTTP_ACTIVITY
+    } else {
+        class_of(&event.activity)
+    };
+    let mut mapped = activity_fields(&event.activity, &event.context, &event.host);
+    if http {
+        http_fields(&mut mapped, &event.activity);
+    }
     let type_uid = u64::from(class.uid) * 100 + u64::from(mapped.activity_id);
     let mut object = json!({
         "activity_id": mapped.activity_id,
@@ -508,6 +522,61 @@ fn activity_fields(activity: &Activity, context: &Context, host: &str) -> Mapped
 }
 
 /// Datastore Activity's objects: the statement, the database and its first table.
+/// A request on an `http` resource: HTTP Activity (4002), not Datastore Activity.
+fn is_http_operation(activity: &Activity, context: &Context) -> bool {
+    matches!(
+        activity,
+        Activity::Statement { .. } | Activity::StatementResult { .. }
+    ) && context.protocol.as_deref() == Some("http")
+}
+
+/// Turns a request's Datastore mapping into HTTP Activity's: the activity by method,
+/// `http_request` (method and URL, no query values: the summary holds only their
+/// names) and `http_response` (the status).
+fn http_fields(mapped: &mut Mapped, activity: &Activity) {
+    for key in ["query_info", "database", "table", "type_id", "type"] {
+        mapped.fields.remove(key);
+    }
+    match activity {
+        Activity::Statement { sql, .. } => {
+            let (method, target) = sql.split_once(' ').unwrap_or((sql.as_str(), ""));
+            let (hostname, path) = match target.find('/') {
+                Some(slash) => (&target[..slash], &target[slash..]),
+                None => (target, "/"),
+            };
+            let path = path.split('?').next().unwrap_or("/");
+            (mapped.activity_id, mapped.activity_name) = match method {
+                "CONNECT" => (1, "Connect"),
+                "DELETE" => (2, "Delete"),
+                "GET" => (3, "Get"),
+                "HEAD" => (4, "Head"),
+                "OPTIONS" => (5, "Options"),
+                "POST" => (6, "Post"),
+                "PUT" => (7, "Put"),
+                "TRACE" => (8, "Trace"),
+                "PATCH" => (9, "Patch"),
+                _ => (99, "Other"),
+            };
+            mapped.fields.insert(
+                "http_request".into(),
+                json!({
+                    "http_method": method,
+                    "url": {"hostname": hostname, "path": path, "url_string": target},
+                }),
+            );
+        }
+        Activity::StatementResult { tag, .. } => {
+            (mapped.activity_id, mapped.activity_name) = (99, "Other");
+            if let Some(code) = tag.as_deref().and_then(|tag| tag.parse::<u16>().ok()) {
+                mapped
+                    .fields
+                    .insert("http_response".into(), json!({"code": code}));
+            }
+        }
+        _ => {}
+    }
+}
+
 fn datastore(
     fields: &mut Map<String, Value>,
     context: &Context,

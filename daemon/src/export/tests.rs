@@ -403,3 +403,21 @@ fn jsonl_is_the_stored_event_as_it_is() {
         assert_eq!(parsed, stored);
     }
 }
+
+#[test]
+fn ocsf_maps_an_http_request_to_http_activity() {
+    let mut events = every_activity();
+    let mut request = events.swap_remove(3);
+    request.event.context.protocol = Some("http".into());
+    if let Activity::Statement { sql, .. } = &mut request.event.activity {
+        *sql = "DELETE api.test/repos/acme/api?force".into();
+    }
+    let event: Value =
+        serde_json::from_str(&render(Format::Ocsf, &request).expect("render")).expect("json");
+    assert_eq!(event["class_uid"], 4002);
+    assert_eq!(event["type_uid"], 400202);
+    assert_eq!(event["http_request"]["http_method"], "DELETE");
+    assert_eq!(event["http_request"]["url"]["hostname"], "api.test");
+    assert_eq!(event["http_request"]["url"]["path"], "/repos/acme/api");
+    assert!(event.get("query_info").is_none(), "{event:#}");
+}
