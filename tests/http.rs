@@ -882,3 +882,91 @@ fn rss_kib(pid: u32) -> u64 {
 fn hwm_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:")
 }
+
+#[test]
+fn server_sent_events_arrive_unbuffered_and_websockets_are_relayed() {
+    let nginx = Nginx::start();
+    let server = sluice_tests::http::TestServer::start();
+    let events = format!(
+        r#"
+[[resource]]
+name = "events"
+addresses = ["{HOST}"]
+ports = [{port}]
+protocol = "http"
+"#,
+        port = server.port
+    );
+    let daemon = daemon(&policy(&nginx, None, &format!("{events}{READ_ALL}")));
+    let config = daemon_config(&daemon);
+    let mut agent = std::process::Command::new(sluice_bin())
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "run",
+            "--agent",
+            "ci-bot",
+            "--",
+            "curl",
+            "-sS",
+            "-N",
+            "--max-time",
+            "60",
+        ])
+        .arg(format!("http://{HOST}:{}/sse", server.port))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start curl");
+    let stdout = agent.stdout.take().expect("stdout");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The second event is only sent once the first reached the agent: a buffering
+    // proxy would never deliver the first.
+    let first = received
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("the first event never reached the agent:\n{}", daemon.log()));
+    assert_eq!(first, "data: one");
+    server.release();
+    let rest: Vec<String> = received.iter().collect();
+    assert!(rest.contains(&"data: two".to_owned()), "{rest:?}");
+    assert!(wait_child(&mut agent).success());
+
+    // A WebSocket upgrade is judged (GET: read) and then relayed both ways.
+    let script = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+s.sendall(b"GET /ws HTTP/1.1\r\nHost: " + sys.argv[1].encode() + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1024)
+print(head.split(b"\r\n")[0].decode())
+s.sendall(b"ping over the upgrade")
+got = b""
+while len(got) < 21:
+    got += s.recv(1024)
+print(got.decode())
+"#;
+    let output = daemon.run_agent(
+        "ci-bot",
+        PYTHON,
+        &["-c", script, HOST, &server.port.to_string()],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {:?}", output);
+    assert!(stdout.starts_with("HTTP/1.1 101"), "{stdout}");
+    assert!(stdout.contains("ping over the upgrade"), "{stdout}");
+    let records = wait_for_requests(&daemon, server.port, |records| records.len() >= 2);
+    let upgrade = record_for(&records, "GET 127.0.0.2/ws");
+    assert_eq!(text(upgrade, "tag"), "101");
+}

@@ -369,3 +369,152 @@ pub fn wait_for_requests(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A small HTTP/1.1 server (hyper, plain TCP on [`HOST`]) for what nginx cannot do:
+/// `/sse` sends `data: one`, then `data: two` only once [`TestServer::release`] is
+/// called (so a test can prove the first event reached the agent unbuffered), and
+/// `/ws` upgrades to an echo of whatever the client sends.
+pub struct TestServer {
+    pub port: u16,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind((HOST, 0)).expect("bind test server");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("address").port();
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let notify = std::sync::Arc::clone(&release);
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let notify = std::sync::Arc::clone(&notify);
+                        tokio::spawn(async move {
+                            let service = hyper::service::service_fn(move |request| {
+                                let notify = std::sync::Arc::clone(&notify);
+                                async move { Ok::<_, std::convert::Infallible>(answer(request, notify)) }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Self {
+            port,
+            release,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    /// Lets `/sse` send its second event and end.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+fn answer(
+    mut request: hyper::Request<hyper::body::Incoming>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+) -> hyper::Response<TestBody> {
+    use http_body_util::BodyExt as _;
+    match request.uri().path() {
+        "/sse" => {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+            tokio::spawn(async move {
+                let _ = sender
+                    .send(bytes::Bytes::from_static(b"data: one\n\n"))
+                    .await;
+                release.notified().await;
+                let _ = sender
+                    .send(bytes::Bytes::from_static(b"data: two\n\n"))
+                    .await;
+            });
+            hyper::Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("cache-control", "no-cache")
+                .body(ChannelBody(receiver).boxed())
+                .expect("response")
+        }
+        "/ws" => {
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buffer = [0u8; 1024];
+                loop {
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    match io.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => {
+                            if io.write_all(&buffer[..read]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+            hyper::Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(http_body_util::Empty::new().boxed())
+                .expect("response")
+        }
+        _ => hyper::Response::builder()
+            .status(404)
+            .body(http_body_util::Empty::new().boxed())
+            .expect("response"),
+    }
+}
+
+/// A body fed by a channel, one data frame per message.
+struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(context)
+            .map(|chunk| chunk.map(|data| Ok(hyper::body::Frame::data(data))))
+    }
+}
