@@ -970,3 +970,71 @@ print(got.decode())
     let upgrade = record_for(&records, "GET 127.0.0.2/ws");
     assert_eq!(text(upgrade, "tag"), "101");
 }
+
+#[test]
+fn git_clone_and_push_over_https() {
+    let nginx = Nginx::start();
+    let rules = format!(
+        r#"{READ_ALL}
+[[rule]]
+name = "git-over-http"
+agent = "ci-bot"
+resource = "api"
+operations = ["write"]
+http = {{ methods = ["POST"], paths = ["/git/*/git-upload-pack", "/git/*/git-receive-pack"] }}
+action = "allow"
+"#
+    );
+    let daemon = daemon(&policy(&nginx, None, &rules));
+    let work = tempfile::tempdir().expect("tempdir");
+    let clone = work.path().join("clone");
+    let clone_text = clone.display().to_string();
+    let url = nginx.url(HOST, "/git/repo.git");
+    let output = daemon.run_agent("ci-bot", "git", &["clone", "-q", &url, &clone_text]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(clone.join("README")).expect("cloned file"),
+        "seeded\n"
+    );
+    std::fs::write(clone.join("NOTES"), "from the agent\n").expect("write");
+    let git = |args: &[&str]| {
+        let mut all = vec!["-C", clone_text.as_str()];
+        all.extend_from_slice(args);
+        let output = daemon.run_agent("ci-bot", "git", &all);
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            daemon.log()
+        );
+    };
+    git(&["add", "NOTES"]);
+    git(&[
+        "-c",
+        "user.name=agent",
+        "-c",
+        "user.email=a@test",
+        "commit",
+        "-q",
+        "-m",
+        "from the agent",
+    ]);
+    git(&["push", "-q", "origin", "main"]);
+    assert_eq!(nginx.git_log(), vec!["from the agent", "seed"]);
+    let log = nginx.access_log();
+    assert!(
+        log.iter()
+            .any(|line| line.starts_with("POST /git/repo.git/git-receive-pack 200")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .all(|line| line.contains(&format!("auth=\"Bearer {TOKEN}\""))),
+        "{log:#?}"
+    );
+}

@@ -37,6 +37,7 @@ pub const PYTHON: &str = "/usr/bin/python3";
 /// A running nginx.
 pub struct Nginx {
     child: Child,
+    fcgiwrap: Option<Child>,
     dir: tempfile::TempDir,
     /// HTTPS (HTTP/1.1 and h2 by ALPN).
     pub tls_port: u16,
@@ -94,6 +95,15 @@ impl Nginx {
             default_type application/json;
             return 200 '{{"method":"$request_method","uri":"$uri"}}';
         }}
+        location ~ ^/git(/.*)$ {{
+            client_max_body_size 0;
+            fastcgi_pass unix:{dir_text}/fcgiwrap.sock;
+            include /etc/nginx/fastcgi_params;
+            fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
+            fastcgi_param GIT_PROJECT_ROOT {dir_text}/git;
+            fastcgi_param GIT_HTTP_EXPORT_ALL "";
+            fastcgi_param PATH_INFO $1;
+        }}
         location = /redirect {{
             return 302 https://{OTHER_NAME}:{tls_port}/api/elsewhere;
         }}
@@ -133,6 +143,57 @@ http {{
             cert = cert_file.display(),
             key = key_file.display(),
         );
+        // A bare repository served by git-http-backend through fcgiwrap, with one
+        // commit, pushable (http.receivepack).
+        let fcgiwrap = std::path::Path::new("/usr/sbin/fcgiwrap")
+            .exists()
+            .then(|| {
+                let git = root.join("git");
+                std::fs::create_dir_all(&git).expect("git dir");
+                let bare = git.join("repo.git");
+                let work = root.join("seed");
+                for args in [
+                    vec![
+                        "init",
+                        "-q",
+                        "--bare",
+                        "-b",
+                        "main",
+                        bare.to_str().expect("utf-8"),
+                    ],
+                    vec!["init", "-q", "-b", "main", work.to_str().expect("utf-8")],
+                ] {
+                    run_git(None, &args);
+                }
+                std::fs::write(work.join("README"), "seeded\n").expect("seed file");
+                run_git(Some(&work), &["add", "README"]);
+                run_git(
+                    Some(&work),
+                    &[
+                        "-c",
+                        "user.name=seed",
+                        "-c",
+                        "user.email=seed@test",
+                        "commit",
+                        "-q",
+                        "-m",
+                        "seed",
+                    ],
+                );
+                run_git(
+                    Some(&work),
+                    &["push", "-q", bare.to_str().expect("utf-8"), "main"],
+                );
+                run_git(Some(&bare), &["config", "http.receivepack", "true"]);
+                Command::new("/usr/sbin/fcgiwrap")
+                    .arg("-s")
+                    .arg(format!("unix:{}", root.join("fcgiwrap.sock").display()))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start fcgiwrap")
+            });
         let config_path = root.join("nginx.conf");
         std::fs::write(&config_path, config).expect("nginx.conf");
         let child = Command::new(nginx_bin())
@@ -147,6 +208,7 @@ http {{
             .expect("start nginx (cargo xtask setup installs it)");
         let nginx = Self {
             child,
+            fcgiwrap,
             dir,
             tls_port,
             plain_port,
@@ -204,6 +266,35 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(fcgiwrap) = &mut self.fcgiwrap {
+            let _ = fcgiwrap.kill();
+            let _ = fcgiwrap.wait();
+        }
+    }
+}
+
+fn run_git(dir: Option<&Path>, args: &[&str]) {
+    let mut command = Command::new("git");
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command.args(args).output().expect("run git");
+    assert!(output.status.success(), "git {args:?}: {output:?}");
+}
+
+impl Nginx {
+    /// The commits of the served repository's `main`, newest first (subjects).
+    pub fn git_log(&self) -> Vec<String> {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(self.dir.path().join("git/repo.git"))
+            .args(["log", "--format=%s", "main"])
+            .output()
+            .expect("git log");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 }
 
