@@ -4,6 +4,7 @@
 //! `detach` work on the cgroup and bpffs directly because they must work (and fail
 //! closed) while no daemon is up.
 
+mod agent;
 mod approvals;
 mod ca;
 mod export;
@@ -89,6 +90,9 @@ pub enum Command {
     /// Detach the programs and drop their pinned maps. Agents are no longer
     /// intercepted afterwards; use when uninstalling.
     Detach,
+    /// Make systemd services agents (a drop-in per unit).
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +247,13 @@ pub enum CliError {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    // Policies checked or explained here may name only the configured identity issuers;
+    // an unreadable configuration leaves none, so such policies are refused.
+    if let Command::Policy(_) = &cli.command
+        && let Ok(config) = Config::load(&cli.config)
+    {
+        crate::workload::set_known_issuers(&config.identity);
+    }
     match cli.command {
         Command::Policy(PolicyCommand::Check { dir }) => Ok(policy_check(&dir)),
         Command::Policy(PolicyCommand::Reload) => {
@@ -285,6 +296,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Run(args) => run_agent(&Config::load(&cli.config)?, args),
         Command::Detach => detach(&Config::load(&cli.config)?),
         Command::Ca(command) => ca::run(&Config::load(&cli.config)?, command),
+        Command::Agent(command) => agent::run(&Config::load(&cli.config)?, command),
         Command::Daemon(args) => {
             let mut config = Config::load(&cli.config)?;
             if let Some(dir) = args.policy_dir {
@@ -640,7 +652,10 @@ fn bind_identity(
         client
             .post("/v1/identity/runs", &request)
             .await
-            .map_err(|error| CliError::System(format!("the daemon refused the identity: {error}")))
+            .map_err(|error| match error {
+                ClientError::Http { message, .. } => CliError::System(message),
+                other => CliError::System(format!("cannot bind the identity: {other}")),
+            })
     })?;
     eprintln!("sluice: identity verified: {}", answer.identity.summary());
     Ok(answer.run_dir)
@@ -804,6 +819,11 @@ fn print_session(session: &SessionRecord) {
     );
     field("exe", session.exe.as_deref().unwrap_or("(gone)"));
     field("cgroup", &session.cgroup);
+    if let Some(identity) = &session.identity {
+        field("identity", &identity.summary());
+        field("  subject", &identity.subject);
+        field("  token", &format!("sha256:{}", identity.token_sha256));
+    }
     field("source", &session.source);
     field(
         "destination",

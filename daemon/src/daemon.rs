@@ -88,6 +88,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
     let started_at = OffsetDateTime::now_utc();
 
+    // Policies may name only the configured identity issuers.
+    crate::workload::set_known_issuers(&config.identity);
     let policy = Policy::load_dir(&config.daemon.policy_dir)?;
     let credentials = Credentials::load(&config.daemon.credentials_file)?;
     let policy = Arc::new(PolicyHandle::new(policy));
@@ -439,7 +441,9 @@ impl ControlBackend for Backend {
         peer: &PeerInfo,
         request: crate::workload::BindRequest,
     ) -> Result<crate::workload::BindAnswer, ApiError> {
-        let forbidden = |message: String| ApiError::new(hyper::StatusCode::FORBIDDEN, message);
+        // 422, not 403: the caller may use the API; it is the token that is refused.
+        let forbidden =
+            |message: String| ApiError::new(hyper::StatusCode::UNPROCESSABLE_ENTITY, message);
         crate::cgroup::validate_agent_name(&request.agent)
             .map_err(|error| ApiError::bad_request(error.to_string()))?;
         let verified = self

@@ -87,6 +87,7 @@ fn judge_connection(
         agent: &identity.agent,
         uid: identity.uid,
         exe: identity.exe.as_deref().map(Path::new),
+        workload: identity.workload.as_deref(),
     };
     let by_host_name = policy
         .resource_for_host_names(destination, host_names)
@@ -580,6 +581,10 @@ fn open_record(id: u64, redirected: &Redirected, decision: &Decision) -> Session
         destination: redirected.destination.to_string(),
         upstream_local: None,
         parent_session: None,
+        identity: identity
+            .workload
+            .as_ref()
+            .map(|workload| workload.record.clone()),
         transport: "tcp".into(),
         resource: decision.resource.clone(),
         decision: decision.record(),

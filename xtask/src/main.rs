@@ -7,8 +7,10 @@
 //! CI (`.ci/run`) do exactly the same thing on a fresh machine.
 
 mod bench;
+mod package;
 mod setup;
 mod shell;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -68,6 +70,30 @@ enum Task {
         /// internals (for developing the bench; the report then has gaps).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Build the Debian package (target/package/sluice_VERSION_amd64.deb): the binary,
+    /// the systemd units, /etc/sluice/sluice.toml and a default-deny policy.
+    Package {
+        /// The package version (default: the workspace's).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Run the end-to-end tests inside Debian's 6.1 and 6.12 kernels with the BPF LSM
+    /// active, under QEMU (TCG) through virtme-ng (as root). Downloads what it needs.
+    VmTest {
+        /// Which kernels: 6.1, 6.12 or all (comma-separated).
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Which test binaries, comma-separated: bypass, interception, dns, postgres
+        /// (postgres runs one smoke test unless a filter is given).
+        #[arg(long, default_value = "bypass,interception,dns,postgres")]
+        suites: String,
+        /// Seconds one guest may take, boot to shutdown.
+        #[arg(long, default_value_t = 1500)]
+        guest_timeout: u64,
+        /// Arguments for every test binary, after `--` (e.g. a test name filter).
+        #[arg(last = true)]
+        test_args: Vec<String>,
     },
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
@@ -134,6 +160,29 @@ fn run_task(task: Task) -> Result<()> {
             no_lint,
             cargo_test_args,
         } => test(&workspace, no_lint, &cargo_test_args),
+        Task::Package { version } => {
+            let target = target_dir(&workspace);
+            step("setup", || setup::toolchain(&workspace))?;
+            package::package(&workspace, &target, version.as_deref()).map(drop)
+        }
+        Task::VmTest {
+            kernel,
+            suites,
+            guest_timeout,
+            test_args,
+        } => {
+            require_root(
+                "vm-test",
+                "it installs QEMU and writes the guests' results as root",
+            )?;
+            let options = vm::Options {
+                kernels: vm::parse_kernels(&kernel)?,
+                suites: vm::parse_suites(&suites)?,
+                test_args,
+                guest_timeout: std::time::Duration::from_secs(guest_timeout),
+            };
+            vm::vm_test(&workspace, &target_dir(&workspace), &options)
+        }
     }
 }
 

@@ -44,6 +44,17 @@ pub const TEST_PACKAGES: &[&str] = &[
     "curl",
     "python3-requests",
     "python3-httpx",
+    // tests/mysql.rs: a real MariaDB server and its clients, the Python connectors and
+    // sysbench; `cargo xtask bench` runs sysbench through sluice too.
+    "mariadb-server",
+    "mariadb-client",
+    "python3-pymysql",
+    "python3-mysqldb",
+    "sysbench",
+    // tests/bypass.rs: whether the kernel can load BPF LSM programs, asked of bpftool.
+    "bpftool",
+    // tests/identity.rs: the test issuer's RSA keys (ring cannot generate RSA keys).
+    "openssl",
 ];
 
 /// Everything: the Rust toolchain parts, then the Debian packages.

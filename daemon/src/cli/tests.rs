@@ -95,6 +95,7 @@ pub(super) fn session(id: u64) -> SessionRecord {
         destination: "10.0.0.9:5432".into(),
         upstream_local: None,
         parent_session: None,
+        identity: None,
         transport: "tcp".into(),
         resource: Some("orders-db".into()),
         decision: DecisionRecord {
@@ -117,6 +118,8 @@ fn statement(session_id: u64, seq: u64, offset_ms: i64) -> StatementRecord {
         sql: format!("SELECT {seq}"),
         operation: "read".into(),
         kind: "SELECT".into(),
+        protocol: "postgres".into(),
+        details: Default::default(),
         tables: vec![],
         params: 0,
         decision: DecisionRecord {

@@ -151,6 +151,7 @@ fn record(id: u64, agent: &str) -> SessionRecord {
         destination: "10.0.0.9:5432".into(),
         upstream_local: Some("10.0.0.1:50000".into()),
         parent_session: None,
+        identity: None,
         transport: "tcp".into(),
         resource: Some("orders-db".into()),
         decision: DecisionRecord {
@@ -173,6 +174,8 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         sql: "SELECT email FROM customers WHERE id = ?".into(),
         operation: "read".into(),
         kind: "SELECT".into(),
+        protocol: "postgres".into(),
+        details: Default::default(),
         tables: vec!["customers".into()],
         params: 0,
         decision: DecisionRecord {

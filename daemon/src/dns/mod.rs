@@ -55,7 +55,7 @@ use crate::{
     cgroup::ManagedRoot,
     events::{Activity, Context, Event},
     identity::{self, Identity},
-    policy::{Action, AgentFacts, Decision, Operation},
+    policy::{Action, AgentFacts, Decision, Operation, Protocol},
     session::PolicyHandle,
     store::{DecisionRecord, Durability, SessionRecord, SessionState, StatementRecord, Store},
 };
@@ -195,6 +195,7 @@ impl Resolver {
                 reason: String::new(),
             },
         );
+        statement.protocol = Protocol::Dns.as_str().to_owned();
 
         let request = match Message::from_vec(query) {
             Ok(request) => request,
@@ -308,6 +309,7 @@ impl Resolver {
                 agent: &asker.identity.agent,
                 uid: asker.identity.uid,
                 exe: asker.identity.exe.as_deref().map(Path::new),
+                workload: asker.identity.workload.as_deref(),
             },
             resource.as_deref(),
             Operation::Read,
@@ -446,6 +448,10 @@ impl Resolver {
                 destination: Some(asker.server.to_string()),
                 transport: Some(asker.transport.as_str().to_owned()),
                 protocol: Some("dns".into()),
+                identity: identity
+                    .workload
+                    .as_ref()
+                    .map(|workload| workload.record.clone()),
             },
             Activity::Dns {
                 name: name.to_owned(),
@@ -512,6 +518,10 @@ impl Resolver {
             destination: asker.server.to_string(),
             upstream_local: None,
             parent_session: None,
+            identity: identity
+                .workload
+                .as_ref()
+                .map(|workload| workload.record.clone()),
             transport: asker.transport.as_str().to_owned(),
             resource: decision.resource.clone(),
             decision: decision.record(),

@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::store::record::{DecisionRecord, SessionRecord, StatementRecord};
+use crate::{
+    pipeline::Details,
+    store::record::{DecisionRecord, SessionRecord, StatementRecord},
+};
 
 /// The version of this schema, carried by every event.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -78,6 +81,7 @@ impl Context {
             destination: known(&record.destination),
             transport: known(&record.transport),
             protocol: None,
+            identity: record.identity.clone(),
         }
     }
 }
@@ -113,6 +117,7 @@ impl Activity {
             tables: record.tables.clone(),
             parameters: record.parameters.clone(),
             decision: record.decision.clone(),
+            details: record.details.clone(),
         }
     }
 
@@ -167,6 +172,10 @@ pub struct Context {
     pub transport: Option<String>,
     /// The protocol decoded on the session (`postgres`, `tcp`, `dns`...).
     pub protocol: Option<String>,
+    /// The verified workload identity of the agent run (a CI job's repository, ref,
+    /// commit, run and actor); absent for runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::workload::RunIdentity>,
 }
 
 /// What happened. Serialized with a `type` tag in snake case (`session_open`, ...).
@@ -182,11 +191,13 @@ pub enum Activity {
         bytes_down: u64,
         duration_ms: u64,
     },
-    /// A statement (or request) was decided, before anything was forwarded upstream.
+    /// An operation (a statement, a request) was decided, before anything was
+    /// forwarded upstream. One shape for every protocol (`context.protocol` says which):
+    /// `sql` is its summary, `kind` its verb, `tables` its targets.
     Statement {
-        /// The statement's number within its session.
+        /// The operation's number within its session.
         statement_seq: u64,
-        /// The statement with every literal replaced by `?`.
+        /// The summary, with every literal value removed (SQL literals as `?`).
         sql: String,
         operation: String,
         kind: String,
@@ -194,6 +205,9 @@ pub enum Activity {
         /// Bound parameters by format and size, never value.
         parameters: Vec<String>,
         decision: DecisionRecord,
+        /// What only this protocol knows (left out when there is nothing).
+        #[serde(default, skip_serializing_if = "Details::is_none")]
+        details: Details,
     },
     /// A statement finished (or never ran).
     StatementResult {

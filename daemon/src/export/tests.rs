@@ -34,6 +34,7 @@ fn session_context() -> Context {
         destination: Some("[::1]:5432".into()),
         transport: Some("tcp".into()),
         protocol: Some("postgres".into()),
+        identity: None,
     }
 }
 
@@ -70,6 +71,7 @@ fn every_activity() -> Vec<StoredEvent> {
                 kind: "SELECT".into(),
                 tables: vec!["t".into()],
                 parameters: vec![],
+                details: Default::default(),
                 decision: decision("allow"),
             },
         ),

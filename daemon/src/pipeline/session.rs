@@ -115,6 +115,7 @@ impl SessionInfo {
             agent: &self.identity.agent,
             uid: self.identity.uid,
             exe: self.identity.exe.as_deref().map(Path::new),
+            workload: self.identity.workload.as_deref(),
         }
     }
 }

@@ -285,6 +285,7 @@ name = "strict"
             agent: "ci-bot",
             uid,
             exe: None,
+            workload: None,
         }
     }
 
@@ -373,6 +374,7 @@ name = "strict"
             agent: "other-bot",
             uid: 1000,
             exe: None,
+            workload: None,
         };
         let mut foreign = grant(10, &[Operation::Write]);
         foreign.agent = "other-bot".into();

@@ -238,6 +238,10 @@ pub struct ExplainQuestion {
     /// The process's executable; by default the first of the agent's `exe`, else none.
     #[serde(default)]
     pub exe: Option<String>,
+    /// The claims of the run's workload identity, as verified from the agent's `identity`
+    /// issuer; absent: a run without a verified identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The answer: how the statements are classified and decided, as they would be live.
@@ -324,10 +328,17 @@ impl PolicyHandle {
                 .and_then(|agent| agent.exe.as_ref()?.first())
                 .map(|path| path.display().to_string())
         });
+        let workload = question.claims.as_ref().map(|claims| {
+            let issuer = agent
+                .and_then(|agent| agent.identity.as_ref())
+                .map_or("-", |identity| identity.issuer.as_str());
+            crate::workload::Verified::stated(issuer, claims)
+        });
         let facts = AgentFacts {
             agent: &question.agent,
             uid,
             exe: exe.as_deref().map(std::path::Path::new),
+            workload: workload.as_ref(),
         };
         let statements = match (&question.sql, question.operation, &question.http) {
             (None, None, Some(request)) => {

@@ -276,7 +276,37 @@ pub struct Agent {
     pub uids: Option<Vec<u32>>,
     /// When set, only processes running one of these executables are this agent.
     pub exe: Option<Vec<PathBuf>>,
+    /// When set, only processes of an agent run with a verified workload identity of
+    /// this issuer, whose claims match, are this agent.
+    pub identity: Option<AgentIdentity>,
     pub location: Location,
+}
+
+/// `identity = { issuer, claims }` on an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentIdentity {
+    /// A configured issuer's name (`[[identity.issuer]] name`).
+    pub issuer: String,
+    /// What the token's claims must match; `None`: any token of the issuer.
+    pub claims: Option<crate::workload::ClaimPatterns>,
+}
+
+impl AgentIdentity {
+    /// Why `workload` is not this identity; `None` when it is.
+    pub fn mismatch(&self, workload: Option<&crate::workload::Verified>) -> Option<String> {
+        let Some(workload) = workload else {
+            return Some("its run has no verified workload identity".into());
+        };
+        if workload.record.issuer != self.issuer {
+            return Some(format!(
+                "its identity is from issuer `{}`, not `{}`",
+                workload.record.issuer, self.issuer
+            ));
+        }
+        self.claims
+            .as_ref()
+            .and_then(|claims| claims.first_mismatch(&workload.claims))
+    }
 }
 
 impl Agent {
@@ -296,7 +326,11 @@ impl Agent {
                 .exe
                 .is_some_and(|exe| allowed.iter().any(|path| path == exe))
         });
-        uid_ok && exe_ok
+        let identity_ok = self
+            .identity
+            .as_ref()
+            .is_none_or(|required| required.mismatch(facts.workload).is_none());
+        uid_ok && exe_ok && identity_ok
     }
 }
 
@@ -565,7 +599,21 @@ pub struct Rule {
     pub timeout: Option<std::time::Duration>,
     /// HTTP resources: the rule covers only requests with these methods, paths and hosts.
     pub http: Option<HttpNarrowing>,
+    /// `when = { claims = {...} }`: the rule applies only to agent runs whose verified
+    /// workload identity has matching claims (a run without one never matches).
+    pub when: Option<crate::workload::ClaimPatterns>,
     pub location: Location,
+}
+
+impl Rule {
+    /// Whether the rule's `when` condition holds for the process (always, without one).
+    pub fn applies_to(&self, facts: &AgentFacts<'_>) -> bool {
+        self.when.as_ref().is_none_or(|when| {
+            facts
+                .workload
+                .is_some_and(|workload| when.matches(&workload.claims))
+        })
+    }
 }
 
 /// `http = { methods, paths, hosts }` on a rule: each list, when present, must match.
@@ -644,4 +692,6 @@ pub(super) struct Specificity {
     pub operation: OperationMatch,
     /// An `http` narrowing that matched beats a rule without one.
     pub narrowed: bool,
+    /// The rule has a `when` condition (which held): it beats the same rule without.
+    pub conditioned: bool,
 }

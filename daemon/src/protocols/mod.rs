@@ -12,6 +12,7 @@
 //! Adding a protocol is its module plus one line in [`Registry::standard`].
 
 pub mod http;
+pub mod mysql;
 pub mod postgres;
 
 /// sluice's local CA (for `sluice ca` and `sluice run`, which hand it to agents).
@@ -63,6 +64,7 @@ impl Registry {
         let mut registry = Self::empty();
         registry.register(postgres::Handler::default());
         registry.register(http::Handler::default());
+        registry.register(mysql::Handler::default());
         registry
     }
 

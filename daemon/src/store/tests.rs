@@ -33,6 +33,7 @@ fn record(id: u64, agent: &str, state: SessionState, action: &str) -> SessionRec
         destination: "127.0.0.1:5432".into(),
         upstream_local: None,
         parent_session: None,
+        identity: None,
         transport: "tcp".into(),
         resource: Some("orders-db".into()),
         decision: DecisionRecord {
@@ -619,6 +620,8 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         sql: format!("SELECT name, email FROM customers WHERE id = ? -- {seq}"),
         operation: "read".into(),
         kind: "SELECT".into(),
+        protocol: "postgres".into(),
+        details: Default::default(),
         tables: vec!["customers".into()],
         params: 1,
         decision: DecisionRecord {

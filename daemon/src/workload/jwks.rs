@@ -175,7 +175,9 @@ impl IssuerKeys {
     /// The key named `kid`: from the current set while it is fresh enough, else after
     /// one fetch (rate-limited by `refetch_cooldown`).
     pub async fn key(&self, kid: &str) -> Result<Jwk, VerifyError> {
-        if let Some(key) = self.usable_key(kid)? {
+        // A key found in a set still fresh enough is used; an unknown `kid` or a set past
+        // `max_stale` is a reason to fetch (at most once per cooldown).
+        if let Ok(Some(key)) = self.usable_key(kid) {
             return Ok(key);
         }
         let cooled_down = self

@@ -18,6 +18,8 @@ pub mod config;
 pub mod http;
 pub mod jwks;
 pub mod jwt;
+#[cfg(test)]
+mod policy_tests;
 pub mod runs;
 pub mod source;
 
@@ -57,6 +59,22 @@ pub struct RunIdentity {
 }
 
 impl RunIdentity {
+    /// The person behind the run (`actor`, `user_login`), when the claims name one.
+    pub fn actor(&self) -> Option<&str> {
+        ["actor", "user_login", "build_creator"]
+            .iter()
+            .find_map(|name| self.claims.get(*name))
+            .map(String::as_str)
+    }
+
+    /// The organisation or group the run belongs to, when the claims name one.
+    pub fn owner(&self) -> Option<&str> {
+        ["repository_owner", "namespace_path", "organization_slug"]
+            .iter()
+            .find_map(|name| self.claims.get(*name))
+            .map(String::as_str)
+    }
+
     /// One line for humans: `github repo:acme/api ref:refs/heads/main sha:9f1c… run:4411 actor:alice`.
     pub fn summary(&self) -> String {
         const LABELS: &[(&str, &[&str])] = &[
@@ -377,5 +395,48 @@ impl Workload {
         verifier.spawn_refresh();
         runs.spawn_watch();
         Ok(Self { verifier, runs })
+    }
+}
+
+/// The configured issuers as `(name, issuer URL)`, which policies may name. Set from
+/// sluice.toml by the daemon and by `sluice policy check`/`explain` before they load a
+/// policy; empty otherwise (then any `identity` in a policy is refused).
+static KNOWN_ISSUERS: std::sync::RwLock<Vec<(String, String)>> = std::sync::RwLock::new(Vec::new());
+
+/// Makes `config`'s issuers the ones policies may name.
+pub fn set_known_issuers(config: &IdentityConfig) {
+    let issuers = config
+        .issuer
+        .iter()
+        .map(|issuer| (issuer.name.clone(), issuer.issuer.clone()))
+        .collect();
+    *KNOWN_ISSUERS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = issuers;
+}
+
+/// The issuers policies may name, as `(name, issuer URL)`.
+pub fn known_issuers() -> Vec<(String, String)> {
+    KNOWN_ISSUERS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+impl Verified {
+    /// An identity as stated (not verified), for `sluice policy explain --claims`.
+    pub fn stated(issuer: &str, claims: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let claims = Claims::from_payload(claims);
+        Self {
+            record: RunIdentity {
+                issuer: issuer.to_owned(),
+                issuer_url: String::new(),
+                subject: claims.first("sub").unwrap_or_default().to_owned(),
+                claims: BTreeMap::new(),
+                token_sha256: String::new(),
+                verified_at: OffsetDateTime::now_utc(),
+            },
+            claims,
+        }
     }
 }

@@ -152,8 +152,13 @@ impl Runs {
         if let Some(binding) = bindings.get(&cgroup_id) {
             return Some(Arc::clone(binding));
         }
-        let path = cgroup_path?;
-        bindings
+        drop(bindings);
+        self.lookup_path(cgroup_path?)
+    }
+
+    /// The identity bound to the run whose cgroup is `path` or contains it.
+    pub fn lookup_path(&self, path: &str) -> Option<Arc<Binding>> {
+        self.read()
             .values()
             .find(|binding| {
                 path.strip_prefix(binding.cgroup_path.as_str())
@@ -250,4 +255,12 @@ impl Runs {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The identity bound to the run process `pid` is in, if any (and if it still runs).
+pub fn identity_of_pid(pid: u32) -> Option<super::RunIdentity> {
+    let path = crate::cgroup::cgroup_path_of(pid)?;
+    installed()?
+        .lookup_path(&path)
+        .map(|binding| binding.identity.record.clone())
 }
