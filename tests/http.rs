@@ -94,6 +94,25 @@ fn curl_over_https_gets_the_injected_token_used_but_never_sees_it() {
     // Nothing secret in the store's records or the daemon's log.
     assert!(!serde_json::to_string(&records).unwrap().contains(TOKEN));
     assert!(!daemon.log().contains(TOKEN), "token in the daemon log");
+    // Nor anywhere in the state directory's files (the store, the event log), read raw.
+    let state = daemon_config(&daemon).with_file_name("state");
+    let mut pending = vec![state];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("state dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                assert!(
+                    !bytes
+                        .windows(TOKEN.len())
+                        .any(|window| window == TOKEN.as_bytes()),
+                    "the token is in {}",
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 #[test]
