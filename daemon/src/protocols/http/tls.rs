@@ -39,19 +39,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The host's trusted roots, loaded once.
+/// The host's trusted roots (see [`crate::trust`]).
 pub fn system_roots() -> Arc<RootCertStore> {
-    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-    Arc::clone(ROOTS.get_or_init(|| {
-        let mut store = RootCertStore::empty();
-        let loaded = rustls_native_certs::load_native_certs();
-        for error in &loaded.errors {
-            tracing::warn!(%error, "cannot load part of the system trust store");
-        }
-        let (added, ignored) = store.add_parsable_certificates(loaded.certs);
-        tracing::debug!(added, ignored, "system trust store loaded");
-        Arc::new(store)
-    }))
+    crate::trust::default_roots()
 }
 
 /// The roots of a resource: its `ca_file`, else the system store.
