@@ -265,6 +265,7 @@ pub(super) fn from_sources(sources: &[(PathBuf, String)]) -> Result<Policy, Poli
         }
     }
     builder.check_conflicts();
+    builder.check_http_narrowing();
 
     if builder.diagnostics.is_empty() {
         Ok(Policy {
@@ -751,6 +752,27 @@ impl Builder {
             return;
         }
         self.masks.insert(profile.name.clone(), profile.clone());
+    }
+
+    /// Reports `http` narrowing on rules for a named resource that is not `http`: a
+    /// narrowing that could never apply must not load.
+    fn check_http_narrowing(&mut self) {
+        let mut problems = Vec::new();
+        for rule in self.rules.iter().filter(|rule| rule.http.is_some()) {
+            if let Selector::Named(name) = &rule.resource
+                && let Some(resource) = self.resources.iter().find(|r| &r.name == name)
+                && resource.protocol != Protocol::Http
+            {
+                problems.push(diagnostic(
+                    &rule.location,
+                    format!(
+                        "rule `{}` narrows by `http` but resource `{name}` speaks {}, not http",
+                        rule.name, resource.protocol
+                    ),
+                ));
+            }
+        }
+        self.diagnostics.extend(problems);
     }
 
     /// Reports pairs of rules that tie on specificity yet disagree on the action.

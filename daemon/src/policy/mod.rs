@@ -250,7 +250,11 @@ impl Policy {
         operation: Operation,
         target: &str,
     ) -> Decision {
-        self.decide_about_with(facts, resource, operation, target, |_| true)
+        // A rule narrowed by `http` speaks only about HTTP requests (`decide_http`); for
+        // any other operation it only implies connecting.
+        self.decide_about_with(facts, resource, operation, target, |rule| {
+            rule.http.is_none() || operation == Operation::Connect
+        })
     }
 
     fn decide_about_with(
