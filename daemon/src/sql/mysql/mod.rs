@@ -68,7 +68,8 @@
 //!   (`PREPARE ... FROM @var`, `EXECUTE IMMEDIATE` of an expression), text the lexer cannot
 //!   split with certainty (see [`lexer`]), invalid UTF-8, non-ASCII text in a character set
 //!   whose multi-byte characters may end in `\` (big5, cp932, gbk, gb18030, sjis), and
-//!   everything under `sql_mode` `ORACLE` or `MSSQL`.
+//!   everything under `sql_mode` `ORACLE` or `MSSQL`, and text longer than
+//!   [`MAX_MYSQL_SQL_BYTES`].
 //!
 //! # Known gaps
 //!
@@ -78,6 +79,10 @@
 //! - Functions are judged by name; a stored function may do anything its definer may.
 //! - Table names are as written; unqualified names are not resolved through the current
 //!   database, except that the `mysql` schema is recognised through [`MysqlContext::schema`].
+//! - `performance_schema` statement history and `SHOW PROCESSLIST` can show other
+//!   sessions' statements with their values; they are `read` like any other table.
+//! - Text in a character set other than UTF-8 must be valid UTF-8 to be classified
+//!   (plain ASCII always is); anything else is unparsed.
 
 mod classify;
 mod lexer;
@@ -201,6 +206,13 @@ impl Default for MysqlContext {
     }
 }
 
+/// The longest text classified, in bytes; longer text is unparsed. Twice MariaDB's
+/// default `max_allowed_packet` (16 MiB): dumps' extended `INSERT`s and large values fit.
+/// The lexer is linear and keeps no recursion, and [`crate::sql::MAX_NESTING_COST`] still
+/// bounds the parser's depth, so only time and memory grow with it (measured: 16 MiB in
+/// under 3 s in a debug build).
+pub const MAX_MYSQL_SQL_BYTES: usize = 32 << 20;
+
 /// Character sets with multi-byte characters whose trailing byte may be `\` (0x5C): the
 /// server reads such a byte as part of the character, a UTF-8 reading as an escape.
 const BACKSLASH_TRAILING_CHARSETS: &[&str] = &["big5", "cp932", "gbk", "gb18030", "sjis"];
@@ -286,6 +298,17 @@ impl PreparedNames {
         statement.classified = resolved;
     }
 
+    /// Resolves every `EXECUTE` in one text's statements, counting the `PREPARE`s and
+    /// `DEALLOCATE`s before it in the same text (the server runs them in order), without
+    /// remembering anything: call [`Self::record`] for what the server then ran.
+    pub fn resolve_all(&self, statements: &mut [MysqlStatement]) {
+        let mut scratch = self.clone();
+        for statement in statements {
+            scratch.resolve(statement);
+            scratch.record(statement);
+        }
+    }
+
     /// Remembers what a statement the server ran prepared or deallocated.
     pub fn record(&mut self, statement: &MysqlStatement) {
         if let Some((name, classes)) = &statement.prepares {
@@ -339,7 +362,7 @@ pub fn classify_mysql(text: &[u8], context: &MysqlContext) -> Vec<MysqlStatement
     let Some(text) = decode(text, &context.charset) else {
         return vec![MysqlStatement::unparsed(unparsable(text.len()))];
     };
-    if text.len() > super::MAX_SQL_BYTES {
+    if text.len() > MAX_MYSQL_SQL_BYTES {
         return vec![MysqlStatement::unparsed(unparsable(text.len()))];
     }
     let mut context = context.clone();

@@ -389,6 +389,7 @@ fn reads_and_writes() {
         "SELECT @@version",
         "SELECT @@session.tx_isolation",
         "SELECT a INTO @x FROM t",
+        "SELECT a, b FROM t WHERE id = 1 INTO @x, @y",
         "SELECT * FROM information_schema.tables",
         "SHOW VARIABLES LIKE 'x%'",
         "SHOW GRANTS FOR 'r'@'h'",
@@ -509,6 +510,11 @@ fn prepare_classifies_its_text_and_execute_uses_it() {
     names.record(&deallocate);
     names.resolve(&mut unknown);
     assert_eq!(unknown.classified.operation, Operation::Unparsed);
+    // PREPARE and EXECUTE in one text: the EXECUTE gets the class prepared before it.
+    let mut statements = classify_in("PREPARE d FROM 'DROP TABLE t'; EXECUTE d", &mariadb());
+    names.resolve_all(&mut statements);
+    assert_eq!(statements[1].classified.operation, Operation::Dangerous);
+    assert_eq!(statements[1].classified.kind, "EXECUTE DROP TABLE");
     let drop = classify_in("DROP PREPARE s", &mariadb()).remove(0);
     assert_eq!(drop.deallocates.as_deref(), Some("s"));
     assert_eq!(drop.classified.operation, Operation::Read);
@@ -607,6 +613,15 @@ fn set_values_are_judged_as_expressions() {
     assert_class(
         "SET STATEMENT max_statement_time=1 FOR SELECT 1",
         Operation::Read,
+    );
+    // The server lexes the whole statement under the session's mode, before the
+    // statement's own sql_mode applies (checked against MariaDB 10.11): one SELECT.
+    assert_eq!(
+        classes_in(
+            r"SET STATEMENT sql_mode='NO_BACKSLASH_ESCAPES' FOR SELECT 'a\' ; DROP TABLE x; -- '",
+            &mariadb()
+        ),
+        vec![(Operation::Read, "SELECT".to_owned())]
     );
 }
 
@@ -976,4 +991,19 @@ fn lexer_never_panics_on_fragments() {
             }
         }
     }
+}
+
+#[test]
+fn long_statements_up_to_the_limit_are_classified() {
+    // A dump's extended INSERT or a large value: far above PostgreSQL's 1 MiB limit.
+    let mut sql = String::from("INSERT INTO t VALUES ('");
+    sql.push_str(&"x\\'y".repeat(1024 * 1024));
+    sql.push_str("')");
+    assert!(sql.len() > 4 << 20);
+    assert_eq!(
+        classes_in(&sql, &mariadb()),
+        vec![(Operation::Write, "INSERT".to_owned())]
+    );
+    let too_long = "x".repeat(MAX_MYSQL_SQL_BYTES + 1);
+    assert_eq!(classes_in(&too_long, &mariadb())[0].0, Operation::Unparsed);
 }
