@@ -131,6 +131,7 @@ impl ManagedRoot {
 
     /// Whether the root is a systemd slice (`*.slice`): agents' children are then slices
     /// too.
+    #[cfg(test)]
     fn is_slice(&self) -> bool {
         self.slice_prefix().is_some()
     }
