@@ -1057,3 +1057,34 @@ action = "allow"
         "{log:#?}"
     );
 }
+
+#[test]
+fn a_response_that_cannot_be_scrubbed_is_refused() {
+    let nginx = Nginx::start();
+    let server = sluice_tests::http::TestServer::start();
+    let encoded = format!(
+        r#"
+[[resource]]
+name = "encoded"
+addresses = ["{HOST}"]
+ports = [{port}]
+protocol = "http"
+credential = "api-token"
+"#,
+        port = server.port
+    );
+    let daemon = daemon(&policy(&nginx, None, &format!("{encoded}{READ_ALL}")));
+    let (ok, body, stderr) = curl(
+        &daemon,
+        None,
+        &[
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{HOST}:{}/encoded", server.port),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(body.ends_with("502"), "{body}");
+    assert!(body.contains("compressed"), "{body}");
+    assert!(!body.contains("opaque"), "{body}");
+}

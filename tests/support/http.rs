@@ -464,7 +464,8 @@ pub fn wait_for_requests(
 /// A small HTTP/1.1 server (hyper, plain TCP on [`HOST`]) for what nginx cannot do:
 /// `/sse` sends `data: one`, then `data: two` only once [`TestServer::release`] is
 /// called (so a test can prove the first event reached the agent unbuffered), and
-/// `/ws` upgrades to an echo of whatever the client sends.
+/// `/ws` upgrades to an echo of whatever the client sends, and `/encoded` answers in
+/// `br` whatever the request asked for.
 pub struct TestServer {
     pub port: u16,
     release: std::sync::Arc<tokio::sync::Notify>,
@@ -586,6 +587,15 @@ fn answer(
                 .body(http_body_util::Empty::new().boxed())
                 .expect("response")
         }
+        // A body in an encoding the client did not ask for (upstreams do this).
+        "/encoded" => hyper::Response::builder()
+            .header("content-type", "text/plain")
+            .header("content-encoding", "br")
+            .body(
+                http_body_util::Full::new(bytes::Bytes::from_static(b"\x0b\x02\x80opaque\x03"))
+                    .boxed(),
+            )
+            .expect("response"),
         _ => hyper::Response::builder()
             .status(404)
             .body(http_body_util::Empty::new().boxed())
