@@ -18,6 +18,9 @@ pub mod postgres;
 /// sluice's local CA (for `sluice ca` and `sluice run`, which hand it to agents).
 pub use http::ca as local_ca;
 
+#[cfg(test)]
+mod layout;
+
 use std::path::Path;
 
 use crate::{
