@@ -242,6 +242,29 @@ pub struct ExplainQuestion {
     /// issuer; absent: a run without a verified identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claims: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A Kubernetes request (with `operation`, its class), as the kubernetes protocol
+    /// maps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesQuestion>,
+}
+
+/// The Kubernetes request of an [`ExplainQuestion`]: the mapped fields, plain data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesQuestion {
+    pub is_resource_request: bool,
+    pub verb: String,
+    #[serde(default)]
+    pub api_group: String,
+    #[serde(default)]
+    pub resource: String,
+    #[serde(default)]
+    pub subresource: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    /// How records show it (`delete pods -n shop web`).
+    pub summary: String,
 }
 
 /// The answer: how the statements are classified and decided, as they would be live.
@@ -275,6 +298,10 @@ pub enum ExplainError {
     NotSql { resource: String, protocol: String },
     #[error("the SQL text is empty")]
     EmptySql,
+    #[error(
+        "resource `{resource}` speaks {protocol}, not kubernetes: ask about an operation instead"
+    )]
+    NotKubernetes { resource: String, protocol: String },
 }
 
 /// `METHOD URL` → (method, host, normalised path); the URL may be a path alone.
@@ -371,6 +398,41 @@ impl PolicyHandle {
                     return Err(ExplainError::EmptySql);
                 }
                 statements
+            }
+            (None, Some(operation), None) if question.kubernetes.is_some() => {
+                let Some(kube) = &question.kubernetes else {
+                    return Err(ExplainError::SqlOrOperation);
+                };
+                if resource.protocol != super::Protocol::Kubernetes {
+                    return Err(ExplainError::NotKubernetes {
+                        resource: resource.name.clone(),
+                        protocol: resource.protocol.to_string(),
+                    });
+                }
+                let request = super::KubernetesRequest {
+                    is_resource_request: kube.is_resource_request,
+                    verb: &kube.verb,
+                    api_group: &kube.api_group,
+                    resource: &kube.resource,
+                    subresource: &kube.subresource,
+                    namespace: &kube.namespace,
+                    name: &kube.name,
+                };
+                vec![ExplainedStatement {
+                    operation,
+                    kind: kube.summary.clone(),
+                    tables_read: Vec::new(),
+                    tables_written: Vec::new(),
+                    decision: self.current().decide_kubernetes_with_grants(
+                        &self.grants(),
+                        &facts,
+                        &resource.name,
+                        operation,
+                        &request,
+                        &kube.summary,
+                        OffsetDateTime::now_utc(),
+                    ),
+                }]
             }
             (None, Some(operation), None) => vec![ExplainedStatement {
                 operation,

@@ -20,8 +20,9 @@ use super::model::AgentIdentity;
 use super::{
     Policy,
     model::{
-        Action, Agent, AgentTls, HostPattern, HttpNarrowing, Location, Operation, OperationSet,
-        PortRange, Protocol, Resource, Rule, Selector, TlsMode, UpstreamTls,
+        Action, Agent, AgentTls, HostPattern, HttpNarrowing, KubernetesNarrowing, Location,
+        Operation, OperationSet, PortRange, Protocol, Resource, Rule, Selector, TlsMode,
+        UpstreamTls,
     },
 };
 use crate::{config::line_column, masking::MaskProfile, workload::ClaimPatterns};
@@ -140,6 +141,8 @@ struct RuleSpec {
     http: Option<Spanned<HttpNarrowing>>,
     /// `{ claims = {...} }`: the rule applies only to runs whose workload identity matches.
     when: Option<Spanned<WhenSpec>>,
+    /// Kubernetes resources: `{ verbs, api_groups, resources, namespaces, names }`.
+    kubernetes: Option<Spanned<KubernetesNarrowing>>,
 }
 
 struct ParsedFile<'a> {
@@ -721,6 +724,69 @@ impl Builder {
             },
         };
 
+        let kubernetes = spec.kubernetes.as_ref().map(|kubernetes| {
+            let mut narrowing = kubernetes.get_ref().clone();
+            let at = file.locate(kubernetes.span());
+            const VERBS: [&str; 10] = [
+                "*",
+                "get",
+                "list",
+                "watch",
+                "create",
+                "update",
+                "patch",
+                "delete",
+                "deletecollection",
+                "proxy",
+            ];
+            if let Some(verbs) = &mut narrowing.verbs {
+                for verb in verbs.iter_mut() {
+                    *verb = verb.to_ascii_lowercase();
+                    if !VERBS.contains(&verb.as_str()) {
+                        self.report(
+                            &at,
+                            format!(
+                                "`{verb}` is not a Kubernetes verb (one of {})",
+                                VERBS.join(", ")
+                            ),
+                        );
+                        valid = false;
+                    }
+                }
+            }
+            for resource in narrowing.resources.iter().flatten() {
+                let well_formed = match resource.split_once('/') {
+                    None => !resource.is_empty(),
+                    Some((res, sub)) => !res.is_empty() && !sub.is_empty() && !sub.contains('/'),
+                };
+                if !well_formed || resource.contains(char::is_uppercase) {
+                    self.report(
+                        &at,
+                        format!(
+                            "kubernetes resource `{resource}` must be `resource`, `resource/subresource`, `*` or `*/subresource`, in lower case"
+                        ),
+                    );
+                    valid = false;
+                }
+            }
+            for list in [
+                &narrowing.verbs,
+                &narrowing.api_groups,
+                &narrowing.resources,
+                &narrowing.namespaces,
+                &narrowing.names,
+            ] {
+                if list.as_ref().is_some_and(Vec::is_empty) {
+                    self.report(
+                        &at,
+                        "a `kubernetes` list must not be empty (leave it out to match all)",
+                    );
+                    valid = false;
+                }
+            }
+            narrowing
+        });
+
         if valid {
             self.rules.push(Rule {
                 name,
@@ -732,6 +798,7 @@ impl Builder {
                 timeout,
                 http,
                 when,
+                kubernetes,
                 location,
             });
         }
@@ -785,6 +852,7 @@ impl Builder {
                     && earlier.action != later.action
                     && earlier.http == later.http
                     && earlier.when == later.when
+                    && earlier.kubernetes == later.kubernetes
                     && earlier
                         .operations
                         .overlaps_at_same_specificity(&later.operations)

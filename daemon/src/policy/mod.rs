@@ -26,15 +26,15 @@ use serde::{Deserialize, Serialize};
 pub use grants::{Grant, GrantState};
 pub use http_path::{TargetError, method_class, normalise_path};
 pub use live::{
-    ExplainError, ExplainQuestion, ExplainedStatement, Explanation, PolicyHandle, RejectedReload,
-    ReloadStatus, unmaskable_output,
+    ExplainError, ExplainQuestion, ExplainedStatement, Explanation, KubernetesQuestion,
+    PolicyHandle, RejectedReload, ReloadStatus, unmaskable_output,
 };
 pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::AgentIdentity;
 pub use model::{
-    Action, Agent, AgentTls, HostPattern, HttpNarrowing, Location, Operation, OperationSet,
-    PortRange, Protocol, Resource, Rule, Selector, SupportedProtocols, TlsMode, UnknownOperation,
-    UpstreamTls, glob_matches,
+    Action, Agent, AgentTls, HostPattern, HttpNarrowing, KubernetesNarrowing, KubernetesRequest,
+    Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule, Selector,
+    SupportedProtocols, TlsMode, UnknownOperation, UpstreamTls, glob_matches,
 };
 use model::{OperationMatch, Specificity};
 
@@ -273,6 +273,43 @@ impl Policy {
         })
     }
 
+    /// Whether the process may send one Kubernetes API request: `operation` is its
+    /// class; rules narrowed by `kubernetes = { ... }` count only when the request
+    /// matches them, and then count as more specific than rules without. A
+    /// `pods/portforward` request counts only under rules whose `kubernetes.resources`
+    /// names `pods/portforward` itself, so it is denied by default.
+    pub fn decide_kubernetes(
+        &self,
+        agent: &AgentFacts<'_>,
+        resource: &str,
+        operation: Operation,
+        request: &KubernetesRequest<'_>,
+        summary: &str,
+    ) -> Decision {
+        let target = format!("resource `{resource}` ({summary})");
+        let portforward = request.is_resource_request
+            && request.api_group.is_empty()
+            && request.resource == "pods"
+            && request.subresource == "portforward";
+        self.decide_about_with(agent, Some(resource), operation, &target, |rule| {
+            let narrowed = rule
+                .kubernetes
+                .as_ref()
+                .is_none_or(|narrowing| narrowing.matches(request));
+            let opted_in = !portforward
+                || rule
+                    .kubernetes
+                    .as_ref()
+                    .is_some_and(|narrowing| narrowing.names_resource("pods/portforward"));
+            narrowed && opted_in
+        })
+    }
+
+    /// The rule called `name`.
+    pub fn rule_named(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|rule| rule.name == name)
+    }
+
     fn decide_about(
         &self,
         facts: &AgentFacts<'_>,
@@ -444,7 +481,7 @@ impl Policy {
                     agent_named,
                     resource_named,
                     operation: operation_match,
-                    narrowed: rule.http.is_some(),
+                    narrowed: rule.http.is_some() || rule.kubernetes.is_some(),
                     conditioned: rule.when.is_some(),
                 },
                 action,

@@ -602,6 +602,9 @@ pub struct Rule {
     /// `when = { claims = {...} }`: the rule applies only to agent runs whose verified
     /// workload identity has matching claims (a run without one never matches).
     pub when: Option<crate::workload::ClaimPatterns>,
+    /// Kubernetes resources: the rule covers only requests with these verbs, groups,
+    /// resources, namespaces and names.
+    pub kubernetes: Option<KubernetesNarrowing>,
     pub location: Location,
 }
 
@@ -660,6 +663,113 @@ impl fmt::Display for HttpNarrowing {
         }
         if let Some(hosts) = &self.hosts {
             parts.push(format!("hosts {}", hosts.join("|")));
+        }
+        formatter.write_str(&parts.join(", "))
+    }
+}
+
+/// `kubernetes = { verbs, api_groups, resources, namespaces, names }` on a rule: each
+/// list, when present, must match (see `policies/README.md`, "Kubernetes").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesNarrowing {
+    /// Lower-case verbs (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection`, `proxy`) or `*`.
+    pub verbs: Option<Vec<String>>,
+    /// API groups (`""` is the core group, `apps`...) or `*`.
+    pub api_groups: Option<Vec<String>>,
+    /// As in RBAC: `pods` (no subresource), `pods/exec`, `pods/*`, `*/scale`, `*`.
+    pub resources: Option<Vec<String>>,
+    /// Namespace globs; a cluster-scoped request has no namespace and matches none.
+    pub namespaces: Option<Vec<String>>,
+    /// Object name globs; a request without a name (list, create) matches none.
+    pub names: Option<Vec<String>>,
+}
+
+/// A Kubernetes request as rules see it (the protocol module maps it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KubernetesRequest<'a> {
+    /// `false` for discovery, `/version`, `/openapi`, health: only `verbs` narrows those.
+    pub is_resource_request: bool,
+    pub verb: &'a str,
+    pub api_group: &'a str,
+    pub resource: &'a str,
+    pub subresource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+impl KubernetesNarrowing {
+    /// Whether the request is covered.
+    pub fn matches(&self, request: &KubernetesRequest<'_>) -> bool {
+        let verbs = self.verbs.as_ref().is_none_or(|verbs| {
+            verbs
+                .iter()
+                .any(|verb| verb == "*" || verb.eq_ignore_ascii_case(request.verb))
+        });
+        if !request.is_resource_request {
+            return verbs;
+        }
+        let groups = self.api_groups.as_ref().is_none_or(|groups| {
+            groups
+                .iter()
+                .any(|group| group == "*" || group == request.api_group)
+        });
+        let resources = self.resources.as_ref().is_none_or(|resources| {
+            resources.iter().any(|pattern| {
+                rbac_resource_matches(pattern, request.resource, request.subresource)
+            })
+        });
+        let namespaces = self.namespaces.as_ref().is_none_or(|namespaces| {
+            !request.namespace.is_empty()
+                && namespaces
+                    .iter()
+                    .any(|glob| glob_matches(glob, request.namespace))
+        });
+        let names = self.names.as_ref().is_none_or(|names| {
+            !request.name.is_empty() && names.iter().any(|glob| glob_matches(glob, request.name))
+        });
+        verbs && groups && resources && namespaces && names
+    }
+
+    /// Whether `resources` lists `resource` (or `resource/subresource`) by its own name,
+    /// not through a wildcard: how a rule opts in to Secrets in plain and to
+    /// port-forwarding.
+    pub fn names_resource(&self, resource_path: &str) -> bool {
+        self.resources
+            .as_ref()
+            .is_some_and(|resources| resources.iter().any(|listed| listed == resource_path))
+    }
+}
+
+/// RBAC's resource matching: `*`, `res`, `res/sub`, `res/*`, `*/sub`.
+fn rbac_resource_matches(pattern: &str, resource: &str, subresource: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.split_once('/') {
+        None => subresource.is_empty() && pattern == resource,
+        Some((res, sub)) => {
+            !subresource.is_empty()
+                && (res == "*" || res == resource)
+                && (sub == "*" || sub == subresource)
+        }
+    }
+}
+
+impl fmt::Display for KubernetesNarrowing {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (label, list) in [
+            ("verbs", &self.verbs),
+            ("api_groups", &self.api_groups),
+            ("resources", &self.resources),
+            ("namespaces", &self.namespaces),
+            ("names", &self.names),
+        ] {
+            if let Some(list) = list {
+                parts.push(format!("{label} {}", list.join("|")));
+            }
         }
         formatter.write_str(&parts.join(", "))
     }

@@ -296,6 +296,7 @@ fn at_equal_specificity_deny_beats_review_beats_allow() {
         when: None,
         timeout: None,
         http: None,
+        kubernetes: None,
         name: name.to_owned(),
         agent: Selector::Named("ci-bot".to_owned()),
         resource: Selector::Named("db".to_owned()),

@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod mysql;
+pub mod kubernetes;
 pub mod postgres;
 
 /// sluice's local CA (for `sluice ca` and `sluice run`, which hand it to agents).
@@ -68,6 +69,7 @@ impl Registry {
         registry.register(postgres::Handler::default());
         registry.register(http::Handler::default());
         registry.register(mysql::Handler::default());
+        registry.register(kubernetes::Handler::default());
         registry
     }
 

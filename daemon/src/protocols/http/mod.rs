@@ -17,6 +17,7 @@ pub mod scrub;
 pub mod tls;
 
 use proxy::serve;
+pub use proxy::{BodyFilter, Dialect, Exchange, Judged};
 
 use std::{
     path::Path,
@@ -29,14 +30,37 @@ use crate::{
 };
 
 /// The `http` protocol handler: holds the local CA for every session.
-#[derive(Default)]
 pub struct Handler {
     ca: OnceLock<Arc<ca::LocalCa>>,
+    protocol: Protocol,
+    dialect: Option<Arc<dyn Dialect>>,
+}
+
+impl Default for Handler {
+    fn default() -> Self {
+        Self {
+            ca: OnceLock::new(),
+            protocol: Protocol::Http,
+            dialect: None,
+        }
+    }
+}
+
+impl Handler {
+    /// The handler of a protocol carried over HTTP(S) (Kubernetes): this module's
+    /// transport, judged and answered by `dialect`.
+    pub fn with_dialect(protocol: Protocol, dialect: Arc<dyn Dialect>) -> Self {
+        Self {
+            ca: OnceLock::new(),
+            protocol,
+            dialect: Some(dialect),
+        }
+    }
 }
 
 impl super::ProtocolHandler for Handler {
     fn protocol(&self) -> Protocol {
-        Protocol::Http
+        self.protocol
     }
 
     /// The handler dials: a CONNECT names the proxy's own address, never dialled.
@@ -72,7 +96,8 @@ impl super::ProtocolHandler for Handler {
                 return Closed::from("local_ca: not loaded".to_owned());
             };
             drop(upstream);
-            let (reason, upstream_local) = serve(session, Arc::clone(ca), agent).await;
+            let (reason, upstream_local) =
+                serve(session, Arc::clone(ca), agent, self.dialect.clone()).await;
             Closed {
                 reason,
                 upstream_local,

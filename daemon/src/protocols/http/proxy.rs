@@ -88,6 +88,7 @@ pub async fn serve(
     session: SessionInfo,
     ca: Arc<LocalCa>,
     agent: Box<dyn ByteStream>,
+    dialect: Option<Arc<dyn Dialect>>,
 ) -> (String, Option<String>) {
     let mut agent = agent;
     let counts = Arc::clone(&session.counts);
@@ -109,7 +110,9 @@ pub async fn serve(
             }
         }
     };
-    let shared = Arc::new(Shared::new(session, ca));
+    let mut shared = Shared::new(session, ca);
+    shared.dialect = dialect;
+    let shared = Arc::new(shared);
     if kind == FirstBytes::Connect {
         let reason = connect_tunnel(&shared, first, agent).await;
         return (reason, None);
@@ -501,6 +504,68 @@ struct Shared {
     session: SessionInfo,
     ca: Arc<LocalCa>,
     seq: AtomicU64,
+    /// A protocol spoken over HTTP (Kubernetes) that judges and answers requests in
+    /// its own terms; `None` for plain HTTP.
+    dialect: Option<Arc<dyn Dialect>>,
+}
+
+/// A protocol carried over HTTP that judges, answers and filters requests in its own
+/// terms (Kubernetes). Everything else (interception, upstream verification, credential
+/// injection and scrubbing, holds, records) stays this module's.
+pub trait Dialect: Send + Sync {
+    /// Judges one request whose path is already normalised; `Err` refuses it with a
+    /// status and a reason.
+    fn judge(
+        &self,
+        session: &SessionInfo,
+        request: &hyper::http::request::Parts,
+        path: &str,
+    ) -> Result<Judged, (StatusCode, String)>;
+    /// The JSON body of an answer sluice gives instead of the upstream's (a denial
+    /// names its rule).
+    fn answer(&self, status: StatusCode, rule: Option<&str>, reason: &str) -> serde_json::Value;
+}
+
+/// A dialect's judgement of one request.
+pub struct Judged {
+    pub decision: Decision,
+    /// The request as the pipeline records it (bytes and status are added here).
+    pub operation: Operation,
+    pub exchange: Box<dyn Exchange>,
+}
+
+/// What a dialect does to one allowed request on its way.
+pub trait Exchange: Send {
+    /// Adjusts the headers sent upstream (after hop-by-hop removal, before injection).
+    fn upstream_headers(&mut self, _headers: &mut HeaderMap) {}
+    /// A filter for the response body; `Err` refuses the response.
+    fn response_filter(
+        &mut self,
+        _status: StatusCode,
+        _headers: &HeaderMap,
+    ) -> Result<Option<Box<dyn BodyFilter>>, String> {
+        Ok(None)
+    }
+    /// Relays an upgraded connection (101) to its end; by default, bytes both ways.
+    fn relay(
+        self: Box<Self>,
+        agent: hyper::upgrade::Upgraded,
+        upstream: hyper::upgrade::Upgraded,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let mut agent = TokioIo::new(agent);
+            let mut upstream = TokioIo::new(upstream);
+            let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+        })
+    }
+}
+
+/// Rewrites a response body as it streams.
+pub trait BodyFilter: Send {
+    fn push(&mut self, chunk: &[u8]) -> Vec<u8>;
+    fn finish(&mut self) -> Vec<u8>;
+    /// What was masked or withheld, by kind, for the record.
+    fn masked(&self) -> std::collections::BTreeMap<String, u64>;
 }
 
 impl Shared {
@@ -509,6 +574,7 @@ impl Shared {
             session,
             ca,
             seq: AtomicU64::new(1),
+            dialect: None,
         }
     }
 
@@ -599,6 +665,8 @@ struct RequestFacts {
     approval: Option<ApprovalRecord>,
     /// Its `statement` event is written (before it went upstream).
     announced: bool,
+    /// Set by a dialect: the request as it records it.
+    dialect_operation: Option<Operation>,
 }
 
 impl RequestFacts {
@@ -621,12 +689,16 @@ impl RequestFacts {
             error: None,
             approval: None,
             announced: false,
+            dialect_operation: None,
         }
     }
 
     /// The text a record shows for the request: method, host, path and the query's
     /// parameter names (never their values).
     fn line(&self) -> String {
+        if let Some(operation) = &self.dialect_operation {
+            return operation.summary.clone();
+        }
         let mut line = format!("{} {}{}", self.method, self.host, self.path);
         if !self.query_names.is_empty() {
             line.push('?');
@@ -643,6 +715,11 @@ impl RequestFacts {
         ];
         if let Some(credential) = &self.credential {
             parameters.push(format!("credential={credential}"));
+        }
+        if let Some(operation) = &self.dialect_operation {
+            let mut operation = operation.clone();
+            operation.parameters.extend(parameters);
+            return operation;
         }
         parameters.extend(
             self.header_names
@@ -920,6 +997,11 @@ impl Connection {
             }
         };
         facts.path = path.clone();
+        if let Some(dialect) = shared.dialect.clone() {
+            return self
+                .handle_dialect(&*dialect, parts, body, agent_upgrade, facts, &host, &path)
+                .await;
+        }
 
         // Method overrides are judged as the method they name, along with the real one.
         let mut methods = vec![method.clone()];
@@ -1021,6 +1103,62 @@ impl Connection {
             .await
     }
 
+    /// Judges, holds and forwards a request of a [`Dialect`].
+    #[allow(clippy::too_many_arguments)]
+    async fn handle_dialect(
+        &self,
+        dialect: &dyn Dialect,
+        parts: hyper::http::request::Parts,
+        body: Option<Incoming>,
+        agent_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        mut facts: RequestFacts,
+        host: &str,
+        path: &str,
+    ) -> Response<ProxyBody> {
+        let judged = match dialect.judge(&self.shared.session, &parts, path) {
+            Ok(judged) => judged,
+            Err((status, reason)) => return self.refuse(facts, status, &reason).await,
+        };
+        let mut decision = judged.decision;
+        facts.operation = judged.operation.class.to_string();
+        facts.dialect_operation = Some(judged.operation);
+        if decision.action == Action::Review {
+            let resolution = self.hold(&facts, &decision).await;
+            facts.approval = Some(approval_record(&resolution));
+            if resolution.outcome != Outcome::Approved {
+                decision.action = Action::Deny;
+                decision.reason = format!(
+                    "{} (approval {} {}: {})",
+                    decision.reason,
+                    resolution.id,
+                    resolution.outcome.as_str(),
+                    resolution.reason
+                );
+                return self.deny(facts, decision).await;
+            }
+            decision.action = Action::Allow;
+        }
+        if decision.action != Action::Allow {
+            return self.deny(facts, decision).await;
+        }
+        let body = match body {
+            Some(incoming) => incoming.map_err(BoxError::from).boxed_unsync(),
+            None => http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        };
+        self.forward_with(
+            parts,
+            body,
+            agent_upgrade,
+            facts,
+            decision,
+            (host, path),
+            Some(judged.exchange),
+        )
+        .await
+    }
+
     /// The strictest decision over every method the request may be acted on as.
     fn judge_all(&self, methods: &[String], host: &str, path: &str) -> Decision {
         let mut worst: Option<Decision> = None;
@@ -1042,10 +1180,33 @@ impl Connection {
         parts: hyper::http::request::Parts,
         body: ProxyBody,
         agent_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        mut facts: RequestFacts,
+        facts: RequestFacts,
         decision: Decision,
         host: &str,
         path: &str,
+    ) -> Response<ProxyBody> {
+        self.forward_with(
+            parts,
+            body,
+            agent_upgrade,
+            facts,
+            decision,
+            (host, path),
+            None,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_with(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: ProxyBody,
+        agent_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        mut facts: RequestFacts,
+        decision: Decision,
+        (host, path): (&str, &str),
+        mut exchange: Option<Box<dyn Exchange>>,
     ) -> Response<ProxyBody> {
         let shared = &self.shared;
         let resource = &shared.session.resource;
@@ -1135,6 +1296,9 @@ impl Connection {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+        }
+        if let Some(exchange) = &mut exchange {
+            exchange.upstream_headers(&mut headers);
         }
         if let Some((name, value)) = &injected {
             headers.insert(name.clone(), value.clone());
@@ -1251,6 +1415,18 @@ impl Connection {
         };
         let status = response.status();
         facts.status = Some(status.as_u16());
+        let mut filter = None;
+        if status != StatusCode::SWITCHING_PROTOCOLS
+            && let Some(exchange) = &mut exchange
+        {
+            match exchange.response_filter(status, response.headers()) {
+                Ok(chosen) => filter = chosen,
+                Err(problem) => {
+                    facts.bytes_up = bytes_up.load(Ordering::Relaxed);
+                    return self.refuse(facts, StatusCode::BAD_GATEWAY, &problem).await;
+                }
+            }
+        }
 
         if status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(agent_upgrade) = agent_upgrade
@@ -1262,9 +1438,14 @@ impl Connection {
                     tracing::debug!("upgrade did not complete");
                     return;
                 };
-                let mut agent = TokioIo::new(agent);
-                let mut upstream = TokioIo::new(upstream);
-                let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+                match exchange {
+                    Some(exchange) => exchange.relay(agent, upstream).await,
+                    None => {
+                        let mut agent = TokioIo::new(agent);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+                    }
+                }
             });
             self.upgrades
                 .lock()
@@ -1296,7 +1477,7 @@ impl Connection {
             .get(header::CONTENT_ENCODING)
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| !value.trim().eq_ignore_ascii_case("identity"));
-        if inspect && encoded {
+        if (inspect || filter.is_some()) && encoded {
             facts.bytes_up = bytes_up.load(Ordering::Relaxed);
             return self
                 .refuse(facts, StatusCode::BAD_GATEWAY, "the response body is compressed and must be inspected (credential scrubbing or masking): refused")
@@ -1340,14 +1521,19 @@ impl Connection {
             }
             parts.headers.remove(header::CONTENT_LENGTH);
             let body = Full::new(Bytes::from(masked)).map_err(|never| match never {});
-            let recorded = Recorded::new(body, None, facts, decision, Arc::clone(shared), bytes_up);
+            let mut recorded =
+                Recorded::new(body, None, facts, decision, Arc::clone(shared), bytes_up);
+            recorded.filter = filter;
             return Response::from_parts(parts, recorded.boxed_unsync());
+        }
+        if filter.is_some() {
+            parts.headers.remove(header::CONTENT_LENGTH);
         }
         let stream_scrubber = (!scrubber.is_empty()).then(|| {
             parts.headers.remove(header::CONTENT_LENGTH);
             StreamScrubber::new(scrubber)
         });
-        let recorded = Recorded::new(
+        let mut recorded = Recorded::new(
             body,
             stream_scrubber,
             facts,
@@ -1355,6 +1541,7 @@ impl Connection {
             Arc::clone(shared),
             bytes_up,
         );
+        recorded.filter = filter;
         Response::from_parts(parts, recorded.boxed_unsync())
     }
 
@@ -1370,11 +1557,18 @@ impl Connection {
     async fn deny(&self, mut facts: RequestFacts, decision: Decision) -> Response<ProxyBody> {
         facts.status = Some(403);
         tracing::info!(request = %facts.line(), rule = %decision.rule, "request denied");
-        let body = serde_json::json!({
-            "error": "denied by sluice",
-            "rule": decision.rule,
-            "reason": decision.reason,
-        });
+        let body = match &self.shared.dialect {
+            Some(dialect) => dialect.answer(
+                StatusCode::FORBIDDEN,
+                Some(&decision.rule),
+                &decision.reason,
+            ),
+            None => serde_json::json!({
+                "error": "denied by sluice",
+                "rule": decision.rule,
+                "reason": decision.reason,
+            }),
+        };
         self.shared.finish(&facts, &decision).await;
         json_response(StatusCode::FORBIDDEN, &body)
     }
@@ -1398,7 +1592,10 @@ impl Connection {
             timeout: None,
         };
         self.shared.finish(&facts, &decision).await;
-        let body = serde_json::json!({ "error": "refused by sluice", "reason": reason });
+        let body = match &self.shared.dialect {
+            Some(dialect) => dialect.answer(status, None, reason),
+            None => serde_json::json!({ "error": "refused by sluice", "reason": reason }),
+        };
         json_response(status, &body)
     }
 }
@@ -1521,6 +1718,8 @@ fn injection(
 /// injected, and recorded when it ends (or the agent drops it).
 struct Recorded<B> {
     inner: B,
+    /// A dialect's rewrite of the body, before scrubbing.
+    filter: Option<Box<dyn BodyFilter>>,
     scrubber: Option<StreamScrubber>,
     queued: std::collections::VecDeque<Frame<Bytes>>,
     ended: bool,
@@ -1542,6 +1741,7 @@ impl<B> Recorded<B> {
     ) -> Self {
         Self {
             inner,
+            filter: None,
             scrubber,
             queued: Default::default(),
             ended: false,
@@ -1561,6 +1761,11 @@ impl<B> Drop for Recorded<B> {
         };
         facts.bytes_up = self.bytes_up.load(Ordering::Relaxed);
         facts.bytes_down = self.bytes_down;
+        if let Some(filter) = &self.filter {
+            for (key, count) in filter.masked() {
+                *facts.masked.entry(key).or_default() += count;
+            }
+        }
         if let Some(scrubber) = &self.scrubber
             && scrubber.count > 0
         {
@@ -1613,6 +1818,20 @@ where
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => match &mut this.scrubber {
+                        _ if this.filter.is_some() => {
+                            let filtered = this
+                                .filter
+                                .as_mut()
+                                .map(|filter| filter.push(&data))
+                                .unwrap_or_default();
+                            let filtered = match &mut this.scrubber {
+                                Some(scrubber) => scrubber.push(&filtered),
+                                None => filtered,
+                            };
+                            if !filtered.is_empty() {
+                                this.queued.push_back(Frame::data(Bytes::from(filtered)));
+                            }
+                        }
                         Some(scrubber) => {
                             let clean = scrubber.push(&data);
                             if !clean.is_empty() {
@@ -1633,6 +1852,16 @@ where
                 },
                 Poll::Ready(None) => {
                     this.ended = true;
+                    if let Some(filter) = &mut this.filter {
+                        let rest = filter.finish();
+                        let rest = match &mut this.scrubber {
+                            Some(scrubber) => scrubber.push(&rest),
+                            None => rest,
+                        };
+                        if !rest.is_empty() {
+                            this.queued.push_back(Frame::data(Bytes::from(rest)));
+                        }
+                    }
                     if let Some(scrubber) = &mut this.scrubber {
                         let rest = scrubber.finish();
                         if !rest.is_empty() {
