@@ -87,6 +87,9 @@ pub enum Command {
     /// The local CA that intercepts agents' TLS to `http` resources.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Print a kubeconfig for a `kubernetes` resource: the cluster's server URL,
+    /// sluice's CA, no credentials (the daemon injects its own).
+    Kubeconfig(KubeconfigArgs),
     /// Detach the programs and drop their pinned maps. Agents are no longer
     /// intercepted afterwards; use when uninstalling.
     Detach,
@@ -135,9 +138,26 @@ pub struct RunArgs {
     /// (`ACTIONS_ID_TOKEN_REQUEST_URL`/`_TOKEN`, `BUILDKITE_AGENT_ACCESS_TOKEN`).
     #[arg(long, requires = "identity")]
     pub scrub_token_source: bool,
+    /// Point KUBECONFIG at this file (see `sluice kubeconfig`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// The `kubernetes` resource (policy name).
+    #[arg(long)]
+    pub resource: String,
+    /// The server URL, when the resource's first host name or address and port are not
+    /// what clients use.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The context's default namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,6 +317,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Detach => detach(&Config::load(&cli.config)?),
         Command::Ca(command) => ca::run(&Config::load(&cli.config)?, command),
         Command::Agent(command) => agent::run(&Config::load(&cli.config)?, command),
+        Command::Kubeconfig(args) => kubeconfig(&Config::load(&cli.config)?, &args),
         Command::Daemon(args) => {
             let mut config = Config::load(&cli.config)?;
             if let Some(dir) = args.policy_dir {
@@ -502,6 +523,44 @@ fn policy_check(dir: &Path) -> ExitCode {
 
 /// Places this process in the agent's cgroup, drops privileges, and execs the command.
 /// Refuses when the programs are not attached: an agent must never run unprotected.
+fn kubeconfig(config: &Config, args: &KubeconfigArgs) -> Result<ExitCode, CliError> {
+    use crate::protocols::{http::ca, kubernetes::kubeconfig};
+    let policy = crate::policy::Policy::load_dir(&config.daemon.policy_dir)
+        .map_err(|errors| CliError::System(format!("the policy does not load:\n{errors}")))?;
+    let resource = policy
+        .resource(&args.resource)
+        .filter(|resource| resource.protocol == crate::policy::Protocol::Kubernetes)
+        .ok_or_else(|| {
+            CliError::System(format!(
+                "no resource `{}` with protocol = \"kubernetes\" in {}",
+                args.resource,
+                config.daemon.policy_dir.display()
+            ))
+        })?;
+    let server = match &args.server {
+        Some(server) => server.clone(),
+        None => kubeconfig::server_url(resource).ok_or_else(|| {
+            CliError::System(format!(
+                "resource `{}` has no address or host name to name as the server: give --server",
+                args.resource
+            ))
+        })?,
+    };
+    let ca = ca::LocalCa::load(&ca::CaPaths::in_state_dir(&config.daemon.state_dir)).map_err(
+        |error| CliError::System(format!("the local CA: {error} (start the daemon once)")),
+    )?;
+    print!(
+        "{}",
+        kubeconfig::kubeconfig(
+            &resource.name,
+            &server,
+            ca.certificate_pem(),
+            args.namespace.as_deref()
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
     let root = ManagedRoot::resolve(&config.cgroup.root)?;
     let missing: Vec<String> = bpf::attached_programs(&config.cgroup.bpffs_dir)
@@ -556,6 +615,9 @@ fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
         for variable in crate::protocols::local_ca::TRUST_VARIABLES {
             command.env(variable, &bundle);
         }
+    }
+    if let Some(kubeconfig) = &args.kubeconfig {
+        command.env("KUBECONFIG", kubeconfig);
     }
     if let Some(user) = user {
         let (uid, gid) = (user.uid, user.gid);
