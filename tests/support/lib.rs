@@ -6,6 +6,7 @@
 //! These tests need root (cgroups, eBPF): `cargo xtask test` runs them so.
 
 pub mod http;
+pub mod kube;
 pub mod mysql;
 pub mod oidc;
 pub mod pki;
