@@ -61,6 +61,12 @@ pub const HTTP_ACTIVITY: Class = Class {
     category_uid: 4,
     category_name: "Network Activity",
 };
+pub const API_ACTIVITY: Class = Class {
+    uid: 6003,
+    name: "API Activity",
+    category_uid: 6,
+    category_name: "Application Activity",
+};
 pub const DATASTORE_ACTIVITY: Class = Class {
     uid: 6005,
     name: "Datastore Activity",
@@ -128,14 +134,20 @@ struct Mapped {
 pub fn event(stored: &StoredEvent) -> Value {
     let event = &stored.event;
     let http = is_http_operation(&event.activity, &event.context);
+    let kubernetes = is_kubernetes_operation(&event.activity, &event.context);
     let class = if http {
         HTTP_ACTIVITY
+    } else if kubernetes {
+        API_ACTIVITY
     } else {
         class_of(&event.activity)
     };
     let mut mapped = activity_fields(&event.activity, &event.context, &event.host);
     if http {
         http_fields(&mut mapped, &event.activity);
+    }
+    if kubernetes {
+        kubernetes_fields(&mut mapped, &event.activity);
     }
     let type_uid = u64::from(class.uid) * 100 + u64::from(mapped.activity_id);
     let mut object = json!({
@@ -518,6 +530,71 @@ fn activity_fields(activity: &Activity, context: &Context, host: &str) -> Mapped
                 fields,
             }
         }
+    }
+}
+
+/// A request on a `kubernetes` resource: API Activity (6003).
+fn is_kubernetes_operation(activity: &Activity, context: &Context) -> bool {
+    matches!(
+        activity,
+        Activity::Statement { .. } | Activity::StatementResult { .. }
+    ) && context.protocol.as_deref() == Some("kubernetes")
+}
+
+/// Turns a Kubernetes request's Datastore mapping into API Activity's: the activity
+/// by verb, `api` (operation, service, group, response code) and `resources` (the
+/// object: name, type as `resource[/subresource]`, namespace), from the record's
+/// `verb=`, `group=`, `resource=`, ... parameters.
+fn kubernetes_fields(mapped: &mut Mapped, activity: &Activity) {
+    for key in ["query_info", "database", "table", "type_id", "type"] {
+        mapped.fields.remove(key);
+    }
+    match activity {
+        Activity::Statement { parameters, .. } => {
+            let value = |key: &str| {
+                parameters.iter().find_map(|parameter| {
+                    parameter
+                        .strip_prefix(key)
+                        .and_then(|rest| rest.strip_prefix('='))
+                })
+            };
+            let verb = value("verb").unwrap_or_default();
+            (mapped.activity_id, mapped.activity_name) = match verb {
+                "create" => (1, "Create"),
+                "get" | "list" | "watch" => (2, "Read"),
+                "update" | "patch" => (3, "Update"),
+                "delete" | "deletecollection" => (4, "Delete"),
+                _ => (99, "Other"),
+            };
+            let mut api = json!({"operation": verb, "service": {"name": "kubernetes"}});
+            if let Some(group) = value("group") {
+                api["group"] = json!({"name": group});
+            }
+            mapped.fields.insert("api".into(), api);
+            if let Some(resource) = value("resource") {
+                let kind = match value("subresource") {
+                    Some(subresource) => format!("{resource}/{subresource}"),
+                    None => resource.to_owned(),
+                };
+                let mut object = json!({"type": kind});
+                if let Some(name) = value("name") {
+                    object["name"] = json!(name);
+                }
+                if let Some(namespace) = value("namespace") {
+                    object["namespace"] = json!(namespace);
+                }
+                mapped.fields.insert("resources".into(), json!([object]));
+            }
+        }
+        Activity::StatementResult { tag, .. } => {
+            (mapped.activity_id, mapped.activity_name) = (99, "Other");
+            let mut api = json!({"service": {"name": "kubernetes"}});
+            if let Some(code) = tag.as_deref().and_then(|tag| tag.parse::<u16>().ok()) {
+                api["response"] = json!({"code": code});
+            }
+            mapped.fields.insert("api".into(), api);
+        }
+        _ => {}
     }
 }
 

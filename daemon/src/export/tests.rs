@@ -423,3 +423,34 @@ fn ocsf_maps_an_http_request_to_http_activity() {
     assert_eq!(event["http_request"]["url"]["path"], "/repos/acme/api");
     assert!(event.get("query_info").is_none(), "{event:#}");
 }
+
+#[test]
+fn ocsf_maps_a_kubernetes_request_to_api_activity() {
+    let mut events = every_activity();
+    let mut request = events.swap_remove(3);
+    request.event.context.protocol = Some("kubernetes".into());
+    if let Activity::Statement {
+        sql, parameters, ..
+    } = &mut request.event.activity
+    {
+        *sql = "delete pods -n shop web".into();
+        *parameters = vec![
+            "verb=delete".into(),
+            "risk=delete".into(),
+            "group=".into(),
+            "resource=pods".into(),
+            "namespace=shop".into(),
+            "name=web".into(),
+        ];
+    }
+    let event: Value =
+        serde_json::from_str(&render(Format::Ocsf, &request).expect("render")).expect("json");
+    assert_eq!(event["class_uid"], 6003);
+    assert_eq!(event["type_uid"], 600304);
+    assert_eq!(event["api"]["operation"], "delete");
+    assert_eq!(event["api"]["service"]["name"], "kubernetes");
+    assert_eq!(event["resources"][0]["type"], "pods");
+    assert_eq!(event["resources"][0]["namespace"], "shop");
+    assert_eq!(event["resources"][0]["name"], "web");
+    assert!(event.get("query_info").is_none(), "{event:#}");
+}
