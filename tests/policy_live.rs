@@ -883,11 +883,11 @@ fn policy_reload_on_demand_and_after_the_directory_is_replaced() {
 }
 
 /// A resource whose protocol this sluice relays but does not decode.
-const UNDECODED: &str = "[[resource]]\nname = \"api\"\naddresses = [\"127.0.0.2\"]\nports = [8080]\nprotocol = \"kubernetes\"\n\n\
+const UNDECODED: &str = "[[resource]]\nname = \"api\"\naddresses = [\"127.0.0.2\"]\nports = [8080]\nprotocol = \"ssh\"\n\n\
     [[rule]]\nagent = \"ci-bot\"\nresource = \"api\"\noperations = [\"read\"]\naction = \"allow\"\n";
 
 const NOT_DECODED: &str =
-    "protocol `kubernetes` is not decoded by this sluice yet: its rules could not be enforced";
+    "protocol `ssh` is not decoded by this sluice yet: its rules could not be enforced";
 
 #[test]
 fn a_protocol_sluice_does_not_decode_fails_check_reload_and_start() {

@@ -525,8 +525,11 @@ fn policy_check(dir: &Path) -> ExitCode {
 /// Refuses when the programs are not attached: an agent must never run unprotected.
 fn kubeconfig(config: &Config, args: &KubeconfigArgs) -> Result<ExitCode, CliError> {
     use crate::protocols::{http::ca, kubernetes::kubeconfig};
-    let policy = crate::policy::Policy::load_dir(&config.daemon.policy_dir)
-        .map_err(|errors| CliError::System(format!("the policy does not load:\n{errors}")))?;
+    let policy = crate::policy::Policy::load_dir(
+        &config.daemon.policy_dir,
+        &crate::daemon::enforceable_protocols(),
+    )
+    .map_err(|errors| CliError::System(format!("the policy does not load:\n{errors}")))?;
     let resource = policy
         .resource(&args.resource)
         .filter(|resource| resource.protocol == crate::policy::Protocol::Kubernetes)

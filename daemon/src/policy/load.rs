@@ -839,6 +839,20 @@ impl Builder {
                 ));
             }
         }
+        for rule in self.rules.iter().filter(|rule| rule.kubernetes.is_some()) {
+            if let Selector::Named(name) = &rule.resource
+                && let Some(resource) = self.resources.iter().find(|r| &r.name == name)
+                && resource.protocol != Protocol::Kubernetes
+            {
+                problems.push(diagnostic(
+                    &rule.location,
+                    format!(
+                        "rule `{}` narrows by `kubernetes` but resource `{name}` speaks {}, not kubernetes",
+                        rule.name, resource.protocol
+                    ),
+                ));
+            }
+        }
         self.diagnostics.extend(problems);
     }
 

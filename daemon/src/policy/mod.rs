@@ -317,10 +317,11 @@ impl Policy {
         operation: Operation,
         target: &str,
     ) -> Decision {
-        // A rule narrowed by `http` speaks only about HTTP requests (`decide_http`); for
-        // any other operation it only implies connecting.
+        // A rule narrowed by `http` or `kubernetes` speaks only about those requests
+        // (`decide_http`, `decide_kubernetes`); for any other operation it only implies
+        // connecting.
         self.decide_about_with(facts, resource, operation, target, |rule| {
-            rule.http.is_none() || operation == Operation::Connect
+            (rule.http.is_none() && rule.kubernetes.is_none()) || operation == Operation::Connect
         })
     }
 

@@ -349,6 +349,7 @@ action = "allow"
             agent: "deployer",
             uid: 1000,
             exe: None,
+            workload: None,
         };
         policy.decide_kubernetes(
             &facts,
@@ -408,6 +409,57 @@ action = "allow"
         let plain = decide(&policy, "get secrets -n shop-secrets db");
         assert_eq!(plain.action, Action::Allow);
         assert!(secrets_in_plain(&policy, &plain));
+    }
+
+    #[test]
+    fn kubernetes_narrowing_on_another_protocol_is_a_load_error_and_never_broadens() {
+        let text = r#"
+[[agent]]
+name = "deployer"
+
+[[resource]]
+name = "db"
+addresses = ["10.0.0.5"]
+ports = [5432]
+protocol = "postgres"
+
+[[rule]]
+agent = "deployer"
+resource = "db"
+operations = ["read"]
+kubernetes = { namespaces = ["shop"] }
+action = "allow"
+"#;
+        assert!(Policy::from_sources(&[(PathBuf::from("k.toml"), text.into())]).is_err());
+        // On a kubernetes resource, a narrowed rule says nothing about other questions
+        // than Kubernetes requests (beyond implying connect).
+        let policy = example();
+        let facts = AgentFacts {
+            agent: "deployer",
+            uid: 1000,
+            exe: None,
+            workload: None,
+        };
+        assert_eq!(
+            policy
+                .decide(
+                    &facts,
+                    Some("prod-cluster"),
+                    crate::policy::Operation::Write
+                )
+                .action,
+            Action::Deny
+        );
+        assert_eq!(
+            policy
+                .decide(
+                    &facts,
+                    Some("prod-cluster"),
+                    crate::policy::Operation::Connect
+                )
+                .action,
+            Action::Allow
+        );
     }
 
     #[test]
