@@ -12,8 +12,8 @@
 //! Adding a protocol is its module plus one line in [`Registry::standard`].
 
 pub mod http;
-pub mod mysql;
 pub mod kubernetes;
+pub mod mysql;
 pub mod postgres;
 
 /// sluice's local CA (for `sluice ca` and `sluice run`, which hand it to agents).
