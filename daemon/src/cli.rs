@@ -524,7 +524,7 @@ fn policy_check(dir: &Path) -> ExitCode {
 /// Places this process in the agent's cgroup, drops privileges, and execs the command.
 /// Refuses when the programs are not attached: an agent must never run unprotected.
 fn kubeconfig(config: &Config, args: &KubeconfigArgs) -> Result<ExitCode, CliError> {
-    use crate::protocols::{http::ca, kubernetes::kubeconfig};
+    use crate::protocols::{kubernetes_kubeconfig as kubeconfig, local_ca as ca};
     let policy = crate::policy::Policy::load_dir(
         &config.daemon.policy_dir,
         &crate::daemon::enforceable_protocols(),

@@ -202,7 +202,7 @@ pub async fn explain(
 fn kubernetes_question(
     text: &str,
 ) -> Result<(Operation, crate::policy::KubernetesQuestion), String> {
-    use crate::protocols::kubernetes::{dialect::summary, request};
+    use crate::protocols::{kubernetes_request as request, kubernetes_summary as summary};
     let mut words = text.split_whitespace();
     let first = words.next().unwrap_or_default();
     let second = words.next().unwrap_or_default();

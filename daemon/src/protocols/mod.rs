@@ -18,6 +18,15 @@ pub mod postgres;
 
 /// sluice's local CA (for `sluice ca` and `sluice run`, which hand it to agents).
 pub use http::ca as local_ca;
+/// The hook a protocol carried over HTTP(S) plugs into the `http` transport with
+/// (Kubernetes is the `http` handler with its dialect, registered below).
+pub use http::{BodyFilter, Dialect, Exchange, Judged};
+/// Kubernetes request mapping and kubeconfigs, for `sluice policy explain
+/// --kubernetes` and `sluice kubeconfig`.
+pub use kubernetes::{
+    dialect::summary as kubernetes_summary, kubeconfig as kubernetes_kubeconfig,
+    request as kubernetes_request,
+};
 
 #[cfg(test)]
 mod layout;
@@ -69,7 +78,10 @@ impl Registry {
         registry.register(postgres::Handler::default());
         registry.register(http::Handler::default());
         registry.register(mysql::Handler::default());
-        registry.register(kubernetes::Handler::default());
+        registry.register(http::Handler::with_dialect(
+            Protocol::Kubernetes,
+            kubernetes::Kubernetes::dialect(),
+        ));
         registry
     }
 

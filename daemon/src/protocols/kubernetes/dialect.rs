@@ -15,7 +15,7 @@ use super::{
 use crate::{
     pipeline::{Details, Operation, SessionInfo},
     policy::{AgentFacts, Decision, KubernetesRequest, Policy, Protocol},
-    protocols::http::{BodyFilter, Dialect, Exchange, Judged},
+    protocols::{BodyFilter, Dialect, Exchange, Judged},
 };
 
 /// Judges and answers Kubernetes API requests.
