@@ -883,18 +883,15 @@ fn policy_reload_on_demand_and_after_the_directory_is_replaced() {
 }
 
 /// A resource whose protocol this sluice relays but does not decode.
-const UNDECODED_HTTP: &str = "[[resource]]\nname = \"api\"\naddresses = [\"127.0.0.2\"]\nports = [8080]\nprotocol = \"http\"\n\n\
+const UNDECODED: &str = "[[resource]]\nname = \"api\"\naddresses = [\"127.0.0.2\"]\nports = [8080]\nprotocol = \"ssh\"\n\n\
     [[rule]]\nagent = \"ci-bot\"\nresource = \"api\"\noperations = [\"read\"]\naction = \"allow\"\n";
 
 const NOT_DECODED: &str =
-    "protocol `http` is not decoded by this sluice yet: its rules could not be enforced";
+    "protocol `ssh` is not decoded by this sluice yet: its rules could not be enforced";
 
 #[test]
 fn a_protocol_sluice_does_not_decode_fails_check_reload_and_start() {
-    let (code, stderr) = policy_check(&[
-        ("10-base.toml", BASE_POLICY),
-        ("20-api.toml", UNDECODED_HTTP),
-    ]);
+    let (code, stderr) = policy_check(&[("10-base.toml", BASE_POLICY), ("20-api.toml", UNDECODED)]);
     assert_eq!(code, Some(1), "{stderr}");
     let problem = problem_at(&stderr, "20-api.toml:1:");
     assert!(
@@ -905,7 +902,7 @@ fn a_protocol_sluice_does_not_decode_fails_check_reload_and_start() {
     // A running daemon keeps its policy and says why.
     let mut daemon = TestDaemon::start(BASE_POLICY);
     let policies = daemon.dir.path().join("policies");
-    std::fs::write(policies.join("20-api.toml"), UNDECODED_HTTP).expect("write policy");
+    std::fs::write(policies.join("20-api.toml"), UNDECODED).expect("write policy");
     let rejected = daemon.sluice(&["policy", "reload"]);
     let stderr = String::from_utf8_lossy(&rejected.stderr);
     assert_eq!(rejected.status.code(), Some(1), "{stderr}");

@@ -6,6 +6,7 @@
 
 mod agent;
 mod approvals;
+mod ca;
 mod export;
 mod live_policy;
 #[cfg(test)]
@@ -83,6 +84,12 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Check the audit event log's hash chain; exit 1 at the first break, naming it.
     Verify(verify::VerifyArgs),
+    /// The local CA that intercepts agents' TLS to `http` resources.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Print a kubeconfig for a `kubernetes` resource: the cluster's server URL,
+    /// sluice's CA, no credentials (the daemon injects its own).
+    Kubeconfig(KubeconfigArgs),
     /// Detach the programs and drop their pinned maps. Agents are no longer
     /// intercepted afterwards; use when uninstalling.
     Detach,
@@ -131,9 +138,26 @@ pub struct RunArgs {
     /// (`ACTIONS_ID_TOKEN_REQUEST_URL`/`_TOKEN`, `BUILDKITE_AGENT_ACCESS_TOKEN`).
     #[arg(long, requires = "identity")]
     pub scrub_token_source: bool,
+    /// Point KUBECONFIG at this file (see `sluice kubeconfig`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// The `kubernetes` resource (policy name).
+    #[arg(long)]
+    pub resource: String,
+    /// The server URL, when the resource's first host name or address and port are not
+    /// what clients use.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The context's default namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,7 +315,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Run(args) => run_agent(&Config::load(&cli.config)?, args),
         Command::Detach => detach(&Config::load(&cli.config)?),
+        Command::Ca(command) => ca::run(&Config::load(&cli.config)?, command),
         Command::Agent(command) => agent::run(&Config::load(&cli.config)?, command),
+        Command::Kubeconfig(args) => kubeconfig(&Config::load(&cli.config)?, &args),
         Command::Daemon(args) => {
             let mut config = Config::load(&cli.config)?;
             if let Some(dir) = args.policy_dir {
@@ -497,6 +523,47 @@ fn policy_check(dir: &Path) -> ExitCode {
 
 /// Places this process in the agent's cgroup, drops privileges, and execs the command.
 /// Refuses when the programs are not attached: an agent must never run unprotected.
+fn kubeconfig(config: &Config, args: &KubeconfigArgs) -> Result<ExitCode, CliError> {
+    use crate::protocols::{kubernetes_kubeconfig as kubeconfig, local_ca as ca};
+    let policy = crate::policy::Policy::load_dir(
+        &config.daemon.policy_dir,
+        &crate::daemon::enforceable_protocols(),
+    )
+    .map_err(|errors| CliError::System(format!("the policy does not load:\n{errors}")))?;
+    let resource = policy
+        .resource(&args.resource)
+        .filter(|resource| resource.protocol == crate::policy::Protocol::Kubernetes)
+        .ok_or_else(|| {
+            CliError::System(format!(
+                "no resource `{}` with protocol = \"kubernetes\" in {}",
+                args.resource,
+                config.daemon.policy_dir.display()
+            ))
+        })?;
+    let server = match &args.server {
+        Some(server) => server.clone(),
+        None => kubeconfig::server_url(resource).ok_or_else(|| {
+            CliError::System(format!(
+                "resource `{}` has no address or host name to name as the server: give --server",
+                args.resource
+            ))
+        })?,
+    };
+    let ca = ca::LocalCa::load(&ca::CaPaths::in_state_dir(&config.daemon.state_dir)).map_err(
+        |error| CliError::System(format!("the local CA: {error} (start the daemon once)")),
+    )?;
+    print!(
+        "{}",
+        kubeconfig::kubeconfig(
+            &resource.name,
+            &server,
+            ca.certificate_pem(),
+            args.namespace.as_deref()
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
     let root = ManagedRoot::resolve(&config.cgroup.root)?;
     let missing: Vec<String> = bpf::attached_programs(&config.cgroup.bpffs_dir)
@@ -544,6 +611,16 @@ fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
     command.args(rest);
     for variable in &hidden_variables {
         command.env_remove(variable);
+    }
+    // Agents trust the local CA without reconfiguration: every runtime's variable
+    // points at the system roots plus the sluice CA.
+    if let Some(bundle) = ca::bundle_path(config) {
+        for variable in crate::protocols::local_ca::TRUST_VARIABLES {
+            command.env(variable, &bundle);
+        }
+    }
+    if let Some(kubeconfig) = &args.kubeconfig {
+        command.env("KUBECONFIG", kubeconfig);
     }
     if let Some(user) = user {
         let (uid, gid) = (user.uid, user.gid);

@@ -36,7 +36,7 @@ pub enum CredentialsError {
 }
 
 /// A secret that never shows up in Debug output or logs.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -57,14 +57,48 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// One upstream login.
+/// One upstream login: `user` and `password` (databases, HTTP basic), or for HTTP
+/// resources `bearer`, or a `header` and its `value`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
+    #[serde(default)]
     pub user: String,
+    #[serde(default)]
     pub password: Secret,
     /// Overrides the database the agent asked for.
     pub database: Option<String>,
+    /// HTTP: sent as `Authorization: Bearer ...`.
+    pub bearer: Option<Secret>,
+    /// HTTP: the name of the header `value` is sent in.
+    pub header: Option<String>,
+    /// HTTP: the value of `header`.
+    pub value: Option<Secret>,
+}
+
+impl Credential {
+    /// Which shape the entry has, or why it has none.
+    pub fn check(&self) -> Result<(), String> {
+        let login = !self.user.is_empty() || !self.password.expose().is_empty();
+        let shapes = [
+            login,
+            self.bearer.is_some(),
+            self.header.is_some() || self.value.is_some(),
+        ];
+        match shapes.iter().filter(|&&shape| shape).count() {
+            1 if self.header.is_some() != self.value.is_some() => {
+                Err("`header` and `value` go together".into())
+            }
+            1 if login && (self.user.is_empty() || self.password.expose().is_empty()) => {
+                Err("`user` and `password` go together".into())
+            }
+            1 => Ok(()),
+            0 => Err("needs `user` and `password`, `bearer`, or `header` and `value`".into()),
+            _ => Err(
+                "holds more than one of `user`/`password`, `bearer` and `header`/`value`".into(),
+            ),
+        }
+    }
 }
 
 /// Every credential, by name.
@@ -100,17 +134,26 @@ impl Credentials {
             path: path.to_owned(),
             source,
         })?;
-        let by_name = toml::from_str(&text).map_err(|error| CredentialsError::Parse {
-            path: path.to_owned(),
-            // toml's message quotes the offending line, which may hold a password.
-            message: error
-                .span()
-                .map(|span| {
-                    let (line, column) = crate::config::line_column(&text, span.start);
-                    format!("{line}:{column}: invalid credentials entry")
-                })
-                .unwrap_or_else(|| "invalid credentials file".into()),
-        })?;
+        let by_name: HashMap<String, Credential> =
+            toml::from_str(&text).map_err(|error| CredentialsError::Parse {
+                path: path.to_owned(),
+                // toml's message quotes the offending line, which may hold a password.
+                message: error
+                    .span()
+                    .map(|span| {
+                        let (line, column) = crate::config::line_column(&text, span.start);
+                        format!("{line}:{column}: invalid credentials entry")
+                    })
+                    .unwrap_or_else(|| "invalid credentials file".into()),
+            })?;
+        for (name, credential) in &by_name {
+            credential
+                .check()
+                .map_err(|problem| CredentialsError::Parse {
+                    path: path.to_owned(),
+                    message: format!("[{name}]: {problem}"),
+                })?;
+        }
         Ok(Self { by_name })
     }
 

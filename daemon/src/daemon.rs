@@ -52,6 +52,8 @@ pub enum DaemonError {
     Identity(String),
     #[error("credentials: {0}")]
     Credentials(#[from] crate::credentials::CredentialsError),
+    #[error("protocol handler: {0}")]
+    Protocol(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
@@ -228,6 +230,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         workload: Arc::clone(&workload),
     });
 
+    let registry = Arc::new(crate::protocols::Registry::standard());
+    registry
+        .prepare(&config.daemon.state_dir, config.control.socket.parent())
+        .map_err(DaemonError::Protocol)?;
     let interception = Arc::new(interception);
     let dns = (!dns_sockets.is_empty()).then(|| {
         let upstreams = config.dns.effective_upstreams(&dns_addrs);
@@ -256,7 +262,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             config.redirect.upstream_connect_timeout_ms,
         ),
         credentials: Arc::new(credentials),
-        registry: Arc::new(crate::protocols::Registry::standard()),
+        registry,
         mask_key: crate::credentials::load_or_create_mask_key(&config.daemon.state_dir)?.into(),
         approvals,
     });

@@ -38,4 +38,5 @@ pub mod seccomp;
 pub mod session;
 pub mod sql;
 pub mod store;
+pub mod trust;
 pub mod workload;

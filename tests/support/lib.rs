@@ -5,6 +5,8 @@
 //! control socket and store, so tests run in parallel without seeing each other.
 //! These tests need root (cgroups, eBPF): `cargo xtask test` runs them so.
 
+pub mod http;
+pub mod kube;
 pub mod mysql;
 pub mod oidc;
 pub mod pki;

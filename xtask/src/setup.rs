@@ -36,6 +36,14 @@ pub const TEST_PACKAGES: &[&str] = &[
     // tests/export.rs: a real syslog collector, over TCP and over TLS (ossl driver).
     "rsyslog",
     "rsyslog-openssl",
+    // tests/http.rs: real HTTPS upstreams (nginx, git-http-backend behind fcgiwrap) and
+    // real agents (curl, git, python requests and httpx).
+    "nginx",
+    "fcgiwrap",
+    "git",
+    "curl",
+    "python3-requests",
+    "python3-httpx",
     // tests/mysql.rs: a real MariaDB server and its clients, the Python connectors and
     // sysbench; `cargo xtask bench` runs sysbench through sluice too.
     "mariadb-server",

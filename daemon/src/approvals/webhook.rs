@@ -6,7 +6,7 @@
 //! request bounded by [`REQUEST_TIMEOUT`], and when [`QUEUE_CAPACITY`] announcements
 //! are already waiting the new one is dropped and logged. The hold itself does not
 //! depend on any webhook: the CLI lists every hold. Plain hyper (HTTP/1.1 over one
-//! connection per request) and rustls with the Mozilla roots for `https`, since both
+//! connection per request) and rustls with the system trust store for `https`, since both
 //! are in the tree already and a pooled client buys nothing at this rate.
 
 use std::{sync::Arc, time::Duration};
@@ -123,7 +123,7 @@ impl Notifier {
 
 fn tls_config() -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots.extend(crate::trust::default_roots().roots.iter().cloned());
     ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))

@@ -25,10 +25,20 @@ pub struct ExplainArgs {
     /// SQL to classify and decide, as the resource's proxy (PostgreSQL or MySQL) would.
     #[arg(
         long,
-        conflicts_with = "operation",
-        required_unless_present = "operation"
+        conflicts_with_all = ["operation", "http", "kubernetes"],
+        required_unless_present_any = ["operation", "http", "kubernetes"]
     )]
     pub sql: Option<String>,
+    /// An HTTP request to decide, `"METHOD URL"`, as the resource's HTTP proxy would
+    /// (the path normalised, the rules' `http` narrowing applied).
+    #[arg(long, conflicts_with_all = ["operation", "kubernetes"])]
+    pub http: Option<String>,
+    /// A Kubernetes request to map and decide, as the kubernetes proxy would:
+    /// `"VERB RESOURCE[/SUBRESOURCE][.GROUP] [-n NAMESPACE] [NAME]"` (`"delete pods -n
+    /// shop web"`, `"create pods/exec -n shop web"`, `"get /version"`), or a raw request
+    /// `"METHOD /path?query"` (`"DELETE /api/v1/namespaces/shop"`).
+    #[arg(long, conflicts_with = "operation")]
+    pub kubernetes: Option<String>,
     /// An operation class to decide (`connect`, `read`, `write`, ...).
     #[arg(long)]
     pub operation: Option<Operation>,
@@ -138,14 +148,26 @@ pub async fn explain(
     client: impl FnOnce() -> Result<ControlClient, CliError>,
     args: ExplainArgs,
 ) -> Result<ExitCode, CliError> {
+    let (operation, kubernetes) = match &args.kubernetes {
+        Some(text) => match kubernetes_question(text) {
+            Ok((operation, question)) => (Some(operation), Some(question)),
+            Err(problem) => {
+                eprintln!("sluice: --kubernetes: {problem}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        None => (args.operation, None),
+    };
     let question = ExplainQuestion {
         agent: args.agent,
         resource: args.resource,
         sql: args.sql,
-        operation: args.operation,
+        operation,
+        http: args.http,
         uid: args.uid,
         exe: args.exe,
         claims: args.claims,
+        kubernetes,
     };
     let explanation: Explanation = match &args.policy_dir {
         Some(dir) => {
@@ -174,6 +196,40 @@ pub async fn explain(
         print_explanation(&explanation, args.policy_dir.is_some());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Maps `--kubernetes` words or a raw `METHOD /path?query` as the kubernetes proxy does.
+fn kubernetes_question(
+    text: &str,
+) -> Result<(Operation, crate::policy::KubernetesQuestion), String> {
+    use crate::protocols::{kubernetes_request as request, kubernetes_summary as summary};
+    let mut words = text.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let second = words.next().unwrap_or_default();
+    let raw = first.bytes().all(|b| b.is_ascii_uppercase()) && second.starts_with('/');
+    let info = if raw {
+        let (path, query) = match second.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (second, None),
+        };
+        request::request_info(first, path, query).map_err(|error| error.to_string())?
+    } else {
+        request::parse_described(text)?
+    };
+    let sensitivity = request::sensitivity(&info, false);
+    Ok((
+        sensitivity.class(),
+        crate::policy::KubernetesQuestion {
+            is_resource_request: info.is_resource_request,
+            summary: summary(&info, sensitivity),
+            verb: info.verb,
+            api_group: info.api_group,
+            resource: info.resource,
+            subresource: info.subresource,
+            namespace: info.namespace,
+            name: info.name,
+        },
+    ))
 }
 
 fn print_explanation(explanation: &Explanation, offline: bool) {

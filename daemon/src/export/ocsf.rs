@@ -61,6 +61,18 @@ pub const DNS_ACTIVITY: Class = Class {
     category_uid: 4,
     category_name: "Network Activity",
 };
+pub const HTTP_ACTIVITY: Class = Class {
+    uid: 4002,
+    name: "HTTP Activity",
+    category_uid: 4,
+    category_name: "Network Activity",
+};
+pub const API_ACTIVITY: Class = Class {
+    uid: 6003,
+    name: "API Activity",
+    category_uid: 6,
+    category_name: "Application Activity",
+};
 pub const DATASTORE_ACTIVITY: Class = Class {
     uid: 6005,
     name: "Datastore Activity",

@@ -105,6 +105,36 @@ impl Policy {
         self.apply_grants(decision, grants, facts, operation, now)
     }
 
+    /// [`Policy::decide_http`], then the grants in force at `now`.
+    pub fn decide_http_with_grants(
+        &self,
+        grants: &[Grant],
+        facts: &AgentFacts<'_>,
+        resource: &str,
+        operation: Operation,
+        request: (&str, &str, &str),
+        now: OffsetDateTime,
+    ) -> Decision {
+        let decision = self.decide_http(facts, resource, operation, request);
+        self.apply_grants(decision, grants, facts, operation, now)
+    }
+
+    /// [`Policy::decide_kubernetes`], then the grants in force at `now`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_kubernetes_with_grants(
+        &self,
+        grants: &[Grant],
+        facts: &AgentFacts<'_>,
+        resource: &str,
+        operation: Operation,
+        request: &super::KubernetesRequest<'_>,
+        summary: &str,
+        now: OffsetDateTime,
+    ) -> Decision {
+        let decision = self.decide_kubernetes(facts, resource, operation, request, summary);
+        self.apply_grants(decision, grants, facts, operation, now)
+    }
+
     /// [`Policy::decide_connection`], then the grants in force at `now`: a grant for
     /// any class on the destination's resource implies connecting to it.
     pub fn decide_connection_with_grants(

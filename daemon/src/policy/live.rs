@@ -228,6 +228,10 @@ pub struct ExplainQuestion {
     pub sql: Option<String>,
     #[serde(default)]
     pub operation: Option<Operation>,
+    /// An HTTP request, `METHOD URL` (`DELETE https://api.example.com/repos/x`, or a
+    /// path alone), judged as the resource's HTTP proxy would.
+    #[serde(default)]
+    pub http: Option<String>,
     /// The process's uid; by default the first of the agent's `uids`, else 0.
     #[serde(default)]
     pub uid: Option<u32>,
@@ -238,6 +242,29 @@ pub struct ExplainQuestion {
     /// issuer; absent: a run without a verified identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claims: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A Kubernetes request (with `operation`, its class), as the kubernetes protocol
+    /// maps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesQuestion>,
+}
+
+/// The Kubernetes request of an [`ExplainQuestion`]: the mapped fields, plain data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesQuestion {
+    pub is_resource_request: bool,
+    pub verb: String,
+    #[serde(default)]
+    pub api_group: String,
+    #[serde(default)]
+    pub resource: String,
+    #[serde(default)]
+    pub subresource: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    /// How records show it (`delete pods -n shop web`).
+    pub summary: String,
 }
 
 /// The answer: how the statements are classified and decided, as they would be live.
@@ -259,14 +286,52 @@ pub struct Explanation {
 pub enum ExplainError {
     #[error("the policy defines no resource `{0}`")]
     UnknownResource(String),
-    #[error("give exactly one of sql and operation")]
+    #[error("give exactly one of sql, http and operation")]
     SqlOrOperation,
+    #[error("`{0}` is not `METHOD URL` (like `DELETE https://api.example.com/repos/x`)")]
+    BadHttp(String),
+    #[error("the request's path cannot be judged: {0}")]
+    BadPath(super::TargetError),
     #[error(
         "resource `{resource}` speaks {protocol}: sluice decodes no SQL there, ask about an operation instead"
     )]
     NotSql { resource: String, protocol: String },
     #[error("the SQL text is empty")]
     EmptySql,
+    #[error(
+        "resource `{resource}` speaks {protocol}, not kubernetes: ask about an operation instead"
+    )]
+    NotKubernetes { resource: String, protocol: String },
+}
+
+/// `METHOD URL` → (method, host, normalised path); the URL may be a path alone.
+fn split_http_request(request: &str) -> Result<(String, String, String), ExplainError> {
+    let bad = || ExplainError::BadHttp(request.to_owned());
+    let mut words = request.split_whitespace();
+    let (Some(method), Some(url), None) = (words.next(), words.next(), words.next()) else {
+        return Err(bad());
+    };
+    let method = method.to_ascii_uppercase();
+    let (host, rest) = match url.split_once("://") {
+        Some((_, after)) => match after.find('/') {
+            Some(slash) => (&after[..slash], &after[slash..]),
+            None => (after, "/"),
+        },
+        None => ("", url),
+    };
+    let host = host.rsplit('@').next().unwrap_or_default();
+    let host = if let Some(bracketed) = host.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or_default()
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    let path = rest.split(['?', '#']).next().unwrap_or("/");
+    let path = super::normalise_path(path).map_err(ExplainError::BadPath)?;
+    Ok((
+        method,
+        host.trim_end_matches('.').to_ascii_lowercase(),
+        path,
+    ))
 }
 
 impl PolicyHandle {
@@ -302,8 +367,26 @@ impl PolicyHandle {
             exe: exe.as_deref().map(std::path::Path::new),
             workload: workload.as_ref(),
         };
-        let statements = match (&question.sql, question.operation) {
-            (Some(sql_text), None) => {
+        let statements = match (&question.sql, question.operation, &question.http) {
+            (None, None, Some(request)) => {
+                let (method, host, path) = split_http_request(request)?;
+                let operation = super::method_class(&method);
+                vec![ExplainedStatement {
+                    operation,
+                    kind: method.clone(),
+                    tables_read: vec![format!("{host}{path}")],
+                    tables_written: Vec::new(),
+                    decision: self.current().decide_http_with_grants(
+                        &self.grants(),
+                        &facts,
+                        &resource.name,
+                        operation,
+                        (&method, &host, &path),
+                        OffsetDateTime::now_utc(),
+                    ),
+                }]
+            }
+            (Some(sql_text), None, None) => {
                 let Some(dialect) = sql::Dialect::of(resource.protocol) else {
                     return Err(ExplainError::NotSql {
                         resource: resource.name.clone(),
@@ -316,7 +399,42 @@ impl PolicyHandle {
                 }
                 statements
             }
-            (None, Some(operation)) => vec![ExplainedStatement {
+            (None, Some(operation), None) if question.kubernetes.is_some() => {
+                let Some(kube) = &question.kubernetes else {
+                    return Err(ExplainError::SqlOrOperation);
+                };
+                if resource.protocol != super::Protocol::Kubernetes {
+                    return Err(ExplainError::NotKubernetes {
+                        resource: resource.name.clone(),
+                        protocol: resource.protocol.to_string(),
+                    });
+                }
+                let request = super::KubernetesRequest {
+                    is_resource_request: kube.is_resource_request,
+                    verb: &kube.verb,
+                    api_group: &kube.api_group,
+                    resource: &kube.resource,
+                    subresource: &kube.subresource,
+                    namespace: &kube.namespace,
+                    name: &kube.name,
+                };
+                vec![ExplainedStatement {
+                    operation,
+                    kind: kube.summary.clone(),
+                    tables_read: Vec::new(),
+                    tables_written: Vec::new(),
+                    decision: self.current().decide_kubernetes_with_grants(
+                        &self.grants(),
+                        &facts,
+                        &resource.name,
+                        operation,
+                        &request,
+                        &kube.summary,
+                        OffsetDateTime::now_utc(),
+                    ),
+                }]
+            }
+            (None, Some(operation), None) => vec![ExplainedStatement {
                 operation,
                 kind: String::new(),
                 tables_read: Vec::new(),

@@ -20,8 +20,9 @@ use super::model::AgentIdentity;
 use super::{
     Policy,
     model::{
-        Action, Agent, AgentTls, HostPattern, Location, Operation, OperationSet, PortRange,
-        Protocol, Resource, Rule, Selector, UpstreamTls,
+        Action, Agent, AgentTls, HostPattern, HttpNarrowing, KubernetesNarrowing, Location,
+        Operation, OperationSet, PortRange, Protocol, Resource, Rule, Selector, TlsMode,
+        UpstreamTls,
     },
 };
 use crate::{config::line_column, masking::MaskProfile, workload::ClaimPatterns};
@@ -136,8 +137,12 @@ struct RuleSpec {
     mask: Option<Spanned<String>>,
     /// How long a statement held for review waits before it is denied (`review` only).
     timeout: Option<Spanned<String>>,
+    /// HTTP resources: `{ methods, paths, hosts }`.
+    http: Option<Spanned<HttpNarrowing>>,
     /// `{ claims = {...} }`: the rule applies only to runs whose workload identity matches.
     when: Option<Spanned<WhenSpec>>,
+    /// Kubernetes resources: `{ verbs, api_groups, resources, namespaces, names }`.
+    kubernetes: Option<Spanned<KubernetesNarrowing>>,
 }
 
 struct ParsedFile<'a> {
@@ -263,6 +268,7 @@ pub(super) fn from_sources(sources: &[(PathBuf, String)]) -> Result<Policy, Poli
         }
     }
     builder.check_conflicts();
+    builder.check_http_narrowing();
 
     if builder.diagnostics.is_empty() {
         Ok(Policy {
@@ -519,6 +525,24 @@ impl Builder {
             }
         }
 
+        if spec.protocol != Protocol::Http
+            && spec.tls.mode == TlsMode::Disable
+            && (spec.tls.ca_file.is_some() || spec.tls.server_name.is_some())
+        {
+            self.report(
+                &name_at,
+                "`tls` names a ca_file or server_name but no mode: set tls.mode = \"verify-full\"",
+            );
+            valid = false;
+        }
+        if spec.tls.mode == TlsMode::Passthrough && spec.protocol != Protocol::Http {
+            self.report(
+                &name_at,
+                "tls.mode = \"passthrough\" applies only to resources with protocol = \"http\"",
+            );
+            valid = false;
+        }
+
         if valid {
             self.resources.push(Resource {
                 name: spec.name.get_ref().clone(),
@@ -656,6 +680,35 @@ impl Builder {
             },
         };
 
+        let http = spec.http.as_ref().map(|http| {
+            let mut narrowing = http.get_ref().clone();
+            let at = file.locate(http.span());
+            if let Some(methods) = &mut narrowing.methods {
+                for method in methods.iter_mut() {
+                    *method = method.to_ascii_uppercase();
+                    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                        self.report(&at, format!("`{method}` is not an HTTP method"));
+                        valid = false;
+                    }
+                }
+            }
+            for path in narrowing.paths.iter().flatten() {
+                if !path.starts_with('/') {
+                    self.report(&at, format!("http path `{path}` must start with `/`"));
+                    valid = false;
+                }
+            }
+            for list in [&narrowing.methods, &narrowing.paths, &narrowing.hosts] {
+                if list.as_ref().is_some_and(Vec::is_empty) {
+                    self.report(
+                        &at,
+                        "an `http` list must not be empty (leave it out to match all)",
+                    );
+                    valid = false;
+                }
+            }
+            narrowing
+        });
         let when = match &spec.when {
             None => None,
             Some(when) => match ClaimPatterns::from_toml(when.get_ref().claims.get_ref()) {
@@ -671,6 +724,69 @@ impl Builder {
             },
         };
 
+        let kubernetes = spec.kubernetes.as_ref().map(|kubernetes| {
+            let mut narrowing = kubernetes.get_ref().clone();
+            let at = file.locate(kubernetes.span());
+            const VERBS: [&str; 10] = [
+                "*",
+                "get",
+                "list",
+                "watch",
+                "create",
+                "update",
+                "patch",
+                "delete",
+                "deletecollection",
+                "proxy",
+            ];
+            if let Some(verbs) = &mut narrowing.verbs {
+                for verb in verbs.iter_mut() {
+                    *verb = verb.to_ascii_lowercase();
+                    if !VERBS.contains(&verb.as_str()) {
+                        self.report(
+                            &at,
+                            format!(
+                                "`{verb}` is not a Kubernetes verb (one of {})",
+                                VERBS.join(", ")
+                            ),
+                        );
+                        valid = false;
+                    }
+                }
+            }
+            for resource in narrowing.resources.iter().flatten() {
+                let well_formed = match resource.split_once('/') {
+                    None => !resource.is_empty(),
+                    Some((res, sub)) => !res.is_empty() && !sub.is_empty() && !sub.contains('/'),
+                };
+                if !well_formed || resource.contains(char::is_uppercase) {
+                    self.report(
+                        &at,
+                        format!(
+                            "kubernetes resource `{resource}` must be `resource`, `resource/subresource`, `*` or `*/subresource`, in lower case"
+                        ),
+                    );
+                    valid = false;
+                }
+            }
+            for list in [
+                &narrowing.verbs,
+                &narrowing.api_groups,
+                &narrowing.resources,
+                &narrowing.namespaces,
+                &narrowing.names,
+            ] {
+                if list.as_ref().is_some_and(Vec::is_empty) {
+                    self.report(
+                        &at,
+                        "a `kubernetes` list must not be empty (leave it out to match all)",
+                    );
+                    valid = false;
+                }
+            }
+            narrowing
+        });
+
         if valid {
             self.rules.push(Rule {
                 name,
@@ -680,7 +796,9 @@ impl Builder {
                 action: spec.action,
                 mask,
                 timeout,
+                http,
                 when,
+                kubernetes,
                 location,
             });
         }
@@ -703,6 +821,41 @@ impl Builder {
         self.masks.insert(profile.name.clone(), profile.clone());
     }
 
+    /// Reports `http` narrowing on rules for a named resource that is not `http`: a
+    /// narrowing that could never apply must not load.
+    fn check_http_narrowing(&mut self) {
+        let mut problems = Vec::new();
+        for rule in self.rules.iter().filter(|rule| rule.http.is_some()) {
+            if let Selector::Named(name) = &rule.resource
+                && let Some(resource) = self.resources.iter().find(|r| &r.name == name)
+                && resource.protocol != Protocol::Http
+            {
+                problems.push(diagnostic(
+                    &rule.location,
+                    format!(
+                        "rule `{}` narrows by `http` but resource `{name}` speaks {}, not http",
+                        rule.name, resource.protocol
+                    ),
+                ));
+            }
+        }
+        for rule in self.rules.iter().filter(|rule| rule.kubernetes.is_some()) {
+            if let Selector::Named(name) = &rule.resource
+                && let Some(resource) = self.resources.iter().find(|r| &r.name == name)
+                && resource.protocol != Protocol::Kubernetes
+            {
+                problems.push(diagnostic(
+                    &rule.location,
+                    format!(
+                        "rule `{}` narrows by `kubernetes` but resource `{name}` speaks {}, not kubernetes",
+                        rule.name, resource.protocol
+                    ),
+                ));
+            }
+        }
+        self.diagnostics.extend(problems);
+    }
+
     /// Reports pairs of rules that tie on specificity yet disagree on the action.
     fn check_conflicts(&mut self) {
         let mut conflicts = Vec::new();
@@ -711,7 +864,9 @@ impl Builder {
                 if earlier.agent == later.agent
                     && earlier.resource == later.resource
                     && earlier.action != later.action
+                    && earlier.http == later.http
                     && earlier.when == later.when
+                    && earlier.kubernetes == later.kubernetes
                     && earlier
                         .operations
                         .overlaps_at_same_specificity(&later.operations)

@@ -9,6 +9,7 @@
 //! check` cannot disagree.
 
 mod grants;
+mod http_path;
 mod live;
 mod load;
 mod model;
@@ -23,15 +24,17 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use grants::{Grant, GrantState};
+pub use http_path::{TargetError, method_class, normalise_path};
 pub use live::{
-    ExplainError, ExplainQuestion, ExplainedStatement, Explanation, PolicyHandle, RejectedReload,
-    ReloadStatus, unmaskable_output,
+    ExplainError, ExplainQuestion, ExplainedStatement, Explanation, KubernetesQuestion,
+    PolicyHandle, RejectedReload, ReloadStatus, unmaskable_output,
 };
 pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::AgentIdentity;
 pub use model::{
-    Action, Agent, AgentTls, HostPattern, Location, Operation, OperationSet, PortRange, Protocol,
-    Resource, Rule, Selector, SupportedProtocols, TlsMode, UnknownOperation, UpstreamTls,
+    Action, Agent, AgentTls, HostPattern, HttpNarrowing, KubernetesNarrowing, KubernetesRequest,
+    Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule, Selector,
+    SupportedProtocols, TlsMode, UnknownOperation, UpstreamTls, glob_matches,
 };
 use model::{OperationMatch, Specificity};
 
@@ -251,6 +254,62 @@ impl Policy {
         self.decide_about(agent, resource, operation, &target)
     }
 
+    /// Whether the process may send one HTTP request: `operation` is the method's class;
+    /// rules narrowed by `http = { methods, paths, hosts }` count only when the request
+    /// matches them, and then count as more specific than rules without.
+    pub fn decide_http(
+        &self,
+        agent: &AgentFacts<'_>,
+        resource: &str,
+        operation: Operation,
+        request: (&str, &str, &str),
+    ) -> Decision {
+        let (method, host, path) = request;
+        let target = format!("resource `{resource}` ({method} {host}{path})");
+        self.decide_about_with(agent, Some(resource), operation, &target, |rule| {
+            rule.http
+                .as_ref()
+                .is_none_or(|http| http.matches(method, host, path))
+        })
+    }
+
+    /// Whether the process may send one Kubernetes API request: `operation` is its
+    /// class; rules narrowed by `kubernetes = { ... }` count only when the request
+    /// matches them, and then count as more specific than rules without. A
+    /// `pods/portforward` request counts only under rules whose `kubernetes.resources`
+    /// names `pods/portforward` itself, so it is denied by default.
+    pub fn decide_kubernetes(
+        &self,
+        agent: &AgentFacts<'_>,
+        resource: &str,
+        operation: Operation,
+        request: &KubernetesRequest<'_>,
+        summary: &str,
+    ) -> Decision {
+        let target = format!("resource `{resource}` ({summary})");
+        let portforward = request.is_resource_request
+            && request.api_group.is_empty()
+            && request.resource == "pods"
+            && request.subresource == "portforward";
+        self.decide_about_with(agent, Some(resource), operation, &target, |rule| {
+            let narrowed = rule
+                .kubernetes
+                .as_ref()
+                .is_none_or(|narrowing| narrowing.matches(request));
+            let opted_in = !portforward
+                || rule
+                    .kubernetes
+                    .as_ref()
+                    .is_some_and(|narrowing| narrowing.names_resource("pods/portforward"));
+            narrowed && opted_in
+        })
+    }
+
+    /// The rule called `name`.
+    pub fn rule_named(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|rule| rule.name == name)
+    }
+
     fn decide_about(
         &self,
         facts: &AgentFacts<'_>,
@@ -258,10 +317,26 @@ impl Policy {
         operation: Operation,
         target: &str,
     ) -> Decision {
+        // A rule narrowed by `http` or `kubernetes` speaks only about those requests
+        // (`decide_http`, `decide_kubernetes`); for any other operation it only implies
+        // connecting.
+        self.decide_about_with(facts, resource, operation, target, |rule| {
+            (rule.http.is_none() && rule.kubernetes.is_none()) || operation == Operation::Connect
+        })
+    }
+
+    fn decide_about_with(
+        &self,
+        facts: &AgentFacts<'_>,
+        resource: Option<&str>,
+        operation: Operation,
+        target: &str,
+        admit: impl Fn(&Rule) -> bool,
+    ) -> Decision {
         let same_name = self.agents.iter().find(|agent| agent.name == facts.agent);
         let identified = same_name.filter(|agent| agent.satisfies_constraints(facts));
         let best = self.best_rule(identified, resource, operation, |rule| {
-            rule.applies_to(facts)
+            rule.applies_to(facts) && admit(rule)
         });
 
         let mut constraint_note = match (same_name, identified) {
@@ -407,6 +482,7 @@ impl Policy {
                     agent_named,
                     resource_named,
                     operation: operation_match,
+                    narrowed: rule.http.is_some() || rule.kubernetes.is_some(),
                     conditioned: rule.when.is_some(),
                 },
                 action,

@@ -378,6 +378,8 @@ pub struct AgentTls {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
+    /// Optional for `http` resources, whose upstream TLS follows the agent's.
+    #[serde(default)]
     pub mode: TlsMode,
     /// PEM file with the CA certificates to trust; the system roots when absent.
     pub ca_file: Option<std::path::PathBuf>,
@@ -395,6 +397,10 @@ pub enum TlsMode {
     Disable,
     /// TLS with the certificate chain and the server name verified.
     VerifyFull,
+    /// HTTP resources only: the agent's TLS is relayed as opaque bytes, not
+    /// intercepted (for pinned clients and mTLS upstreams); only the connection is
+    /// judged and the session is recorded as passthrough.
+    Passthrough,
 }
 
 impl Resource {
@@ -591,9 +597,14 @@ pub struct Rule {
     /// How long a statement this `review` rule holds may wait for a human before it
     /// is denied; `None`: the daemon's `[approvals] default_timeout`.
     pub timeout: Option<std::time::Duration>,
+    /// HTTP resources: the rule covers only requests with these methods, paths and hosts.
+    pub http: Option<HttpNarrowing>,
     /// `when = { claims = {...} }`: the rule applies only to agent runs whose verified
     /// workload identity has matching claims (a run without one never matches).
     pub when: Option<crate::workload::ClaimPatterns>,
+    /// Kubernetes resources: the rule covers only requests with these verbs, groups,
+    /// resources, namespaces and names.
+    pub kubernetes: Option<KubernetesNarrowing>,
     pub location: Location,
 }
 
@@ -608,12 +619,189 @@ impl Rule {
     }
 }
 
+/// `http = { methods, paths, hosts }` on a rule: each list, when present, must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpNarrowing {
+    /// Upper-case method names.
+    pub methods: Option<Vec<String>>,
+    /// Globs over the normalised path: `*` within a segment, `**` across segments.
+    pub paths: Option<Vec<String>>,
+    /// Host globs (`api.example.com`, `*.example.com`).
+    pub hosts: Option<Vec<String>>,
+}
+
+impl HttpNarrowing {
+    /// Whether a request with this method, host (lower case) and normalised path is
+    /// covered.
+    pub fn matches(&self, method: &str, host: &str, path: &str) -> bool {
+        let methods = self
+            .methods
+            .as_ref()
+            .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)));
+        let paths = self
+            .paths
+            .as_ref()
+            .is_none_or(|paths| paths.iter().any(|glob| glob_matches(glob, path)));
+        let hosts = self.hosts.as_ref().is_none_or(|hosts| {
+            hosts
+                .iter()
+                .any(|glob| glob_matches(&glob.to_ascii_lowercase(), host))
+        });
+        methods && paths && hosts
+    }
+}
+
+impl fmt::Display for HttpNarrowing {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(methods) = &self.methods {
+            parts.push(format!("methods {}", methods.join("|")));
+        }
+        if let Some(paths) = &self.paths {
+            parts.push(format!("paths {}", paths.join("|")));
+        }
+        if let Some(hosts) = &self.hosts {
+            parts.push(format!("hosts {}", hosts.join("|")));
+        }
+        formatter.write_str(&parts.join(", "))
+    }
+}
+
+/// `kubernetes = { verbs, api_groups, resources, namespaces, names }` on a rule: each
+/// list, when present, must match (see `policies/README.md`, "Kubernetes").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesNarrowing {
+    /// Lower-case verbs (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection`, `proxy`) or `*`.
+    pub verbs: Option<Vec<String>>,
+    /// API groups (`""` is the core group, `apps`...) or `*`.
+    pub api_groups: Option<Vec<String>>,
+    /// As in RBAC: `pods` (no subresource), `pods/exec`, `pods/*`, `*/scale`, `*`.
+    pub resources: Option<Vec<String>>,
+    /// Namespace globs; a cluster-scoped request has no namespace and matches none.
+    pub namespaces: Option<Vec<String>>,
+    /// Object name globs; a request without a name (list, create) matches none.
+    pub names: Option<Vec<String>>,
+}
+
+/// A Kubernetes request as rules see it (the protocol module maps it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KubernetesRequest<'a> {
+    /// `false` for discovery, `/version`, `/openapi`, health: only `verbs` narrows those.
+    pub is_resource_request: bool,
+    pub verb: &'a str,
+    pub api_group: &'a str,
+    pub resource: &'a str,
+    pub subresource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+impl KubernetesNarrowing {
+    /// Whether the request is covered.
+    pub fn matches(&self, request: &KubernetesRequest<'_>) -> bool {
+        let verbs = self.verbs.as_ref().is_none_or(|verbs| {
+            verbs
+                .iter()
+                .any(|verb| verb == "*" || verb.eq_ignore_ascii_case(request.verb))
+        });
+        if !request.is_resource_request {
+            return verbs;
+        }
+        let groups = self.api_groups.as_ref().is_none_or(|groups| {
+            groups
+                .iter()
+                .any(|group| group == "*" || group == request.api_group)
+        });
+        let resources = self.resources.as_ref().is_none_or(|resources| {
+            resources.iter().any(|pattern| {
+                rbac_resource_matches(pattern, request.resource, request.subresource)
+            })
+        });
+        let namespaces = self.namespaces.as_ref().is_none_or(|namespaces| {
+            !request.namespace.is_empty()
+                && namespaces
+                    .iter()
+                    .any(|glob| glob_matches(glob, request.namespace))
+        });
+        let names = self.names.as_ref().is_none_or(|names| {
+            !request.name.is_empty() && names.iter().any(|glob| glob_matches(glob, request.name))
+        });
+        verbs && groups && resources && namespaces && names
+    }
+
+    /// Whether `resources` lists `resource` (or `resource/subresource`) by its own name,
+    /// not through a wildcard: how a rule opts in to Secrets in plain and to
+    /// port-forwarding.
+    pub fn names_resource(&self, resource_path: &str) -> bool {
+        self.resources
+            .as_ref()
+            .is_some_and(|resources| resources.iter().any(|listed| listed == resource_path))
+    }
+}
+
+/// RBAC's resource matching: `*`, `res`, `res/sub`, `res/*`, `*/sub`.
+fn rbac_resource_matches(pattern: &str, resource: &str, subresource: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.split_once('/') {
+        None => subresource.is_empty() && pattern == resource,
+        Some((res, sub)) => {
+            !subresource.is_empty()
+                && (res == "*" || res == resource)
+                && (sub == "*" || sub == subresource)
+        }
+    }
+}
+
+impl fmt::Display for KubernetesNarrowing {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (label, list) in [
+            ("verbs", &self.verbs),
+            ("api_groups", &self.api_groups),
+            ("resources", &self.resources),
+            ("namespaces", &self.namespaces),
+            ("names", &self.names),
+        ] {
+            if let Some(list) = list {
+                parts.push(format!("{label} {}", list.join("|")));
+            }
+        }
+        formatter.write_str(&parts.join(", "))
+    }
+}
+
+/// Whether a glob (`*` = any run of characters except `/`, `**` = anything) matches.
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    fn matches(glob: &[u8], text: &[u8]) -> bool {
+        match glob.split_first() {
+            None => text.is_empty(),
+            Some((b'*', rest)) if rest.first() == Some(&b'*') => {
+                let rest = &rest[1..];
+                (0..=text.len()).any(|skip| matches(rest, &text[skip..]))
+            }
+            Some((b'*', rest)) => {
+                let limit = text.iter().position(|&b| b == b'/').unwrap_or(text.len());
+                (0..=limit).any(|skip| matches(rest, &text[skip..]))
+            }
+            Some((&byte, rest)) => text.first() == Some(&byte) && matches(rest, &text[1..]),
+        }
+    }
+    matches(glob.as_bytes(), text.as_bytes())
+}
+
 /// How specifically a rule matched; compared field by field, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Specificity {
     pub agent_named: bool,
     pub resource_named: bool,
     pub operation: OperationMatch,
+    /// An `http` narrowing that matched beats a rule without one.
+    pub narrowed: bool,
     /// The rule has a `when` condition (which held): it beats the same rule without.
     pub conditioned: bool,
 }

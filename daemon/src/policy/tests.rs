@@ -295,6 +295,8 @@ fn at_equal_specificity_deny_beats_review_beats_allow() {
         mask: None,
         when: None,
         timeout: None,
+        http: None,
+        kubernetes: None,
         name: name.to_owned(),
         agent: Selector::Named("ci-bot".to_owned()),
         resource: Selector::Named("db".to_owned()),
@@ -1103,6 +1105,50 @@ fn host_names_are_checked_and_a_resource_needs_addresses_or_host_names() {
         "2:8",
         "needs `addresses`",
     );
+}
+
+#[test]
+fn http_narrowed_rules_speak_only_about_http_requests() {
+    let policy = with_rules(
+        r#"
+[[resource]]
+name = "api"
+addresses = ["10.9.9.9"]
+ports = [443]
+protocol = "http"
+
+[[rule]]
+name = "public-reads"
+agent = "ci-bot"
+resource = "*"
+operations = ["read"]
+http = { paths = ["/public/**"] }
+action = "allow"
+"#,
+    );
+    // Not a way into other protocols: a SQL read on `db` is no HTTP request.
+    let sql = policy.decide(&facts("ci-bot"), Some("db"), Operation::Read);
+    assert_eq!(sql.action, Action::Deny);
+    let connect = policy.decide(&facts("ci-bot"), Some("api"), Operation::Connect);
+    assert_eq!(connect.action, Action::Allow);
+    let public = ("GET", "api.test", "/public/a");
+    let private = ("GET", "api.test", "/private");
+    assert_eq!(
+        policy
+            .decide_http(&facts("ci-bot"), "api", Operation::Read, public)
+            .action,
+        Action::Allow
+    );
+    assert_eq!(
+        policy
+            .decide_http(&facts("ci-bot"), "api", Operation::Read, private)
+            .action,
+        Action::Deny
+    );
+    let errors = errors(&format!(
+        "{DB_AND_AGENTS}\n[[rule]]\nagent = \"ci-bot\"\nresource = \"db\"\noperations = [\"read\"]\nhttp = {{ paths = [\"/x\"] }}\naction = \"allow\"\n"
+    ));
+    assert!(errors.iter().any(|e| e.contains("not http")), "{errors:#?}");
 }
 
 #[test]

@@ -11,11 +11,27 @@
 //!
 //! Adding a protocol is its module plus one line in [`Registry::standard`].
 
+pub mod http;
+pub mod kubernetes;
 pub mod mysql;
 pub mod postgres;
 
+/// sluice's local CA (for `sluice ca` and `sluice run`, which hand it to agents).
+pub use http::ca as local_ca;
+/// The hook a protocol carried over HTTP(S) plugs into the `http` transport with
+/// (Kubernetes is the `http` handler with its dialect, registered below).
+pub use http::{BodyFilter, Dialect, Exchange, Judged};
+/// Kubernetes request mapping and kubeconfigs, for `sluice policy explain
+/// --kubernetes` and `sluice kubeconfig`.
+pub use kubernetes::{
+    dialect::summary as kubernetes_summary, kubeconfig as kubernetes_kubeconfig,
+    request as kubernetes_request,
+};
+
 #[cfg(test)]
 mod layout;
+
+use std::path::Path;
 
 use crate::{
     pipeline::{BoxFuture, ByteStream, Closed, Dial, SessionInfo, Upstream},
@@ -26,6 +42,13 @@ use crate::{
 pub trait ProtocolHandler: Send + Sync {
     /// The protocol resources name in policy files.
     fn protocol(&self) -> Protocol;
+
+    /// Loads what the handler keeps across sessions from the daemon's state directory
+    /// (the HTTP handler's local CA), once at start. `public_dir` is world-readable
+    /// (next to the control socket) for what agents may read.
+    fn prepare(&self, _state_dir: &Path, _public_dir: Option<&Path>) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Whether `session.rs` dials the upstream first ([`Dial::BySession`], the
     /// default) or the handler does.
@@ -53,7 +76,12 @@ impl Registry {
     pub fn standard() -> Self {
         let mut registry = Self::empty();
         registry.register(postgres::Handler::default());
+        registry.register(http::Handler::default());
         registry.register(mysql::Handler::default());
+        registry.register(http::Handler::with_dialect(
+            Protocol::Kubernetes,
+            kubernetes::Kubernetes::dialect(),
+        ));
         registry
     }
 
@@ -69,6 +97,17 @@ impl Registry {
         self.handlers
             .retain(|existing| existing.protocol() != handler.protocol());
         self.handlers.push(Box::new(handler));
+    }
+
+    /// Runs every handler's [`ProtocolHandler::prepare`]; the first error names its
+    /// protocol.
+    pub fn prepare(&self, state_dir: &Path, public_dir: Option<&Path>) -> Result<(), String> {
+        for handler in &self.handlers {
+            handler
+                .prepare(state_dir, public_dir)
+                .map_err(|error| format!("{}: {error}", handler.protocol()))?;
+        }
+        Ok(())
     }
 
     /// The handler of `protocol`; `None` for the protocols the core serves (`tcp`,

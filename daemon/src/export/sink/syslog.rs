@@ -176,7 +176,7 @@ fn host_of(address: &str) -> &str {
     }
 }
 
-/// rustls with the given CA file, or the web roots.
+/// rustls with the given CA file, or the system trust store.
 pub(super) fn client_config(ca_file: Option<&std::path::Path>) -> Result<ClientConfig, SinkError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
@@ -190,7 +190,7 @@ pub(super) fn client_config(ca_file: Option<&std::path::Path>) -> Result<ClientC
                     .map_err(|e| error(&e))?;
             }
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        None => roots.extend(crate::trust::default_roots().roots.iter().cloned()),
     }
     ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()

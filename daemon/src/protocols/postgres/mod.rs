@@ -194,7 +194,8 @@ async fn run(
         _ => agent_tcp,
     };
     let mut upstream: Box<dyn ByteStream> = match session.resource.tls.mode {
-        TlsMode::Disable => Box::new(upstream),
+        // Passthrough is refused at load for anything but http resources.
+        TlsMode::Disable | TlsMode::Passthrough => Box::new(upstream),
         TlsMode::VerifyFull => {
             match tls::connect(upstream, &session.resource.tls, session.upstream_addr).await {
                 Ok(stream) => Box::new(stream),

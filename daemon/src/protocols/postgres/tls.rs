@@ -3,7 +3,7 @@
 //! PostgreSQL negotiates TLS inside its own protocol: SSLRequest, a one-byte answer,
 //! then the handshake. The daemon does this for resources with `tls.mode =
 //! "verify-full"`: the chain must lead to a trusted CA (the resource's `ca_file`, or the
-//! Mozilla roots) and the certificate must name the server (`server_name`, or the
+//! host's system trust store) and the certificate must name the server (`server_name`, or the
 //! address the agent dialled). A server that declines TLS ends the session: no silent
 //! downgrade.
 
@@ -66,7 +66,7 @@ fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, ProxyError> {
                     .map_err(|e| ProxyError::Tls(format!("CA file {}: {e}", path.display())))?;
             }
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        None => roots.extend(crate::trust::default_roots().roots.iter().cloned()),
     }
     ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
