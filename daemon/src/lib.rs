@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod policy;
 pub mod policy_watch;
 pub mod protocol;
+pub mod protocols;
 pub mod proxy;
 pub mod redirect;
 pub mod refusals;
