@@ -7,6 +7,7 @@
 mod approvals;
 mod export;
 mod live_policy;
+mod ssh_ca;
 #[cfg(test)]
 mod tests;
 mod timeline;
@@ -82,6 +83,10 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Check the audit event log's hash chain; exit 1 at the first break, naming it.
     Verify(verify::VerifyArgs),
+    /// Trust sluice's SSH CA in known_hosts (`install`, `uninstall`, `show`), so that
+    /// intercepted `ssh` connections are accepted without prompts.
+    #[command(subcommand, name = "ssh-ca")]
+    SshCa(ssh_ca::SshCaCommand),
     /// Detach the programs and drop their pinned maps. Agents are no longer
     /// intercepted afterwards; use when uninstalling.
     Detach,
@@ -264,6 +269,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Run(args) => run_agent(&Config::load(&cli.config)?, args),
         Command::Detach => detach(&Config::load(&cli.config)?),
+        Command::SshCa(command) => ssh_ca::run(&Config::load(&cli.config)?, command),
         Command::Daemon(args) => {
             let mut config = Config::load(&cli.config)?;
             if let Some(dir) = args.policy_dir {

@@ -8,6 +8,13 @@
 //! [orders-db]
 //! user = "orders_app"
 //! password = "..."
+//!
+//! [deploy-key]                       # SSH: a private key (root-only file) ...
+//! private_key_file = "/etc/sluice/deploy_ed25519"
+//! user = "deploy"                    # optional: else the user the agent named
+//!
+//! [web-hosts-ca]                     # ... or a short-lived user certificate signed
+//! ssh_user_ca = true                 # by sluice's SSH CA (sshd: TrustedUserCAKeys)
 //! ```
 
 use std::{
@@ -36,7 +43,7 @@ pub enum CredentialsError {
 }
 
 /// A secret that never shows up in Debug output or logs.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -61,10 +68,26 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
+    /// Required for passwords; for SSH keys optional (the user the agent named).
+    #[serde(default)]
     pub user: String,
+    #[serde(default)]
     pub password: Secret,
     /// Overrides the database the agent asked for.
     pub database: Option<String>,
+    /// SSH: the private key (OpenSSH format) the daemon logs in with.
+    pub private_key_file: Option<PathBuf>,
+    /// SSH: log in with a short-lived user certificate from sluice's SSH CA, for a
+    /// fresh key, without forwarding or pty permissions.
+    #[serde(default)]
+    pub ssh_user_ca: bool,
+}
+
+impl Credential {
+    /// Whether the entry is an SSH key or certificate (no password needed).
+    pub fn is_ssh(&self) -> bool {
+        self.private_key_file.is_some() || self.ssh_user_ca
+    }
 }
 
 /// Every credential, by name.
@@ -111,6 +134,18 @@ impl Credentials {
                 })
                 .unwrap_or_else(|| "invalid credentials file".into()),
         })?;
+        let by_name: HashMap<String, Credential> = by_name;
+        if let Some((name, _)) = by_name
+            .iter()
+            .find(|(_, credential)| !credential.is_ssh() && credential.user.is_empty())
+        {
+            return Err(CredentialsError::Parse {
+                path: path.to_owned(),
+                message: format!(
+                    "entry `{name}` needs `user` and `password`, or (SSH) `private_key_file` or `ssh_user_ca = true`"
+                ),
+            });
+        }
         Ok(Self { by_name })
     }
 
@@ -186,6 +221,21 @@ mod tests {
         assert_eq!(orders.user, "app");
         assert_eq!(orders.password.expose(), "s3cr3t");
         assert!(!format!("{credentials:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn ssh_entries_need_no_password_and_others_need_a_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "[key]\nprivate_key_file = \"/etc/sluice/k\"\n[ca]\nssh_user_ca = true\nuser = \"deploy\"\n",
+            0o600,
+        );
+        let credentials = Credentials::load(&path).unwrap();
+        assert!(credentials.get("key").unwrap().is_ssh());
+        assert_eq!(credentials.get("ca").unwrap().user, "deploy");
+        let path = write(dir.path(), "[x]\npassword = \"p\"\n", 0o600);
+        assert!(Credentials::load(&path).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod pki;
 pub mod postgres;
+pub mod ssh;
 
 use std::{
     collections::HashMap,

@@ -36,6 +36,11 @@ pub const TEST_PACKAGES: &[&str] = &[
     // tests/export.rs: a real syslog collector, over TCP and over TLS (ossl driver).
     "rsyslog",
     "rsyslog-openssl",
+    // tests/ssh.rs: a real sshd, and the real ssh, scp, sftp, git and rsync as agents.
+    "openssh-server",
+    "openssh-client",
+    "git",
+    "rsync",
 ];
 
 /// Everything: the Rust toolchain parts, then the Debian packages.
