@@ -227,6 +227,7 @@ async fn run(
     drop(policy);
     let protocol = match &resource {
         Some(resource) if resource.protocol == Protocol::Postgres => "postgres",
+        Some(resource) if resource.protocol == Protocol::Ssh => "ssh",
         _ => "tcp",
     };
     let close_reason = match resource {
@@ -251,6 +252,39 @@ async fn run(
                 },
             };
             crate::proxy::postgres::proxy(session, agent, upstream, &counts).await
+        }
+        Some(resource) if resource.protocol == Protocol::Ssh => {
+            match crate::protocols::ssh::configure(
+                &resource,
+                resource.known_hosts.as_deref(),
+                &context.credentials,
+                redirected.destination,
+                &host_names,
+            ) {
+                Err(error) => {
+                    tracing::warn!(%error, "ssh session not set up");
+                    error.to_string()
+                }
+                Ok(config) => {
+                    let gate = crate::protocols::ssh::interim::InterimGate {
+                        policy: Arc::clone(&context.policy),
+                        store: context.store.clone(),
+                        agent: identity.agent.clone(),
+                        uid: identity.uid,
+                        exe: identity.exe.as_deref().map(Into::into),
+                        resource: resource.name.clone(),
+                        session_id: id,
+                        seq: Default::default(),
+                    };
+                    crate::protocols::ssh::proxy::serve(
+                        &gate,
+                        config,
+                        Box::new(agent),
+                        Box::new(upstream),
+                    )
+                    .await
+                }
+            }
         }
         _ => relay::relay(agent, upstream, &counts).await.close_reason(),
     };

@@ -103,6 +103,8 @@ struct ResourceSpec {
     protocol: Protocol,
     /// A name in the daemon's credentials file: the daemon logs in upstream with it.
     credential: Option<String>,
+    /// SSH: a known_hosts file pinning the upstream host keys.
+    known_hosts: Option<Spanned<std::path::PathBuf>>,
     #[serde(default)]
     tls: UpstreamTls,
     agent_tls: Option<Spanned<AgentTls>>,
@@ -438,6 +440,38 @@ impl Builder {
             }
         }
 
+        if let Some(known_hosts) = &spec.known_hosts {
+            if spec.protocol != Protocol::Ssh {
+                self.report(
+                    &file.locate(known_hosts.span()),
+                    "`known_hosts` pins SSH host keys: only for `protocol = \"ssh\"`",
+                );
+                valid = false;
+            } else if !known_hosts.get_ref().is_file() {
+                self.report(
+                    &file.locate(known_hosts.span()),
+                    format!(
+                        "known_hosts file {} does not exist",
+                        known_hosts.get_ref().display()
+                    ),
+                );
+                valid = false;
+            }
+        } else if spec.protocol == Protocol::Ssh {
+            self.report(
+                &location,
+                "an ssh resource needs `known_hosts`: the upstream host keys the daemon accepts",
+            );
+            valid = false;
+        }
+        if spec.protocol == Protocol::Ssh && spec.credential.is_none() {
+            self.report(
+                &location,
+                "an ssh resource needs `credential`: the daemon logs in upstream, agents hold no key",
+            );
+            valid = false;
+        }
+
         if valid {
             self.resources.push(Resource {
                 name: spec.name.get_ref().clone(),
@@ -446,6 +480,7 @@ impl Builder {
                 ports,
                 protocol: spec.protocol,
                 credential: spec.credential.clone(),
+                known_hosts: spec.known_hosts.as_ref().map(|path| path.get_ref().clone()),
                 tls: spec.tls.clone(),
                 agent_tls: spec.agent_tls.as_ref().map(|tls| tls.get_ref().clone()),
                 location,

@@ -147,6 +147,8 @@ pub enum Protocol {
     /// DNS (UDP and TCP port 53), answered by the daemon's resolver: each query is the
     /// operation `read`.
     Dns,
+    /// SSH, ended by the daemon: each channel request is an operation.
+    Ssh,
 }
 
 impl Protocol {
@@ -159,6 +161,7 @@ impl Protocol {
             Self::Http => "http",
             Self::Kubernetes => "kubernetes",
             Self::Dns => "dns",
+            Self::Ssh => "ssh",
         }
     }
 }
@@ -274,6 +277,8 @@ pub struct Resource {
     pub credential: Option<String>,
     /// TLS from the daemon to the upstream.
     pub tls: UpstreamTls,
+    /// SSH: the upstream host keys the daemon accepts (a known_hosts file).
+    pub known_hosts: Option<PathBuf>,
     /// When set, agents that ask for TLS get it, terminated by the daemon with this
     /// certificate; otherwise their SSLRequest is answered 'N'.
     pub agent_tls: Option<AgentTls>,
