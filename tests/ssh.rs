@@ -2,6 +2,9 @@
 //! real sshd through the daemon, which presents a host certificate from its CA, logs in
 //! with its own key, judges every channel request and records it.
 
+use std::{process::Output, time::Duration};
+
+use serde_json::Value;
 use sluice_tests::{
     TestDaemon,
     ssh::{HOST, SshClient, SshServer, write_file},
@@ -9,9 +12,9 @@ use sluice_tests::{
 
 const AGENT: &str = "deployer";
 
-fn rules(operations: &str) -> String {
+fn rule(operations: &str, action: &str) -> String {
     format!(
-        "[[rule]]\nagent = {AGENT:?}\nresource = \"hosts\"\noperations = [{operations}]\naction = \"allow\"\n"
+        "[[rule]]\nagent = {AGENT:?}\nresource = \"hosts\"\noperations = [{operations}]\naction = {action:?}\n\n"
     )
 }
 
@@ -28,28 +31,568 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[test]
-fn a_keyless_agent_runs_a_command_like_directly() {
-    let server = SshServer::start();
-    let (daemon, client) = start(&server, &rules("\"read\", \"write\""));
-    let command = "echo out; echo err >&2; exit 3";
-    // Compound: refused unless `unparsed` is allowed; a plain command runs.
-    let output = client.ssh(&daemon, AGENT, &server, &[], "uname -n");
-    assert!(
-        output.status.success(),
-        "stderr: {}\ndaemon:\n{}\nsshd:\n{}",
+fn explain(output: &Output, daemon: &TestDaemon, server: &SshServer) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}\ndaemon:\n{}\nsshd:\n{}",
+        output.status.code(),
+        text(&output.stdout),
         text(&output.stderr),
         daemon.log(),
         server.log()
+    )
+}
+
+/// The statements (channel requests) of every closed session of the agent.
+fn requests(daemon: &TestDaemon, at_least: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut all = Vec::new();
+        for session in daemon.sessions(Some(AGENT)) {
+            let id = session["id"].as_u64().expect("id");
+            let shown = daemon.show_session(id);
+            if let Some(statements) = shown["statements"].as_array() {
+                all.extend(statements.iter().cloned());
+            }
+        }
+        if all.len() >= at_least || std::time::Instant::now() > deadline {
+            return all;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_keyless_agent_runs_commands_like_directly() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"*\"", "allow"));
+    let command = "echo out; echo err >&2; exit 3";
+    let through = client.ssh(&daemon, AGENT, &server, &[], command);
+    let direct = server.direct_ssh(Some(&server.client_key), command);
+    assert_eq!(
+        through.status.code(),
+        Some(3),
+        "{}",
+        explain(&through, &daemon, &server)
     );
-    let direct = server.direct_ssh(Some(&server.client_key), "uname -n");
-    assert_eq!(text(&output.stdout), text(&direct.stdout));
-    assert_eq!(text(&output.stderr), "", "silent host key acceptance");
-    let _ = command;
-    // The daemon's key is never written down.
+    assert_eq!(text(&through.stdout), text(&direct.stdout));
+    assert_eq!(text(&through.stderr), text(&direct.stderr));
+    assert_eq!(text(&through.stdout), "out\n");
+    assert_eq!(
+        text(&through.stderr),
+        "err\n",
+        "no host key prompt or warning"
+    );
+
+    // 50 MB through stdin and back through stdout, intact (sshd rekeys every 1 MB).
+    let mut data = vec![0u8; 50 * 1024 * 1024];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for chunk in data.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    let input = write_file(client.dir.path(), "input.bin", &data);
+    let mut args = client.options();
+    args.extend([
+        "-p".into(),
+        server.port.to_string(),
+        format!("root@{HOST}"),
+        "cat".into(),
+    ]);
+    let echoed = client.run(&daemon, AGENT, "ssh", &args, Some(&input));
     assert!(
-        !client.known_hosts_text().contains("ssh-ed25519 AAAA")
-            || client.known_hosts_text().contains("@cert-authority")
+        echoed.status.success(),
+        "{}",
+        explain(&echoed, &daemon, &server)
     );
-    let _ = (HOST, write_file);
+    assert!(
+        echoed.stdout == data,
+        "50 MB came back altered ({} bytes)",
+        echoed.stdout.len()
+    );
+
+    // The daemon's host key was never written down.
+    assert_eq!(
+        std::fs::read_to_string(&client.user_known_hosts).unwrap(),
+        "",
+        "the user known_hosts stays empty"
+    );
+    let global = std::fs::read_to_string(&client.global_known_hosts).unwrap();
+    assert_eq!(
+        global.lines().filter(|l| !l.starts_with('#')).count(),
+        1,
+        "only the CA line: {global}"
+    );
+    assert!(
+        global.contains("@cert-authority * ssh-ed25519 "),
+        "{global}"
+    );
+
+    // Each request is a record with its command, class and exit status.
+    let records = requests(&daemon, 2);
+    let compound = records
+        .iter()
+        .find(|r| r["sql"] == command)
+        .expect("the command's record");
+    assert_eq!(compound["operation"], "unparsed");
+    assert_eq!(compound["tag"], "exit 3");
+    let cat = records
+        .iter()
+        .find(|r| r["sql"] == "cat")
+        .expect("cat's record");
+    assert_eq!(cat["decision"]["action"], "allow");
+}
+
+#[test]
+fn a_direct_keyless_ssh_is_refused_by_the_server() {
+    let server = SshServer::start();
+    let direct = server.direct_ssh(None, "true");
+    assert_eq!(direct.status.code(), Some(255));
+    assert!(
+        text(&direct.stderr).contains("Permission denied"),
+        "{}",
+        text(&direct.stderr)
+    );
+}
+
+#[test]
+fn command_classes_decide_allowed_denied_and_compound() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"read\", \"write\"", "allow"));
+    let victim = server.dir.path().join("victim");
+    std::fs::write(&victim, "still here").unwrap();
+
+    let allowed = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &[],
+        &format!("cat {}", victim.display()),
+    );
+    assert!(
+        allowed.status.success(),
+        "{}",
+        explain(&allowed, &daemon, &server)
+    );
+    assert_eq!(text(&allowed.stdout), "still here");
+
+    let denied = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &[],
+        &format!("rm -rf {}", victim.display()),
+    );
+    assert_eq!(
+        denied.status.code(),
+        Some(1),
+        "{}",
+        explain(&denied, &daemon, &server)
+    );
+    assert!(
+        text(&denied.stderr).contains("sluice: denied"),
+        "{}",
+        text(&denied.stderr)
+    );
+    assert!(victim.exists(), "a denied command never reaches the server");
+
+    let compound = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &[],
+        &format!("cat {0}; rm -f {0}", victim.display()),
+    );
+    assert_eq!(compound.status.code(), Some(1));
+    assert!(text(&compound.stderr).contains("sluice: denied"));
+    assert!(
+        victim.exists(),
+        "a compound command is unparsed, not allowed by read/write"
+    );
+
+    let records = requests(&daemon, 3);
+    let classes: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap_or_default(),
+                r["decision"]["action"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(classes.contains(&("read", "allow")), "{classes:?}");
+    assert!(classes.contains(&("dangerous", "deny")), "{classes:?}");
+    assert!(classes.contains(&("unparsed", "deny")), "{classes:?}");
+}
+
+#[test]
+fn forwards_agent_and_x11_are_refused_and_the_connection_goes_on() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"*\"", "allow"));
+    let target = sluice_tests::free_port();
+    // ssh asks for agent forwarding only with an agent socket, and for X11 only with a
+    // DISPLAY: neither needs to exist for the request to be sent.
+    let agent_path = client.dir.path().join("agent.sock");
+    let _agent_listener = std::os::unix::net::UnixListener::bind(&agent_path).unwrap();
+    let agent_socket = format!("ForwardAgent={}", agent_path.display());
+    for (flag, value) in [
+        ("-R", format!("{target}:127.0.0.1:22")),
+        ("-o", agent_socket),
+        ("-X", String::new()),
+    ] {
+        let mut args = client.options();
+        args.extend(["-o".into(), "ExitOnForwardFailure=yes".into(), flag.into()]);
+        if !value.is_empty() {
+            args.push(value.clone());
+        }
+        args.extend([
+            "-p".into(),
+            server.port.to_string(),
+            format!("root@{HOST}"),
+            "echo ran".into(),
+        ]);
+        let output = client.run_with_env(
+            &daemon,
+            AGENT,
+            "ssh",
+            &args,
+            None,
+            &[("DISPLAY", "127.0.0.1:99")],
+        );
+        match flag {
+            // A refused remote forward ends the session under ExitOnForwardFailure.
+            "-R" => assert_ne!(
+                output.status.code(),
+                Some(0),
+                "{}",
+                explain(&output, &daemon, &server)
+            ),
+            // Agent and X11 forwarding are refused; the command still runs.
+            _ => {
+                assert!(
+                    output.status.success(),
+                    "{flag}: {}",
+                    explain(&output, &daemon, &server)
+                );
+                assert_eq!(text(&output.stdout), "ran\n");
+            }
+        }
+    }
+    let records = requests(&daemon, 3);
+    for request in ["tcpip-forward", "auth-agent-req", "x11-req"] {
+        let record = records
+            .iter()
+            .find(|r| r["kind"] == request)
+            .unwrap_or_else(|| panic!("no {request} record in {records:#?}"));
+        assert_eq!(record["decision"]["action"], "deny");
+    }
+}
+
+#[test]
+fn control_master_sessions_are_each_judged() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"read\"", "allow"));
+    let socket = client.dir.path().join("cm.sock");
+    let socket_option = format!("ControlPath={}", socket.display());
+    let master = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &[
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            &socket_option,
+            "-o",
+            "ControlPersist=30",
+            "-f",
+            "-N",
+        ],
+        "",
+    );
+    assert!(
+        master.status.success(),
+        "{}",
+        explain(&master, &daemon, &server)
+    );
+    let shared = ["-o", "ControlMaster=no", "-o", socket_option.as_str()];
+    let first = client.ssh(&daemon, AGENT, &server, &shared, "uname -s");
+    assert!(
+        first.status.success(),
+        "{}",
+        explain(&first, &daemon, &server)
+    );
+    let denied = client.ssh(&daemon, AGENT, &server, &shared, "touch /tmp/never");
+    assert_eq!(denied.status.code(), Some(1));
+    let second = client.ssh(&daemon, AGENT, &server, &shared, "id -u");
+    assert_eq!(
+        text(&second.stdout),
+        "0\n",
+        "{}",
+        explain(&second, &daemon, &server)
+    );
+    let _ = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &["-O", "exit", "-o", &socket_option],
+        "",
+    );
+    let sessions = daemon.sessions(Some(AGENT));
+    assert_eq!(sessions.len(), 1, "one connection: {sessions:#?}");
+    let records = requests(&daemon, 3);
+    assert_eq!(records.len(), 3, "{records:#?}");
+}
+
+#[test]
+fn a_pinned_host_key_mismatch_is_refused_and_says_why() {
+    let server = SshServer::start();
+    let impostor = SshServer::start();
+    // The resource pins the other server's key.
+    let policy = server
+        .policy("hosts", &[AGENT], &rule("\"*\"", "allow"))
+        .replace(&server.pinned_known_hosts().display().to_string(), &{
+            let path = server.dir.path().join("wrong_known_hosts");
+            std::fs::write(
+                &path,
+                format!("[{HOST}]:{} {}\n", server.port, impostor.host_public_key),
+            )
+            .unwrap();
+            path.display().to_string()
+        });
+    let daemon = TestDaemon::start_with_credentials(&policy, &server.credentials("ssh-key"));
+    let client = SshClient::new(&daemon);
+    let output = client.ssh(&daemon, AGENT, &server, &[], "echo ran");
+    assert_eq!(
+        output.status.code(),
+        Some(255),
+        "{}",
+        explain(&output, &daemon, &server)
+    );
+    assert!(
+        text(&output.stderr).contains("upstream_host_key_mismatch"),
+        "{}",
+        text(&output.stderr)
+    );
+    let sessions = daemon.wait_for_sessions(Some(AGENT), "the closed session", |s| {
+        s.iter().any(|s| s["state"] == "closed")
+    });
+    assert!(
+        sessions[0]["close_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("upstream_host_key_mismatch"),
+        "{sessions:#?}"
+    );
+}
+
+#[test]
+fn git_clone_and_push_are_judged_and_a_branch_deletion_refused() {
+    let server = SshServer::start();
+    let (daemon, client) = start(
+        &server,
+        &(rule("\"read\", \"write\"", "allow") + &rule("\"dangerous\"", "deny")),
+    );
+    let bare = server.dir.path().join("app.git");
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            text(&output.stderr)
+        );
+    };
+    git(
+        server.dir.path(),
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+    );
+    let seed = server.dir.path().join("seed");
+    std::fs::create_dir(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("README"), "hello\n").unwrap();
+    git(&seed, &["add", "README"]);
+    git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "one",
+        ],
+    );
+    git(
+        &seed,
+        &["push", "-q", bare.to_str().unwrap(), "main", "main:old"],
+    );
+
+    let url = format!("ssh://root@{HOST}:{}{}", server.port, bare.display());
+    let ssh_command = client.git_ssh_command();
+    let env = [("GIT_SSH_COMMAND", ssh_command.as_str())];
+    let work = client.dir.path().join("work");
+    let cloned = client.run_with_env(
+        &daemon,
+        AGENT,
+        "git",
+        &[
+            "clone".into(),
+            "-q".into(),
+            url.clone(),
+            work.display().to_string(),
+        ],
+        None,
+        &env,
+    );
+    assert!(
+        cloned.status.success(),
+        "{}",
+        explain(&cloned, &daemon, &server)
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("README")).unwrap(),
+        "hello\n"
+    );
+
+    std::fs::write(work.join("README"), "hello again\n").unwrap();
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qam",
+            "two",
+        ],
+    );
+    let git_agent = |args: &[&str]| {
+        let mut all = vec!["-C".to_owned(), work.display().to_string()];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        client.run_with_env(&daemon, AGENT, "git", &all, None, &env)
+    };
+    let pushed = git_agent(&["push", "-q", "origin", "main"]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        explain(&pushed, &daemon, &server)
+    );
+
+    let deleted = git_agent(&["push", "-q", "origin", ":old"]);
+    assert!(!deleted.status.success(), "a branch deletion is refused");
+    let branches = std::process::Command::new("git")
+        .args(["--git-dir", bare.to_str().unwrap(), "branch", "--list"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&branches.stdout).contains("old"),
+        "the branch is still there"
+    );
+
+    let records = requests(&daemon, 5);
+    let push = records
+        .iter()
+        .find(|r| r["kind"] == "git-push" && r["decision"]["action"] == "deny")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(push["operation"], "dangerous");
+    assert!(
+        push["sql"]
+            .as_str()
+            .unwrap()
+            .contains("delete refs/heads/old")
+    );
+}
+
+#[test]
+fn legacy_scp_reads_are_allowed_and_writes_denied() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"read\"", "allow"));
+    let remote = server.dir.path().join("remote.txt");
+    std::fs::write(&remote, "remote data\n").unwrap();
+    let local = client.dir.path().join("copy.txt");
+    let mut args = client.options();
+    args.extend([
+        "-O".into(),
+        "-P".into(),
+        server.port.to_string(),
+        format!("root@{HOST}:{}", remote.display()),
+        local.display().to_string(),
+    ]);
+    let read = client.run(&daemon, AGENT, "scp", &args, None);
+    assert!(
+        read.status.success(),
+        "{}",
+        explain(&read, &daemon, &server)
+    );
+    assert_eq!(std::fs::read_to_string(&local).unwrap(), "remote data\n");
+
+    let target = server.dir.path().join("uploaded.txt");
+    let mut args = client.options();
+    args.extend([
+        "-O".into(),
+        "-P".into(),
+        server.port.to_string(),
+        local.display().to_string(),
+        format!("root@{HOST}:{}", target.display()),
+    ]);
+    let write = client.run(&daemon, AGENT, "scp", &args, None);
+    assert!(
+        !write.status.success(),
+        "{}",
+        explain(&write, &daemon, &server)
+    );
+    assert!(!target.exists());
+}
+
+#[test]
+fn hostile_bytes_and_a_slowloris_leave_the_daemon_serving() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"*\"", "allow"));
+    let address = format!("{HOST}:{}", server.port);
+    // A slowloris: a banner one byte every 200 ms, then silence, held open meanwhile.
+    let slow = std::process::Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(["run", "--agent", AGENT, "--", "python3", "-c"])
+        .arg(format!(
+            "import socket, time\ns = socket.create_connection(('{HOST}', {port}))\n\
+             for b in b'SSH-2.0-slow':\n    s.send(bytes([b])); time.sleep(0.2)\ntime.sleep(30)\n",
+            port = server.port
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let probe = sluice_tests::probe_bin();
+    let probe = probe.to_str().unwrap();
+    // Garbage instead of a banner; a banner and then a garbage packet; a banner and a
+    // packet claiming 4 GB.
+    for hex in [
+        "00ffee0d0a".repeat(50),
+        format!("{}{}", hex_of(b"SSH-2.0-hostile\r\n"), "ff".repeat(256)),
+        format!("{}{}", hex_of(b"SSH-2.0-hostile\r\n"), "fffffff0"),
+    ] {
+        let _ = daemon.run_agent(AGENT, probe, &["raw", &address, &hex]);
+    }
+    let output = client.ssh(&daemon, AGENT, &server, &[], "echo still serving");
+    assert!(
+        output.status.success(),
+        "{}",
+        explain(&output, &daemon, &server)
+    );
+    assert_eq!(text(&output.stdout), "still serving\n");
+    let mut slow = slow;
+    let _ = slow.kill();
+    let _ = slow.wait();
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -26,7 +26,7 @@ use crate::{TestDaemon, free_port, require_root, sluice_bin};
 pub const HOST: &str = "127.0.0.3";
 
 /// How long one client tool may run before the test fails.
-pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// One sshd, killed and deleted on drop.
 pub struct SshServer {
@@ -357,11 +357,8 @@ pub fn wait_with_timeout(child: Child, timeout: Duration) -> Output {
         Err(_) => {
             // SAFETY: kill(2) on a pid we spawned and have not reaped.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            let output = result.recv().expect("tool output").expect("tool output");
-            panic!(
-                "tool timed out after {timeout:?}; stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            // Its children may hold the pipes open: do not wait for them.
+            panic!("tool timed out after {timeout:?}");
         }
     }
 }

@@ -981,7 +981,26 @@ async fn run_started<G: Gate>(
             (cast, result, refused)
         }
         refused = &mut up => {
-            let (cast, result) = down.await;
+            if let Some(refused) = &refused {
+                // A refused push: say why, fail, and close, whatever the server does.
+                let message = format!("sluice: {refused}\r\n");
+                let _ = server.extended_data(id, 1, Bytes::from(message.into_bytes())).await;
+                let _ = server.exit_status_request(id, 1).await;
+                let _ = server.eof(id).await;
+                let _ = server.close(id).await;
+            }
+            let finished = tokio::time::timeout(CLOSE_GRACE, &mut down).await;
+            let (cast, result) = finished.unwrap_or_else(|_| {
+                (
+                    Vec::new(),
+                    DownResult {
+                        bytes_out: 0,
+                        bytes_err: 0,
+                        exit_status: Some(1),
+                        exit_signal: None,
+                    },
+                )
+            });
             (cast, result, refused)
         }
     };
@@ -1013,87 +1032,114 @@ struct DownResult {
     exit_signal: Option<String>,
 }
 
+/// How many agent messages (up to 32 KiB each) a channel reads ahead of what the
+/// server accepted. russh grants the agent more window as soon as data arrives and
+/// pushes back only by blocking the connection's loop, which would also stop the
+/// server's output from reaching the agent (and so the server from reading more): a
+/// deadlock for full-duplex streams such as `cat`. Reading ahead breaks that cycle for
+/// everything up to this much in flight (64 MiB).
+const READ_AHEAD: usize = 2048;
+
 /// Agent → server. For a `git push`, the ref updates are read and judged before any
 /// of them is forwarded. Returns why the push was refused, if it was.
 async fn pump_up<G: Gate>(
     gate: &G,
-    mut agent: russh::ChannelReadHalf,
+    agent: russh::ChannelReadHalf,
     upstream: russh::ChannelWriteHalf<russh::client::Msg>,
     early: Vec<ChannelMsg>,
     receive_pack: bool,
     counts: Arc<Mutex<Counts>>,
 ) -> Option<String> {
-    let mut push_commands: Option<Vec<u8>> = receive_pack.then(Vec::new);
-    let mut early = early.into_iter();
-    loop {
-        let message = match early.next() {
-            Some(message) => Some(message),
-            None => agent.wait().await,
-        };
-        let Some(message) = message else {
-            let _ = upstream.close().await;
-            return None;
-        };
-        match message {
-            ChannelMsg::Data { data } => {
-                if let Ok(mut counts) = counts.lock() {
-                    counts.bytes_in += data.len() as u64;
-                }
-                let data = match push_commands.as_mut() {
-                    None => data,
-                    Some(buffer) => {
-                        buffer.extend_from_slice(&data);
-                        match command::parse_ref_updates(buffer) {
-                            Ok(None) if buffer.len() <= command::MAX_COMMAND_LIST => continue,
-                            Ok(Some((updates, _))) => {
-                                if let Some(refused) = judge_push(gate, &updates).await {
-                                    let _ = upstream.close().await;
-                                    return Some(refused);
-                                }
-                                let all = Bytes::from(std::mem::take(buffer));
-                                push_commands = None;
-                                all
-                            }
-                            Ok(None) | Err(_) => {
-                                // Unreadable ref updates are not forwarded.
-                                let _ = upstream.close().await;
-                                return Some("protocol_error: unreadable push commands".into());
-                            }
-                        }
-                    }
-                };
-                if upstream.data_bytes(data).await.is_err() {
-                    return None;
-                }
+    let (ahead, mut queued) = mpsc::channel(READ_AHEAD);
+    let read = async move {
+        let mut agent = agent;
+        for message in early {
+            if ahead.send(Some(message)).await.is_err() {
+                return;
             }
-            ChannelMsg::Eof => {
-                if let Some(buffer) = push_commands.take()
-                    && !buffer.is_empty()
-                {
-                    let _ = upstream.close().await;
-                    return Some("protocol_error: push commands cut short".into());
-                }
-                let _ = upstream.eof().await;
+        }
+        loop {
+            let message = agent.wait().await;
+            let last = matches!(message, None | Some(ChannelMsg::Close));
+            if ahead.send(message).await.is_err() || last {
+                return;
             }
-            ChannelMsg::WindowChange {
-                col_width,
-                row_height,
-                pix_width,
-                pix_height,
-            } => {
-                let _ = upstream
-                    .window_change(col_width, row_height, pix_width, pix_height)
-                    .await;
-            }
-            ChannelMsg::Signal { signal } => {
-                let _ = upstream.signal(signal).await;
-            }
-            ChannelMsg::Close => {
+        }
+    };
+    let write = async move {
+        let mut push_commands: Option<Vec<u8>> = receive_pack.then(Vec::new);
+        loop {
+            let Some(Some(message)) = queued.recv().await else {
                 let _ = upstream.close().await;
                 return None;
+            };
+            match message {
+                ChannelMsg::Data { data } => {
+                    if let Ok(mut counts) = counts.lock() {
+                        counts.bytes_in += data.len() as u64;
+                    }
+                    let data = match push_commands.as_mut() {
+                        None => data,
+                        Some(buffer) => {
+                            buffer.extend_from_slice(&data);
+                            match command::parse_ref_updates(buffer) {
+                                Ok(None) if buffer.len() <= command::MAX_COMMAND_LIST => continue,
+                                Ok(Some((updates, _))) => {
+                                    if let Some(refused) = judge_push(gate, &updates).await {
+                                        let _ = upstream.close().await;
+                                        return Some(refused);
+                                    }
+                                    let all = Bytes::from(std::mem::take(buffer));
+                                    push_commands = None;
+                                    all
+                                }
+                                Ok(None) | Err(_) => {
+                                    // Unreadable ref updates are not forwarded.
+                                    let _ = upstream.close().await;
+                                    return Some("protocol_error: unreadable push commands".into());
+                                }
+                            }
+                        }
+                    };
+                    if upstream.data_bytes(data).await.is_err() {
+                        return None;
+                    }
+                }
+                ChannelMsg::Eof => {
+                    if let Some(buffer) = push_commands.take()
+                        && !buffer.is_empty()
+                    {
+                        let _ = upstream.close().await;
+                        return Some("protocol_error: push commands cut short".into());
+                    }
+                    let _ = upstream.eof().await;
+                }
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
+                    let _ = upstream
+                        .window_change(col_width, row_height, pix_width, pix_height)
+                        .await;
+                }
+                ChannelMsg::Signal { signal } => {
+                    let _ = upstream.signal(signal).await;
+                }
+                ChannelMsg::Close => {
+                    let _ = upstream.close().await;
+                    return None;
+                }
+                _ => {}
             }
-            _ => {}
         }
+    };
+    let mut read = std::pin::pin!(read);
+    let mut write = std::pin::pin!(write);
+    tokio::select! {
+        refused = &mut write => refused,
+        () = &mut read => write.await,
     }
 }
 
