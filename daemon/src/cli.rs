@@ -116,6 +116,22 @@ pub struct RunArgs {
     /// bluetooth, CAN and other sockets that no cgroup hook sees.
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Obtain the CI job's identity token and have the daemon verify it and bind it to
+    /// this run before the command starts: `github`, `gitlab=VARIABLE`, `buildkite`,
+    /// `circleci`, `kubernetes=PATH` or `file=PATH`. The token is handed over the control
+    /// socket, never put in the command's arguments or environment; the run is refused
+    /// when it does not verify.
+    #[arg(long, value_name = "SOURCE")]
+    pub identity: Option<crate::workload::source::TokenSource>,
+    /// The configured issuer (`[[identity.issuer]] name`) the token must verify as;
+    /// by default the one named like the source (`github`, ...), whose audience is
+    /// requested from GitHub and Buildkite.
+    #[arg(long, value_name = "NAME", requires = "identity")]
+    pub identity_issuer: Option<String>,
+    /// Also remove from the command's environment what lets it mint more tokens
+    /// (`ACTIONS_ID_TOKEN_REQUEST_URL`/`_TOKEN`, `BUILDKITE_AGENT_ACCESS_TOKEN`).
+    #[arg(long, requires = "identity")]
+    pub scrub_token_source: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<OsString>,
@@ -228,6 +244,13 @@ pub enum CliError {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    // Policies checked or explained here may name only the configured identity issuers;
+    // an unreadable configuration leaves none, so such policies are refused.
+    if let Command::Policy(_) = &cli.command
+        && let Ok(config) = Config::load(&cli.config)
+    {
+        crate::workload::set_known_issuers(&config.identity);
+    }
     match cli.command {
         Command::Policy(PolicyCommand::Check { dir }) => Ok(policy_check(&dir)),
         Command::Policy(PolicyCommand::Reload) => {
@@ -493,7 +516,26 @@ fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
         });
     }
     let user = args.user.as_deref().map(resolve_user).transpose()?;
-    root.enter(&args.agent, std::process::id())?;
+    // The token is fetched and the run bound before this process enters the managed
+    // cgroup: from inside it, neither the issuer nor the control socket is reachable.
+    let mut hidden_variables = Vec::new();
+    match &args.identity {
+        Some(source) => {
+            let run_dir = bind_identity(config, &args, source)?;
+            let procs = run_dir.join("cgroup.procs");
+            std::fs::write(&procs, std::process::id().to_string()).map_err(|error| {
+                CliError::System(format!(
+                    "cannot enter the run cgroup {}: {error}",
+                    run_dir.display()
+                ))
+            })?;
+            hidden_variables.extend(source.token_variables());
+            if args.scrub_token_source {
+                hidden_variables.extend(source.minting_variables().iter().map(|v| (*v).to_owned()));
+            }
+        }
+        None => root.enter(&args.agent, std::process::id())?,
+    }
 
     let (program, rest) = args
         .command
@@ -501,6 +543,9 @@ fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
         .ok_or_else(|| CliError::System("no command given".into()))?;
     let mut command = std::process::Command::new(program);
     command.args(rest);
+    for variable in &hidden_variables {
+        command.env_remove(variable);
+    }
     if let Some(user) = user {
         let (uid, gid) = (user.uid, user.gid);
         let name = std::ffi::CString::new(user.name.as_bytes())
@@ -541,6 +586,68 @@ fn run_agent(config: &Config, args: RunArgs) -> Result<ExitCode, CliError> {
         command: program.to_string_lossy().into_owned(),
         source: error,
     })
+}
+
+/// Obtains the job's token, has the daemon verify it and bind it to a new run cgroup of
+/// the agent, and returns that cgroup's directory. The token lives only in this
+/// process's memory and the control connection's body.
+fn bind_identity(
+    config: &Config,
+    args: &RunArgs,
+    source: &crate::workload::source::TokenSource,
+) -> Result<PathBuf, CliError> {
+    let configured = config
+        .identity
+        .validate()
+        .map_err(|error| CliError::System(format!("identity configuration: {error}")))?;
+    let issuer = match &args.identity_issuer {
+        Some(name) => Some(
+            configured
+                .iter()
+                .find(|issuer| &issuer.name == name)
+                .ok_or_else(|| {
+                    CliError::System(format!(
+                        "no [[identity.issuer]] named {name:?} in the configuration"
+                    ))
+                })?,
+        ),
+        None => configured
+            .iter()
+            .find(|issuer| Some(issuer.name.as_str()) == source.usual_issuer_name())
+            .or_else(|| {
+                (*source == crate::workload::source::TokenSource::Github)
+                    .then(|| {
+                        configured
+                            .iter()
+                            .find(|issuer| issuer.issuer == crate::workload::source::GITHUB_ISSUER)
+                    })
+                    .flatten()
+            })
+            .or_else(|| (configured.len() == 1).then(|| &configured[0])),
+    };
+    let audience = issuer
+        .map(|issuer| issuer.audience.clone())
+        .unwrap_or_default();
+    let client = ControlClient::new(config.control.socket.clone());
+    let answer: crate::workload::BindAnswer = runtime()?.block_on(async {
+        let token = source.obtain(&audience).await.map_err(|error| {
+            CliError::System(format!("cannot obtain the identity token: {error}"))
+        })?;
+        let request = crate::workload::BindRequest {
+            agent: args.agent.clone(),
+            issuer: args.identity_issuer.clone(),
+            token,
+        };
+        client
+            .post("/v1/identity/runs", &request)
+            .await
+            .map_err(|error| match error {
+                ClientError::Http { message, .. } => CliError::System(message),
+                other => CliError::System(format!("cannot bind the identity: {other}")),
+            })
+    })?;
+    eprintln!("sluice: identity verified: {}", answer.identity.summary());
+    Ok(answer.run_dir)
 }
 
 fn resolve_user(user: &str) -> Result<nix::unistd::User, CliError> {
@@ -701,6 +808,11 @@ fn print_session(session: &SessionRecord) {
     );
     field("exe", session.exe.as_deref().unwrap_or("(gone)"));
     field("cgroup", &session.cgroup);
+    if let Some(identity) = &session.identity {
+        field("identity", &identity.summary());
+        field("  subject", &identity.subject);
+        field("  token", &format!("sha256:{}", identity.token_sha256));
+    }
     field("source", &session.source);
     field(
         "destination",

@@ -44,6 +44,8 @@ pub struct Config {
     /// Continuous exporters of the event log (`[[export]]`), each with its own cursor.
     #[serde(rename = "export")]
     pub exports: Vec<crate::export::config::ExporterConfig>,
+    /// Workload identity: the token issuers whose CI jobs' tokens the daemon verifies.
+    pub identity: crate::workload::IdentityConfig,
 }
 
 /// Paths the daemon owns.
@@ -283,6 +285,7 @@ impl Config {
             crate::approvals::webhook::check_url(&webhook.url)
                 .map_err(|error| format!("approvals.webhook: {error}"))?;
         }
+        self.identity.validate()?;
         if let Some(listen) = self.metrics.listen
             && !listen.ip().is_loopback()
         {

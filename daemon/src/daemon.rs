@@ -31,7 +31,6 @@ use crate::{
     events::Activity,
     grants::{Actor, GrantBook, GrantError, NewGrant},
     policy::{ExplainQuestion, Explanation, Grant, Policy},
-    proxy::postgres::cancel::CancelRegistry,
     redirect::RedirectListeners,
     session::{PolicyHandle, SessionContext},
     store::{Durability, SessionFilter, SessionRecord, StatementRecord, Store, StoreOptions},
@@ -49,6 +48,8 @@ pub enum DaemonError {
     },
     #[error("policy: {0}")]
     Policy(#[from] crate::policy::PolicyErrors),
+    #[error("identity: {0}")]
+    Identity(String),
     #[error("credentials: {0}")]
     Credentials(#[from] crate::credentials::CredentialsError),
     #[error("store: {0}")]
@@ -85,6 +86,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
     let started_at = OffsetDateTime::now_utc();
 
+    // Policies may name only the configured identity issuers.
+    crate::workload::set_known_issuers(&config.identity);
     let policy = Policy::load_dir(&config.daemon.policy_dir)?;
     let credentials = Credentials::load(&config.daemon.credentials_file)?;
     let policy = Arc::new(PolicyHandle::new(policy));
@@ -107,6 +110,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let root = Arc::new(ManagedRoot::resolve(&config.cgroup.root)?);
     root.ensure()?;
+    let workload = Arc::new(
+        crate::workload::Workload::start(&config.identity, &config.daemon.state_dir)
+            .map_err(DaemonError::Identity)?,
+    );
 
     let listeners = RedirectListeners::bind(&config.redirect)?;
     let netns_cookie = listeners
@@ -221,6 +228,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         kernel_support: interception.kernel_support().clone(),
         listeners: listener_addrs,
         runtime: tokio::runtime::Handle::current(),
+        workload: Arc::clone(&workload),
     });
 
     let interception = Arc::new(interception);
@@ -251,7 +259,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             config.redirect.upstream_connect_timeout_ms,
         ),
         credentials: Arc::new(credentials),
-        cancels: Arc::new(CancelRegistry::default()),
+        registry: Arc::new(crate::protocols::Registry::standard()),
         mask_key: crate::credentials::load_or_create_mask_key(&config.daemon.state_dir)?.into(),
         approvals,
     });
@@ -421,9 +429,63 @@ struct Backend {
     kernel_support: KernelSupport,
     listeners: Vec<String>,
     runtime: tokio::runtime::Handle,
+    workload: Arc<crate::workload::Workload>,
 }
 
 impl ControlBackend for Backend {
+    fn bind_run(
+        &self,
+        peer: &PeerInfo,
+        request: crate::workload::BindRequest,
+    ) -> Result<crate::workload::BindAnswer, ApiError> {
+        // 422, not 403: the caller may use the API; it is the token that is refused.
+        let forbidden =
+            |message: String| ApiError::new(hyper::StatusCode::UNPROCESSABLE_ENTITY, message);
+        crate::cgroup::validate_agent_name(&request.agent)
+            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        let verified = self
+            .runtime
+            .block_on(self.workload.verifier.verify(&request.token))
+            .map_err(|error| {
+                tracing::warn!(agent = %request.agent, peer = %peer.display_name(), %error, "identity token refused");
+                forbidden(format!("identity token refused: {error}"))
+            })?;
+        if let Some(issuer) = &request.issuer
+            && &verified.record.issuer != issuer
+        {
+            return Err(forbidden(format!(
+                "the token verified as issuer {:?}, not {issuer:?}",
+                verified.record.issuer
+            )));
+        }
+        let agent_dir = self
+            .root
+            .ensure_agent(&request.agent)
+            .map_err(|error| ApiError::internal(error.to_string()))?;
+        let agent_cgroup = format!(
+            "{}/{}",
+            self.root.cgroup_path().trim_end_matches('/'),
+            request.agent
+        );
+        let binding = self
+            .workload
+            .runs
+            .bind(&request.agent, &agent_dir, &agent_cgroup, verified)
+            .map_err(|error| ApiError::internal(error.to_string()))?;
+        tracing::info!(
+            agent = %request.agent,
+            run = %binding.cgroup_path,
+            identity = %binding.identity.record.summary(),
+            token_sha256 = %binding.identity.record.token_sha256,
+            peer = %peer.display_name(),
+            "run bound to a verified workload identity"
+        );
+        Ok(crate::workload::BindAnswer {
+            run_dir: binding.dir.clone(),
+            identity: binding.identity.record.clone(),
+        })
+    }
+
     fn approvals(&self) -> Result<Vec<HeldStatement>, ApiError> {
         Ok(self.approvals.list())
     }

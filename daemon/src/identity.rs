@@ -29,6 +29,9 @@ pub struct Identity {
     pub cgroup: String,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
+    /// The verified workload identity bound to the process's agent run (`sluice run
+    /// --identity`), if any.
+    pub workload: Option<std::sync::Arc<crate::workload::Verified>>,
 }
 
 /// A redirected connection, identified.
@@ -92,6 +95,9 @@ pub fn identity_of(root: &ManagedRoot, origin: &Origin) -> Result<Identity, Iden
         .map(|path| path.display().to_string());
     let cgroup = crate::cgroup::cgroup_path_of(origin.tgid)
         .unwrap_or_else(|| format!("{}/{agent}", root.cgroup_path()));
+    let workload = crate::workload::runs::installed()
+        .and_then(|runs| runs.lookup(origin.cgroup_id, Some(&cgroup)))
+        .map(|binding| std::sync::Arc::new(binding.identity.clone()));
     Ok(Identity {
         agent,
         pid: origin.tgid,
@@ -103,6 +109,7 @@ pub fn identity_of(root: &ManagedRoot, origin: &Origin) -> Result<Identity, Iden
         cgroup,
         cgroup_id: origin.cgroup_id,
         netns_cookie: origin.netns_cookie,
+        workload,
     })
 }
 

@@ -16,9 +16,13 @@ use crate::{
     cgroup::ManagedRoot,
     credentials::Credentials,
     events::{Activity, Context, Event},
-    identity::{self, Redirected},
-    policy::{Action, AgentFacts, Decision, Protocol},
-    proxy::postgres::{PgSession, cancel::CancelRegistry},
+    identity::{self, Identity, Redirected},
+    pipeline::{
+        BoxFuture, ByteStream, Dial, NestedDispatch, NestedRefusal, NestedSession, NestedTarget,
+        SessionInfo, Upstream,
+    },
+    policy::{Action, AgentFacts, Decision, Resource},
+    protocols::Registry,
     relay::{self, ByteCounts, reset},
     store::{Durability, SessionRecord, SessionState, Store},
 };
@@ -35,7 +39,8 @@ pub struct SessionContext {
     pub store: Store,
     pub upstream_connect_timeout: Duration,
     pub credentials: Arc<Credentials>,
-    pub cancels: Arc<CancelRegistry>,
+    /// The protocol handlers: a resource's protocol picks its decoder here.
+    pub registry: Arc<Registry>,
     /// The HMAC key of the `hash` masking strategy.
     pub mask_key: Arc<[u8]>,
     /// Where statements under `review` rules wait for a human.
@@ -56,6 +61,68 @@ pub async fn handle(
     let id = context.store.next_session_id();
     let span = tracing::info_span!("session", id, %peer, agent = tracing::field::Empty);
     run(context, agent, id, peer, local).instrument(span).await;
+}
+
+/// The policy's answer for a new connection, and the resource it is about.
+struct Judged {
+    decision: Decision,
+    /// The resource, when the connection is allowed to one.
+    resource: Option<Resource>,
+    /// The host name the resource was matched by, if it was.
+    host_name: Option<String>,
+}
+
+/// Decides a connection of `identity` to `destination`, which the agent knows by
+/// `host_names` (resources named by host name match only those). One policy snapshot
+/// decides and names the resource, so a reload in between cannot leave a decoded
+/// resource relayed undecoded.
+fn judge_connection(
+    context: &SessionContext,
+    identity: &Identity,
+    destination: SocketAddr,
+    host_names: &[String],
+) -> (Judged, Option<Resource>) {
+    let policy = context.policy.current();
+    let facts = AgentFacts {
+        agent: &identity.agent,
+        uid: identity.uid,
+        exe: identity.exe.as_deref().map(Path::new),
+        workload: identity.workload.as_deref(),
+    };
+    let by_host_name = policy
+        .resource_for_host_names(destination, host_names)
+        .cloned();
+    let decision = match &by_host_name {
+        Some(resource) => policy.decide_with_grants(
+            &context.policy.grants(),
+            &facts,
+            Some(&resource.name),
+            crate::policy::Operation::Connect,
+            OffsetDateTime::now_utc(),
+        ),
+        None => policy.decide_connection_with_grants(
+            &context.policy.grants(),
+            &facts,
+            destination,
+            OffsetDateTime::now_utc(),
+        ),
+    };
+    let resource = decision
+        .resource
+        .as_deref()
+        .and_then(|name| policy.resource(name))
+        .cloned();
+    let host_name = by_host_name
+        .as_ref()
+        .and_then(|_| host_names.first().cloned());
+    (
+        Judged {
+            decision,
+            resource,
+            host_name,
+        },
+        by_host_name,
+    )
 }
 
 async fn run(
@@ -79,14 +146,6 @@ async fn run(
         };
     let identity = &redirected.identity;
     tracing::Span::current().record("agent", identity.agent.as_str());
-    // One snapshot decides and names the resource, so a reload in between cannot
-    // leave a decoded resource relayed undecoded.
-    let policy = context.policy.current();
-    let facts = AgentFacts {
-        agent: &identity.agent,
-        uid: identity.uid,
-        exe: identity.exe.as_deref().map(Path::new),
-    };
     // A resource named by host name matches only addresses the resolver gave this agent.
     let host_names = context
         .dns
@@ -96,31 +155,16 @@ async fn run(
                 .names(&identity.agent, redirected.destination.ip())
         })
         .unwrap_or_default();
-    let by_host_name = policy
-        .resource_for_host_names(redirected.destination, &host_names)
-        .cloned();
-    let mut decision = match &by_host_name {
-        Some(resource) => policy.decide_with_grants(
-            &context.policy.grants(),
-            &facts,
-            Some(&resource.name),
-            crate::policy::Operation::Connect,
-            OffsetDateTime::now_utc(),
-        ),
-        None => policy.decide_connection_with_grants(
-            &context.policy.grants(),
-            &facts,
-            redirected.destination,
-            OffsetDateTime::now_utc(),
-        ),
-    };
-    if decision.action == Action::Allow
+    let (mut judged, by_host_name) =
+        judge_connection(&context, identity, redirected.destination, &host_names);
+    if judged.decision.action == Action::Allow
         && let Some(resource) = &by_host_name
         && let Some(denial) = crate::dns::check_server_name(&agent, resource, &host_names).await
     {
-        decision = denial;
+        judged.decision = denial;
     }
-    let mut record = open_record(id, &redirected, &decision);
+    let decision = &judged.decision;
+    let mut record = open_record(id, &redirected, decision);
     crate::metrics::global().decision("connection", decision.action);
 
     if decision.action != Action::Allow {
@@ -137,29 +181,7 @@ async fn run(
         return;
     }
 
-    let writing = std::time::Instant::now();
-    // In strict mode the session_open event is durable with the record, before any
-    // byte goes upstream.
-    let opened_event = Event::now(
-        Context::of_session(&record),
-        Activity::session_open(&record),
-    );
-    let opened = tokio::time::timeout(
-        OPEN_RECORD_TIMEOUT,
-        context.store.put_session_with_events(
-            &record,
-            &[opened_event],
-            context.store.audit_durability(),
-        ),
-    )
-    .await;
-    let written = matches!(opened, Ok(Ok(_)));
-    crate::metrics::global().store_write("session", true, written, writing.elapsed());
-    crate::metrics::global().connection(if written { "allowed" } else { "record_failed" });
-    if let Err(error) = opened
-        .map_err(|_| "timed out".to_owned())
-        .and_then(|result| result.map_err(|e| e.to_string()))
-    {
+    if let Err(error) = open_durably(&context.store, &record).await {
         tracing::error!(%error, "cannot record the session: refusing it");
         reset(agent);
         return;
@@ -176,7 +198,6 @@ async fn run(
     if redirected.destination.port() == crate::dns::DNS_PORT
         && let Some(resolver) = &context.dns
     {
-        drop(policy);
         let counts = ByteCounts::default();
         let close_reason = crate::dns::serve_tcp(
             resolver,
@@ -194,99 +215,64 @@ async fn run(
         return;
     }
 
-    let upstream = tokio::time::timeout(
-        context.upstream_connect_timeout,
-        TcpStream::connect(redirected.destination),
-    )
-    .await
-    .map_err(|_| "timed out".to_owned())
-    .and_then(|result| result.map_err(|e| e.to_string()));
-    let upstream = match upstream {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::warn!(%error, "upstream unreachable");
-            record.close(
-                OffsetDateTime::now_utc(),
-                format!("upstream_unreachable: {error}"),
-            );
-            store_final(&context.store, &record, Activity::session_close(&record)).await;
-            reset(agent);
-            return;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    let _ = agent.set_nodelay(true);
-    record.upstream_local = upstream.local_addr().ok().map(|a| a.to_string());
-
-    let counts = ByteCounts::default();
-    let resource = decision
+    let registry = Arc::clone(&context.registry);
+    let handler = judged
         .resource
-        .as_deref()
-        .and_then(|name| policy.resource(name))
-        .cloned();
-    drop(policy);
-    let protocol = match &resource {
-        Some(resource) if resource.protocol == Protocol::Postgres => "postgres",
-        Some(resource) if resource.protocol == Protocol::Ssh => "ssh",
-        _ => "tcp",
-    };
-    let close_reason = match resource {
-        Some(resource) if resource.protocol == Protocol::Postgres => {
-            let session = PgSession {
-                session_id: id,
-                agent: identity.agent.clone(),
-                pid: identity.pid,
-                uid: identity.uid,
-                exe: identity.exe.as_deref().map(Into::into),
-                resource,
-                upstream_addr: redirected.destination,
-                policy: Arc::clone(&context.policy),
-                credentials: Arc::clone(&context.credentials),
-                cancels: Arc::clone(&context.cancels),
-                store: context.store.clone(),
-                mask_key: Arc::clone(&context.mask_key),
-                approvals: Arc::clone(&context.approvals),
-                audit_context: Context {
-                    protocol: Some("postgres".into()),
-                    ..Context::of_session(&record)
-                },
-            };
-            crate::proxy::postgres::proxy(session, agent, upstream, &counts).await
-        }
-        Some(resource) if resource.protocol == Protocol::Ssh => {
-            match crate::protocols::ssh::configure(
-                &resource,
-                resource.known_hosts.as_deref(),
-                &context.credentials,
-                redirected.destination,
-                &host_names,
-            ) {
-                Err(error) => {
-                    tracing::warn!(%error, "ssh session not set up");
-                    error.to_string()
-                }
-                Ok(config) => {
-                    let gate = crate::protocols::ssh::interim::InterimGate {
-                        policy: Arc::clone(&context.policy),
-                        store: context.store.clone(),
-                        agent: identity.agent.clone(),
-                        uid: identity.uid,
-                        exe: identity.exe.as_deref().map(Into::into),
-                        resource: resource.name.clone(),
-                        session_id: id,
-                        seq: Default::default(),
-                    };
-                    crate::protocols::ssh::proxy::serve(
-                        &gate,
-                        config,
-                        Box::new(agent),
-                        Box::new(upstream),
-                    )
-                    .await
-                }
+        .as_ref()
+        .and_then(|resource| registry.handler(resource.protocol));
+    let upstream = if handler.is_none_or(|handler| handler.dial() == Dial::BySession) {
+        match dial(&context, redirected.destination).await {
+            Ok(upstream) => Some(upstream),
+            Err(error) => {
+                tracing::warn!(%error, "upstream unreachable");
+                record.close(
+                    OffsetDateTime::now_utc(),
+                    format!("upstream_unreachable: {error}"),
+                );
+                store_final(&context.store, &record, Activity::session_close(&record)).await;
+                reset(agent);
+                return;
             }
         }
-        _ => relay::relay(agent, upstream, &counts).await.close_reason(),
+    } else {
+        None
+    };
+    let _ = agent.set_nodelay(true);
+    record.upstream_local = upstream
+        .as_ref()
+        .and_then(|upstream| upstream.local_addr().ok())
+        .map(|a| a.to_string());
+
+    let counts = Arc::new(ByteCounts::default());
+    let (protocol, close_reason) = match (handler, judged.resource) {
+        (Some(handler), Some(resource)) => {
+            let protocol = resource.protocol.as_str();
+            let info = session_info(
+                &context,
+                &record,
+                None,
+                identity.clone(),
+                resource,
+                (judged.host_name, host_names),
+                Arc::clone(&counts),
+            );
+            let upstream = match upstream {
+                Some(upstream) => Upstream::Dialled(Box::new(upstream)),
+                None => Upstream::NotDialled,
+            };
+            let closed = handler.serve(info, Box::new(agent), upstream).await;
+            if closed.upstream_local.is_some() {
+                record.upstream_local = closed.upstream_local;
+            }
+            (protocol, closed.reason)
+        }
+        _ => match upstream {
+            Some(upstream) => (
+                "tcp",
+                relay::relay(agent, upstream, &counts).await.close_reason(),
+            ),
+            None => ("tcp", "upstream_unreachable: not dialled".to_owned()),
+        },
     };
     (record.bytes_up, record.bytes_down) = counts.snapshot();
     record.close(OffsetDateTime::now_utc(), close_reason);
@@ -297,6 +283,270 @@ async fn run(
         "session closed"
     );
     store_close(&context.store, &record, protocol).await;
+}
+
+/// Dials the upstream within the configured timeout, without Nagle's delay.
+async fn dial(context: &SessionContext, destination: SocketAddr) -> Result<TcpStream, String> {
+    let upstream = tokio::time::timeout(
+        context.upstream_connect_timeout,
+        TcpStream::connect(destination),
+    )
+    .await
+    .map_err(|_| "timed out".to_owned())
+    .and_then(|result| result.map_err(|e| e.to_string()))?;
+    let _ = upstream.set_nodelay(true);
+    Ok(upstream)
+}
+
+/// Makes an allowed session's open record and `session_open` event durable (in strict
+/// mode) before any byte goes upstream; an error refuses the session.
+async fn open_durably(store: &Store, record: &SessionRecord) -> Result<(), String> {
+    let writing = std::time::Instant::now();
+    let opened_event = Event::now(Context::of_session(record), Activity::session_open(record));
+    let opened = tokio::time::timeout(
+        OPEN_RECORD_TIMEOUT,
+        store.put_session_with_events(record, &[opened_event], store.audit_durability()),
+    )
+    .await;
+    let written = matches!(opened, Ok(Ok(_)));
+    crate::metrics::global().store_write("session", true, written, writing.elapsed());
+    crate::metrics::global().connection(if written { "allowed" } else { "record_failed" });
+    opened
+        .map_err(|_| "timed out".to_owned())
+        .and_then(|result| result.map_err(|e| e.to_string()))
+        .map(|_| ())
+}
+
+/// What a protocol handler gets to know about its session.
+fn session_info(
+    context: &Arc<SessionContext>,
+    record: &SessionRecord,
+    parent_session: Option<u64>,
+    identity: Identity,
+    resource: Resource,
+    host_names: (Option<String>, Vec<String>),
+    counts: Arc<ByteCounts>,
+) -> SessionInfo {
+    let (host_name, host_names) = host_names;
+    let upstream_addr = record
+        .destination
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    SessionInfo {
+        session_id: record.id,
+        parent_session,
+        identity,
+        audit_context: Context {
+            protocol: Some(resource.protocol.to_string()),
+            ..Context::of_session(record)
+        },
+        resource,
+        upstream_addr,
+        host_name,
+        host_names,
+        policy: Arc::clone(&context.policy),
+        store: context.store.clone(),
+        credentials: Arc::clone(&context.credentials),
+        approvals: Arc::clone(&context.approvals),
+        mask_key: Arc::clone(&context.mask_key),
+        counts,
+        upstream_connect_timeout: context.upstream_connect_timeout,
+        nested: Arc::new(Nested {
+            context: Arc::clone(context),
+        }),
+    }
+}
+
+/// Opens the connections handlers carry inside their own (CONNECT tunnels, SSH
+/// forwards) as sessions of their own: the parent's agent, judged and recorded anew,
+/// then dispatched through the registry.
+struct Nested {
+    context: Arc<SessionContext>,
+}
+
+impl NestedDispatch for Nested {
+    fn open<'a>(
+        &'a self,
+        parent: &'a SessionInfo,
+        target: NestedTarget,
+    ) -> BoxFuture<'a, Result<Box<dyn NestedSession>, NestedRefusal>> {
+        Box::pin(open_nested(Arc::clone(&self.context), parent, target))
+    }
+}
+
+async fn open_nested(
+    context: Arc<SessionContext>,
+    parent: &SessionInfo,
+    target: NestedTarget,
+) -> Result<Box<dyn NestedSession>, NestedRefusal> {
+    let id = context.store.next_session_id();
+    let identity = parent.identity.clone();
+    let host_names: Vec<String> = target
+        .host_name
+        .iter()
+        .map(|name| name.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    let (judged, _) = judge_connection(&context, &identity, target.destination, &host_names);
+    let redirected = Redirected {
+        identity,
+        source: parent
+            .audit_context
+            .source
+            .as_deref()
+            .and_then(|source| source.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        destination: target.destination,
+    };
+    let mut record = open_record(id, &redirected, &judged.decision);
+    record.parent_session = Some(parent.session_id);
+    crate::metrics::global().decision("connection", judged.decision.action);
+    tracing::info!(
+        parent = parent.session_id,
+        id,
+        via = target.via,
+        destination = %target.destination,
+        action = %judged.decision.action,
+        "nested connection"
+    );
+    if judged.decision.action != Action::Allow {
+        crate::metrics::global().connection("denied");
+        record.close(OffsetDateTime::now_utc(), "denied".into());
+        store_final(&context.store, &record, Activity::session_open(&record)).await;
+        return Err(NestedRefusal::Denied {
+            rule: judged.decision.rule,
+            reason: judged.decision.reason,
+        });
+    }
+    open_durably(&context.store, &record)
+        .await
+        .map_err(NestedRefusal::NotRecorded)?;
+    let dials = judged
+        .resource
+        .as_ref()
+        .and_then(|resource| context.registry.handler(resource.protocol))
+        .is_none_or(|handler| handler.dial() == Dial::BySession);
+    let upstream = if dials {
+        match dial(&context, target.destination).await {
+            Ok(upstream) => Some(upstream),
+            Err(error) => {
+                record.close(
+                    OffsetDateTime::now_utc(),
+                    format!("upstream_unreachable: {error}"),
+                );
+                store_final(&context.store, &record, Activity::session_close(&record)).await;
+                return Err(NestedRefusal::Unreachable(error));
+            }
+        }
+    } else {
+        None
+    };
+    record.upstream_local = upstream
+        .as_ref()
+        .and_then(|upstream| upstream.local_addr().ok())
+        .map(|a| a.to_string());
+    Ok(Box::new(OpenNested {
+        context,
+        record,
+        identity: redirected.identity,
+        resource: judged.resource,
+        host_name: target.host_name,
+        upstream,
+    }))
+}
+
+/// A nested session allowed, recorded and dialled, waiting for its agent stream.
+struct OpenNested {
+    context: Arc<SessionContext>,
+    record: SessionRecord,
+    identity: Identity,
+    resource: Option<Resource>,
+    host_name: Option<String>,
+    upstream: Option<TcpStream>,
+}
+
+impl NestedSession for OpenNested {
+    fn id(&self) -> u64 {
+        self.record.id
+    }
+
+    fn serve(self: Box<Self>, agent: Box<dyn ByteStream>) -> BoxFuture<'static, String> {
+        let span = tracing::info_span!(
+            "session",
+            id = self.record.id,
+            parent = self.record.parent_session
+        );
+        Box::pin(self.run(agent).instrument(span))
+    }
+}
+
+impl OpenNested {
+    async fn run(self, agent: Box<dyn ByteStream>) -> String {
+        let Self {
+            context,
+            mut record,
+            identity,
+            resource,
+            host_name,
+            upstream,
+        } = self;
+        let counts = Arc::new(ByteCounts::default());
+        let registry = Arc::clone(&context.registry);
+        let handler = resource
+            .as_ref()
+            .and_then(|resource| registry.handler(resource.protocol));
+        let (protocol, close_reason) = match (handler, resource) {
+            (Some(handler), Some(resource)) => {
+                let protocol = resource.protocol.as_str();
+                let parent = record.parent_session;
+                let info = session_info(
+                    &context,
+                    &record,
+                    parent,
+                    identity,
+                    resource,
+                    (host_name.clone(), host_name.into_iter().collect()),
+                    Arc::clone(&counts),
+                );
+                let upstream = match upstream {
+                    Some(upstream) => Upstream::Dialled(Box::new(upstream)),
+                    None => Upstream::NotDialled,
+                };
+                let closed = handler.serve(info, agent, upstream).await;
+                if closed.upstream_local.is_some() {
+                    record.upstream_local = closed.upstream_local;
+                }
+                (protocol, closed.reason)
+            }
+            _ => match upstream {
+                Some(upstream) => ("tcp", relay_boxed(agent, upstream, &counts).await),
+                None => ("tcp", "upstream_unreachable: not dialled".to_owned()),
+            },
+        };
+        (record.bytes_up, record.bytes_down) = counts.snapshot();
+        record.close(OffsetDateTime::now_utc(), close_reason.clone());
+        store_close(&context.store, &record, protocol).await;
+        close_reason
+    }
+}
+
+/// Relays a nested (boxed) agent stream to its upstream as opaque bytes.
+async fn relay_boxed(
+    mut agent: Box<dyn ByteStream>,
+    mut upstream: TcpStream,
+    counts: &ByteCounts,
+) -> String {
+    match tokio::io::copy_bidirectional(&mut agent, &mut upstream).await {
+        Ok((up, down)) => {
+            counts
+                .up
+                .fetch_add(up, std::sync::atomic::Ordering::Relaxed);
+            counts
+                .down
+                .fetch_add(down, std::sync::atomic::Ordering::Relaxed);
+            "client_closed".into()
+        }
+        Err(error) => format!("relay_error: {error}"),
+    }
 }
 
 /// Stores a session's closed record and its `session_close` event.
@@ -330,6 +580,11 @@ fn open_record(id: u64, redirected: &Redirected, decision: &Decision) -> Session
         source: redirected.source.to_string(),
         destination: redirected.destination.to_string(),
         upstream_local: None,
+        parent_session: None,
+        identity: identity
+            .workload
+            .as_ref()
+            .map(|workload| workload.record.clone()),
         transport: "tcp".into(),
         resource: decision.resource.clone(),
         decision: decision.record(),

@@ -21,6 +21,8 @@
 //! - `unix PATH REQUEST`: a unix socket exchange.
 //! - `fd-recv PATH ACTION [ADDR]`: use an inet socket received over SCM_RIGHTS.
 //! - `leave-cgroup PROCS...`: try to move itself to other cgroups.
+//! - `io-uring-socket`: vsock, packet and inet sockets made with io_uring's
+//!   IORING_OP_SOCKET, which no seccomp filter on socket(2) sees; outcomes as `families`.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -58,6 +60,7 @@ fn main() {
         ["fd-recv", path, action, addr] => fd_recv(path, action, Some(addr)),
         ["leave-cgroup", ..] => leave_cgroup(&args[1..]),
         ["io-uring", addr] => io_uring(addr),
+        ["io-uring-socket"] => io_uring_socket(),
         _ => {
             json!({"ok": false, "error": format!("usage: sluice-probe MODE ... (see the module doc); got {args:?}")})
         }
@@ -717,12 +720,39 @@ fn io_uring(addr: &str) -> Value {
     result.unwrap_or_else(|error| json!({"ok": false, "error": error}))
 }
 
+/// `io-uring-socket`: which families io_uring's IORING_OP_SOCKET creates sockets in.
+/// Each key is `created` or `errno N (message)`.
+fn io_uring_socket() -> Value {
+    let attempt = |family: libc::c_int, kind: libc::c_int, protocol: libc::c_int| {
+        match uring::socket(family, kind | libc::SOCK_CLOEXEC, protocol) {
+            Ok(fd) if fd >= 0 => {
+                // SAFETY: a descriptor the ring just created for this process.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                Value::String("created".into())
+            }
+            Ok(res) => {
+                let error = std::io::Error::from_raw_os_error(-res);
+                Value::String(format!("errno {} ({error})", -res))
+            }
+            Err(error) => Value::String(format!("io_uring: {error}")),
+        }
+    };
+    json!({
+        "ok": true,
+        "inet": attempt(libc::AF_INET, libc::SOCK_STREAM, 0),
+        "vsock": attempt(libc::AF_VSOCK, libc::SOCK_STREAM, 0),
+        // htons(ETH_P_ALL)
+        "packet": attempt(libc::AF_PACKET, libc::SOCK_RAW, 0x0300),
+    })
+}
+
 /// The least of io_uring needed to submit one connect and reap it, by raw syscalls:
 /// the io-uring crate is not in the tree and one operation needs little.
 mod uring {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
     const IORING_OP_CONNECT: u8 = 16;
+    const IORING_OP_SOCKET: u8 = 45;
     const IORING_ENTER_GETEVENTS: u32 = 1;
     const IORING_OFF_SQ_RING: i64 = 0;
     const IORING_OFF_CQ_RING: i64 = 0x800_0000;
@@ -830,6 +860,31 @@ mod uring {
         addr: &libc::sockaddr_storage,
         len: libc::socklen_t,
     ) -> Result<i32, String> {
+        submit(Sqe {
+            opcode: IORING_OP_CONNECT,
+            fd: socket,
+            off: u64::from(len),
+            addr: std::ptr::from_ref(addr) as u64,
+            user_data: 1,
+            ..Sqe::default()
+        })
+    }
+
+    /// Creates a socket with IORING_OP_SOCKET (5.19+), which never calls socket(2);
+    /// returns the CQE result (the descriptor, or minus the errno).
+    pub fn socket(domain: i32, kind: i32, protocol: i32) -> Result<i32, String> {
+        submit(Sqe {
+            opcode: IORING_OP_SOCKET,
+            fd: domain,
+            off: kind as u64,
+            len: protocol as u32,
+            user_data: 1,
+            ..Sqe::default()
+        })
+    }
+
+    /// Submits one entry through a one-entry ring and reaps its completion.
+    fn submit(sqe: Sqe) -> Result<i32, String> {
         let mut params = Params::default();
         // SAFETY: params is a valid io_uring_params for the kernel to fill.
         let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, &raw mut params) };
@@ -850,14 +905,6 @@ mod uring {
             params.sq_entries as usize * size_of::<Sqe>(),
             IORING_OFF_SQES,
         )?;
-        let sqe = Sqe {
-            opcode: IORING_OP_CONNECT,
-            fd: socket,
-            off: u64::from(len),
-            addr: std::ptr::from_ref(addr) as u64,
-            user_data: 1,
-            ..Sqe::default()
-        };
         // SAFETY: the offsets come from the kernel and lie inside the mappings; the
         // tail is published with a release store after the entry is written.
         unsafe {

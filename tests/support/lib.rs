@@ -5,6 +5,8 @@
 //! control socket and store, so tests run in parallel without seeing each other.
 //! These tests need root (cgroups, eBPF): `cargo xtask test` runs them so.
 
+pub mod mysql;
+pub mod oidc;
 pub mod pki;
 pub mod postgres;
 pub mod ssh;
@@ -82,6 +84,18 @@ resource = "sinks-v6"
 operations = ["connect"]
 action = "allow"
 "#;
+
+/// How many times slower than a normal machine this one runs, from
+/// `SLUICE_TEST_SLOWDOWN` (default 1): `cargo xtask vm-test` sets it in its emulated
+/// guests. Waits for the daemon (start, records) are multiplied by it; nothing a test
+/// asserts about behaviour is.
+pub fn slowdown() -> u32 {
+    std::env::var("SLUICE_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|factor| factor.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
 
 /// Fails the test early and clearly when not root.
 pub fn require_root() {
@@ -235,7 +249,7 @@ impl TestDaemon {
             .spawn()
             .expect("start sluice daemon");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30) * slowdown();
         loop {
             let status = self.sluice(&["status", "--json"]);
             if status.status.success() {
@@ -382,7 +396,7 @@ impl TestDaemon {
         what: &str,
         predicate: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(15) * slowdown();
         loop {
             let sessions = self.sessions(agent);
             if predicate(&sessions) {

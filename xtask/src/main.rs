@@ -9,6 +9,7 @@
 mod bench;
 mod setup;
 mod shell;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -68,6 +69,23 @@ enum Task {
         /// internals (for developing the bench; the report then has gaps).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Run the end-to-end tests inside Debian's 6.1 and 6.12 kernels with the BPF LSM
+    /// active, under QEMU (TCG) through virtme-ng (as root). Downloads what it needs.
+    VmTest {
+        /// Which kernels: 6.1, 6.12 or all (comma-separated).
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Which test binaries, comma-separated: bypass, interception, dns, postgres
+        /// (postgres runs one smoke test unless a filter is given).
+        #[arg(long, default_value = "bypass,interception,dns,postgres")]
+        suites: String,
+        /// Seconds one guest may take, boot to shutdown.
+        #[arg(long, default_value_t = 1500)]
+        guest_timeout: u64,
+        /// Arguments for every test binary, after `--` (e.g. a test name filter).
+        #[arg(last = true)]
+        test_args: Vec<String>,
     },
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
@@ -134,6 +152,24 @@ fn run_task(task: Task) -> Result<()> {
             no_lint,
             cargo_test_args,
         } => test(&workspace, no_lint, &cargo_test_args),
+        Task::VmTest {
+            kernel,
+            suites,
+            guest_timeout,
+            test_args,
+        } => {
+            require_root(
+                "vm-test",
+                "it installs QEMU and writes the guests' results as root",
+            )?;
+            let options = vm::Options {
+                kernels: vm::parse_kernels(&kernel)?,
+                suites: vm::parse_suites(&suites)?,
+                test_args,
+                guest_timeout: std::time::Duration::from_secs(guest_timeout),
+            };
+            vm::vm_test(&workspace, &target_dir(&workspace), &options)
+        }
     }
 }
 

@@ -36,6 +36,15 @@ pub const TEST_PACKAGES: &[&str] = &[
     // tests/export.rs: a real syslog collector, over TCP and over TLS (ossl driver).
     "rsyslog",
     "rsyslog-openssl",
+    // tests/mysql.rs: a real MariaDB server and its clients, the Python connectors and
+    // sysbench; `cargo xtask bench` runs sysbench through sluice too.
+    "mariadb-server",
+    "mariadb-client",
+    "python3-pymysql",
+    "python3-mysqldb",
+    "sysbench",
+    // tests/bypass.rs: whether the kernel can load BPF LSM programs, asked of bpftool.
+    "bpftool",
     // tests/ssh.rs: a real sshd, and the real ssh, scp, sftp, git and rsync as agents.
     "openssh-server",
     "openssh-client",

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Prints a task-level heading, runs `body`, and names the step if it fails.
-pub fn step(name: &str, body: impl FnOnce() -> Result<()>) -> Result<()> {
+pub fn step<T>(name: &str, body: impl FnOnce() -> Result<T>) -> Result<T> {
     println!("\n=== {name} ===");
     body().with_context(|| format!("step `{name}` failed"))
 }

@@ -94,6 +94,10 @@ pub struct HeldStatement {
     /// When the hold times out and the statement is denied.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// The verified workload identity of the agent run that asked (repository, actor...),
+    /// so the approver sees who is behind it; absent for runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::workload::RunIdentity>,
 }
 
 /// What a session knows about the statement it asks to hold.
@@ -250,6 +254,8 @@ impl ApprovalBroker {
             waiting_since: now,
             timeout_seconds: timeout.as_secs(),
             expires_at: now + timeout,
+            // The asking process waits for the answer, so its run is still bound.
+            identity: crate::workload::runs::identity_of_pid(request.pid),
         };
         let (sender, receiver) = oneshot::channel();
         tracing::info!(

@@ -200,7 +200,7 @@ fn body(format: WebhookFormat, held: &HeldStatement) -> Result<Vec<u8>, serde_js
         WebhookFormat::Slack => serde_json::to_vec(&SlackMessage {
             text: format!(
                 "sluice: approval {id} needed. Agent `{agent}` (pid {pid}, uid {uid}) sent a {kind} \
-                 to `{resource}`, held by rule `{rule}`:\n```{sql}```\nApprove: `{approve}`\n\
+                 to `{resource}`, held by rule `{rule}`:\n```{sql}```\n{identity}Approve: `{approve}`\n\
                  Deny: `{deny}`\nDenied automatically if nobody decides within {timeout}.",
                 id = held.id,
                 agent = held.agent,
@@ -211,6 +211,11 @@ fn body(format: WebhookFormat, held: &HeldStatement) -> Result<Vec<u8>, serde_js
                 rule = held.rule,
                 sql = held.sql.replace("```", "'''"),
                 timeout = super::describe(Duration::from_secs(held.timeout_seconds)),
+                identity = held
+                    .identity
+                    .as_ref()
+                    .map(|identity| format!("Identity: {}\n", identity.summary()))
+                    .unwrap_or_default(),
             ),
         }),
     }
@@ -300,6 +305,7 @@ mod tests {
             waiting_since: now,
             timeout_seconds: 600,
             expires_at: now + Duration::from_secs(600),
+            identity: None,
         }
     }
 

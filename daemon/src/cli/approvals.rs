@@ -65,6 +65,9 @@ pub async fn list(client: &ControlClient, json: bool) -> Result<ExitCode, CliErr
             (statement.expires_at - now).whole_seconds().max(0),
             statement.sql,
         );
+        if let Some(identity) = &statement.identity {
+            println!("{:>5}  identity: {}", "", identity.summary());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,7 +22,7 @@ pub struct ExplainArgs {
     /// The resource's name in the policy.
     #[arg(long)]
     pub resource: String,
-    /// SQL to classify and decide, as the PostgreSQL proxy would.
+    /// SQL to classify and decide, as the resource's proxy (PostgreSQL or MySQL) would.
     #[arg(
         long,
         conflicts_with = "operation",
@@ -38,6 +38,11 @@ pub struct ExplainArgs {
     /// The process's executable (default: the agent's first `exe` entry).
     #[arg(long)]
     pub exe: Option<String>,
+    /// Decide as for an agent run whose verified workload identity has these claims
+    /// (a JSON object, like '{"ref": "refs/heads/main", "repository_owner_id": "4242"}'),
+    /// from the agent's `identity` issuer.
+    #[arg(long, value_name = "JSON", value_parser = parse_claims)]
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
     /// Decide offline with this policy directory instead of asking the daemon (grants
     /// then do not count).
     #[arg(long)]
@@ -102,6 +107,14 @@ pub struct RevokeArgs {
     pub reason: Option<String>,
 }
 
+fn parse_claims(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(claims)) => Ok(claims),
+        Ok(_) => Err("the claims must be a JSON object".into()),
+        Err(error) => Err(format!("the claims are not JSON: {error}")),
+    }
+}
+
 /// `sluice policy reload`: exit 0 when the new policy is in force, 1 when rejected.
 pub async fn reload(client: &ControlClient) -> Result<ExitCode, CliError> {
     let report: ReloadReport = client.post("/v1/policy/reload", &()).await?;
@@ -132,6 +145,7 @@ pub async fn explain(
         operation: args.operation,
         uid: args.uid,
         exe: args.exe,
+        claims: args.claims,
     };
     let explanation: Explanation = match &args.policy_dir {
         Some(dir) => {

@@ -94,6 +94,8 @@ pub(super) fn session(id: u64) -> SessionRecord {
         source: "10.0.0.2:40000".into(),
         destination: "10.0.0.9:5432".into(),
         upstream_local: None,
+        parent_session: None,
+        identity: None,
         transport: "tcp".into(),
         resource: Some("orders-db".into()),
         decision: DecisionRecord {

@@ -232,6 +232,17 @@ pub trait ControlBackend: Send + Sync + 'static {
     ) -> Result<Grant, ApiError> {
         Err(ApiError::not_found("this daemon has no grants"))
     }
+    /// Verifies a CI job's identity token and binds it to a new run cgroup of the agent
+    /// (`POST /v1/identity/runs`, what `sluice run --identity` calls before the agent starts).
+    fn bind_run(
+        &self,
+        _peer: &PeerInfo,
+        _request: crate::workload::BindRequest,
+    ) -> Result<crate::workload::BindAnswer, ApiError> {
+        Err(ApiError::not_found(
+            "this daemon verifies no workload identity",
+        ))
+    }
     /// Walks the event log's hash chain (`GET /v1/events/verify`).
     fn verify_events(&self) -> Result<crate::store::VerifyReport, ApiError> {
         Err(ApiError::not_found("this daemon keeps no event log"))

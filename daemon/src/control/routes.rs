@@ -97,7 +97,22 @@ pub const ROUTES: &[Route] = &[
         pattern: "/v1/events/verify",
         handler: verify_events,
     },
+    Route {
+        method: Method::POST,
+        pattern: "/v1/identity/runs",
+        handler: bind_run,
+    },
 ];
+
+/// The body holds a token: it is decoded here and handed on, never logged.
+fn bind_run(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    let request: crate::workload::BindRequest = call.json_body()?;
+    Reply::json_with_status(
+        StatusCode::CREATED,
+        &call.backend.bind_run(call.peer, request)?,
+    )
+}
 
 fn verify_events(call: &Call<'_>) -> Result<Reply, ApiError> {
     call.only_query_params(&[])?;

@@ -150,6 +150,8 @@ fn record(id: u64, agent: &str) -> SessionRecord {
         source: "10.0.0.2:40000".into(),
         destination: "10.0.0.9:5432".into(),
         upstream_local: Some("10.0.0.1:50000".into()),
+        parent_session: None,
+        identity: None,
         transport: "tcp".into(),
         resource: Some("orders-db".into()),
         decision: DecisionRecord {

@@ -308,6 +308,7 @@ impl Resolver {
                 agent: &asker.identity.agent,
                 uid: asker.identity.uid,
                 exe: asker.identity.exe.as_deref().map(Path::new),
+                workload: asker.identity.workload.as_deref(),
             },
             resource.as_deref(),
             Operation::Read,
@@ -446,6 +447,10 @@ impl Resolver {
                 destination: Some(asker.server.to_string()),
                 transport: Some(asker.transport.as_str().to_owned()),
                 protocol: Some("dns".into()),
+                identity: identity
+                    .workload
+                    .as_ref()
+                    .map(|workload| workload.record.clone()),
             },
             Activity::Dns {
                 name: name.to_owned(),
@@ -511,6 +516,11 @@ impl Resolver {
             source: asker.source.to_string(),
             destination: asker.server.to_string(),
             upstream_local: None,
+            parent_session: None,
+            identity: identity
+                .workload
+                .as_ref()
+                .map(|workload| workload.record.clone()),
             transport: asker.transport.as_str().to_owned(),
             resource: decision.resource.clone(),
             decision: decision.record(),

@@ -78,6 +78,7 @@ impl Context {
             destination: known(&record.destination),
             transport: known(&record.transport),
             protocol: None,
+            identity: record.identity.clone(),
         }
     }
 }
@@ -167,6 +168,10 @@ pub struct Context {
     pub transport: Option<String>,
     /// The protocol decoded on the session (`postgres`, `tcp`, `dns`...).
     pub protocol: Option<String>,
+    /// The verified workload identity of the agent run (a CI job's repository, ref,
+    /// commit, run and actor); absent for runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::workload::RunIdentity>,
 }
 
 /// What happened. Serialized with a `type` tag in snake case (`session_open`, ...).

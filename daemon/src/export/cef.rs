@@ -69,6 +69,16 @@ pub fn event(stored: &StoredEvent) -> String {
         extensions.push(("cs2Label", "resource".into()));
         extensions.push(("cs2", resource.clone()));
     }
+    if let Some(identity) = &context.identity {
+        extensions.push((
+            "suser",
+            identity.actor().unwrap_or(&identity.subject).to_owned(),
+        ));
+        extensions.push(("flexString1Label", "identity".into()));
+        extensions.push(("flexString1", identity.summary()));
+        extensions.push(("flexString2Label", "identity_subject".into()));
+        extensions.push(("flexString2", identity.subject.clone()));
+    }
     let (name, severity) = activity_extensions(&event.activity, &mut extensions);
     extensions.push(("cs6Label", "hash".into()));
     extensions.push(("cs6", stored.hash.clone()));

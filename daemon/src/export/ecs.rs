@@ -61,6 +61,21 @@ pub fn event(stored: &StoredEvent) -> Value {
     if let Some(uid) = context.uid {
         object.insert("user".into(), json!({"id": uid.to_string()}));
     }
+    if let Some(identity) = &context.identity {
+        let user = object.entry("user").or_insert_with(|| json!({}));
+        if let Some(user) = user.as_object_mut() {
+            user.insert(
+                "name".into(),
+                json!(identity.actor().unwrap_or(&identity.subject)),
+            );
+        }
+        if let Some(owner) = identity.owner() {
+            object.insert("organization".into(), json!({"name": owner}));
+        }
+        if let Some(sluice) = object.get_mut("sluice").and_then(Value::as_object_mut) {
+            sluice.insert("identity".into(), json!(identity));
+        }
+    }
     if let Some(source) = endpoint(context.source.as_deref()) {
         object.insert("source".into(), source);
     }

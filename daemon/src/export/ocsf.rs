@@ -577,9 +577,26 @@ fn actor(context: &Context) -> Value {
             json!({"name": name, "path": exe, "type_id": 1, "type": "Regular File"}),
         );
     }
-    let user = context.uid.map(|uid| json!({"uid": uid.to_string()}));
+    let mut user = context.uid.map(|uid| json!({"uid": uid.to_string()}));
     if let Some(user) = &user {
         process.insert("user".into(), user.clone());
+    }
+    // A verified workload identity names the person and organisation behind the run,
+    // and the token (by hash) that proved it.
+    if let Some(identity) = &context.identity {
+        let mut named = Map::new();
+        if let Some(uid) = context.uid {
+            named.insert("uid".into(), json!(uid.to_string()));
+        }
+        named.insert(
+            "name".into(),
+            json!(identity.actor().unwrap_or(&identity.subject)),
+        );
+        named.insert("credential_uid".into(), json!(identity.token_sha256));
+        if let Some(owner) = identity.owner() {
+            named.insert("org".into(), json!({"name": owner}));
+        }
+        user = Some(Value::Object(named));
     }
     let mut actor = Map::new();
     if !process.is_empty() {
@@ -622,7 +639,12 @@ fn authorize_session(fields: &mut Map<String, Value>, context: &Context, stateme
 }
 
 fn session(context: &Context) -> Value {
-    json!({"uid": context.session_id.map(|id| id.to_string())})
+    let mut session = json!({"uid": context.session_id.map(|id| id.to_string())});
+    if let (Some(identity), Some(object)) = (&context.identity, session.as_object_mut()) {
+        object.insert("issuer".into(), json!(identity.issuer_url));
+        object.insert("credential_uid".into(), json!(identity.token_sha256));
+    }
+    session
 }
 
 fn src_endpoint(context: &Context, host: &str) -> Value {
@@ -663,6 +685,7 @@ fn unmapped(stored: &StoredEvent) -> Value {
         "resource": context.resource,
         "cgroup": context.cgroup,
         "protocol": context.protocol,
+        "identity": context.identity,
     })
 }
 

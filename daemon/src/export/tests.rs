@@ -34,6 +34,7 @@ fn session_context() -> Context {
         destination: Some("[::1]:5432".into()),
         transport: Some("tcp".into()),
         protocol: Some("postgres".into()),
+        identity: None,
     }
 }
 

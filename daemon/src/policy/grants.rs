@@ -271,6 +271,7 @@ name = "strict"
             agent: "ci-bot",
             uid,
             exe: None,
+            workload: None,
         }
     }
 
@@ -359,6 +360,7 @@ name = "strict"
             agent: "other-bot",
             uid: 1000,
             exe: None,
+            workload: None,
         };
         let mut foreign = grant(10, &[Operation::Write]);
         foreign.agent = "other-bot".into();

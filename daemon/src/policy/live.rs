@@ -147,38 +147,56 @@ impl PolicyHandle {
         )
     }
 
-    /// The decision on one classified statement of a PostgreSQL resource, as the proxy
-    /// takes it: [`Self::decide`], then COPY output is refused under a mask profile,
-    /// since a COPY stream cannot be masked.
-    pub fn decide_statement(
+    /// The decision on one operation of a decoded protocol, as the pipeline takes it:
+    /// [`Self::decide`], then an operation whose output cannot be masked (`unmaskable`
+    /// says why) is refused under a mask profile.
+    pub fn decide_operation(
         &self,
         facts: &AgentFacts<'_>,
         resource: &str,
-        statement: &Classified,
+        operation: Operation,
+        unmaskable: Option<&str>,
     ) -> Decision {
-        let mut decision = self.decide(facts, Some(resource), statement.operation);
+        let mut decision = self.decide(facts, Some(resource), operation);
         if decision.action == Action::Allow
-            && statement.kind.starts_with("COPY")
-            && statement.tables_written.is_empty()
+            && let Some(why) = unmaskable
             && let Some(profile) = &decision.mask
         {
             decision.action = Action::Deny;
             decision.reason = format!(
-                "{}; but COPY output cannot be masked, so COPY TO is refused under mask profile `{profile}`",
+                "{}; but {why} under mask profile `{profile}`",
                 decision.reason
             );
         }
         decision
     }
 
-    /// Classifies `sql` as the PostgreSQL proxy does and decides each statement.
+    /// The decision on one classified statement of a SQL resource, as the proxy takes
+    /// it: COPY output is refused under a mask profile, since a COPY stream cannot be
+    /// masked.
+    pub fn decide_statement(
+        &self,
+        facts: &AgentFacts<'_>,
+        resource: &str,
+        statement: &Classified,
+    ) -> Decision {
+        self.decide_operation(
+            facts,
+            resource,
+            statement.operation,
+            unmaskable_output(statement),
+        )
+    }
+
+    /// Classifies `sql` as the proxy for `dialect` does and decides each statement.
     pub fn explain_sql(
         &self,
         facts: &AgentFacts<'_>,
         resource: &str,
+        dialect: sql::Dialect,
         sql_text: &str,
     ) -> Vec<ExplainedStatement> {
-        sql::classify_or_unparsed(sql_text)
+        sql::classify_dialect(dialect, sql_text)
             .into_iter()
             .map(|statement| ExplainedStatement {
                 decision: self.decide_statement(facts, resource, &statement),
@@ -191,6 +209,12 @@ impl PolicyHandle {
     }
 }
 
+/// Why the output of `statement` cannot be masked, when it cannot (COPY TO's stream).
+pub fn unmaskable_output(statement: &Classified) -> Option<&'static str> {
+    (statement.kind.starts_with("COPY") && statement.tables_written.is_empty())
+        .then_some("COPY output cannot be masked, so COPY TO is refused")
+}
+
 /// A question for `sluice policy explain`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExplainQuestion {
@@ -198,7 +222,8 @@ pub struct ExplainQuestion {
     pub agent: String,
     /// The resource's name in the policy.
     pub resource: String,
-    /// SQL to classify as the PostgreSQL proxy does; or else `operation`.
+    /// SQL to classify as the resource's proxy (PostgreSQL or MySQL) does; or else
+    /// `operation`.
     #[serde(default)]
     pub sql: Option<String>,
     #[serde(default)]
@@ -209,6 +234,10 @@ pub struct ExplainQuestion {
     /// The process's executable; by default the first of the agent's `exe`, else none.
     #[serde(default)]
     pub exe: Option<String>,
+    /// The claims of the run's workload identity, as verified from the agent's `identity`
+    /// issuer; absent: a run without a verified identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The answer: how the statements are classified and decided, as they would be live.
@@ -261,20 +290,27 @@ impl PolicyHandle {
                 .and_then(|agent| agent.exe.as_ref()?.first())
                 .map(|path| path.display().to_string())
         });
+        let workload = question.claims.as_ref().map(|claims| {
+            let issuer = agent
+                .and_then(|agent| agent.identity.as_ref())
+                .map_or("-", |identity| identity.issuer.as_str());
+            crate::workload::Verified::stated(issuer, claims)
+        });
         let facts = AgentFacts {
             agent: &question.agent,
             uid,
             exe: exe.as_deref().map(std::path::Path::new),
+            workload: workload.as_ref(),
         };
         let statements = match (&question.sql, question.operation) {
             (Some(sql_text), None) => {
-                if resource.protocol != super::Protocol::Postgres {
+                let Some(dialect) = sql::Dialect::of(resource.protocol) else {
                     return Err(ExplainError::NotSql {
                         resource: resource.name.clone(),
                         protocol: resource.protocol.to_string(),
                     });
-                }
-                let statements = self.explain_sql(&facts, &resource.name, sql_text);
+                };
+                let statements = self.explain_sql(&facts, &resource.name, dialect, sql_text);
                 if statements.is_empty() {
                     return Err(ExplainError::EmptySql);
                 }

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::model::AgentIdentity;
 use super::{
     Policy,
     model::{
@@ -23,7 +24,7 @@ use super::{
         Protocol, Resource, Rule, Selector, UpstreamTls,
     },
 };
-use crate::{config::line_column, masking::MaskProfile};
+use crate::{config::line_column, masking::MaskProfile, workload::ClaimPatterns};
 
 /// Rule name reserved for "no rule matched".
 pub const DEFAULT_DENY_RULE: &str = "default-deny";
@@ -89,6 +90,21 @@ struct AgentSpec {
     name: Spanned<String>,
     uids: Option<Spanned<Vec<u32>>>,
     exe: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `{ issuer = NAME, claims = {...} }`: runs with this verified workload identity only.
+    identity: Option<Spanned<IdentitySpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentitySpec {
+    issuer: Spanned<String>,
+    claims: Option<Spanned<toml::value::Table>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhenSpec {
+    claims: Spanned<toml::value::Table>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +138,8 @@ struct RuleSpec {
     mask: Option<Spanned<String>>,
     /// How long a statement held for review waits before it is denied (`review` only).
     timeout: Option<Spanned<String>>,
+    /// `{ claims = {...} }`: the rule applies only to runs whose workload identity matches.
+    when: Option<Spanned<WhenSpec>>,
 }
 
 struct ParsedFile<'a> {
@@ -349,14 +367,77 @@ impl Builder {
             }
             None => None,
         };
+        let identity = match &spec.identity {
+            None => None,
+            Some(identity_spec) => {
+                let identity = self.agent_identity(file, spec.name.get_ref(), identity_spec);
+                valid &= identity.is_some();
+                identity
+            }
+        };
         if valid {
             self.agents.push(Agent {
                 name: spec.name.get_ref().clone(),
                 uids,
                 exe,
+                identity,
                 location,
             });
         }
+    }
+
+    /// Checks an agent's `identity`: a configured issuer, well-formed claims, and for an
+    /// issuer every organisation can get tokens from, an exact owner claim.
+    fn agent_identity(
+        &mut self,
+        file: &ParsedFile<'_>,
+        agent: &str,
+        spec: &Spanned<IdentitySpec>,
+    ) -> Option<AgentIdentity> {
+        let at = file.locate(spec.span());
+        let spec = spec.get_ref();
+        let claims = match &spec.claims {
+            None => None,
+            Some(table) => match ClaimPatterns::from_toml(table.get_ref()) {
+                Ok(patterns) => Some(patterns),
+                Err(problem) => {
+                    self.report(
+                        &file.locate(table.span()),
+                        format!("`identity.claims`: {problem}"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let issuer = spec.issuer.get_ref();
+        let known = crate::workload::known_issuers();
+        let Some((_, url)) = known.iter().find(|(name, _)| name == issuer) else {
+            self.report(
+                &file.locate(spec.issuer.span()),
+                format!(
+                    "unknown identity issuer `{issuer}`: configure it in sluice.toml with [[identity.issuer]] name = \"{issuer}\""
+                ),
+            );
+            return None;
+        };
+        if let Some(owners) = crate::workload::claims::owner_claims(url)
+            && !owners
+                .iter()
+                .any(|owner| claims.as_ref().is_some_and(|claims| claims.pins(owner)))
+        {
+            self.report(
+                &at,
+                format!(
+                    "agent `{agent}` is bound to issuer `{issuer}` ({url}), which issues tokens to every organisation: pin the owner with an exact claim ({}), or another organisation's job could be this agent",
+                    owners.join(" or ")
+                ),
+            );
+            return None;
+        }
+        Some(AgentIdentity {
+            issuer: issuer.clone(),
+            claims,
+        })
     }
 
     fn add_resource(&mut self, file: &ParsedFile<'_>, spec: &Spanned<ResourceSpec>) {
@@ -610,6 +691,21 @@ impl Builder {
             },
         };
 
+        let when = match &spec.when {
+            None => None,
+            Some(when) => match ClaimPatterns::from_toml(when.get_ref().claims.get_ref()) {
+                Ok(patterns) => Some(patterns),
+                Err(problem) => {
+                    self.report(
+                        &file.locate(when.get_ref().claims.span()),
+                        format!("`when.claims`: {problem}"),
+                    );
+                    valid = false;
+                    None
+                }
+            },
+        };
+
         if valid {
             self.rules.push(Rule {
                 name,
@@ -619,6 +715,7 @@ impl Builder {
                 action: spec.action,
                 mask,
                 timeout,
+                when,
                 location,
             });
         }
@@ -649,6 +746,7 @@ impl Builder {
                 if earlier.agent == later.agent
                     && earlier.resource == later.resource
                     && earlier.action != later.action
+                    && earlier.when == later.when
                     && earlier
                         .operations
                         .overlaps_at_same_specificity(&later.operations)

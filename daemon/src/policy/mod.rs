@@ -25,12 +25,13 @@ use serde::{Deserialize, Serialize};
 pub use grants::{Grant, GrantState};
 pub use live::{
     ExplainError, ExplainQuestion, ExplainedStatement, Explanation, PolicyHandle, RejectedReload,
-    ReloadStatus,
+    ReloadStatus, unmaskable_output,
 };
 pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
+pub use model::AgentIdentity;
 pub use model::{
     Action, Agent, AgentTls, HostPattern, Location, Operation, OperationSet, PortRange, Protocol,
-    Resource, Rule, Selector, TlsMode, UnknownOperation, UpstreamTls,
+    Resource, Rule, Selector, SupportedProtocols, TlsMode, UnknownOperation, UpstreamTls,
 };
 use model::{OperationMatch, Specificity};
 
@@ -44,6 +45,8 @@ pub struct AgentFacts<'a> {
     pub uid: u32,
     /// The process's executable; `None` when it could not be read.
     pub exe: Option<&'a Path>,
+    /// The verified workload identity of the process's agent run, if any.
+    pub workload: Option<&'a crate::workload::Verified>,
 }
 
 /// The outcome of a policy question, with the rule that settled it.
@@ -227,15 +230,44 @@ impl Policy {
     ) -> Decision {
         let same_name = self.agents.iter().find(|agent| agent.name == facts.agent);
         let identified = same_name.filter(|agent| agent.satisfies_constraints(facts));
-        let best = self.best_rule(identified, resource, operation, |_| true);
+        let best = self.best_rule(identified, resource, operation, |rule| {
+            rule.applies_to(facts)
+        });
 
-        let constraint_note = match (same_name, identified) {
-            (Some(agent), None) => format!(
-                " (the process, uid {}, does not meet agent `{}`'s uid/exe constraints, so only rules for \"*\" applied)",
-                facts.uid, agent.name
-            ),
+        let mut constraint_note = match (same_name, identified) {
+            (Some(agent), None) => match agent
+                .identity
+                .as_ref()
+                .and_then(|required| required.mismatch(facts.workload))
+            {
+                Some(why) => format!(
+                    " (the process is not agent `{}`: {why}; so only rules for \"*\" applied)",
+                    agent.name
+                ),
+                None => format!(
+                    " (the process, uid {}, does not meet agent `{}`'s uid/exe constraints, so only rules for \"*\" applied)",
+                    facts.uid, agent.name
+                ),
+            },
             _ => String::new(),
         };
+        if let Some(unmet) = self.best_rule(identified, resource, operation, |rule| {
+            !rule.applies_to(facts)
+        }) && best
+            .as_ref()
+            .is_none_or(|best| unmet.specificity >= best.specificity)
+        {
+            let why = match (&unmet.rule.when, facts.workload) {
+                (Some(when), Some(workload)) => {
+                    when.first_mismatch(&workload.claims).unwrap_or_default()
+                }
+                _ => "the run has no verified workload identity".to_owned(),
+            };
+            constraint_note.push_str(&format!(
+                " (rule `{}` ({}) does not apply: its `when` claims do not hold, {why})",
+                unmet.rule.name, unmet.rule.location
+            ));
+        }
         let resource = resource.map(str::to_owned);
         let Some(best) = best else {
             return Decision {
@@ -295,7 +327,7 @@ impl Policy {
             .find(|agent| agent.name == facts.agent)
             .filter(|agent| agent.satisfies_constraints(facts));
         self.best_rule(identified, resource, operation, |rule| {
-            rule.action == Action::Allow
+            rule.action == Action::Allow && rule.applies_to(facts)
         })
         .filter(|best| best.action == Action::Allow)
         .and_then(|best| best.rule.mask.clone())
@@ -346,6 +378,7 @@ impl Policy {
                     agent_named,
                     resource_named,
                     operation: operation_match,
+                    conditioned: rule.when.is_some(),
                 },
                 action,
             };

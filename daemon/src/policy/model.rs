@@ -144,11 +144,10 @@ pub enum Protocol {
     Mysql,
     Http,
     Kubernetes,
+    Ssh,
     /// DNS (UDP and TCP port 53), answered by the daemon's resolver: each query is the
     /// operation `read`.
     Dns,
-    /// SSH, ended by the daemon: each channel request is an operation.
-    Ssh,
 }
 
 impl Protocol {
@@ -160,9 +159,57 @@ impl Protocol {
             Self::Mysql => "mysql",
             Self::Http => "http",
             Self::Kubernetes => "kubernetes",
-            Self::Dns => "dns",
             Self::Ssh => "ssh",
+            Self::Dns => "dns",
         }
+    }
+
+    /// Every protocol a policy file can name.
+    pub const ALL: [Protocol; 7] = [
+        Self::Tcp,
+        Self::Postgres,
+        Self::Mysql,
+        Self::Http,
+        Self::Kubernetes,
+        Self::Ssh,
+        Self::Dns,
+    ];
+}
+
+/// The protocols whose rules this sluice can enforce: `tcp` and `dns` (the core relays
+/// and resolves them) and each protocol with a registered decoder. The binary gets it
+/// from the protocol registry and hands it to the policy loader, which refuses a
+/// policy naming any other: a rule that would never be applied must not load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupportedProtocols(Vec<Protocol>);
+
+impl SupportedProtocols {
+    /// Only what the core serves itself: `tcp` and `dns`.
+    pub fn core() -> Self {
+        Self(vec![Protocol::Tcp, Protocol::Dns])
+    }
+
+    /// Every protocol (for tests of the policy model alone).
+    pub fn all() -> Self {
+        Self(Protocol::ALL.to_vec())
+    }
+
+    /// These and `more`.
+    pub fn with(mut self, more: impl IntoIterator<Item = Protocol>) -> Self {
+        for protocol in more {
+            if !self.0.contains(&protocol) {
+                self.0.push(protocol);
+            }
+        }
+        self
+    }
+
+    pub fn contains(&self, protocol: Protocol) -> bool {
+        self.0.contains(&protocol)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Protocol> + '_ {
+        self.0.iter().copied()
     }
 }
 
@@ -229,7 +276,37 @@ pub struct Agent {
     pub uids: Option<Vec<u32>>,
     /// When set, only processes running one of these executables are this agent.
     pub exe: Option<Vec<PathBuf>>,
+    /// When set, only processes of an agent run with a verified workload identity of
+    /// this issuer, whose claims match, are this agent.
+    pub identity: Option<AgentIdentity>,
     pub location: Location,
+}
+
+/// `identity = { issuer, claims }` on an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentIdentity {
+    /// A configured issuer's name (`[[identity.issuer]] name`).
+    pub issuer: String,
+    /// What the token's claims must match; `None`: any token of the issuer.
+    pub claims: Option<crate::workload::ClaimPatterns>,
+}
+
+impl AgentIdentity {
+    /// Why `workload` is not this identity; `None` when it is.
+    pub fn mismatch(&self, workload: Option<&crate::workload::Verified>) -> Option<String> {
+        let Some(workload) = workload else {
+            return Some("its run has no verified workload identity".into());
+        };
+        if workload.record.issuer != self.issuer {
+            return Some(format!(
+                "its identity is from issuer `{}`, not `{}`",
+                workload.record.issuer, self.issuer
+            ));
+        }
+        self.claims
+            .as_ref()
+            .and_then(|claims| claims.first_mismatch(&workload.claims))
+    }
 }
 
 impl Agent {
@@ -249,7 +326,11 @@ impl Agent {
                 .exe
                 .is_some_and(|exe| allowed.iter().any(|path| path == exe))
         });
-        uid_ok && exe_ok
+        let identity_ok = self
+            .identity
+            .as_ref()
+            .is_none_or(|required| required.mismatch(facts.workload).is_none());
+        uid_ok && exe_ok && identity_ok
     }
 }
 
@@ -512,7 +593,21 @@ pub struct Rule {
     /// How long a statement this `review` rule holds may wait for a human before it
     /// is denied; `None`: the daemon's `[approvals] default_timeout`.
     pub timeout: Option<std::time::Duration>,
+    /// `when = { claims = {...} }`: the rule applies only to agent runs whose verified
+    /// workload identity has matching claims (a run without one never matches).
+    pub when: Option<crate::workload::ClaimPatterns>,
     pub location: Location,
+}
+
+impl Rule {
+    /// Whether the rule's `when` condition holds for the process (always, without one).
+    pub fn applies_to(&self, facts: &AgentFacts<'_>) -> bool {
+        self.when.as_ref().is_none_or(|when| {
+            facts
+                .workload
+                .is_some_and(|workload| when.matches(&workload.claims))
+        })
+    }
 }
 
 /// How specifically a rule matched; compared field by field, in this order.
@@ -521,4 +616,6 @@ pub(super) struct Specificity {
     pub agent_named: bool,
     pub resource_named: bool,
     pub operation: OperationMatch,
+    /// The rule has a `when` condition (which held): it beats the same rule without.
+    pub conditioned: bool,
 }

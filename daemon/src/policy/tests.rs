@@ -43,6 +43,7 @@ fn facts(agent: &str) -> AgentFacts<'_> {
         agent,
         uid: 1000,
         exe: None,
+        workload: None,
     }
 }
 
@@ -147,6 +148,7 @@ fn examples_keep_the_writer_away_from_ddl_and_let_analytics_only_read() {
         agent: "analytics",
         uid: 1001,
         exe: Some(Path::new("/usr/bin/psql")),
+        workload: None,
     };
     let connect = policy.decide_connection(&analyst, addr("[fd00:20::7]:6432"));
     assert_eq!(connect.action, Action::Allow, "{}", connect.reason);
@@ -289,6 +291,7 @@ fn at_equal_specificity_deny_beats_review_beats_allow() {
     let base = with_rules("");
     let rule = |name: &str, action: Action| Rule {
         mask: None,
+        when: None,
         timeout: None,
         name: name.to_owned(),
         agent: Selector::Named("ci-bot".to_owned()),
@@ -480,6 +483,7 @@ action = "review"
         agent: "restricted",
         uid: 1000,
         exe: Some(psql),
+        workload: None,
     };
     assert_eq!(
         policy.decide(&genuine, Some("db"), Operation::Read).rule,
@@ -488,10 +492,12 @@ action = "review"
     let wrong_uid = AgentFacts { uid: 0, ..genuine };
     let wrong_exe = AgentFacts {
         exe: Some(Path::new("/usr/bin/curl")),
+        workload: None,
         ..genuine
     };
     let unknown_exe = AgentFacts {
         exe: None,
+        workload: None,
         ..genuine
     };
     for impostor in [wrong_uid, wrong_exe, unknown_exe] {
@@ -550,6 +556,7 @@ action = "deny"
         agent: "restricted",
         uid: 1000,
         exe: Some(Path::new("/usr/bin/psql")),
+        workload: None,
     };
     let reviewed = policy.decide_connection(&restricted, destination);
     assert_eq!(
@@ -611,6 +618,7 @@ action = "allow"
         agent: "restricted",
         uid: 1000,
         exe: Some(Path::new("/usr/bin/psql")),
+        workload: None,
     };
     let allowed = policy.decide_connection(&restricted, destination);
     assert_eq!(

@@ -88,6 +88,7 @@ mod fallback;
 mod functions;
 mod guard;
 mod mask;
+pub mod mysql;
 #[cfg(test)]
 mod tests;
 
@@ -192,6 +193,23 @@ pub enum Flag {
     KeywordOnly,
     /// A statement sqlparser parsed but this classifier does not know.
     Unclassified,
+    /// Reads or writes a file on the database server, or has the client send one (MySQL
+    /// `SELECT ... INTO OUTFILE`, `LOAD DATA [LOCAL]`, `DATA DIRECTORY`).
+    ServerFile,
+    /// Names a table or column of MySQL's `mysql` schema (accounts, password hashes).
+    SystemSchema(String),
+    /// A replication or binary log statement (MySQL `CHANGE MASTER`, `BINLOG`, ...).
+    Replication,
+    /// Creates code stored in the server that runs later (procedures, functions,
+    /// triggers, events).
+    StoredCode,
+    /// MySQL `HANDLER`: direct row access below the SQL layer.
+    Handler,
+    /// SQL text built at run time (`PREPARE ... FROM @var`), which cannot be judged.
+    DynamicSql,
+    /// A storage engine that reaches server files or other servers (MariaDB `CONNECT`,
+    /// `FEDERATED`, `SPIDER`).
+    ForeignEngine(String),
 }
 
 impl fmt::Display for Flag {
@@ -217,6 +235,13 @@ impl fmt::Display for Flag {
             Self::WriteFunction(name) => write!(formatter, "write-function:{name}"),
             Self::KeywordOnly => formatter.write_str("keyword-only"),
             Self::Unclassified => formatter.write_str("unclassified"),
+            Self::ServerFile => formatter.write_str("server-file"),
+            Self::SystemSchema(name) => write!(formatter, "system-schema:{name}"),
+            Self::Replication => formatter.write_str("replication"),
+            Self::StoredCode => formatter.write_str("stored-code"),
+            Self::Handler => formatter.write_str("handler"),
+            Self::DynamicSql => formatter.write_str("dynamic-sql"),
+            Self::ForeignEngine(name) => write!(formatter, "foreign-engine:{name}"),
         }
     }
 }
@@ -264,6 +289,39 @@ pub fn classify(sql: &str) -> Result<Vec<Classified>, SqlError> {
 /// [`Classified::unparsed`] entry, so the policy fails closed.
 pub fn classify_or_unparsed(sql: &str) -> Vec<Classified> {
     classify(sql).unwrap_or_else(|_| vec![Classified::unparsed()])
+}
+
+/// The SQL dialects the proxies speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    Postgres,
+    Mysql,
+}
+
+impl Dialect {
+    /// The dialect of a resource's protocol, if it speaks SQL.
+    pub fn of(protocol: crate::policy::Protocol) -> Option<Self> {
+        match protocol {
+            crate::policy::Protocol::Postgres => Some(Self::Postgres),
+            crate::policy::Protocol::Mysql => Some(Self::Mysql),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies `sql` as the proxy of `dialect` does on a fresh connection, failing closed
+/// like [`classify_or_unparsed`]. For MySQL that is the default `sql_mode` and an unknown
+/// server version, so version-dependent comments are read both ways (see
+/// [`mysql::classify_mysql`]).
+pub fn classify_dialect(dialect: Dialect, sql: &str) -> Vec<Classified> {
+    match dialect {
+        Dialect::Postgres => classify_or_unparsed(sql),
+        Dialect::Mysql => mysql::classify_mysql(sql.as_bytes(), &mysql::MysqlContext::default())
+            .into_iter()
+            .map(|statement| statement.classified)
+            .collect(),
+    }
 }
 
 fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, SqlError> {

@@ -52,6 +52,14 @@ pub struct SessionRecord {
     /// The daemon's own address on its upstream connection, to match server-side logs.
     #[serde(default)]
     pub upstream_local: Option<String>,
+    /// The session this one was carried inside (an HTTP CONNECT tunnel, an SSH
+    /// forward); `None` for a connection the kernel redirected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_session: Option<u64>,
+    /// The verified workload identity of the agent run (`sluice run --identity`): the
+    /// CI job's issuer, subject and recorded claims. Absent for runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::workload::RunIdentity>,
     /// `tcp` or `udp`.
     pub transport: String,
     /// The policy resource the destination matched, if any.
@@ -89,6 +97,8 @@ impl SessionRecord {
             source: String::new(),
             destination: String::new(),
             upstream_local: None,
+            parent_session: None,
+            identity: None,
             transport: "tcp".into(),
             resource: None,
             decision: DecisionRecord {

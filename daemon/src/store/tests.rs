@@ -32,6 +32,8 @@ fn record(id: u64, agent: &str, state: SessionState, action: &str) -> SessionRec
         source: "127.0.0.1:40000".into(),
         destination: "127.0.0.1:5432".into(),
         upstream_local: None,
+        parent_session: None,
+        identity: None,
         transport: "tcp".into(),
         resource: Some("orders-db".into()),
         decision: DecisionRecord {

@@ -33,8 +33,8 @@ use aya_ebpf::{
     btf_maps::{Array, PerCpuArray, SkStorage},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_sk_storage_get,
-        bpf_skb_cgroup_id,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_uid, bpf_ktime_get_ns,
+        bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id,
     },
     macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm},
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext},
@@ -65,8 +65,21 @@ const SKC_FAMILY_OFFSET: usize = 16;
 #[btf_map]
 static SLUICE_SCOPE: Array<ManagedScope, 1> = Array::new();
 
+/// Who created a socket in the managed cgroup. Its presence marks the socket as made
+/// inside; the backstop reports the creator, since a cgroup_skb program cannot ask for
+/// the current task before 6.10 (and the task sending a packet need not be the owner).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct SocketOwner {
+    tgid: u32,
+    tid: u32,
+    uid: u32,
+    gid: u32,
+    comm: [u8; 16],
+}
+
 #[btf_map]
-static SLUICE_MANAGED_SOCKETS: SkStorage<u32> = SkStorage::new();
+static SLUICE_MANAGED_SOCKETS: SkStorage<SocketOwner> = SkStorage::new();
 
 #[btf_map]
 static SLUICE_BACKSTOP_DROPS: PerCpuArray<u64, 1> = PerCpuArray::new();
@@ -143,7 +156,7 @@ pub fn sluice_sock_create(ctx: SockContext) -> i32 {
             BPF_SK_STORAGE_GET_F_CREATE.into(),
         )
     }
-    .cast::<u32>();
+    .cast::<SocketOwner>();
     if marker.is_null() {
         // Unmarked, the LSM would refuse the socket's every use: refuse it now, loudly.
         report(
@@ -155,7 +168,16 @@ pub fn sluice_sock_create(ctx: SockContext) -> i32 {
         );
         return REFUSE;
     }
-    unsafe { *marker = 1 };
+    let origin = task_origin(sock.family as u16);
+    unsafe {
+        *marker = SocketOwner {
+            tgid: origin.tgid,
+            tid: origin.tid,
+            uid: origin.uid,
+            gid: origin.gid,
+            comm: origin.comm,
+        };
+    }
     ALLOW
 }
 
@@ -397,6 +419,43 @@ fn is_for_daemon(packet: &Packet) -> bool {
     }
 }
 
+/// Who created the packet's socket if it was made in the managed cgroup; zeroes if
+/// not known.
+#[inline(always)]
+fn socket_owner(ctx: &SkBuffContext) -> SocketOwner {
+    let unknown = SocketOwner {
+        tgid: 0,
+        tid: 0,
+        uid: 0,
+        gid: 0,
+        comm: [0; 16],
+    };
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return unknown;
+    }
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return unknown;
+    }
+    let owner = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&SLUICE_MANAGED_SOCKETS)
+                .cast_mut()
+                .cast(),
+            full.cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<SocketOwner>();
+    if owner.is_null() {
+        unknown
+    } else {
+        unsafe { *owner }
+    }
+}
+
 /// The backstop: drops every packet of the cgroup's sockets that is not bound for the
 /// daemon, counts it and reports it. Outbound connects and sends never reach it; what
 /// does is traffic no sock_addr hook sees, such as the replies on a connection a peer
@@ -405,28 +464,39 @@ fn is_for_daemon(packet: &Packet) -> bool {
 /// Minimum kernel: 5.8 (ring buffer; cgroup_skb itself is 4.10).
 #[cgroup_skb(egress)]
 pub fn sluice_skb_egress(ctx: SkBuffContext) -> i32 {
-    let packet = parse_packet(&ctx);
-    if let Some(packet) = &packet
-        && is_for_daemon(packet)
-    {
+    // Every field defined on every path: the verifier refuses a copy of an undefined
+    // register, which an `Option` payload can leave behind.
+    let packet = parse_packet(&ctx).unwrap_or(Packet {
+        family: 0,
+        protocol: 0,
+        dst_ip: [0; 4],
+        dst_port: 0,
+    });
+    if packet.family != 0 && is_for_daemon(&packet) {
         return 1;
     }
     if let Some(drops) = SLUICE_BACKSTOP_DROPS.get_ptr_mut(0) {
         unsafe { *drops += 1 };
     }
-    let mut origin = task_origin(0);
-    // The socket's cgroup, not whichever task happens to be running.
-    origin.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    let mut protocol = 0;
-    if let Some(packet) = packet {
-        origin.dst_family = packet.family;
-        origin.dst_ip = packet.dst_ip;
-        origin.dst_port = packet.dst_port;
-        protocol = u32::from(packet.protocol);
-    }
+    // The socket's cgroup and owner, not whichever task happens to be running (which
+    // a cgroup_skb program cannot even ask for before 6.10).
+    let mut origin = Origin {
+        cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
+        uid: unsafe { bpf_get_socket_uid(ctx.skb.skb) },
+        connect_ns: unsafe { bpf_ktime_get_ns() },
+        ..Origin::default()
+    };
+    let owner = socket_owner(&ctx);
+    origin.tgid = owner.tgid;
+    origin.tid = owner.tid;
+    origin.gid = owner.gid;
+    origin.comm = owner.comm;
+    origin.dst_family = packet.family;
+    origin.dst_ip = packet.dst_ip;
+    origin.dst_port = packet.dst_port;
     report(
         RefusalReason::SkbBackstop,
-        protocol,
+        u32::from(packet.protocol),
         HOOK_SKB_EGRESS,
         0,
         origin,

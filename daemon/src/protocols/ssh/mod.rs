@@ -8,9 +8,11 @@
 
 pub mod ca;
 pub mod command;
-pub mod interim;
+mod handler;
 pub mod proxy;
 pub mod recording;
+
+pub use handler::Handler;
 
 use std::{
     net::SocketAddr,

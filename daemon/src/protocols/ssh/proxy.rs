@@ -37,13 +37,10 @@ use super::{
     command::{self, ExecCommand, RefUpdate},
     recording::Cast,
 };
-use crate::policy::Operation;
-
-/// A boxed future (the pipeline's shape).
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-/// A connection to the agent or the server.
-pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> ByteStream for T {}
+use crate::{
+    pipeline::{BoxFuture, ByteStream},
+    policy::Operation,
+};
 
 /// Environment variables an agent may set on the server: the locale and git's protocol
 /// version. `BASH_ENV`, `LD_PRELOAD` and their like change what runs.

@@ -13,13 +13,12 @@
 //! knows whose answer it is reading.
 
 pub mod cancel;
+pub mod codec;
 mod startup;
 mod tls;
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    path::PathBuf,
     sync::Arc,
     sync::atomic::AtomicBool,
     time::Instant,
@@ -27,22 +26,13 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf},
-    net::TcpStream,
+    io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf},
     sync::mpsc,
 };
 
 use self::{
     cancel::{CancelGuard, CancelRegistry, CancelTarget},
-    startup::{Opening, authenticate_upstream, brokered_parameters, read_opening},
-};
-use crate::{
-    approvals::{ApprovalBroker, HoldRequest, Outcome, Resolution},
-    credentials::Credentials,
-    events::{Activity, Context as EventContext, Event},
-    masking::{ColumnAction, ColumnInfo, ColumnPlan, MaskOutcome, Masker},
-    policy::{Action, AgentFacts, Decision, Resource, TlsMode},
-    protocol::postgres::{
+    codec::{
         BackendMessage, DecodeError, Diagnostic, EncodeError, Format, Frame, FrameDecoder,
         FrameError, FrontendMessage, Severity, TransactionStatus,
         backend::{
@@ -50,16 +40,24 @@ use crate::{
         },
         frontend::{Target, encode_cancel_request},
     },
+    startup::{Opening, authenticate_upstream, brokered_parameters, read_opening},
+};
+use crate::{
+    approvals::{Outcome, Resolution},
+    masking::{ColumnAction, ColumnInfo, ColumnPlan, MaskOutcome, Masker},
+    pipeline::{
+        BoxFuture, ByteStream, Closed, Details, HeldRecords, Operation, Pipeline, SessionInfo,
+        Upstream, approval_record, refusal_text,
+    },
+    policy::{Action, Decision, Protocol, TlsMode},
+    protocols::ProtocolHandler,
     relay::ByteCounts,
-    session::PolicyHandle,
     sql::{self, Classified},
-    store::{ApprovalRecord, Durability, StatementRecord, Store},
+    store::StatementRecord,
 };
 
 /// SQLSTATE for a statement the policy refused: insufficient_privilege.
 const DENIED_SQLSTATE: &str = "42501";
-/// Longest statement text kept in a record, after literal masking.
-const MAX_RECORDED_SQL: usize = 16 * 1024;
 /// While a statement is held, the agent's further bytes are read (to notice it going
 /// away) up to this much; beyond it they wait in the socket.
 const MAX_BUFFERED_WHILE_HELD: usize = 1024 * 1024;
@@ -97,40 +95,58 @@ pub enum ProxyError {
     Audit(crate::store::StoreError),
 }
 
-/// A connection to the agent or the server: plain TCP, or TLS over it.
-pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+/// The PostgreSQL handler of the protocol registry. Its cancel keys span sessions: a
+/// CancelRequest arrives on a connection of its own.
+#[derive(Default)]
+pub struct Handler {
+    cancels: Arc<CancelRegistry>,
+}
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> ByteStream for T {}
+impl ProtocolHandler for Handler {
+    fn protocol(&self) -> Protocol {
+        Protocol::Postgres
+    }
 
-/// What the proxy needs to know about its session.
-pub struct PgSession {
-    pub session_id: u64,
-    pub agent: String,
-    pub pid: u32,
-    pub uid: u32,
-    pub exe: Option<PathBuf>,
-    pub resource: Resource,
-    pub upstream_addr: SocketAddr,
-    pub policy: Arc<PolicyHandle>,
-    pub credentials: Arc<Credentials>,
-    pub cancels: Arc<CancelRegistry>,
-    pub store: Store,
-    /// The HMAC key of the `hash` masking strategy.
-    pub mask_key: Arc<[u8]>,
-    /// Where statements under a `review` rule wait for a human.
-    pub approvals: Arc<ApprovalBroker>,
-    /// Who and where, for the session's audit events.
-    pub audit_context: crate::events::Context,
+    fn serve<'a>(
+        &'a self,
+        session: SessionInfo,
+        agent: Box<dyn ByteStream>,
+        upstream: Upstream,
+    ) -> BoxFuture<'a, Closed> {
+        Box::pin(async move {
+            let Upstream::Dialled(upstream) = upstream else {
+                return Closed::from("upstream_unreachable: not dialled".to_owned());
+            };
+            let session = PgSession {
+                info: session,
+                cancels: Arc::clone(&self.cancels),
+            };
+            Closed::from(proxy(&session, agent, upstream).await)
+        })
+    }
+}
+
+/// What the proxy needs to know about its session: the pipeline's, and the cancel keys.
+struct PgSession {
+    info: SessionInfo,
+    cancels: Arc<CancelRegistry>,
+}
+
+impl std::ops::Deref for PgSession {
+    type Target = SessionInfo;
+
+    fn deref(&self) -> &SessionInfo {
+        &self.info
+    }
 }
 
 /// Runs the session to its end and returns the close reason.
-pub async fn proxy(
-    session: PgSession,
-    agent: TcpStream,
-    upstream: TcpStream,
-    counts: &ByteCounts,
+async fn proxy(
+    session: &PgSession,
+    agent: Box<dyn ByteStream>,
+    upstream: Box<dyn ByteStream>,
 ) -> String {
-    match run(&session, agent, upstream, counts).await {
+    match run(session, agent, upstream, &session.counts).await {
         Ok(reason) => reason,
         Err(error) => {
             tracing::warn!(%error, "postgres session ended");
@@ -141,8 +157,8 @@ pub async fn proxy(
 
 async fn run(
     session: &PgSession,
-    agent: TcpStream,
-    upstream: TcpStream,
+    agent: Box<dyn ByteStream>,
+    upstream: Box<dyn ByteStream>,
     counts: &ByteCounts,
 ) -> Result<String, ProxyError> {
     let mut agent_buffer = BytesMut::with_capacity(8 * 1024);
@@ -175,7 +191,7 @@ async fn run(
             .await?;
             stream
         }
-        _ => Box::new(agent_tcp),
+        _ => agent_tcp,
     };
     let mut upstream: Box<dyn ByteStream> = match session.resource.tls.mode {
         TlsMode::Disable => Box::new(upstream),
@@ -272,6 +288,7 @@ async fn run(
     let backslash_quoting = AtomicBool::new(false);
     let mut agent_loop = AgentLoop {
         session,
+        pipeline: Pipeline::new(&session.info),
         backslash_quoting: &backslash_quoting,
         read: agent_read,
         write: upstream_write,
@@ -280,12 +297,9 @@ async fn run(
         pending: pending_sender,
         statements: HashMap::new(),
         portals: HashMap::new(),
-        maskers: HashMap::new(),
         skip_until_sync: false,
-        seq: 0,
         counts,
         review: None,
-        audit: Vec::new(),
     };
     let mut server_loop = ServerLoop {
         session,
@@ -330,7 +344,10 @@ async fn forward_cancel(
     pid: i32,
     secret_key: &[u8],
 ) -> Result<String, ProxyError> {
-    let Some(target) = session.cancels.lookup(&session.agent, pid, secret_key) else {
+    let Some(target) = session
+        .cancels
+        .lookup(&session.identity.agent, pid, secret_key)
+    else {
         tracing::warn!("cancel request with an unknown key refused");
         return Ok("cancel_refused: unknown key".into());
     };
@@ -402,8 +419,7 @@ struct ResultMask {
 
 /// A statement as judged when the agent prepared it.
 struct Prepared {
-    classified: Classified,
-    sql: String,
+    operation: Operation,
 }
 
 #[derive(Clone)]
@@ -417,6 +433,8 @@ struct PortalInfo {
 
 struct AgentLoop<'a> {
     session: &'a PgSession,
+    /// Judges, holds and records this session's statements.
+    pipeline: Pipeline<'a>,
     /// Set by the server loop when the server reports `standard_conforming_strings`
     /// off: its string literals then differ from what the classifier reads.
     backslash_quoting: &'a AtomicBool,
@@ -428,19 +446,11 @@ struct AgentLoop<'a> {
     statements: HashMap<String, Arc<Prepared>>,
     /// Portal → (its statement name and statement, parameters bound, result formats).
     portals: HashMap<String, PortalInfo>,
-    /// Compiled mask profiles by name, built on first use.
-    /// Keyed by profile name, with the policy generation each was built from, so
-    /// that a reload reaches open sessions at their next statement.
-    maskers: HashMap<String, (u64, Arc<Masker>)>,
     skip_until_sync: bool,
-    seq: u64,
     counts: &'a ByteCounts,
     /// A statement a `review` rule holds: set by `handle`, awaited by `run` before it
     /// reads the next frame.
     review: Option<Review>,
-    /// `statement` events decided but not yet written: written (durably in strict mode)
-    /// by `flush` before anything goes upstream.
-    audit: Vec<crate::events::Event>,
 }
 
 /// A request held back until a human decides on its `review` statements.
@@ -510,13 +520,12 @@ impl AgentLoop<'_> {
     }
 
     async fn flush(&mut self, out: &mut BytesMut) -> Result<(), ProxyError> {
-        if !self.audit.is_empty() {
-            let store = &self.session.store;
-            store
-                .append_all(std::mem::take(&mut self.audit), store.audit_durability())
-                .await
-                .map_err(ProxyError::Audit)?;
-        }
+        // The statements' events are written (durably in strict mode) before anything
+        // goes upstream.
+        self.pipeline
+            .flush_audit()
+            .await
+            .map_err(ProxyError::Audit)?;
         if !out.is_empty() {
             self.write
                 .write_all(out)
@@ -545,16 +554,18 @@ impl AgentLoop<'_> {
             FrontendMessage::Query { sql } => {
                 let started = Instant::now();
                 let classified = sql::classify_or_unparsed(sql);
+                let summary = sql::literals_masked(sql);
                 let mut records = Vec::with_capacity(classified.len());
                 let mut masks = Vec::with_capacity(classified.len());
                 let mut refusal = None;
                 let mut held = Vec::new();
                 for statement in classified {
-                    let (decision, mask) = self.judge_with_mask(&statement);
+                    let operation = Operation::sql(Protocol::Postgres, &statement, summary.clone());
+                    let (decision, mask) = self.judge_with_mask(&operation);
                     if decision.action == Action::Deny && refusal.is_none() {
                         refusal = Some((statement.kind.clone(), decision.clone()));
                     }
-                    records.push(self.record(&statement, sql, 0, &decision));
+                    records.push(self.pipeline.record(&operation, &decision));
                     if decision.action == Action::Review {
                         held.push((records.len() - 1, decision));
                     }
@@ -604,15 +615,17 @@ impl AgentLoop<'_> {
                     0 => empty_statement(),
                     _ => Classified::unparsed(),
                 };
-                let decision = self.judge(&statement);
-                let prepared = Arc::new(Prepared {
-                    sql: parse.query.to_owned(),
-                    classified: statement,
-                });
+                let operation = Operation::sql(
+                    Protocol::Postgres,
+                    &statement,
+                    sql::literals_masked(parse.query),
+                );
+                let decision = self.judge(&operation);
+                let prepared = Arc::new(Prepared { operation });
                 // A statement under review is held when it is executed, not prepared.
                 if decision.action == Action::Deny {
-                    let record = self.record(&prepared.classified, &prepared.sql, 0, &decision);
-                    self.refuse_extended(&prepared.classified.kind, &decision, record)?;
+                    let record = self.pipeline.record(&prepared.operation, &decision);
+                    self.refuse_extended(&prepared.operation.verb, &decision, record)?;
                     return Ok(false);
                 }
                 self.statements.insert(parse.statement.to_owned(), prepared);
@@ -673,17 +686,12 @@ impl AgentLoop<'_> {
                     return Ok(false);
                 };
                 // Judged again: the policy may have changed since the Parse.
-                let (decision, mask) = self.judge_with_mask(&info.prepared.classified);
-                let mut record = self.record(
-                    &info.prepared.classified,
-                    &info.prepared.sql,
-                    info.parameters.len(),
-                    &decision,
-                );
-                record.parameters = info.parameters;
-                self.audit_statement(&record);
+                let mut operation = info.prepared.operation.clone();
+                operation.parameters = info.parameters;
+                let (decision, mask) = self.judge_with_mask(&operation);
+                let record = self.pipeline.record(&operation, &decision);
                 if decision.action == Action::Deny {
-                    self.refuse_extended(&info.prepared.classified.kind, &decision, record)?;
+                    self.refuse_extended(&operation.verb, &decision, record)?;
                     return Ok(false);
                 }
                 let pending = Pending::Execute {
@@ -724,8 +732,13 @@ impl AgentLoop<'_> {
                 let mut statement = Classified::unparsed();
                 statement.operation = crate::policy::Operation::Dangerous;
                 statement.kind = "FUNCTION CALL".into();
-                let decision = self.judge(&statement);
-                let mut record = self.record(&statement, "<fast-path function call>", 0, &decision);
+                let operation = Operation::sql(
+                    Protocol::Postgres,
+                    &statement,
+                    sql::literals_masked("<fast-path function call>"),
+                );
+                let decision = self.judge(&operation);
+                let mut record = self.pipeline.record(&operation, &decision);
                 if decision.action == Action::Review {
                     self.review = Some(Review::Query {
                         frame: Bytes::copy_from_slice(frame.as_bytes()),
@@ -818,7 +831,9 @@ impl AgentLoop<'_> {
                         record.approval = Some(approval_record(&resolution));
                     }
                     if resolution.outcome == Outcome::Withdrawn {
-                        self.record_withdrawn(guarded.release(), &resolution).await;
+                        self.session
+                            .record_withdrawn(guarded.release(), &resolution)
+                            .await;
                         return Ok(false);
                     }
                     if resolution.outcome != Outcome::Approved {
@@ -896,7 +911,9 @@ impl AgentLoop<'_> {
                         out.extend_from_slice(&frame);
                     }
                     Outcome::Withdrawn => {
-                        self.record_withdrawn(vec![*record], &resolution).await;
+                        self.session
+                            .record_withdrawn(vec![*record], &resolution)
+                            .await;
                         return Ok(false);
                     }
                     Outcome::Denied | Outcome::TimedOut => {
@@ -915,263 +932,80 @@ impl AgentLoop<'_> {
         Ok(true)
     }
 
-    /// Holds one statement with the broker and waits for its resolution, noticing the
-    /// agent going away meanwhile. Fails closed: a hold that cannot be made is denied.
+    /// Holds one statement with the broker and waits for its resolution, reading the
+    /// agent's further bytes meanwhile to notice it going away.
     async fn hold(&mut self, record: &StatementRecord, decision: &Decision) -> Resolution {
-        let session = self.session;
-        let request = HoldRequest {
-            session_id: session.session_id,
-            statement_seq: record.seq,
-            agent: session.agent.clone(),
-            pid: session.pid,
-            uid: session.uid,
-            resource: session.resource.name.clone(),
-            sql: record.sql.clone(),
-            kind: record.kind.clone(),
-            operation: record.operation.clone(),
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
-            timeout: decision.timeout,
-        };
-        let mut hold = match session.approvals.hold(request) {
-            Ok(hold) => hold,
-            Err(error) => {
-                tracing::error!(%error, "cannot hold a statement for approval: denying it");
-                return Resolution {
-                    id: 0,
-                    outcome: Outcome::Denied,
-                    approver: None,
-                    reason: format!("it could not be held for approval: {error}"),
-                    waited: std::time::Duration::ZERO,
-                };
-            }
-        };
-        let started = Instant::now();
-        self.audit(Activity::ApprovalRequested {
-            approval_id: hold.id(),
-            statement_seq: record.seq,
-            rule: decision.rule.clone(),
-            timeout_s: decision
-                .timeout
-                .unwrap_or_else(|| session.approvals.default_timeout())
-                .as_secs(),
-        })
-        .await;
-        let resolution = loop {
-            let room = self.buffer.len() < MAX_BUFFERED_WHILE_HELD;
-            tokio::select! {
-                resolution = hold.resolution() => break resolution,
-                read = self.read.read_buf(&mut self.buffer), if room => match read {
+        let read = &mut self.read;
+        let buffer = &mut self.buffer;
+        let counts = self.counts;
+        let agent_gone = async move {
+            loop {
+                if buffer.len() >= MAX_BUFFERED_WHILE_HELD {
+                    // Beyond this the agent's bytes wait in the socket.
+                    std::future::pending::<()>().await;
+                }
+                match read.read_buf(buffer).await {
                     Ok(read) if read > 0 => {
-                        self.counts
+                        counts
                             .up
                             .fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
                     }
-                    // Gone (or broken): dropping the hold below withdraws it.
-                    _ => break Resolution {
-                        id: hold.id(),
-                        outcome: Outcome::Withdrawn,
-                        approver: None,
-                        reason: "the agent's session ended while the statement waited".into(),
-                        waited: started.elapsed(),
-                    },
-                },
+                    _ => return,
+                }
             }
         };
-        drop(hold);
-        crate::metrics::global().approval(resolution.outcome);
-        self.audit(Activity::ApprovalDecided {
-            approval_id: resolution.id,
-            statement_seq: record.seq,
-            outcome: resolution.outcome.as_str().to_owned(),
-            approver_uid: resolution.approver.as_ref().map(|a| a.uid),
-            approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
-            reason: Some(resolution.reason.clone()),
-            waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
-        })
-        .await;
-        resolution
+        self.pipeline.hold(record, decision, agent_gone).await
     }
 
-    /// Appends an audit event about this session; a failure is logged (the statement
-    /// record still carries the approval).
-    async fn audit(&self, activity: Activity) {
-        let session = self.session;
-        let context = EventContext {
-            session_id: Some(session.session_id),
-            agent: Some(session.agent.clone()),
-            pid: Some(session.pid),
-            uid: Some(session.uid),
-            exe: session.exe.as_ref().map(|exe| exe.display().to_string()),
-            resource: Some(session.resource.name.clone()),
-            destination: Some(session.upstream_addr.to_string()),
-            transport: Some("tcp".into()),
-            protocol: Some("postgres".into()),
-            ..EventContext::default()
-        };
-        let durability = session.store.audit_durability();
-        if let Err(error) = session
-            .store
-            .append(Event::now(context, activity), durability)
-            .await
-        {
-            tracing::error!(%error, "cannot append an approval event to the audit log");
-        }
-    }
-
-    /// Records the statements of a request whose agent left while they were held.
-    async fn record_withdrawn(&self, records: Vec<StatementRecord>, resolution: &Resolution) {
-        for mut record in records {
-            record.error = Some(format!(
-                "not run: the session ended while approval {} was pending",
-                resolution.id
-            ));
-            if let Err(error) = self
-                .session
-                .store
-                .put_statement(&record, Durability::Batched)
-                .await
-            {
-                tracing::error!(%error, seq = record.seq, "cannot record a statement");
-            }
-        }
-    }
-
-    /// Judges `statement` and, when an allowing rule names a mask profile, prepares
+    /// Judges `operation` and, when an allowing rule names a mask profile, prepares
     /// the masking of its result. Fails closed when the mask cannot be applied.
-    fn judge_with_mask(&mut self, statement: &Classified) -> (Decision, Option<ResultMask>) {
-        let mut decision = self.judge(statement);
-        let Some(profile) = decision.mask.clone() else {
-            return (decision, None);
-        };
-        // A held statement is masked like an allowed one once approved.
-        if decision.action == Action::Deny {
-            return (decision, None);
+    fn judge_with_mask(&mut self, operation: &Operation) -> (Decision, Option<ResultMask>) {
+        if let Some(refused) = self.refuse_unreadable_literals() {
+            return (refused, None);
         }
-        let refuse = |decision: &mut Decision, why: String| {
-            decision.action = Action::Deny;
-            decision.reason = format!("{}; but {why}", decision.reason);
-        };
-        match self.masker(&profile) {
-            Some(masker) => {
-                let tables = statement.tables_read.clone();
-                (decision, Some(ResultMask { masker, tables }))
-            }
-            None => {
-                refuse(
-                    &mut decision,
-                    format!("mask profile `{profile}` is not usable"),
-                );
-                (decision, None)
-            }
-        }
+        let (decision, masker) = self.pipeline.judge_with_mask(operation);
+        let mask = masker.map(|masker| ResultMask {
+            masker,
+            tables: match &operation.details {
+                Details::Sql { tables_read, .. } => tables_read.clone(),
+                _ => Vec::new(),
+            },
+        });
+        (decision, mask)
     }
 
-    fn masker(&mut self, profile: &str) -> Option<Arc<Masker>> {
-        let generation = self.session.policy.generation();
-        if let Some((built_from, masker)) = self.maskers.get(profile)
-            && *built_from == generation
-        {
-            return Some(Arc::clone(masker));
-        }
-        let policy = self.session.policy.current();
-        let masker = match Masker::new(policy.mask_profile(profile)?, &self.session.mask_key) {
-            Ok(masker) => Arc::new(masker),
-            Err(error) => {
-                tracing::error!(%error, profile, "mask profile unusable: refusing what it covers");
-                return None;
-            }
-        };
-        self.maskers
-            .insert(profile.to_owned(), (generation, Arc::clone(&masker)));
-        Some(masker)
+    fn judge(&self, operation: &Operation) -> Decision {
+        self.refuse_unreadable_literals()
+            .unwrap_or_else(|| self.pipeline.judge(operation))
     }
 
-    fn judge(&self, statement: &Classified) -> Decision {
-        let session = self.session;
-        if self
+    /// A denial of every statement while the server reads string literals differently
+    /// from the statement parser.
+    fn refuse_unreadable_literals(&self) -> Option<Decision> {
+        if !self
             .backslash_quoting
             .load(std::sync::atomic::Ordering::Acquire)
         {
-            return Decision {
-                action: Action::Deny,
-                rule: "standard-conforming-strings-off".into(),
-                reason: "the server has standard_conforming_strings off, so it reads backslashes \
-                         in string literals differently from the statement parser: refused"
-                    .into(),
-                resource: Some(session.resource.name.clone()),
-                mask: None,
-                timeout: None,
-            };
+            return None;
         }
-        session.policy.decide_statement(
-            &AgentFacts {
-                agent: &session.agent,
-                uid: session.uid,
-                exe: session.exe.as_deref(),
-            },
-            &session.resource.name,
-            statement,
-        )
-    }
-
-    /// Queues the `statement` event of `record`, replacing one queued for the same
-    /// statement (its parameters are known only after the record is made).
-    fn audit_statement(&mut self, record: &StatementRecord) {
-        let activity = crate::events::Activity::statement(record);
-        if let Some(queued) = self.audit.iter_mut().rev().find(|event| {
-            matches!(event.activity, crate::events::Activity::Statement { statement_seq, .. } if statement_seq == record.seq)
-        }) {
-            queued.activity = activity;
-            return;
-        }
-        self.audit.push(crate::events::Event::now(
-            self.session.audit_context.clone(),
-            activity,
-        ));
-    }
-
-    fn record(
-        &mut self,
-        statement: &Classified,
-        sql_text: &str,
-        params: usize,
-        decision: &Decision,
-    ) -> StatementRecord {
-        crate::metrics::global().decision("statement", decision.action);
-        self.seq += 1;
-        let mut sql = sql::literals_masked(sql_text);
-        if sql.len() > MAX_RECORDED_SQL {
-            let mut end = MAX_RECORDED_SQL;
-            while !sql.is_char_boundary(end) {
-                end -= 1;
-            }
-            sql.truncate(end);
-            sql.push_str(" …");
-        }
-        let record = StatementRecord {
-            tables: statement
-                .tables_read
-                .iter()
-                .chain(&statement.tables_written)
-                .cloned()
-                .collect(),
-            params,
-            ..StatementRecord::begun(
-                self.session.session_id,
-                self.seq,
-                sql,
-                statement.operation.to_string(),
-                statement.kind.clone(),
-                decision.record(),
-            )
-        };
-        self.audit_statement(&record);
-        record
+        Some(Decision {
+            action: Action::Deny,
+            rule: "standard-conforming-strings-off".into(),
+            reason: "the server has standard_conforming_strings off, so it reads backslashes \
+                     in string literals differently from the statement parser: refused"
+                .into(),
+            resource: Some(self.session.resource.name.clone()),
+            mask: None,
+            timeout: None,
+        })
     }
 
     fn unknown_record(&mut self) -> StatementRecord {
-        let statement = Classified::unparsed();
+        let operation = Operation::sql(
+            Protocol::Postgres,
+            &Classified::unparsed(),
+            sql::literals_masked("<unknown portal>"),
+        );
         let decision = Decision {
             action: Action::Allow,
             rule: "-".into(),
@@ -1180,56 +1014,7 @@ impl AgentLoop<'_> {
             mask: None,
             timeout: None,
         };
-        self.record(&statement, "<unknown portal>", 0, &decision)
-    }
-}
-
-/// Statements of a request while it is held. Should the session be torn down meanwhile
-/// (the server went away, which drops the agent loop mid-wait), dropping this records
-/// them as not run, so that no statement record is lost.
-struct HeldRecords {
-    records: Vec<StatementRecord>,
-    store: Store,
-}
-
-impl HeldRecords {
-    fn new(records: Vec<StatementRecord>, store: &Store) -> Self {
-        Self {
-            records,
-            store: store.clone(),
-        }
-    }
-
-    /// The records, now the hold is over.
-    fn release(mut self) -> Vec<StatementRecord> {
-        std::mem::take(&mut self.records)
-    }
-}
-
-impl Drop for HeldRecords {
-    fn drop(&mut self) {
-        let records = std::mem::take(&mut self.records);
-        if records.is_empty() {
-            return;
-        }
-        let store = self.store.clone();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!(
-                statements = records.len(),
-                "held statements not recorded: no runtime"
-            );
-            return;
-        };
-        runtime.spawn(async move {
-            for mut record in records {
-                record.error.get_or_insert_with(|| {
-                    "not run: the session ended while it waited for approval".into()
-                });
-                if let Err(error) = store.put_statement(&record, Durability::Batched).await {
-                    tracing::error!(%error, seq = record.seq, "cannot record a statement");
-                }
-            }
-        });
+        self.pipeline.record(&operation, &decision)
     }
 }
 
@@ -1264,19 +1049,6 @@ fn review_denial(
     )
 }
 
-/// `denied by root (uid 0): not in change window`, `not approved: nobody ...`.
-fn refusal_text(resolution: &Resolution) -> String {
-    match (&resolution.outcome, &resolution.approver) {
-        (Outcome::Denied, Some(approver)) => format!(
-            "denied by {} (uid {}): {}",
-            approver.name.as_deref().unwrap_or("an approver"),
-            approver.uid,
-            resolution.reason
-        ),
-        _ => format!("not approved: {}", resolution.reason),
-    }
-}
-
 fn error_response(message: String, detail: String) -> Result<Bytes, ProxyError> {
     let mut bytes = BytesMut::new();
     encode_error_response(
@@ -1285,17 +1057,6 @@ fn error_response(message: String, detail: String) -> Result<Bytes, ProxyError> 
     )
     .map_err(ProxyError::Encode)?;
     Ok(bytes.freeze())
-}
-
-fn approval_record(resolution: &Resolution) -> ApprovalRecord {
-    ApprovalRecord {
-        id: resolution.id,
-        outcome: resolution.outcome.as_str().to_owned(),
-        approver_uid: resolution.approver.as_ref().map(|a| a.uid),
-        approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
-        reason: resolution.reason.clone(),
-        waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
-    }
 }
 
 struct ServerLoop<'a> {
@@ -1632,9 +1393,9 @@ impl ServerLoop<'_> {
             Some(b'R') => {
                 // Channel binding ties SCRAM to the TLS channel the agent is not on: offer
                 // the agent only the unbound mechanisms.
-                if let BackendMessage::Authentication(
-                    crate::protocol::postgres::backend::Authentication::Sasl { mechanisms },
-                ) = BackendMessage::decode(&frame).map_err(ProxyError::ServerMessage)?
+                if let BackendMessage::Authentication(codec::backend::Authentication::Sasl {
+                    mechanisms,
+                }) = BackendMessage::decode(&frame).map_err(ProxyError::ServerMessage)?
                     && mechanisms.iter().any(|m| m.ends_with("-PLUS"))
                 {
                     let mut body = BytesMut::new();
@@ -1665,7 +1426,7 @@ impl ServerLoop<'_> {
                 {
                     let (agent_pid, agent_key, guard) =
                         self.session.cancels.register(CancelTarget {
-                            agent: self.session.agent.clone(),
+                            agent: self.session.identity.agent.clone(),
                             upstream: self.session.upstream_addr,
                             pid,
                             secret_key,
@@ -1847,26 +1608,7 @@ impl ServerLoop<'_> {
     }
 
     async fn store(&self, record: StatementRecord) {
-        let writing = Instant::now();
-        let store = &self.session.store;
-        let result = crate::events::Event::now(
-            self.session.audit_context.clone(),
-            crate::events::Activity::statement_result(&record),
-        );
-        // Batched even in strict mode: the result goes to the agent, not upstream, and
-        // the next statement's durable write flushes it anyway.
-        let written = store
-            .put_statement_with_events(&record, &[result], Durability::Batched)
-            .await;
-        crate::metrics::global().store_write(
-            "statement",
-            false,
-            written.is_ok(),
-            writing.elapsed(),
-        );
-        if let Err(error) = written {
-            tracing::error!(%error, seq = record.seq, "cannot record a statement");
-        }
+        self.session.store_result(record).await;
     }
 }
 

@@ -14,24 +14,18 @@ use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, ServerName, pem::PemObject as _},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
-use super::ProxyError;
-use crate::{
-    policy::{AgentTls, UpstreamTls},
-    protocol::postgres::frontend::encode_ssl_request,
-};
+use super::{ProxyError, codec::frontend::encode_ssl_request};
+use crate::policy::{AgentTls, UpstreamTls};
 
 /// Asks the server for TLS and completes a verified handshake.
-pub async fn connect(
-    mut upstream: TcpStream,
+pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+    mut upstream: S,
     tls: &UpstreamTls,
     destination: SocketAddr,
-) -> Result<TlsStream<TcpStream>, ProxyError> {
+) -> Result<TlsStream<S>, ProxyError> {
     let config = client_config(tls)?;
     let name = tls
         .server_name
@@ -82,10 +76,10 @@ fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, ProxyError> {
 
 /// Terminates an agent's TLS with the resource's certificate (after the daemon
 /// answered its SSLRequest with 'S').
-pub async fn accept(
-    agent: TcpStream,
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    agent: S,
     tls: &AgentTls,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, ProxyError> {
+) -> Result<tokio_rustls::server::TlsStream<S>, ProxyError> {
     let file_error = |path: &std::path::Path, e: &dyn std::fmt::Display| {
         ProxyError::Tls(format!("{}: {e}", path.display()))
     };

@@ -8,10 +8,9 @@ use postgres_protocol::authentication::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::ProxyError;
-use crate::{
-    credentials::Credential,
-    protocol::postgres::{
+use super::{
+    ProxyError,
+    codec::{
         BackendMessage, Frame, FrameDecoder, FrontendMessage,
         backend::{Authentication, encode_encryption_refused},
         frontend::{
@@ -19,8 +18,8 @@ use crate::{
             encode_sasl_response, encode_startup,
         },
     },
-    relay::ByteCounts,
 };
+use crate::{credentials::Credential, relay::ByteCounts};
 
 /// What the agent opened the connection for.
 pub enum Opening {
@@ -66,13 +65,13 @@ pub async fn next_frame<R: AsyncRead + Unpin>(
                 Ok(None)
             } else if from_agent {
                 Err(ProxyError::AgentFrame(
-                    crate::protocol::postgres::FrameError::Truncated {
+                    super::codec::FrameError::Truncated {
                         buffered: buffer.len(),
                     },
                 ))
             } else {
                 Err(ProxyError::ServerFrame(
-                    crate::protocol::postgres::FrameError::Truncated {
+                    super::codec::FrameError::Truncated {
                         buffered: buffer.len(),
                     },
                 ))
