@@ -193,6 +193,8 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         sql: "SELECT abalance FROM pgbench_accounts WHERE aid = ?".to_owned(),
         operation: "read".to_owned(),
         kind: "SELECT".to_owned(),
+        protocol: "postgres".into(),
+        details: Default::default(),
         tables: vec!["pgbench_accounts".to_owned()],
         params: 1,
         parameters: vec!["text:6".to_owned()],

@@ -4,6 +4,12 @@
 //! mount by default). Each agent runs in a child directory named after it, so the agent
 //! of a connection is the child cgroup its process was in. The tree is created
 //! root-owned, which is what keeps a non-root agent from moving itself out.
+//!
+//! On a systemd host the managed root is a slice (`sluice.slice`, shipped in
+//! `packaging/`), and an agent's child is the slice systemd makes for
+//! `Slice=sluice-AGENT.slice` (`-` in the agent's name escaped as `\x2d`, as
+//! `systemd-escape` does, so it stays one level). `sluice run` uses the same child, so
+//! services and `sluice run` share one naming scheme in one tree.
 
 use std::{
     collections::HashMap,
@@ -123,6 +129,41 @@ impl ManagedRoot {
         format!("/{}", relative.display())
     }
 
+    /// Whether the root is a systemd slice (`*.slice`): agents' children are then slices
+    /// too.
+    fn is_slice(&self) -> bool {
+        self.slice_prefix().is_some()
+    }
+
+    /// `sluice` for a root named `sluice.slice`.
+    fn slice_prefix(&self) -> Option<&str> {
+        self.path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".slice"))
+            .filter(|prefix| !prefix.is_empty())
+    }
+
+    /// The name of agent `name`'s directory under the root: the name itself, or under a
+    /// slice root `sluice-NAME.slice`.
+    pub fn agent_dir_name(&self, name: &str) -> String {
+        match self.slice_prefix() {
+            Some(prefix) => agent_slice_name(prefix, name),
+            None => name.to_owned(),
+        }
+    }
+
+    /// The agent a child directory of the root belongs to; `None` for a directory that
+    /// is no agent's (under a slice root, anything but `PREFIX-AGENT.slice`).
+    pub fn agent_of_dir_name(&self, dir_name: &str) -> Option<String> {
+        let agent = match self.slice_prefix() {
+            Some(prefix) => agent_of_slice_name(prefix, dir_name)?,
+            None => dir_name.to_owned(),
+        };
+        validate_agent_name(&agent).ok()?;
+        Some(agent)
+    }
+
     /// Creates the root (root-owned, 0755) if it does not exist yet.
     pub fn ensure(&self) -> Result<(), CgroupError> {
         create_dir(&self.path)
@@ -136,7 +177,7 @@ impl ManagedRoot {
     /// The directory of agent `name`, created if needed.
     pub fn ensure_agent(&self, name: &str) -> Result<PathBuf, CgroupError> {
         validate_agent_name(name)?;
-        let dir = self.path.join(name);
+        let dir = self.path.join(self.agent_dir_name(name));
         create_dir(&dir)?;
         Ok(dir)
     }
@@ -163,11 +204,15 @@ impl ManagedRoot {
         let mut found = HashMap::new();
         let entries = fs::read_dir(&self.path).ok()?;
         for entry in entries.flatten() {
-            let Ok(name) = entry.file_name().into_string() else {
+            let Some(agent) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| self.agent_of_dir_name(name))
+            else {
                 continue;
             };
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                index_cgroup_ids(&entry.path(), &name, &mut found, 0);
+                index_cgroup_ids(&entry.path(), &agent, &mut found, 0);
             }
         }
         let mut agents = self.lock_agents();
@@ -190,6 +235,25 @@ impl ManagedRoot {
                 .strip_prefix(&root)
                 .is_some_and(|rest| rest.starts_with('/'))
     }
+}
+
+/// `PREFIX-AGENT.slice`, with `-` in the agent's name escaped as systemd does
+/// (`systemd-escape`): a bare `-` in a slice name means one level deeper.
+pub fn agent_slice_name(prefix: &str, agent: &str) -> String {
+    format!("{prefix}-{}.slice", agent.replace('-', "\\x2d"))
+}
+
+/// The agent named by slice `PREFIX-AGENT.slice`; `None` for any other name, including
+/// deeper slices (`PREFIX-a-b.slice` lives below `PREFIX-a.slice`, never here).
+pub fn agent_of_slice_name(prefix: &str, slice: &str) -> Option<String> {
+    let escaped = slice
+        .strip_prefix(prefix)?
+        .strip_prefix('-')?
+        .strip_suffix(".slice")?;
+    if escaped.is_empty() || escaped.contains('-') {
+        return None;
+    }
+    Some(escaped.replace("\\x2d", "-"))
 }
 
 /// Records the ids of `dir` and its descendants (bounded depth) as belonging to `agent`.
@@ -256,6 +320,90 @@ mod tests {
             assert!(validate_agent_name(bad).is_err(), "{bad}");
         }
         assert!(validate_agent_name(&"x".repeat(65)).is_err());
+    }
+
+    fn root_at(path: &str) -> ManagedRoot {
+        ManagedRoot {
+            mount: PathBuf::from("/sys/fs/cgroup"),
+            path: PathBuf::from(path),
+            agents_by_id: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn under_a_plain_root_an_agents_directory_is_its_name() {
+        let root = root_at("/sys/fs/cgroup/sluice");
+        assert!(!root.is_slice());
+        assert_eq!(root.agent_dir_name("ci-bot"), "ci-bot");
+        assert_eq!(root.agent_of_dir_name("ci-bot").as_deref(), Some("ci-bot"));
+        assert_eq!(root.agent_of_dir_name("cgroup.procs"), None);
+    }
+
+    #[test]
+    fn under_a_slice_root_agents_are_the_slices_systemd_makes_for_them() {
+        let root = root_at("/sys/fs/cgroup/sluice.slice");
+        assert!(root.is_slice());
+        // `Slice=sluice-reporter.slice` in a unit, and `sluice run --agent reporter`.
+        assert_eq!(root.agent_dir_name("reporter"), "sluice-reporter.slice");
+        assert_eq!(
+            root.agent_of_dir_name("sluice-reporter.slice").as_deref(),
+            Some("reporter")
+        );
+        // A `-` in the name is escaped so the slice stays one level below the root.
+        assert_eq!(root.agent_dir_name("ci-bot"), r"sluice-ci\x2dbot.slice");
+        assert_eq!(
+            root.agent_of_dir_name(r"sluice-ci\x2dbot.slice").as_deref(),
+            Some("ci-bot")
+        );
+        for name in ["ci-bot", "a", "agent_7.prod", "x-y-z"] {
+            assert_eq!(
+                root.agent_of_dir_name(&root.agent_dir_name(name))
+                    .as_deref(),
+                Some(name)
+            );
+        }
+        // Whatever else systemd or an operator puts there is no agent.
+        for other in [
+            "sluice.service",
+            "reporter",
+            "sluice-.slice",
+            "other-reporter.slice",
+            "sluice-a-b.slice",
+            "sluice-reporter.scope",
+            r"sluice-..\x2fetc.slice",
+        ] {
+            assert_eq!(root.agent_of_dir_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_slice_root_names_the_same_agent_for_every_cgroup_below_its_slice() {
+        let mount = tempfile::tempdir().unwrap();
+        let root_path = mount.path().join("sluice.slice");
+        let service = root_path
+            .join("sluice-reporter.slice")
+            .join("reporter.service");
+        std::fs::create_dir_all(&service).unwrap();
+        std::fs::create_dir_all(root_path.join("unrelated.scope")).unwrap();
+        let root = ManagedRoot {
+            mount: mount.path().to_owned(),
+            path: root_path.clone(),
+            agents_by_id: Mutex::new(HashMap::new()),
+        };
+        let id = |path: &Path| fs::metadata(path).unwrap().ino();
+        assert_eq!(
+            root.agent_for_cgroup_id(id(&service)).as_deref(),
+            Some("reporter")
+        );
+        assert_eq!(
+            root.agent_for_cgroup_id(id(&root_path.join("unrelated.scope"))),
+            None
+        );
+        // `sluice run --agent reporter` lands in the service's slice.
+        assert_eq!(
+            root.ensure_agent("reporter").unwrap(),
+            root_path.join("sluice-reporter.slice")
+        );
     }
 
     #[test]

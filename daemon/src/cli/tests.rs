@@ -118,6 +118,8 @@ fn statement(session_id: u64, seq: u64, offset_ms: i64) -> StatementRecord {
         sql: format!("SELECT {seq}"),
         operation: "read".into(),
         kind: "SELECT".into(),
+        protocol: "postgres".into(),
+        details: Default::default(),
         tables: vec![],
         params: 0,
         decision: DecisionRecord {

@@ -268,6 +268,8 @@ mod tests {
             sql: sql.into(),
             operation: "read".into(),
             kind: "SELECT".into(),
+            protocol: "postgres".into(),
+            details: Default::default(),
             tables: vec![],
             params: 0,
             decision: DecisionRecord {

@@ -174,6 +174,8 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         sql: "SELECT email FROM customers WHERE id = ?".into(),
         operation: "read".into(),
         kind: "SELECT".into(),
+        protocol: "postgres".into(),
+        details: Default::default(),
         tables: vec!["customers".into()],
         params: 0,
         decision: DecisionRecord {

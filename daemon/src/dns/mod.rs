@@ -55,7 +55,7 @@ use crate::{
     cgroup::ManagedRoot,
     events::{Activity, Context, Event},
     identity::{self, Identity},
-    policy::{Action, AgentFacts, Decision, Operation},
+    policy::{Action, AgentFacts, Decision, Operation, Protocol},
     session::PolicyHandle,
     store::{DecisionRecord, Durability, SessionRecord, SessionState, StatementRecord, Store},
 };
@@ -195,6 +195,7 @@ impl Resolver {
                 reason: String::new(),
             },
         );
+        statement.protocol = Protocol::Dns.as_str().to_owned();
 
         let request = match Message::from_vec(query) {
             Ok(request) => request,

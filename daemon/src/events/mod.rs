@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::store::record::{DecisionRecord, SessionRecord, StatementRecord};
+use crate::{
+    pipeline::Details,
+    store::record::{DecisionRecord, SessionRecord, StatementRecord},
+};
 
 /// The version of this schema, carried by every event.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -114,6 +117,7 @@ impl Activity {
             tables: record.tables.clone(),
             parameters: record.parameters.clone(),
             decision: record.decision.clone(),
+            details: record.details.clone(),
         }
     }
 
@@ -187,11 +191,13 @@ pub enum Activity {
         bytes_down: u64,
         duration_ms: u64,
     },
-    /// A statement (or request) was decided, before anything was forwarded upstream.
+    /// An operation (a statement, a request) was decided, before anything was
+    /// forwarded upstream. One shape for every protocol (`context.protocol` says which):
+    /// `sql` is its summary, `kind` its verb, `tables` its targets.
     Statement {
-        /// The statement's number within its session.
+        /// The operation's number within its session.
         statement_seq: u64,
-        /// The statement with every literal replaced by `?`.
+        /// The summary, with every literal value removed (SQL literals as `?`).
         sql: String,
         operation: String,
         kind: String,
@@ -199,6 +205,9 @@ pub enum Activity {
         /// Bound parameters by format and size, never value.
         parameters: Vec<String>,
         decision: DecisionRecord,
+        /// What only this protocol knows (left out when there is nothing).
+        #[serde(default, skip_serializing_if = "Details::is_none")]
+        details: Details,
     },
     /// A statement finished (or never ran).
     StatementResult {

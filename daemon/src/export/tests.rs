@@ -71,6 +71,7 @@ fn every_activity() -> Vec<StoredEvent> {
                 kind: "SELECT".into(),
                 tables: vec!["t".into()],
                 parameters: vec![],
+                details: Default::default(),
                 decision: decision("allow"),
             },
         ),

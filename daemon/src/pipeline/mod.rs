@@ -20,12 +20,14 @@
 //! The protocol acts on the answers (forwards, refuses in its own words, masks rows)
 //! and never re-implements them.
 
+mod details;
 mod operation;
 mod session;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Instant};
 
-pub use operation::{Class, Details, MAX_SUMMARY, Operation, truncated};
+pub use details::Details;
+pub use operation::{Class, MAX_SUMMARY, Operation, truncated};
 pub use session::{
     BoxFuture, ByteStream, Closed, Dial, NestedDispatch, NestedRefusal, NestedSession,
     NestedTarget, SessionInfo, Upstream,
@@ -36,12 +38,10 @@ use crate::{
     events::{Activity, Event},
     masking::Masker,
     policy::{Action, Decision},
-    store::{ApprovalRecord, Durability, StatementRecord, Store, StoreError},
+    store::{ApprovalRecord, Durability, Store, StoreError},
 };
 
-/// One operation inside a session: what was asked, decided, and how it ended. (The
-/// PostgreSQL-era name [`StatementRecord`] is the same type.)
-pub type OperationRecord = StatementRecord;
+pub use crate::store::OperationRecord;
 
 /// A session's judging and recording state: operation numbers, the mask profiles
 /// compiled so far, and the events not yet written.
@@ -134,11 +134,13 @@ impl<'s> Pipeline<'s> {
     pub fn record(&mut self, operation: &Operation, decision: &Decision) -> OperationRecord {
         crate::metrics::global().decision("statement", decision.action);
         self.seq += 1;
-        let record = StatementRecord {
+        let record = OperationRecord {
+            protocol: operation.protocol.to_string(),
             tables: operation.targets.clone(),
+            details: operation.details.clone(),
             params: operation.parameters.len(),
             parameters: operation.parameters.clone(),
-            ..StatementRecord::begun(
+            ..OperationRecord::begun(
                 self.session.session_id,
                 self.seq,
                 operation.summary.clone(),

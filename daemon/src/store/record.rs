@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::pipeline::Details;
+
 /// Whether a session is still relaying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -122,22 +124,39 @@ impl SessionRecord {
     }
 }
 
-/// One statement (or request) inside a session: what was asked, what was decided,
-/// and how it ended. Values covered by a mask rule never appear here: `sql` has its
-/// literals replaced by `?` and parameters are counted, not kept.
+/// One operation inside a session (a SQL statement, an HTTP request, a Kubernetes API
+/// call, an SSH channel request, a DNS query): what was asked, what was decided, and
+/// how it ended. Values covered by a mask rule never appear here: `sql` (the summary)
+/// has its literal values removed and parameters are counted, not kept.
+///
+/// The field names are those of the PostgreSQL-era statement record, kept for the
+/// stable API: `sql` is the operation's summary, `operation` its class, `kind` its
+/// verb, `tables` its targets. `protocol` and `details` were added later; records
+/// stored before them read with `protocol` empty (PostgreSQL or DNS: the session's
+/// resource says which) and no details.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatementRecord {
+pub struct OperationRecord {
     pub session_id: u64,
     /// 1, 2, 3... within the session, in the order the agent sent them.
     pub seq: u64,
-    /// The statement with every literal replaced by `?`.
+    /// The protocol that decoded it: `postgres`, `mysql`, `http`, `kubernetes`, `ssh`,
+    /// `dns`; empty in records stored before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// The operation's summary: the statement or request with every literal value
+    /// removed (SQL literals as `?`).
     pub sql: String,
     /// The operation class the policy judged (`read`, `write`, `ddl`, ...).
     pub operation: String,
-    /// The statement kind (`SELECT`, `INSERT`, `CREATE TABLE`, ...).
+    /// The verb: the statement kind (`SELECT`, `CREATE TABLE`), the HTTP method, the
+    /// Kubernetes verb, the SSH request.
     pub kind: String,
+    /// The targets: tables, URL paths, Kubernetes objects, commands.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// What only this protocol knows (tables read and written, method/host/path...).
+    #[serde(default, skip_serializing_if = "Details::is_none")]
+    pub details: Details,
     /// How many bound parameters it carried (extended protocol).
     #[serde(default)]
     pub params: usize,
@@ -167,7 +186,10 @@ pub struct StatementRecord {
     pub approval: Option<ApprovalRecord>,
 }
 
-impl StatementRecord {
+/// The PostgreSQL-era name of [`OperationRecord`].
+pub type StatementRecord = OperationRecord;
+
+impl OperationRecord {
     /// A statement as it reaches the daemon, before it runs: started now, with no
     /// tables, parameters, outcome or masking yet. Callers fill in the rest with struct
     /// update syntax.
@@ -182,10 +204,12 @@ impl StatementRecord {
         Self {
             session_id,
             seq,
+            protocol: String::new(),
             sql,
             operation,
             kind,
             tables: Vec::new(),
+            details: Details::None,
             params: 0,
             parameters: Vec::new(),
             decision,
@@ -216,4 +240,65 @@ pub struct ApprovalRecord {
     pub reason: String,
     /// How long the statement waited, in milliseconds.
     pub waited_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A statement record as sluice stored it before operations had a protocol and
+    /// details (PostgreSQL only).
+    const STORED_BEFORE_OPERATIONS: &str = r#"{"session_id":7,"seq":2,"sql":"SELECT email FROM customers WHERE id = ?","operation":"read","kind":"SELECT","tables":["customers"],"params":1,"parameters":["text:2"],"decision":{"action":"allow","rule":"support-read","reason":"rule `support-read` allows read"},"started_at":"2026-11-30T10:00:00Z","duration_us":812,"rows":1,"tag":"SELECT 1","error":null,"masked":{"email":1},"nulled":0,"approval":null}"#;
+
+    #[test]
+    fn statement_records_stored_before_operations_still_read() {
+        let record: OperationRecord =
+            serde_json::from_str(STORED_BEFORE_OPERATIONS).expect("an old record decodes");
+        assert_eq!(record.session_id, 7);
+        assert_eq!(record.seq, 2);
+        assert_eq!(record.protocol, "");
+        assert_eq!(record.details, Details::None);
+        assert_eq!(record.kind, "SELECT");
+        assert_eq!(record.tables, ["customers"]);
+        assert_eq!(record.parameters, ["text:2"]);
+        assert_eq!(record.masked.get("email"), Some(&1));
+        // Written back, it is what it was: nothing new appears in old records.
+        let again: serde_json::Value = serde_json::to_value(&record).expect("encodes");
+        let before: serde_json::Value =
+            serde_json::from_str(STORED_BEFORE_OPERATIONS).expect("valid JSON");
+        assert_eq!(again, before);
+    }
+
+    #[test]
+    fn operation_records_keep_their_protocol_and_details() {
+        let record = OperationRecord {
+            protocol: "http".into(),
+            details: Details::Http {
+                method: "DELETE".into(),
+                host: "api.internal".into(),
+                path: "/v1/users/?".into(),
+                query_keys: vec!["force".into()],
+                status: Some(204),
+            },
+            ..OperationRecord::begun(
+                3,
+                1,
+                "DELETE /v1/users/?".into(),
+                "dangerous".into(),
+                "DELETE".into(),
+                DecisionRecord {
+                    action: "deny".into(),
+                    rule: "no-deletes".into(),
+                    reason: "no".into(),
+                },
+            )
+        };
+        let json = serde_json::to_string(&record).expect("encodes");
+        assert!(
+            json.contains(r#""details":{"type":"http","method":"DELETE""#),
+            "{json}"
+        );
+        let back: OperationRecord = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(back, record);
+    }
 }

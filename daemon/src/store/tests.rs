@@ -620,6 +620,8 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         sql: format!("SELECT name, email FROM customers WHERE id = ? -- {seq}"),
         operation: "read".into(),
         kind: "SELECT".into(),
+        protocol: "postgres".into(),
+        details: Default::default(),
         tables: vec!["customers".into()],
         params: 1,
         decision: DecisionRecord {

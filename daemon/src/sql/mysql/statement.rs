@@ -61,6 +61,7 @@ pub const SESSION_VARIABLES: &[&str] = &[
     "max_join_size",
     "max_sort_length",
     "max_statement_time",
+    "note_verbosity",
     "net_read_timeout",
     "net_write_timeout",
     "optimizer_search_depth",
@@ -93,6 +94,15 @@ pub const SESSION_VARIABLES: &[&str] = &[
     "tx_read_only",
     "unique_checks",
     "wait_timeout",
+];
+
+/// Character set names, as introducers (`_utf8mb4'x'`) spell them.
+const CHARSETS: &[&str] = &[
+    "armscii8", "ascii", "big5", "binary", "cp1250", "cp1251", "cp1256", "cp1257", "cp850",
+    "cp852", "cp866", "cp932", "dec8", "eucjpms", "euckr", "gb18030", "gb2312", "gbk", "geostd8",
+    "greek", "hebrew", "hp8", "keybcs2", "koi8r", "koi8u", "latin1", "latin2", "latin5", "latin7",
+    "macce", "macroman", "sjis", "swe7", "tis620", "ucs2", "ujis", "utf16", "utf16le", "utf32",
+    "utf8", "utf8mb3", "utf8mb4",
 ];
 
 /// Engines whose tables read server files or reach other servers.
@@ -134,7 +144,12 @@ pub(super) fn classify(
         result.classified = merge(vec![result.classified, other.classified]);
         result.classified.kind = first_kind;
     }
-    result.summary = text_summary;
+    // A prepared or immediately executed text shows in records too, without its values.
+    result.summary = if result.summary.is_empty() {
+        text_summary
+    } else {
+        format!("{text_summary} [text: {}]", result.summary)
+    };
     Some(result)
 }
 
@@ -506,6 +521,14 @@ pub(super) fn render(tokens: &[Token]) -> String {
             // `_utf8mb4'x'`: a character set introducer, not an identifier.
             Kind::Word
                 if token.value.starts_with('_')
+                    && CHARSETS.contains(
+                        &token
+                            .value
+                            .get(1..)
+                            .unwrap_or_default()
+                            .to_ascii_lowercase()
+                            .as_str(),
+                    )
                     && next.is_some_and(|next| {
                         matches!(
                             next.kind,
@@ -969,6 +992,14 @@ fn inner_text(text: &str, context: &MysqlContext) -> Option<Vec<MysqlStatement>>
     simple.then_some(statements)
 }
 
+fn summaries_of(statements: &[MysqlStatement]) -> String {
+    statements
+        .iter()
+        .map(|statement| statement.summary.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `PREPARE name FROM 'text'`: judged by the text, which is returned for the proxy to
 /// remember. `PREPARE name FROM @var` is dynamic SQL: unparsed.
 fn prepare(tokens: &[Token], context: &MysqlContext) -> MysqlStatement {
@@ -989,13 +1020,14 @@ fn prepare(tokens: &[Token], context: &MysqlContext) -> MysqlStatement {
     let Some(inner) = inner_text(&text, context) else {
         return unparsed();
     };
+    let summaries = summaries_of(&inner);
     let classes: Vec<Classified> = inner
         .into_iter()
         .map(|statement| statement.classified)
         .collect();
     let mut classified = merge(classes.clone());
     classified.kind = format!("PREPARE {}", classified.kind);
-    let mut statement = MysqlStatement::new(classified, String::new());
+    let mut statement = MysqlStatement::new(classified, summaries);
     statement.prepares = Some((name, classes));
     statement
 }
@@ -1016,6 +1048,7 @@ fn execute(tokens: &[Token], context: &MysqlContext) -> MysqlStatement {
         let Some(inner) = inner_text(&text, context) else {
             return unparsed();
         };
+        let summaries = summaries_of(&inner);
         let mut classified = merge(
             inner
                 .into_iter()
@@ -1029,7 +1062,7 @@ fn execute(tokens: &[Token], context: &MysqlContext) -> MysqlStatement {
                 expressions(tokens.get(using + 1..).unwrap_or_default()),
             );
         }
-        return MysqlStatement::new(classified, String::new());
+        return MysqlStatement::new(classified, summaries);
     }
     let Some(name) = tokens.get(1).and_then(Token::name) else {
         return unparsed();
