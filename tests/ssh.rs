@@ -234,14 +234,34 @@ fn forwards_agent_and_x11_are_refused_and_the_connection_goes_on() {
     // ssh asks for agent forwarding only with an agent socket, and for X11 only with a
     // DISPLAY: neither needs to exist for the request to be sent.
     let agent_path = client.dir.path().join("agent.sock");
-    let _agent_listener = std::os::unix::net::UnixListener::bind(&agent_path).unwrap();
-    let agent_socket = format!("ForwardAgent={}", agent_path.display());
+    let mut ssh_agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&agent_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !agent_path.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let agent_socket = "ForwardAgent=yes".to_owned();
     for (flag, value) in [
         ("-R", format!("{target}:127.0.0.1:22")),
         ("-o", agent_socket),
         ("-X", String::new()),
     ] {
-        let mut args = client.options();
+        // The agent holds no key: it is there only to be forwarded (or not).
+        let mut args: Vec<String> = client
+            .options()
+            .into_iter()
+            .map(|option| {
+                if option == "IdentityAgent=none" {
+                    format!("IdentityAgent={}", agent_path.display())
+                } else {
+                    option
+                }
+            })
+            .collect();
         args.extend(["-o".into(), "ExitOnForwardFailure=yes".into(), flag.into()]);
         if !value.is_empty() {
             args.push(value.clone());
@@ -279,12 +299,14 @@ fn forwards_agent_and_x11_are_refused_and_the_connection_goes_on() {
             }
         }
     }
+    let _ = ssh_agent.kill();
+    let _ = ssh_agent.wait();
     let records = requests(&daemon, 3);
     for request in ["tcpip-forward", "auth-agent-req", "x11-req"] {
         let record = records
             .iter()
             .find(|r| r["kind"] == request)
-            .unwrap_or_else(|| panic!("no {request} record in {records:#?}"));
+            .unwrap_or_else(|| panic!("no {request} record in {records:#?}\n{}", daemon.log()));
         assert_eq!(record["decision"]["action"], "deny");
     }
 }
