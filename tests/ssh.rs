@@ -618,3 +618,125 @@ fn hostile_bytes_and_a_slowloris_leave_the_daemon_serving() {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn an_interactive_shell_is_admin_recorded_and_replayed() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"admin\"", "allow"));
+    let script = write_file(
+        client.dir.path(),
+        "typed.txt",
+        b"echo hello-from-the-shell\nexit 7\n",
+    );
+    let mut args = client.options();
+    args.extend([
+        "-tt".into(),
+        "-p".into(),
+        server.port.to_string(),
+        format!("root@{HOST}"),
+    ]);
+    let shell = client.run(&daemon, AGENT, "ssh", &args, Some(&script));
+    assert_eq!(
+        shell.status.code(),
+        Some(7),
+        "{}",
+        explain(&shell, &daemon, &server)
+    );
+    assert!(text(&shell.stdout).contains("hello-from-the-shell"));
+    let records = requests(&daemon, 1);
+    let record = records
+        .iter()
+        .find(|r| r["kind"] == "shell")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(record["operation"], "admin");
+    assert_eq!(record["tag"], "exit 7");
+    let session = daemon.sessions(Some(AGENT))[0]["id"].as_u64().unwrap();
+    let replay = daemon.sluice(&["replay", &session.to_string(), "--speed", "0"]);
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    let replayed = text(&replay.stdout);
+    assert!(replayed.contains("terminal recording"), "{replayed}");
+    assert!(replayed.contains("hello-from-the-shell"), "{replayed}");
+    assert!(replayed.contains("[exit 7]"), "{replayed}");
+
+    // Without `admin`, a shell is refused and nothing runs.
+    let (daemon, client) = start(&server, &rule("\"read\"", "allow"));
+    let refused = client.run(
+        &daemon,
+        AGENT,
+        "ssh",
+        &{
+            let mut args = client.options();
+            args.extend([
+                "-tt".into(),
+                "-p".into(),
+                server.port.to_string(),
+                format!("root@{HOST}"),
+            ]);
+            args
+        },
+        Some(&script),
+    );
+    assert_ne!(refused.status.code(), Some(7));
+    assert!(!text(&refused.stdout).contains("hello-from-the-shell"));
+}
+
+#[test]
+fn a_jump_through_one_server_to_another_is_intercepted_again() {
+    let jump = SshServer::start();
+    let inner = SshServer::start();
+    let policy = format!(
+        "[[agent]]\nname = {AGENT:?}\n\n\
+         [[resource]]\nname = \"jump\"\naddresses = [{HOST:?}]\nports = [{jump_port}]\nprotocol = \"ssh\"\n\
+         credential = \"jump-key\"\nknown_hosts = {jump_known:?}\n\n\
+         [[resource]]\nname = \"inner\"\naddresses = [{HOST:?}]\nports = [{inner_port}]\nprotocol = \"ssh\"\n\
+         credential = \"inner-key\"\nknown_hosts = {inner_known:?}\n\n\
+         [[rule]]\nagent = {AGENT:?}\nresource = \"jump\"\noperations = [\"read\"]\naction = \"allow\"\n\n\
+         [[rule]]\nagent = {AGENT:?}\nresource = \"inner\"\noperations = [\"read\"]\naction = \"allow\"\n",
+        jump_port = jump.port,
+        inner_port = inner.port,
+        jump_known = jump.pinned_known_hosts().display().to_string(),
+        inner_known = inner.pinned_known_hosts().display().to_string(),
+    );
+    let credentials = format!(
+        "{}{}",
+        jump.credentials("jump-key"),
+        inner.credentials("inner-key")
+    );
+    let daemon = TestDaemon::start_with_credentials(&policy, &credentials);
+    let client = SshClient::new(&daemon);
+    let jump_spec = format!(
+        "-oProxyCommand=ssh {} -W %h:%p -p {} root@{HOST}",
+        client.options().join(" "),
+        jump.port
+    );
+    let output = client.ssh(&daemon, AGENT, &inner, &[&jump_spec], "cat /etc/hostname");
+    assert!(
+        output.status.success(),
+        "{}",
+        explain(&output, &daemon, &inner)
+    );
+    // A forward to a destination no rule allows is refused.
+    let unknown = sluice_tests::free_port();
+    let refused = client.ssh(
+        &daemon,
+        AGENT,
+        &jump,
+        &["-W", &format!("{HOST}:{unknown}")],
+        "",
+    );
+    assert_ne!(refused.status.code(), Some(0));
+    // Two SSH sessions through the daemon (the jump and, nested, the inner one), plus the
+    // refused forward's.
+    let sessions = daemon.sessions(Some(AGENT));
+    let inner_sessions: Vec<&Value> = sessions
+        .iter()
+        .filter(|s| s["destination"] == format!("{HOST}:{}", inner.port))
+        .collect();
+    assert!(!inner_sessions.is_empty(), "{sessions:#?}");
+    assert!(
+        inner_sessions
+            .iter()
+            .any(|s| !s["parent_session"].is_null()),
+        "the inner session is nested in the jump's: {sessions:#?}"
+    );
+}

@@ -269,14 +269,18 @@ impl Gate for PipelineGate<'_> {
         host: String,
         port: u16,
         channel: russh::Channel<russh::server::Msg>,
+        reply: russh::server::ChannelOpenHandle,
     ) -> Result<(), String> {
         let destination = match host.parse::<IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, port),
+            Ok(ip) => Some(SocketAddr::new(ip, port)),
             Err(_) => tokio::net::lookup_host((host.as_str(), port))
                 .await
                 .ok()
-                .and_then(|mut addresses| addresses.next())
-                .ok_or_else(|| format!("cannot resolve {host}"))?,
+                .and_then(|mut addresses| addresses.next()),
+        };
+        let Some(destination) = destination else {
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return Err(format!("cannot resolve {host}"));
         };
         let request = Request {
             request: "direct-tcpip",
@@ -322,6 +326,7 @@ impl Gate for PipelineGate<'_> {
         };
         match opened {
             Ok(nested) => {
+                reply.accept().await;
                 // The forwarded stream is the nested session's: counted there, never
                 // stored here.
                 tokio::spawn(nested.serve(Box::new(channel.into_stream())));
@@ -331,7 +336,14 @@ impl Gate for PipelineGate<'_> {
             Err(refusal) => {
                 record.error = Some(refusal.to_string());
                 self.session.store_result(record).await;
-                let _ = channel.close().await;
+                let failure = match refusal {
+                    NestedRefusal::Denied { .. } => {
+                        russh::ChannelOpenFailure::AdministrativelyProhibited
+                    }
+                    _ => russh::ChannelOpenFailure::ConnectFailed,
+                };
+                reply.reject(failure).await;
+                drop(channel);
                 Err(refusal.to_string())
             }
         }

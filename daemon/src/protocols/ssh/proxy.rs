@@ -105,12 +105,14 @@ pub trait Gate: Sync {
         agent_gone: oneshot::Receiver<()>,
     ) -> impl Future<Output = Verdict<Self::Ticket>> + Send;
     fn finish(&self, ticket: Self::Ticket, outcome: Outcome) -> impl Future<Output = ()> + Send;
-    /// Opens a `direct-tcpip` forward as a nested session; `Err` says why not.
+    /// Opens a `direct-tcpip` forward as a nested session and accepts the channel, or
+    /// rejects it; `Err` says why not.
     fn forward(
         &self,
         host: String,
         port: u16,
         channel: Channel<server::Msg>,
+        reply: server::ChannelOpenHandle,
     ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
@@ -282,11 +284,8 @@ async fn forward<G: Gate>(
         reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
         return;
     };
-    // The channel is accepted first: the nested dispatch needs a stream to serve. A
-    // refusal then closes it at once, which `ssh -W`/`-J` report as a closed channel.
-    reply.accept().await;
     let id = channel.id();
-    if let Err(error) = gate.forward(host.clone(), port, channel).await {
+    if let Err(error) = gate.forward(host.clone(), port, channel, reply).await {
         tracing::info!(%error, %host, port, ?id, "forward refused");
     }
 }
@@ -926,7 +925,11 @@ async fn run_started<G: Gate>(
             let _ = agent.close().await;
             outcome.exit_status = Some(1);
         } else {
+            // The request fails and its channel closes: nothing else can start on it.
             reply(&server, id, false).await;
+            let message = format!("sluice: {}\r\n", verdict.message);
+            let _ = agent.extended_data(1, message.as_bytes()).await;
+            let _ = agent.close().await;
         }
         outcome.error = Some(verdict.message);
         let _ = upstream.close().await;
