@@ -740,3 +740,119 @@ fn a_jump_through_one_server_to_another_is_intercepted_again() {
         "the inner session is nested in the jump's: {sessions:#?}"
     );
 }
+
+/// `ssh` as `agent` running as user `nobody` (root approves; nobody approves their own).
+fn spawn_ssh_as_nobody(
+    daemon: &TestDaemon,
+    client: &SshClient,
+    server: &SshServer,
+    extra: &[&str],
+    command: &str,
+) -> std::process::Child {
+    let mut args = client.options();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.extend(["-p".into(), server.port.to_string(), format!("root@{HOST}")]);
+    if !command.is_empty() {
+        args.push(command.into());
+    }
+    std::process::Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(["run", "--agent", AGENT, "--user", "nobody", "--", "ssh"])
+        .args(&args)
+        .env("SLUICE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_held_command_waits_for_approval_while_other_channels_work() {
+    let server = SshServer::start();
+    let (daemon, client) = start(
+        &server,
+        &(rule("\"read\"", "allow") + &rule("\"write\"", "review")),
+    );
+    let shared = client.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let control = format!("ControlPath={}", shared.join("cm.sock").display());
+    let master = spawn_ssh_as_nobody(
+        &daemon,
+        &client,
+        &server,
+        &["-o", "ControlMaster=yes", "-o", &control, "-N"],
+        "",
+    );
+    let socket = shared.join("cm.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no control master: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mux = ["-o", "ControlMaster=no", "-o", control.as_str()];
+    let marker = server.dir.path().join("approved-marker");
+    let held = spawn_ssh_as_nobody(
+        &daemon,
+        &client,
+        &server,
+        &mux,
+        &format!("touch {}", marker.display()),
+    );
+    let hold = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let output = daemon.sluice(&["approvals", "list", "--json"]);
+            let list: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            if let Some(hold) = list.into_iter().next() {
+                break hold;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no hold: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(!marker.exists(), "held, not run");
+    // Meanwhile another channel of the same connection runs.
+    let other = spawn_ssh_as_nobody(&daemon, &client, &server, &mux, "uname -s");
+    let other = sluice_tests::ssh::wait_with_timeout(other, Duration::from_secs(60));
+    assert_eq!(
+        text(&other.stdout),
+        "Linux\n",
+        "{}",
+        explain(&other, &daemon, &server)
+    );
+    assert!(!marker.exists());
+    let approved = daemon.sluice(&[
+        "approve",
+        &hold["id"].as_u64().unwrap().to_string(),
+        "--reason",
+        "change window",
+    ]);
+    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let held = sluice_tests::ssh::wait_with_timeout(held, Duration::from_secs(60));
+    assert!(
+        held.status.success(),
+        "{}",
+        explain(&held, &daemon, &server)
+    );
+    assert!(marker.exists(), "ran once approved");
+    let mut master = master;
+    let _ = master.kill();
+    let _ = master.wait();
+    let records = requests(&daemon, 2);
+    let touch = records
+        .iter()
+        .find(|r| r["sql"].as_str().unwrap_or_default().starts_with("touch"))
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(touch["approval"]["outcome"], "approved");
+}
