@@ -753,7 +753,9 @@ fn the_egress_backstop_drops_replies_to_peers_that_connect_in() {
         std::thread::scope(|scope| {
             let agent = scope.spawn(move || as_nobody(daemon_ref, &["serve", &listen]));
             let mut received = Vec::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(4);
+            // The agent starts listening once `sluice run` is done, which is slow in emulation.
+            let deadline =
+                std::time::Instant::now() + Duration::from_secs(4) * sluice_tests::slowdown();
             while std::time::Instant::now() < deadline {
                 // The handshake itself needs the agent's SYN-ACK, which is dropped.
                 if let Ok(mut stream) =

@@ -466,6 +466,7 @@ fn the_same_agent_writes_from_main_but_not_from_a_feature_branch_and_records_say
     );
     assert!(!output.status.success(), "a feature branch may not write");
     let message = stderr(&output);
+    eprintln!("the feature branch's write, as psql reported it:\n{message}");
     assert!(
         message.contains("42501") || message.contains("denied"),
         "{message}"
@@ -521,6 +522,7 @@ fn the_same_agent_writes_from_main_but_not_from_a_feature_branch_and_records_say
     let id = with_identity[0]["id"].as_u64().expect("id").to_string();
     let shown = daemon.sluice(&["sessions", "show", &id]);
     let shown = String::from_utf8_lossy(&shown.stdout);
+    eprintln!("sluice sessions show {id}:\n{shown}");
     assert!(
         shown.contains("identity       github repo:acme/api ref:refs/heads/"),
         "{shown}"

@@ -777,3 +777,558 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// A policy allowing everything, brokering `app`.
+fn open_daemon(server: &MariaServer) -> TestDaemon {
+    brokered(server, &["bot"], &[MyRule::allow("bot", &["*"])])
+}
+
+/// Creates `shop.types`: one column per kind of value a client decodes differently,
+/// rows with NULLs, non-ASCII text in two charsets, binary bytes and a 20 MB value.
+fn plant_types(server: &MariaServer) {
+    server.admin(
+        "CREATE TABLE shop.types ( \
+           id INT PRIMARY KEY, u VARCHAR(40) CHARACTER SET utf8mb4, \
+           l VARCHAR(40) CHARACTER SET latin1, b VARBINARY(64), j JSON, d DATE, \
+           dt DATETIME(6), t TIME(3), ts TIMESTAMP NULL, dec_ DECIMAL(30,10), f FLOAT, \
+           g DOUBLE, bits BIT(12), e ENUM('tea','cake'), s SET('a','b','c'), y YEAR, \
+           big BIGINT UNSIGNED, tiny TINYINT, lt LONGTEXT); \
+         INSERT INTO shop.types VALUES \
+           (1, 'naïve ☕ 🍰', 'café', UNHEX('00FF7F80015C27'), '{\"k\": [1, \"two\", null]}', \
+            '2024-02-29', '2024-02-29 13:14:15.123456', '-838:59:59.000', '2024-01-01 00:00:01', \
+            '-12345678901234567890.0123456789', 3.25, -1.5e300, b'101010101010', 'cake', 'a,c', \
+            2155, 18446744073709551615, -128, 'short'), \
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+            NULL, NULL, NULL, NULL, NULL), \
+           (3, '', '', '', '[]', '0001-01-01', '9999-12-31 23:59:59.999999', '00:00:00', NULL, \
+            '0', 0, 0, b'0', 'tea', '', 1901, 0, 127, REPEAT('x', 20 * 1024 * 1024))",
+    );
+}
+
+#[test]
+fn the_mariadb_client_sees_every_column_type_as_it_does_directly() {
+    let server = shop();
+    plant_types(&server);
+    let daemon = open_daemon(&server);
+    for query in [
+        "SELECT * FROM types ORDER BY id",
+        "SELECT id, HEX(b), LENGTH(lt), MD5(lt), CHARSET(l), COLLATION(u) FROM types ORDER BY id",
+        "SHOW CREATE TABLE types",
+    ] {
+        let args = ["-B", "--column-type-info", "-e", query];
+        let direct = assert_ok(&server.client_direct("app", APP_PASSWORD, "shop", &args));
+        let through = assert_ok(&server.client_as(&daemon, "bot", "shop", &args));
+        assert!(direct.len() > 100, "{direct}");
+        assert!(
+            direct == through,
+            "{query}: through sluice differs:\n{}",
+            first_difference(&direct, &through)
+        );
+    }
+    // The binary protocol too (the 20 MB value, split over two packets, excepted: the
+    // raw client reads single packets).
+    let query = "stmt:SELECT id, u, l, b, j, d, dt, t, ts, dec_, f, g, bits, e, s, y, big, tiny FROM shop.types ORDER BY id";
+    server.admin("CREATE USER 'raw'@'%' IDENTIFIED BY ''; GRANT SELECT ON shop.* TO 'raw'@'%'");
+    let direct = {
+        let mut command = std::process::Command::new("/usr/bin/python3");
+        command
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/mysql/raw_client.py"))
+            .arg(sluice_tests::mysql::HOST)
+            .arg(server.port().to_string())
+            .arg(query);
+        assert_ok(&run_with_timeout(command, None))
+    };
+    let direct: Value = serde_json::from_str(direct.lines().nth(2).expect("rows")).expect("JSON");
+    let through = raw_client(&daemon, "bot", &server, &[query]);
+    assert_eq!(
+        direct["stmt"]["rows"].as_array().map(Vec::len),
+        Some(3),
+        "{direct}"
+    );
+    assert_eq!(direct, through[2], "binary rows differ");
+}
+
+fn first_difference(a: &str, b: &str) -> String {
+    let at = a
+        .bytes()
+        .zip(b.bytes())
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let from = at.saturating_sub(80);
+    format!(
+        "lengths {} and {}; at byte {at}:\n direct: {:?}\nthrough: {:?}",
+        a.len(),
+        b.len(),
+        a.get(from..(at + 80).min(a.len())).unwrap_or_default(),
+        b.get(from..(at + 80).min(b.len())).unwrap_or_default()
+    )
+}
+
+#[test]
+fn a_procedure_with_several_result_sets_comes_back_whole() {
+    let server = shop();
+    let mut command = std::process::Command::new("/usr/bin/mariadb");
+    command
+        .args(["--no-defaults", "-u", "root", "shop"])
+        .arg(format!(
+            "--socket={}",
+            server.admin("SELECT @@socket").trim()
+        ));
+    assert_ok(&run_with_timeout(
+        command,
+        Some(
+            b"DELIMITER //\nCREATE PROCEDURE report(IN n INT) BEGIN \
+              SELECT id, item FROM orders WHERE id <= n ORDER BY id; \
+              SELECT COUNT(*) AS total FROM orders; \
+              UPDATE orders SET item = item WHERE id = 1; \
+              SELECT 'done' AS status, n; END//\nDELIMITER ;\n"
+                .to_vec(),
+        ),
+    ));
+    let daemon = open_daemon(&server);
+    let args = ["-e", "CALL report(2); SELECT 'after' AS next"];
+    let direct = assert_ok(&server.client_direct("app", APP_PASSWORD, "shop", &args));
+    let through = assert_ok(&server.client_as(&daemon, "bot", "shop", &args));
+    assert!(
+        direct.contains("total") && direct.contains("done") && direct.contains("after"),
+        "{direct}"
+    );
+    assert_eq!(direct, through);
+    wait_for_statement(&daemon, "bot", "for the CALL", |s| {
+        text(s, "kind") == "CALL" && s["rows"].as_u64() >= Some(4)
+    });
+}
+
+#[test]
+fn a_dump_restored_through_sluice_equals_the_original() {
+    let server = shop();
+    plant_types(&server);
+    server.admin("CREATE DATABASE shop_copy; GRANT ALL ON shop_copy.* TO 'app'@'%'");
+    let daemon = open_daemon(&server);
+    let dump_args = |host_args: Vec<String>, database: &str| -> Vec<String> {
+        let mut args: Vec<String> = host_args.into_iter().filter(|a| a != "shop").collect();
+        args.extend([
+            "--skip-dump-date".into(),
+            "--skip-comments".into(),
+            database.into(),
+        ]);
+        args
+    };
+    // Dump through sluice, restore through sluice.
+    let mut command = sluice_tests::mysql::agent_command(
+        &daemon,
+        "bot",
+        std::path::Path::new("/usr/bin/mariadb-dump"),
+    );
+    command.args(dump_args(server.client_args("x", "shop"), "shop"));
+    let dump = run_with_timeout(command, None);
+    assert!(dump.status.success(), "{}", stderr(&dump));
+    assert!(
+        dump.stdout.len() > 20 * 1024 * 1024,
+        "the dump holds the 20 MB value"
+    );
+    let mut command = sluice_tests::mysql::agent_command(
+        &daemon,
+        "bot",
+        std::path::Path::new("/usr/bin/mariadb"),
+    );
+    command.args(server.client_args("x", "shop_copy"));
+    assert_ok(&run_with_timeout(command, Some(dump.stdout.clone())));
+    // Directly: the original and the copy dump the same, and as the dump through sluice.
+    let direct = |database: &str| {
+        let mut command = std::process::Command::new("/usr/bin/mariadb-dump");
+        command
+            .args(dump_args(server.client_args("app", "shop"), database))
+            .arg(format!("--password={APP_PASSWORD}"));
+        let output = run_with_timeout(command, None);
+        assert!(output.status.success(), "{}", stderr(&output));
+        output.stdout
+    };
+    let original = direct("shop");
+    let copy = direct("shop_copy");
+    assert!(
+        original == dump.stdout,
+        "the dump through sluice differs from the direct one"
+    );
+    assert!(
+        original == copy,
+        "the restored copy differs from the original"
+    );
+}
+
+const PY_CLIENT: &str = r#"
+import decimal, json, os, sys
+driver = sys.argv[1]
+if driver == "pymysql":
+    import pymysql as db
+    connect = lambda: db.connect(host=sys.argv[2], port=int(sys.argv[3]), user="app",
+        password=os.environ.get("DB_PASSWORD", ""), database="shop", charset="utf8mb4")
+else:
+    import MySQLdb as db
+    connect = lambda: db.connect(host=sys.argv[2], port=int(sys.argv[3]), user="app",
+        passwd=os.environ.get("DB_PASSWORD", ""), db="shop", charset="utf8mb4")
+conn = connect()
+out = []
+cur = conn.cursor()
+cur.execute("SELECT id, u, l, HEX(b), j, d, dt, t, dec_, f, g, e, s, y, big, tiny FROM types WHERE id < 3 ORDER BY id")
+out.append(repr(cur.fetchall()))
+out.append(repr([d[:2] for d in cur.description]))
+cur.execute("INSERT INTO orders VALUES (%s, %s)", (10, "it's \"quoted\" \\ ☕"))
+cur.executemany("INSERT INTO orders VALUES (%s, %s)", [(11, "a"), (12, None)])
+conn.commit()
+cur.execute("START TRANSACTION")
+cur.execute("DELETE FROM orders WHERE id = %s", (11,))
+conn.rollback()
+cur.execute("SELECT * FROM orders WHERE id >= 10 ORDER BY id")
+out.append(repr(cur.fetchall()))
+cur.execute("DELETE FROM orders WHERE id >= 10")
+conn.commit()
+out.append(repr(cur.rowcount))
+try:
+    cur.execute("SELECT * FROM no_such_table")
+except Exception as e:
+    out.append(repr(e.args[0]))
+conn.ping()
+conn.close()
+print("\n".join(out))
+"#;
+
+#[test]
+fn pymysql_and_mysqldb_see_through_sluice_what_they_see_directly() {
+    let server = shop();
+    plant_types(&server);
+    let daemon = open_daemon(&server);
+    for driver in ["pymysql", "MySQLdb"] {
+        let mut direct = std::process::Command::new("/usr/bin/python3");
+        direct
+            .args(["-c", PY_CLIENT, driver, sluice_tests::mysql::HOST])
+            .arg(server.port().to_string())
+            .env("DB_PASSWORD", APP_PASSWORD);
+        let direct = assert_ok(&run_with_timeout(direct, None));
+        let mut through = agent_command(&daemon, "bot", std::path::Path::new("/usr/bin/python3"));
+        through
+            .args(["-c", PY_CLIENT, driver, sluice_tests::mysql::HOST])
+            .arg(server.port().to_string());
+        let through = assert_ok(&run_with_timeout(through, None));
+        assert!(
+            direct.contains("café") && direct.contains("1146"),
+            "{driver}: {direct}"
+        );
+        assert_eq!(direct, through, "{driver}");
+    }
+}
+
+/// `sysbench LUA` against the server, directly or as `agent`.
+fn sysbench(server: &MariaServer, daemon: Option<&TestDaemon>, lua: &str, args: &[&str]) -> Output {
+    let mut all: Vec<String> = vec![
+        lua.into(),
+        "--db-driver=mysql".into(),
+        format!("--mysql-host={}", sluice_tests::mysql::HOST),
+        format!("--mysql-port={}", server.port()),
+        "--mysql-user=app".into(),
+        "--mysql-db=shop".into(),
+        "--mysql-ssl=off".into(),
+        "--tables=2".into(),
+        "--table-size=1000".into(),
+    ];
+    if daemon.is_none() {
+        all.push(format!("--mysql-password={APP_PASSWORD}"));
+    }
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let mut command = match daemon {
+        Some(daemon) => agent_command(daemon, "bot", std::path::Path::new("/usr/bin/sysbench")),
+        None => std::process::Command::new("/usr/bin/sysbench"),
+    };
+    command.args(&all);
+    run_with_timeout(command, None)
+}
+
+#[test]
+fn sysbench_runs_without_errors_through_sluice_in_both_statement_modes() {
+    let server = shop();
+    let daemon = open_daemon(&server);
+    assert_ok(&sysbench(&server, None, "oltp_read_write", &["prepare"]));
+    for lua in ["oltp_read_only", "oltp_read_write"] {
+        for mode in ["auto", "disable"] {
+            let output = sysbench(
+                &server,
+                Some(&daemon),
+                lua,
+                &[
+                    "--threads=2",
+                    "--time=4",
+                    &format!("--db-ps-mode={mode}"),
+                    "run",
+                ],
+            );
+            let report = assert_ok(&output);
+            assert!(report.contains("transactions:"), "{lua} {mode}: {report}");
+            let errors = report
+                .lines()
+                .find(|line| line.trim_start().starts_with("ignored errors:"))
+                .unwrap_or_default();
+            assert!(errors.contains(" 0 "), "{lua} {mode}: {errors}\n{report}");
+        }
+    }
+    // The consistency check sysbench cannot do: the tables hold what they held.
+    assert_eq!(
+        server.admin("SELECT COUNT(*) FROM shop.sbtest1").trim(),
+        "1000"
+    );
+}
+
+/// One long-lived pymysql connection run as an agent: each statement written to it is
+/// executed in the same session and answered with one JSON line.
+struct PySession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+const PY_SESSION: &str = r#"
+import json, sys, pymysql
+conn = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="x", password="",
+                       database="shop", autocommit=True)
+for line in sys.stdin:
+    cur = conn.cursor()
+    try:
+        cur.execute(line.strip())
+        print(json.dumps({"rows": [list(map(str, row)) for row in cur.fetchall()]}), flush=True)
+    except pymysql.MySQLError as error:
+        print(json.dumps({"error": [error.args[0], str(error.args[1])]}), flush=True)
+"#;
+
+impl PySession {
+    fn start(daemon: &TestDaemon, agent: &str, server: &MariaServer) -> Self {
+        // As `nobody`: root may approve what it holds, and nobody approves their own.
+        let mut child = std::process::Command::new(sluice_tests::sluice_bin())
+            .arg("--config")
+            .arg(&daemon.config_path)
+            .args([
+                "run",
+                "--agent",
+                agent,
+                "--user",
+                "nobody",
+                "--",
+                "/usr/bin/python3",
+            ])
+            .args(["-c", PY_SESSION, sluice_tests::mysql::HOST])
+            .arg(server.port().to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the python session");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends `sql` without waiting for its answer.
+    fn send(&mut self, sql: &str) {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{sql}").expect("write to the session");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// The answer to the statement sent before.
+    fn answer(&mut self) -> Value {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the answer");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not an answer: {line:?}"))
+    }
+
+    fn run(&mut self, sql: &str) -> Value {
+        self.send(sql);
+        self.answer()
+    }
+
+    /// Runs `sql`, which must succeed; returns its rows.
+    fn allowed(&mut self, sql: &str) -> Value {
+        let answer = self.run(sql);
+        assert!(answer["error"].is_null(), "{sql}: {answer}");
+        answer["rows"].clone()
+    }
+
+    /// Runs `sql`, which must be refused by sluice naming `why`.
+    fn refused(&mut self, sql: &str, why: &str) {
+        let answer = self.run(sql);
+        let message = answer["error"][1].as_str().unwrap_or_default().to_owned();
+        assert!(
+            message.contains("sluice") && message.contains(why),
+            "{sql}: {answer}"
+        );
+    }
+}
+
+impl Drop for PySession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sluice approvals list --json`, waiting for a hold of `agent` whose SQL has `sql`.
+fn wait_for_hold(daemon: &TestDaemon, agent: &str, sql: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let output = daemon.sluice(&["approvals", "list", "--json"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let held: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
+        if let Some(hold) = held
+            .into_iter()
+            .find(|h| text(h, "agent") == agent && text(h, "sql").contains(sql))
+        {
+            return hold;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hold for {sql}:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_statement_under_review_waits_for_a_human_and_runs_or_is_refused() {
+    let server = shop();
+    let daemon = brokered(
+        &server,
+        &["bot"],
+        &[
+            MyRule::allow("bot", &["read"]),
+            MyRule::review("bot", &["write"]),
+        ],
+    );
+    let mut session = PySession::start(&daemon, "bot", &server);
+    assert_eq!(
+        session.allowed("SELECT COUNT(*) FROM orders"),
+        serde_json::json!([["3"]])
+    );
+
+    session.send("INSERT INTO orders VALUES (4, 'bread')");
+    let hold = wait_for_hold(&daemon, "bot", "INSERT INTO orders");
+    assert_eq!(text(&hold, "resource"), "db");
+    assert_eq!(
+        text(&hold, "sql"),
+        "INSERT INTO orders VALUES (?, ?)",
+        "literals masked"
+    );
+    assert!(
+        !server.general_log().contains("bread"),
+        "held: not sent yet"
+    );
+    let id = hold["id"].as_u64().expect("id").to_string();
+    let approve = daemon.sluice(&["approve", &id, "--reason", "ticket OPS-7"]);
+    assert!(approve.status.success(), "{}", stderr(&approve));
+    assert!(session.answer()["error"].is_null());
+    assert_eq!(
+        server
+            .admin("SELECT item FROM shop.orders WHERE id = 4")
+            .trim(),
+        "bread"
+    );
+
+    session.send("DELETE FROM orders WHERE id = 4");
+    let hold = wait_for_hold(&daemon, "bot", "DELETE FROM orders");
+    let id = hold["id"].as_u64().expect("id").to_string();
+    let deny = daemon.sluice(&["deny", &id, "--reason", "not today"]);
+    assert!(deny.status.success(), "{}", stderr(&deny));
+    let answer = session.answer();
+    let message = answer["error"][1].as_str().unwrap_or_default();
+    assert!(
+        message.contains("denied by root") && message.contains("not today"),
+        "{answer}"
+    );
+    // The session goes on.
+    assert_eq!(
+        session.allowed("SELECT COUNT(*) FROM orders"),
+        serde_json::json!([["4"]])
+    );
+    assert!(!server.general_log().contains("DELETE FROM orders"));
+
+    let insert = wait_for_statement(&daemon, "bot", "for the approved INSERT", |s| {
+        text(s, "kind") == "INSERT" && !s["approval"].is_null()
+    });
+    assert_eq!(insert["approval"]["outcome"], "approved", "{insert:#}");
+    assert_eq!(insert["approval"]["reason"], "ticket OPS-7");
+    let delete = wait_for_statement(&daemon, "bot", "for the refused DELETE", |s| {
+        text(s, "kind") == "DELETE" && !s["approval"].is_null()
+    });
+    assert_eq!(delete["approval"]["outcome"], "denied", "{delete:#}");
+}
+
+#[test]
+fn a_grant_lets_a_refused_statement_run_until_it_is_revoked() {
+    let server = shop();
+    let daemon = brokered(&server, &["bot"], &[MyRule::allow("bot", &["read"])]);
+    let mut session = PySession::start(&daemon, "bot", &server);
+    session.refused("INSERT INTO orders VALUES (4, 'bread')", "default-deny");
+    let grant = daemon.sluice(&[
+        "grant",
+        "--agent",
+        "bot",
+        "--resource",
+        "db",
+        "--allow",
+        "write",
+        "--for",
+        "10m",
+        "--reason",
+        "backfill",
+        "--json",
+    ]);
+    assert!(grant.status.success(), "{}", stderr(&grant));
+    let grant: Value = serde_json::from_slice(&grant.stdout).expect("grant JSON");
+    session.allowed("INSERT INTO orders VALUES (4, 'bread')");
+    let id = grant["id"].as_u64().expect("grant id").to_string();
+    let revoke = daemon.sluice(&["revoke", &id, "--reason", "done"]);
+    assert!(revoke.status.success(), "{}", stderr(&revoke));
+    session.refused("INSERT INTO orders VALUES (5, 'milk')", "default-deny");
+    assert_eq!(server.admin("SELECT COUNT(*) FROM shop.orders").trim(), "4");
+}
+
+#[test]
+fn a_running_session_follows_reloads_even_for_statements_prepared_before() {
+    let server = shop();
+    let reader = [MyRule::allow("bot", &["read"])];
+    let writer = [
+        MyRule::allow("bot", &["read"]),
+        MyRule::allow("bot", &["write"]),
+    ];
+    let policy = |rules: &[MyRule]| server.policy(&["bot"], Some("shop-app"), rules);
+    let daemon = brokered(&server, &["bot"], &reader);
+    let mut session = PySession::start(&daemon, "bot", &server);
+    session.refused("INSERT INTO orders VALUES (4, 'bread')", "default-deny");
+
+    let policy_file = daemon.dir.path().join("policies").join("test.toml");
+    let generation = |daemon: &TestDaemon| daemon.status_json()["policy"]["generation"].as_u64();
+    let reload = |rules: &[MyRule], wanted: u64| {
+        std::fs::write(&policy_file, policy(rules)).expect("rewrite the policy");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while generation(&daemon) < Some(wanted) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reload:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    reload(&writer, 2);
+    session.allowed("INSERT INTO orders VALUES (4, 'bread')");
+    session.allowed("PREPARE add_row FROM 'INSERT INTO orders VALUES (5, ''milk'')'");
+
+    // Prepared while writes were allowed; executed after they no longer are.
+    reload(&reader, 3);
+    session.refused("EXECUTE add_row", "default-deny");
+    assert_eq!(server.admin("SELECT COUNT(*) FROM shop.orders").trim(), "4");
+    assert!(!server.general_log().contains("EXECUTE add_row"));
+}

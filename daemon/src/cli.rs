@@ -4,6 +4,7 @@
 //! `detach` work on the cgroup and bpffs directly because they must work (and fail
 //! closed) while no daemon is up.
 
+mod agent;
 mod approvals;
 mod export;
 mod live_policy;
@@ -90,6 +91,9 @@ pub enum Command {
     /// Detach the programs and drop their pinned maps. Agents are no longer
     /// intercepted afterwards; use when uninstalling.
     Detach,
+    /// Make systemd services agents (a drop-in per unit).
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +318,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Run(args) => run_agent(&Config::load(&cli.config)?, args),
         Command::Detach => detach(&Config::load(&cli.config)?),
+        Command::Agent(command) => agent::run(&Config::load(&cli.config)?, command),
         Command::SshCa(command) => ssh_ca::run(&Config::load(&cli.config)?, command),
         Command::Daemon(args) => {
             let mut config = Config::load(&cli.config)?;

@@ -171,6 +171,7 @@ impl MariaServer {
     pub fn try_admin(&self, sql: &str) -> Output {
         Command::new(tool("mariadb"))
             .args(["--no-defaults", "-u", "root", "-N", "-B"])
+            .arg("--default-character-set=utf8mb4")
             .arg(format!("--socket={}", self.socket.display()))
             .args(["-e", sql])
             .stdin(Stdio::null())
@@ -240,6 +241,8 @@ impl MariaServer {
             format!("--port={}", self.port),
             format!("--user={user}"),
             "--skip-ssl".into(),
+            "--default-character-set=utf8mb4".into(),
+            "--max-allowed-packet=64M".into(),
             database.into(),
         ]
     }

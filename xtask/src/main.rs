@@ -7,6 +7,7 @@
 //! CI (`.ci/run`) do exactly the same thing on a fresh machine.
 
 mod bench;
+mod package;
 mod setup;
 mod shell;
 mod vm;
@@ -70,6 +71,13 @@ enum Task {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Build the Debian package (target/package/sluice_VERSION_amd64.deb): the binary,
+    /// the systemd units, /etc/sluice/sluice.toml and a default-deny policy.
+    Package {
+        /// The package version (default: the workspace's).
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Run the end-to-end tests inside Debian's 6.1 and 6.12 kernels with the BPF LSM
     /// active, under QEMU (TCG) through virtme-ng (as root). Downloads what it needs.
     VmTest {
@@ -91,6 +99,10 @@ enum Task {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
         no_lint: bool,
+        /// Kernels for the VM step (the bypass suite with the BPF LSM, under QEMU):
+        /// 6.1, 6.12, all, or off. `cargo xtask vm-test` runs every suite.
+        #[arg(long, default_value = vm::CI_KERNELS)]
+        vm: String,
         /// Extra arguments for `cargo test`, after `--` (e.g. a test name filter).
         #[arg(last = true)]
         cargo_test_args: Vec<OsString>,
@@ -150,8 +162,14 @@ fn run_task(task: Task) -> Result<()> {
         }
         Task::Test {
             no_lint,
+            vm,
             cargo_test_args,
-        } => test(&workspace, no_lint, &cargo_test_args),
+        } => test(&workspace, no_lint, &vm, &cargo_test_args),
+        Task::Package { version } => {
+            let target = target_dir(&workspace);
+            step("setup", || setup::toolchain(&workspace))?;
+            package::package(&workspace, &target, version.as_deref()).map(drop)
+        }
         Task::VmTest {
             kernel,
             suites,
@@ -207,7 +225,12 @@ fn run_daemon(workspace: &Path, daemon_args: &[OsString]) -> Result<()> {
     Err(error).with_context(|| format!("could not start {}", binary.display()))
 }
 
-fn test(workspace: &Path, no_lint: bool, cargo_test_args: &[OsString]) -> Result<()> {
+fn test(
+    workspace: &Path,
+    no_lint: bool,
+    vm_kernels: &str,
+    cargo_test_args: &[OsString],
+) -> Result<()> {
     require_root(
         "test",
         "the integration tests create cgroups and attach eBPF programs",
@@ -243,6 +266,15 @@ fn test(workspace: &Path, no_lint: bool, cargo_test_args: &[OsString]) -> Result
             .env("SLUICE_PROBE", debug.join("sluice-probe"))
             .args(["test", "--workspace", "--exclude", "sluice-ebpf"])
             .args(cargo_test_args))
+    })?;
+    // A test filter is for the host's tests: the VM step runs only without one.
+    let vm_kernels = if cargo_test_args.is_empty() {
+        vm_kernels
+    } else {
+        "off"
+    };
+    step("vm-test", || {
+        vm::in_test_task(workspace, &target_dir(workspace), vm_kernels)
     })?;
     println!("\nall steps passed");
     Ok(())
@@ -320,6 +352,7 @@ mod tests {
         let Task::Test {
             no_lint,
             cargo_test_args,
+            ..
         } = cli.task
         else {
             panic!("parsed as another task");

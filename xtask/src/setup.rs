@@ -45,6 +45,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "sysbench",
     // tests/bypass.rs: whether the kernel can load BPF LSM programs, asked of bpftool.
     "bpftool",
+    // tests/identity.rs: the test issuer's RSA keys (ring cannot generate RSA keys).
+    "openssl",
     // tests/ssh.rs: a real sshd, and the real ssh, scp, sftp, git and rsync as agents.
     "openssh-server",
     "openssh-client",

@@ -253,10 +253,9 @@ impl Policy {
         };
         if let Some(unmet) = self.best_rule(identified, resource, operation, |rule| {
             !rule.applies_to(facts)
-        }) && best
-            .as_ref()
-            .is_none_or(|best| unmet.specificity >= best.specificity)
-        {
+        }) && best.as_ref().is_none_or(|best| {
+            best.action != Action::Allow && unmet.specificity >= best.specificity
+        }) {
             let why = match (&unmet.rule.when, facts.workload) {
                 (Some(when), Some(workload)) => {
                     when.first_mismatch(&workload.claims).unwrap_or_default()

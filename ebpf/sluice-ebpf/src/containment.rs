@@ -34,7 +34,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_uid, bpf_ktime_get_ns,
-        bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id,
+        bpf_probe_read_kernel, bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id,
     },
     macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm},
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext},
@@ -283,9 +283,41 @@ fn socket_sk(socket: *const u8) -> *mut c_void {
     unsafe { core::ptr::read_volatile(socket.add(SOCKET_SK_OFFSET).cast::<*mut c_void>()) }
 }
 
-/// Refuses a managed task's use of an inet socket created outside the cgroup.
+/// Fills in where a refused connect or send was going: the address the caller gave
+/// (`address`, a kernel copy of its sockaddr; null when it gave none), else for a
+/// connected IPv4 socket its peer. Left unset when neither is known.
 #[inline(always)]
-fn check_foreign_socket(socket: *const u8, hook: u32) -> i32 {
+fn fill_destination(origin: &mut Origin, address: *const u8, sk: *const u8) {
+    if !address.is_null() {
+        let family = unsafe { bpf_probe_read_kernel(address.cast::<u16>()) }.unwrap_or(0);
+        let port = unsafe { bpf_probe_read_kernel(address.add(2).cast::<u16>()) }.unwrap_or(0);
+        if family == AF_INET {
+            // struct sockaddr_in: the address at 4.
+            origin.dst_ip[0] =
+                unsafe { bpf_probe_read_kernel(address.add(4).cast::<u32>()) }.unwrap_or(0);
+            origin.dst_port = u16::from_be(port);
+            return;
+        }
+        if family == AF_INET6 {
+            // struct sockaddr_in6: the address at 8.
+            origin.dst_ip = unsafe { bpf_probe_read_kernel(address.add(8).cast::<[u32; 4]>()) }
+                .unwrap_or([0; 4]);
+            origin.dst_port = u16::from_be(port);
+            return;
+        }
+    }
+    if origin.dst_family == AF_INET {
+        // struct sock_common: skc_daddr at 0, skc_dport at 12.
+        origin.dst_ip[0] = unsafe { bpf_probe_read_kernel(sk.cast::<u32>()) }.unwrap_or(0);
+        let port = unsafe { bpf_probe_read_kernel(sk.add(12).cast::<u16>()) }.unwrap_or(0);
+        origin.dst_port = u16::from_be(port);
+    }
+}
+
+/// Refuses a managed task's use of an inet socket created outside the cgroup.
+/// `address` is the sockaddr the caller named, or null.
+#[inline(always)]
+fn check_foreign_socket(socket: *const u8, address: *const u8, hook: u32) -> i32 {
     if !current_is_managed() {
         return 0;
     }
@@ -313,12 +345,14 @@ fn check_foreign_socket(socket: *const u8, hook: u32) -> i32 {
     }
     let socket_type =
         unsafe { core::ptr::read_volatile(socket.add(SOCKET_TYPE_OFFSET).cast::<i16>()) };
+    let mut origin = task_origin(family);
+    fill_destination(&mut origin, address, sk.cast::<u8>());
     report(
         RefusalReason::ForeignSocket,
         0,
         hook,
         socket_type as u32,
-        task_origin(family),
+        origin,
     );
     -EPERM
 }
@@ -332,7 +366,8 @@ pub fn sluice_lsm_socket_connect(ctx: LsmContext) -> i32 {
         return previous;
     }
     let socket: *const u8 = ctx.arg(0);
-    check_foreign_socket(socket, HOOK_LSM_SOCKET_CONNECT)
+    let address: *const u8 = ctx.arg(1);
+    check_foreign_socket(socket, address, HOOK_LSM_SOCKET_CONNECT)
 }
 
 /// Refuses sending on a socket created outside the cgroup (already connected, or
@@ -345,7 +380,14 @@ pub fn sluice_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
         return previous;
     }
     let socket: *const u8 = ctx.arg(0);
-    check_foreign_socket(socket, HOOK_LSM_SOCKET_SENDMSG)
+    let message: *const u8 = ctx.arg(1);
+    // struct msghdr: msg_name (a kernel copy of the address, or null) comes first.
+    let address = if message.is_null() {
+        core::ptr::null()
+    } else {
+        unsafe { bpf_probe_read_kernel(message.cast::<*const u8>()) }.unwrap_or(core::ptr::null())
+    };
+    check_foreign_socket(socket, address, HOOK_LSM_SOCKET_SENDMSG)
 }
 
 /// A packet's network and transport header fields the backstop needs.

@@ -260,14 +260,7 @@ pub async fn login(
             upstream_request.encode(&mut payload);
             let seq = upstream.queue(upstream_seq, &payload);
             upstream.flush().await?;
-            relay_authentication(
-                &mut agent,
-                &mut upstream,
-                request_packet.next_seq,
-                seq,
-                upstream_caps,
-            )
-            .await?
+            relay_authentication(&mut agent, &mut upstream, request_packet.next_seq, seq).await?
         }
     };
     // The agent is told it is in, in the shape it negotiated.
@@ -388,7 +381,6 @@ async fn relay_authentication(
     upstream: &mut Conn,
     agent_seq: u8,
     upstream_seq: u8,
-    upstream_caps: u64,
 ) -> Result<Packet, ProxyError> {
     let shift = upstream_seq.wrapping_sub(agent_seq);
     loop {
@@ -418,7 +410,6 @@ async fn relay_authentication(
             .read()
             .await?
             .ok_or(ProxyError::AgentClosed("during the login"))?;
-        let _ = upstream_caps;
         upstream.queue(answer.seq.wrapping_add(shift), &answer.payload);
         upstream.flush().await?;
     }

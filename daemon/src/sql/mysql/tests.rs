@@ -977,3 +977,18 @@ fn lexer_never_panics_on_fragments() {
         }
     }
 }
+
+#[test]
+fn long_statements_up_to_the_limit_are_classified() {
+    // A dump's extended INSERT or a large value: far above PostgreSQL's 1 MiB limit.
+    let mut sql = String::from("INSERT INTO t VALUES ('");
+    sql.push_str(&"x\\'y".repeat(1024 * 1024));
+    sql.push_str("')");
+    assert!(sql.len() > 4 << 20);
+    assert_eq!(
+        classes_in(&sql, &mariadb()),
+        vec![(Operation::Write, "INSERT".to_owned())]
+    );
+    let too_long = "x".repeat(MAX_MYSQL_SQL_BYTES + 1);
+    assert_eq!(classes_in(&too_long, &mariadb())[0].0, Operation::Unparsed);
+}
