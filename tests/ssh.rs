@@ -224,6 +224,21 @@ fn command_classes_decide_allowed_denied_and_compound() {
     assert!(classes.contains(&("read", "allow")), "{classes:?}");
     assert!(classes.contains(&("dangerous", "deny")), "{classes:?}");
     assert!(classes.contains(&("unparsed", "deny")), "{classes:?}");
+
+    // Exported as OCSF SSH Activity: a refused command is a `Refuse`.
+    let exported = daemon.sluice(&["export", "--format", "ocsf"]);
+    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    let events: Vec<Value> = text(&exported.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let ssh: Vec<&Value> = events.iter().filter(|e| e["class_uid"] == 4007).collect();
+    assert!(
+        ssh.iter().any(|e| e["activity_name"] == "Refuse"),
+        "{events:#?}"
+    );
+    assert!(ssh.iter().any(|e| e["activity_name"] == "Open"));
+    assert!(ssh.iter().any(|e| e["activity_name"] == "Close"));
 }
 
 #[test]

@@ -79,6 +79,13 @@ pub const USER_ACCESS: Class = Class {
     category_uid: 3,
     category_name: "Identity & Access Management",
 };
+/// SSH channel requests (each exec, shell, subsystem, forward) and their results.
+pub const SSH_ACTIVITY: Class = Class {
+    uid: 4007,
+    name: "SSH Activity",
+    category_uid: 4,
+    category_name: "Network Activity",
+};
 pub const EVENT_LOG_ACTIVITY: Class = Class {
     uid: 1008,
     name: "Event Log Activity",
@@ -97,6 +104,21 @@ pub fn class_of(activity: &Activity) -> Class {
         Activity::Daemon { .. } | Activity::PolicyReload { .. } => APPLICATION_LIFECYCLE,
         Activity::Retention { .. } => EVENT_LOG_ACTIVITY,
     }
+}
+
+/// An SSH channel request is SSH Activity (4007): a request let through opens
+/// (`Open`), a refused one is `Refuse`, its end is `Close`.
+fn ssh_activity(activity: &Activity, class: &mut Class, mapped: &mut Mapped) {
+    let (activity_id, activity_name) = match activity {
+        Activity::Statement { decision, .. } if decision.action == "allow" => (1, "Open"),
+        Activity::Statement { decision, .. } if decision.action == "review" => (1, "Open"),
+        Activity::Statement { .. } => (5, "Refuse"),
+        Activity::StatementResult { .. } => (2, "Close"),
+        _ => return,
+    };
+    *class = SSH_ACTIVITY;
+    mapped.activity_id = activity_id;
+    mapped.activity_name = activity_name;
 }
 
 /// Outcome of an activity, as OCSF `status_id`.
@@ -121,8 +143,11 @@ struct Mapped {
 /// `stored` as an OCSF event object.
 pub fn event(stored: &StoredEvent) -> Value {
     let event = &stored.event;
-    let class = class_of(&event.activity);
-    let mapped = activity_fields(&event.activity, &event.context, &event.host);
+    let mut class = class_of(&event.activity);
+    let mut mapped = activity_fields(&event.activity, &event.context, &event.host);
+    if event.context.protocol.as_deref() == Some("ssh") {
+        ssh_activity(&event.activity, &mut class, &mut mapped);
+    }
     let type_uid = u64::from(class.uid) * 100 + u64::from(mapped.activity_id);
     let mut object = json!({
         "activity_id": mapped.activity_id,
