@@ -128,6 +128,26 @@ fn a_keyless_agent_runs_commands_like_directly() {
         global.contains("@cert-authority * ssh-ed25519 "),
         "{global}"
     );
+    // `uninstall` takes back only its own line; without it the daemon is a stranger.
+    let path = client.global_known_hosts.to_str().unwrap();
+    let removed = daemon.sluice(&["ssh-ca", "uninstall", "--known-hosts", path]);
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&client.global_known_hosts).unwrap(),
+        "# the test's own global known_hosts\n"
+    );
+    let stranger = client.ssh(&daemon, AGENT, &server, &[], "true");
+    assert_eq!(stranger.status.code(), Some(255));
+    assert!(
+        text(&stranger.stderr).contains("Host key verification failed"),
+        "{}",
+        text(&stranger.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&client.user_known_hosts).unwrap(),
+        "",
+        "StrictHostKeyChecking=yes wrote nothing"
+    );
 
     // Each request is a record with its command, class and exit status.
     let records = requests(&daemon, 2);
