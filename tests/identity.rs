@@ -569,3 +569,117 @@ fn the_same_agent_writes_from_main_but_not_from_a_feature_branch_and_records_say
         assert!(!export.contains(signature));
     }
 }
+
+#[test]
+fn a_held_write_shows_the_approver_who_asked_and_its_record_keeps_the_identity() {
+    let pg = shop_server();
+    let server = IssuerServer::start();
+    let key = SigningKey::es256("gh-1");
+    server.publish("github", &[&key]);
+    let policy = deployer_policy(pg.port()).replace(
+        "operations = [\"write\"]\naction = \"allow\"",
+        "operations = [\"write\"]\naction = \"review\"",
+    );
+    let daemon = TestDaemon::start_with_config(
+        &policy,
+        "",
+        &issuer_config(&server, "github", &["ES256"], ""),
+    );
+    let token = key.sign(&github_claims(
+        &server.issuer("github"),
+        AUDIENCE,
+        "refs/heads/main",
+    ));
+    let path = daemon.dir.path().join("token.jwt");
+    std::fs::write(&path, &token).expect("token file");
+    let source = format!("file={}", path.display());
+    let mut psql = PgCommand::agent_with_options(
+        &daemon,
+        "deployer",
+        &["--identity", &source, "--user", "nobody"],
+        "psql",
+    )
+    .password(APP_PASSWORD)
+    .args([
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-At",
+        "-h",
+        "127.0.0.2",
+        "-p",
+    ])
+    .arg(pg.port().to_string())
+    .args([
+        "-U",
+        "app",
+        "-d",
+        "shop",
+        "-c",
+        "UPDATE orders SET item = 'scones' WHERE id = 2",
+    ])
+    .spawn();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let hold = loop {
+        let listed = daemon.sluice(&["approvals", "list", "--json"]);
+        let held: Vec<Value> = serde_json::from_slice(&listed.stdout).expect("approvals JSON");
+        if let Some(hold) = held.into_iter().next() {
+            break hold;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was held: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        hold["identity"]["claims"]["repository"], "acme/api",
+        "{hold:#}"
+    );
+    assert_eq!(hold["identity"]["claims"]["actor"], "alice", "{hold:#}");
+    assert_eq!(
+        hold["identity"]["claims"]["ref"], "refs/heads/main",
+        "{hold:#}"
+    );
+    let listed = daemon.sluice(&["approvals", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("identity: github repo:acme/api ref:refs/heads/main"),
+        "{listed}"
+    );
+
+    let id = hold["id"].as_u64().expect("id").to_string();
+    let approved = daemon.sluice(&["approve", &id, "--reason", "release 1.2"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    let status = psql.wait().expect("psql");
+    assert!(status.success(), "the approved write ran");
+    assert_eq!(
+        pg.psql_local("app", "shop", "SELECT item FROM orders WHERE id = 2")
+            .trim(),
+        "scones"
+    );
+
+    let session = daemon
+        .sessions(Some("deployer"))
+        .into_iter()
+        .next()
+        .expect("a session");
+    let id = session["id"].as_u64().expect("id").to_string();
+    let shown = daemon.sluice(&["sessions", "show", &id, "--json"]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("show JSON");
+    let statement = &shown["statements"][0];
+    assert_eq!(
+        statement["approval"]["outcome"], "approved",
+        "{statement:#}"
+    );
+    assert_eq!(
+        statement["identity"]["claims"]["sha"], "9f1c2e7d4b6a8c0e1f2a3b4c5d6e7f8091a2b3c4",
+        "{statement:#}"
+    );
+    assert_eq!(
+        statement["identity"]["subject"],
+        "repo:acme/api:ref:refs/heads/main"
+    );
+}

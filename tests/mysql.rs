@@ -233,6 +233,59 @@ fn no_backslash_escapes_cannot_smuggle_a_second_statement() {
     wait_for_statement(&daemon, "bot", "for the smuggle", |s| {
         s["decision"]["action"] == "deny" && text(s, "sql").contains("DROP")
     });
+    // Turning off the session tracking the daemon reads sql_mode from is refused too.
+    let output = server.client_as(
+        &daemon,
+        "bot",
+        "shop",
+        &["-e", "SET @@session.session_track_system_variables = ''"],
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("mysql-session-tracking"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn malformed_packets_end_only_their_own_session() {
+    let server = shop();
+    let daemon = brokered(&server, &["bot"], &[MyRule::allow("bot", &["read"])]);
+    // A login request that is three bytes of nothing, then a packet claiming 16 MB
+    // that never comes: each session ends, the daemon goes on.
+    let script = format!(
+        "import socket\n\
+         for junk in [b'\\x03\\x00\\x00\\x01abc', b'\\xff\\xff\\xff\\x01' + b'x' * 100]:\n\
+         \x20   s = socket.create_connection(('{host}', {port}), timeout=10)\n\
+         \x20   s.recv(4096)\n\
+         \x20   s.sendall(junk)\n\
+         \x20   s.shutdown(socket.SHUT_WR)\n\
+         \x20   print(len(s.recv(4096)))\n",
+        host = sluice_tests::mysql::HOST,
+        port = server.port()
+    );
+    let mut command = agent_command(&daemon, "bot", std::path::Path::new("/usr/bin/python3"));
+    command.args(["-c", &script]);
+    assert_ok(&run_with_timeout(command, None));
+    daemon.wait_for_sessions(
+        Some("bot"),
+        "two sessions ended by protocol errors",
+        |sessions| {
+            sessions
+                .iter()
+                .filter(|s| text(s, "close_reason").starts_with("protocol_error"))
+                .count()
+                == 2
+        },
+    );
+    let output = server.client_as(
+        &daemon,
+        "bot",
+        "shop",
+        &["-N", "-B", "-e", "SELECT COUNT(*) FROM orders"],
+    );
+    assert_eq!(assert_ok(&output).trim(), "3");
 }
 
 #[test]
@@ -1331,4 +1384,57 @@ fn a_running_session_follows_reloads_even_for_statements_prepared_before() {
     session.refused("EXECUTE add_row", "default-deny");
     assert_eq!(server.admin("SELECT COUNT(*) FROM shop.orders").trim(), "4");
     assert!(!server.general_log().contains("EXECUTE add_row"));
+}
+
+#[test]
+fn the_daemon_speaks_verified_tls_upstream_for_an_agent_that_does_not() {
+    let pki = sluice_tests::pki::TestPki::for_host(sluice_tests::mysql::HOST);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, certificate, key) = pki.write_to(dir.path());
+    let server = MariaServer::start_tls(&certificate, &key, &ca);
+    server.admin(
+        "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT); \
+         CREATE USER 'tls'@'%' IDENTIFIED BY 'tls-Secret-pw' REQUIRE SSL; \
+         GRANT ALL ON shop.* TO 'tls'@'%'",
+    );
+    let policy = |ca_file: &std::path::Path| {
+        server
+            .policy(&["bot"], Some("shop-tls"), &[MyRule::allow("bot", &["read"])])
+            .replace(
+                "protocol = \"mysql\"",
+                &format!(
+                    "protocol = \"mysql\"\ntls = {{ mode = \"verify-full\", ca_file = {ca_file:?} }}"
+                ),
+            )
+    };
+    let credentials = server.credentials("shop-tls", "tls", "tls-Secret-pw");
+    let daemon = TestDaemon::start_with_credentials(&policy(&ca), &credentials);
+    // The agent speaks plain MySQL; the server sees TLS (the user requires it).
+    let output = server.client_as(
+        &daemon,
+        "bot",
+        "shop",
+        &[
+            "-N",
+            "-B",
+            "-e",
+            "SELECT CURRENT_USER(), VARIABLE_VALUE <> '' FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'",
+        ],
+    );
+    assert_eq!(assert_ok(&output).trim(), "tls@%\t1");
+    drop(daemon);
+
+    // A CA that did not sign the server's certificate: refused, nothing relayed.
+    let other = sluice_tests::pki::TestPki::for_host(sluice_tests::mysql::HOST);
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let (other_ca, _, _) = other.write_to(other_dir.path());
+    let daemon = TestDaemon::start_with_credentials(&policy(&other_ca), &credentials);
+    let output = server.client_as(&daemon, "bot", "shop", &["-e", "SELECT 1"]);
+    assert!(!output.status.success());
+    let error = stderr(&output);
+    assert!(
+        error.contains("no verified TLS connection to `db`"),
+        "{error}"
+    );
+    assert!(!error.contains("tls-Secret-pw"));
 }

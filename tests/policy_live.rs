@@ -881,3 +881,105 @@ fn policy_reload_on_demand_and_after_the_directory_is_replaced() {
     wait_for_generation(&daemon, 5);
     assert_eq!(live_rule(&daemon, "write"), "writes");
 }
+
+/// A resource whose protocol this sluice relays but does not decode.
+const UNDECODED_HTTP: &str = "[[resource]]\nname = \"api\"\naddresses = [\"127.0.0.2\"]\nports = [8080]\nprotocol = \"http\"\n\n\
+    [[rule]]\nagent = \"ci-bot\"\nresource = \"api\"\noperations = [\"read\"]\naction = \"allow\"\n";
+
+const NOT_DECODED: &str =
+    "protocol `http` is not decoded by this sluice yet: its rules could not be enforced";
+
+#[test]
+fn a_protocol_sluice_does_not_decode_fails_check_reload_and_start() {
+    let (code, stderr) = policy_check(&[
+        ("10-base.toml", BASE_POLICY),
+        ("20-api.toml", UNDECODED_HTTP),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let problem = problem_at(&stderr, "20-api.toml:1:");
+    assert!(
+        problem.contains("resource `api`") && problem.contains(NOT_DECODED),
+        "{problem}"
+    );
+
+    // A running daemon keeps its policy and says why.
+    let mut daemon = TestDaemon::start(BASE_POLICY);
+    let policies = daemon.dir.path().join("policies");
+    std::fs::write(policies.join("20-api.toml"), UNDECODED_HTTP).expect("write policy");
+    let rejected = daemon.sluice(&["policy", "reload"]);
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert_eq!(rejected.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(NOT_DECODED), "{stderr}");
+    assert_eq!(generation(&daemon), 1);
+    let errors = daemon.status_json()["policy"]["last_rejected"]["errors"].to_string();
+    assert!(errors.contains(NOT_DECODED), "{errors}");
+
+    // And a daemon does not start with it.
+    daemon.kill();
+    let mut child = Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .arg("daemon")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice daemon");
+    let deadline = Instant::now() + Duration::from_secs(30) * sluice_tests::slowdown();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon started with a policy naming an undecoded protocol");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("20-api.toml:1:") && stderr.contains(NOT_DECODED),
+        "{stderr}"
+    );
+}
+
+/// Runs `sluice ARGS` with stdout on a pipe whose reader has already gone (as after
+/// `| head -1` has read its line) and returns its exit status and stderr.
+fn sluice_into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let output = Command::new(sluice_tests::sluice_bin())
+        .args(args)
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run sluice");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_exits_quietly_when_its_output_pipe_closes_early() {
+    let daemon = TestDaemon::start(BASE_POLICY);
+    let config = daemon.config_path.display().to_string();
+    let policies = daemon.dir.path().join("policies").display().to_string();
+    for args in [
+        vec!["--config", &config, "status"],
+        vec!["--config", &config, "sessions", "list"],
+        vec!["policy", "check", &policies],
+    ] {
+        let (status, stderr) = sluice_into_closed_pipe(&args);
+        assert!(
+            stderr.is_empty(),
+            "sluice {args:?} wrote to stderr: {stderr}"
+        );
+        assert_eq!(status.code(), Some(141), "sluice {args:?}: {status}");
+    }
+}

@@ -211,6 +211,7 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         masked: Default::default(),
         nulled: 0,
         approval: None,
+        identity: None,
     }
 }
 

@@ -538,7 +538,7 @@ fn client(config_path: &Path) -> Result<ControlClient, CliError> {
 }
 
 fn policy_check(dir: &Path) -> ExitCode {
-    let diagnostics = crate::policy::check_dir(dir);
+    let diagnostics = crate::policy::check_dir(dir, &crate::daemon::enforceable_protocols());
     if diagnostics.is_empty() {
         println!("{}: ok", dir.display());
         return ExitCode::SUCCESS;

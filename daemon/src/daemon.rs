@@ -88,7 +88,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     // Policies may name only the configured identity issuers.
     crate::workload::set_known_issuers(&config.identity);
-    let policy = Policy::load_dir(&config.daemon.policy_dir)?;
+    let policy = Policy::load_dir(&config.daemon.policy_dir, &enforceable_protocols())?;
     let credentials = Credentials::load(&config.daemon.credentials_file)?;
     let policy = Arc::new(PolicyHandle::new(policy));
 
@@ -331,6 +331,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// What policies may name: the protocols the core serves and every registered decoder.
+pub fn enforceable_protocols() -> crate::policy::SupportedProtocols {
+    crate::protocols::Registry::standard().supported()
+}
+
 /// Replaces the policy if the directory holds a valid one; otherwise keeps the old one
 /// and logs each problem on a line of its own. `trigger` says why (`sighup`,
 /// `file_change`, `api`).
@@ -340,7 +345,7 @@ pub fn reload_policy(
     trigger: &str,
     store: &Store,
 ) -> ReloadReport {
-    match Policy::load_dir(dir) {
+    match Policy::load_dir(dir, &enforceable_protocols()) {
         Ok(new) => {
             let counts = new.counts();
             crate::audit::record_policy_reload(

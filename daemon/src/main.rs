@@ -6,6 +6,7 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    exit_quietly_when_stdout_closes();
     let cli = sluice::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -30,4 +31,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sluice status | head -1`: once the reader of stdout has gone, printing fails with
+/// EPIPE and `println!` panics. That is no failure of sluice's, so the process ends
+/// quietly with the status a SIGPIPE would have given it (141), for every subcommand.
+/// Any other panic is reported as usual. SIGPIPE itself stays ignored (Rust's default),
+/// so that a socket peer going away stays an error the daemon and the control client
+/// can report instead of a silent death.
+fn exit_quietly_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or_default();
+        // `failed printing to stdout: Broken pipe (os error 32)`
+        if message.starts_with("failed printing to stdout")
+            && message.to_ascii_lowercase().contains("broken pipe")
+        {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }

@@ -60,6 +60,20 @@ impl MariaServer {
     /// A fresh server: installs a data directory, starts `mariadbd` on a free port and
     /// waits until it answers. `root` logs in over the socket without a password.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`MariaServer::start`] with TLS on, from this certificate and key (PEM) signed by
+    /// `ca` (its path).
+    pub fn start_tls(certificate: &Path, key: &Path, ca: &Path) -> Self {
+        Self::start_with(&[
+            format!("--ssl-cert={}", certificate.display()),
+            format!("--ssl-key={}", key.display()),
+            format!("--ssl-ca={}", ca.display()),
+        ])
+    }
+
+    fn start_with(extra_args: &[String]) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("sluice-maria-")
@@ -115,6 +129,7 @@ impl MariaServer {
                     "--max-connections=300",
                     "--character-set-server=utf8mb4",
                 ])
+                .args(extra_args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -16,6 +16,7 @@ mod pgbench;
 mod probes;
 mod report;
 mod servers;
+mod sysbench;
 
 use std::{
     fs,
@@ -162,6 +163,8 @@ pub struct Results {
     pub idle: Option<idle::IdleResult>,
     pub masking_mb_s: Option<f64>,
     pub recording: Vec<(String, f64)>,
+    /// sysbench against MariaDB, directly and through sluice.
+    pub sysbench: Option<sysbench::Measured>,
     pub perf: Option<String>,
     /// CPU seconds per thread group of the batched daemon over the pgbench runs.
     pub daemon_threads: Vec<(String, f64)>,
@@ -203,6 +206,7 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
         idle: None,
         masking_mb_s: None,
         recording: Vec::new(),
+        sysbench: None,
         perf: None,
         daemon_threads: Vec::new(),
         minutes: 0.0,
@@ -287,6 +291,16 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
             Ok(())
         });
     }
+    attempt(
+        &options,
+        &mut failed,
+        "sysbench",
+        "sysbench on MariaDB",
+        || {
+            results.sysbench = Some(sysbench::run(&scratch, &binary, &options)?);
+            Ok(())
+        },
+    );
     attempt(&options, &mut failed, "idle", "idle connections", || {
         results.idle = Some(idle::run(&scratch, &binary, &options.idle_counts)?);
         Ok(())

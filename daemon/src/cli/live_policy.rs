@@ -149,7 +149,7 @@ pub async fn explain(
     };
     let explanation: Explanation = match &args.policy_dir {
         Some(dir) => {
-            let policy = match Policy::load_dir(dir) {
+            let policy = match Policy::load_dir(dir, &crate::daemon::enforceable_protocols()) {
                 Ok(policy) => policy,
                 Err(errors) => {
                     for diagnostic in &errors.0 {

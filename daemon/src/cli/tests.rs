@@ -135,6 +135,7 @@ fn statement(session_id: u64, seq: u64, offset_ms: i64) -> StatementRecord {
         masked: Default::default(),
         nulled: 0,
         approval: None,
+        identity: None,
         parameters: Vec::new(),
     }
 }

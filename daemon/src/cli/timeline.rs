@@ -285,6 +285,7 @@ mod tests {
             masked: Default::default(),
             nulled: 0,
             approval: None,
+            identity: None,
             parameters: Vec::new(),
         }
     }

@@ -191,6 +191,7 @@ fn statement(session_id: u64, seq: u64) -> StatementRecord {
         masked: [("email".to_owned(), 1)].into_iter().collect(),
         nulled: 0,
         approval: None,
+        identity: None,
         parameters: Vec::new(),
     }
 }

@@ -140,6 +140,12 @@ impl<'s> Pipeline<'s> {
             details: operation.details.clone(),
             params: operation.parameters.len(),
             parameters: operation.parameters.clone(),
+            identity: self
+                .session
+                .identity
+                .workload
+                .as_ref()
+                .map(|workload| workload.record.clone()),
             ..OperationRecord::begun(
                 self.session.session_id,
                 self.seq,

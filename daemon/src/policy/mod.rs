@@ -108,8 +108,38 @@ impl Policy {
     /// Loads every `*.toml` file directly in `dir`, sorted by file name (dot-files are
     /// skipped). A directory without policy files is valid and denies everything; a
     /// missing directory is an error.
-    pub fn load_dir(dir: &Path) -> Result<Policy, PolicyErrors> {
-        load::load_dir(dir)
+    ///
+    /// `supported` is what this sluice can enforce (the binary asks its protocol
+    /// registry): a resource of any other protocol is an error, since its rules would
+    /// never be applied.
+    pub fn load_dir(dir: &Path, supported: &SupportedProtocols) -> Result<Policy, PolicyErrors> {
+        let policy = load::load_dir(dir)?;
+        policy.check_enforceable(supported)?;
+        Ok(policy)
+    }
+
+    /// Refuses a policy that names what `supported` cannot enforce: a resource whose
+    /// protocol no handler decodes.
+    pub fn check_enforceable(&self, supported: &SupportedProtocols) -> Result<(), PolicyErrors> {
+        let diagnostics: Vec<Diagnostic> = self
+            .resources
+            .iter()
+            .filter(|resource| !supported.contains(resource.protocol))
+            .map(|resource| Diagnostic {
+                file: resource.location.file.clone(),
+                line: resource.location.line,
+                column: resource.location.column,
+                message: format!(
+                    "resource `{}`: protocol `{}` is not decoded by this sluice yet: its rules could not be enforced",
+                    resource.name, resource.protocol
+                ),
+            })
+            .collect();
+        if diagnostics.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyErrors(diagnostics))
+        }
     }
 
     /// The mask profile named `name`.
@@ -393,9 +423,10 @@ impl Policy {
     }
 }
 
-/// Lists every problem in the policy directory; empty when it loads cleanly.
-pub fn check_dir(dir: &Path) -> Vec<Diagnostic> {
-    match Policy::load_dir(dir) {
+/// Lists every problem in the policy directory; empty when it loads cleanly with what
+/// `supported` can enforce.
+pub fn check_dir(dir: &Path, supported: &SupportedProtocols) -> Vec<Diagnostic> {
+    match Policy::load_dir(dir, supported) {
         Ok(_) => Vec::new(),
         Err(PolicyErrors(diagnostics)) => diagnostics,
     }

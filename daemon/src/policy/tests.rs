@@ -60,12 +60,12 @@ fn policies_dir() -> PathBuf {
 #[test]
 fn every_shipped_policy_directory_loads() {
     for dir in [policies_dir(), policies_dir().join("examples")] {
-        let policy = match Policy::load_dir(&dir) {
+        let policy = match Policy::load_dir(&dir, &SupportedProtocols::all()) {
             Ok(policy) => policy,
             Err(errors) => panic!("{} should load:\n{errors}", dir.display()),
         };
         assert!(policy.counts().rules > 0, "{} has rules", dir.display());
-        assert!(check_dir(&dir).is_empty());
+        assert!(check_dir(&dir, &SupportedProtocols::all()).is_empty());
     }
 }
 
@@ -91,7 +91,8 @@ fn every_example_file_loads_on_its_own() {
 
 #[test]
 fn default_policy_lets_demo_reach_its_two_services_and_nothing_else() {
-    let policy = Policy::load_dir(&policies_dir()).expect("default policy");
+    let policy =
+        Policy::load_dir(&policies_dir(), &SupportedProtocols::all()).expect("default policy");
     let demo = facts("demo");
 
     let postgres = policy.decide_connection(&demo, addr("127.0.0.1:5432"));
@@ -127,7 +128,8 @@ fn default_policy_lets_demo_reach_its_two_services_and_nothing_else() {
 
 #[test]
 fn examples_keep_the_writer_away_from_ddl_and_let_analytics_only_read() {
-    let policy = Policy::load_dir(&policies_dir().join("examples")).expect("examples");
+    let policy = Policy::load_dir(&policies_dir().join("examples"), &SupportedProtocols::all())
+        .expect("examples");
     let worker = facts("orders-worker");
     let orders = Some("orders-db");
     assert_eq!(
@@ -934,7 +936,7 @@ fn a_directory_loads_its_toml_files_in_name_order() {
     std::fs::write(dir.path().join(".hidden.toml"), "not toml [[").expect("write");
     std::fs::create_dir(dir.path().join("nested.toml")).expect("mkdir");
 
-    let policy = Policy::load_dir(dir.path()).expect("loads");
+    let policy = Policy::load_dir(dir.path(), &SupportedProtocols::all()).expect("loads");
     assert_eq!(
         policy.counts(),
         PolicyCounts {
@@ -950,7 +952,7 @@ fn a_directory_loads_its_toml_files_in_name_order() {
     );
 
     std::fs::write(dir.path().join("30-bad.toml"), "[[agent]]\nname = 3\n").expect("write");
-    let diagnostics = check_dir(dir.path());
+    let diagnostics = check_dir(dir.path(), &SupportedProtocols::all());
     assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
     assert_eq!(diagnostics[0].file, dir.path().join("30-bad.toml"));
     assert_eq!((diagnostics[0].line, diagnostics[0].column), (2, 8));
@@ -959,7 +961,8 @@ fn a_directory_loads_its_toml_files_in_name_order() {
 #[test]
 fn an_empty_directory_denies_everything_but_a_missing_one_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy = Policy::load_dir(dir.path()).expect("empty dir is a policy");
+    let policy =
+        Policy::load_dir(dir.path(), &SupportedProtocols::all()).expect("empty dir is a policy");
     assert_eq!(policy.counts(), PolicyCounts::default());
     assert_eq!(
         policy
@@ -969,7 +972,7 @@ fn an_empty_directory_denies_everything_but_a_missing_one_is_an_error() {
     );
 
     let missing = dir.path().join("missing");
-    let diagnostics = check_dir(&missing);
+    let diagnostics = check_dir(&missing, &SupportedProtocols::all());
     assert_eq!(diagnostics.len(), 1);
     assert_eq!(diagnostics[0].line, 0);
     let shown = diagnostics[0].to_string();
@@ -1014,7 +1017,8 @@ fn a_timeout_is_refused_outside_review_rules_and_when_malformed() {
 
 #[test]
 fn default_policy_lets_demo_resolve_names_and_no_one_else() {
-    let policy = Policy::load_dir(&policies_dir()).expect("default policy");
+    let policy =
+        Policy::load_dir(&policies_dir(), &SupportedProtocols::all()).expect("default policy");
     let dns = policy
         .resource_for(addr("10.9.8.7:53"))
         .map(|r| r.name.as_str());
@@ -1099,4 +1103,41 @@ fn host_names_are_checked_and_a_resource_needs_addresses_or_host_names() {
         "2:8",
         "needs `addresses`",
     );
+}
+
+#[test]
+fn a_protocol_no_handler_decodes_is_refused_where_its_resource_is_defined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("api.toml"),
+        "[[resource]]\nname = \"api\"\naddresses = [\"127.0.0.1\"]\nports = [8080]\nprotocol = \"http\"\n\n\
+         [[rule]]\nname = \"read-api\"\nagent = \"*\"\nresource = \"api\"\noperations = [\"read\"]\naction = \"allow\"\n",
+    )
+    .expect("write");
+    let core = SupportedProtocols::core().with([Protocol::Postgres]);
+    let diagnostics = check_dir(dir.path(), &core);
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    assert_eq!(diagnostics[0].line, 1);
+    assert_eq!(
+        diagnostics[0].message,
+        "resource `api`: protocol `http` is not decoded by this sluice yet: its rules could not be enforced"
+    );
+    assert!(Policy::load_dir(dir.path(), &core).is_err());
+    // Registering a decoder for it lifts the refusal.
+    let with_http = core.with([Protocol::Http]);
+    assert!(check_dir(dir.path(), &with_http).is_empty());
+    for protocol in ["mysql", "kubernetes", "ssh"] {
+        std::fs::write(
+            dir.path().join("api.toml"),
+            format!("[[resource]]\nname = \"api\"\naddresses = [\"127.0.0.1\"]\nports = [8080]\nprotocol = \"{protocol}\"\n"),
+        )
+        .expect("write");
+        let diagnostics = check_dir(dir.path(), &SupportedProtocols::core());
+        assert!(
+            diagnostics.iter().any(|d| d
+                .message
+                .contains(&format!("protocol `{protocol}` is not decoded"))),
+            "{protocol}: {diagnostics:?}"
+        );
+    }
 }

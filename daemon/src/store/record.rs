@@ -184,6 +184,10 @@ pub struct OperationRecord {
     /// For a statement a `review` rule held: how the hold ended and who decided.
     #[serde(default)]
     pub approval: Option<ApprovalRecord>,
+    /// The verified workload identity of the agent run that sent it (as its session's
+    /// `identity`); absent for runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::workload::RunIdentity>,
 }
 
 /// The PostgreSQL-era name of [`OperationRecord`].
@@ -221,6 +225,7 @@ impl OperationRecord {
             masked: Default::default(),
             nulled: 0,
             approval: None,
+            identity: None,
         }
     }
 }

@@ -67,7 +67,7 @@ static SLUICE_SCOPE: Array<ManagedScope, 1> = Array::new();
 
 /// Who created a socket in the managed cgroup. Its presence marks the socket as made
 /// inside; the backstop reports the creator, since a cgroup_skb program cannot ask for
-/// the current task before 6.10 (and the task sending a packet need not be the owner).
+/// the current task on 6.12 and older (and the task sending a packet need not own it).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct SocketOwner {
@@ -521,7 +521,7 @@ pub fn sluice_skb_egress(ctx: SkBuffContext) -> i32 {
         unsafe { *drops += 1 };
     }
     // The socket's cgroup and owner, not whichever task happens to be running (which
-    // a cgroup_skb program cannot even ask for before 6.10).
+    // a cgroup_skb program cannot even ask for on 6.12 and older).
     let mut origin = Origin {
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
         uid: unsafe { bpf_get_socket_uid(ctx.skb.skb) },

@@ -360,6 +360,9 @@ fn bpf_ns_per_connection(results: &Results, connect_path_only: bool) -> f64 {
 }
 
 fn targets(out: &mut String, results: &Results) -> Result<()> {
+    if let Some(measured) = &results.sysbench {
+        out.push_str(&super::sysbench::render(measured));
+    }
     writeln!(out, "## Targets\n\n| target | measured | |\n|---|---|---|")?;
     for way in [Way::SluiceBatched, Way::SluiceStrict, Way::SluiceMask] {
         let ratios: Vec<(String, f64)> = results

@@ -79,6 +79,10 @@
 //! - Functions are judged by name; a stored function may do anything its definer may.
 //! - Table names are as written; unqualified names are not resolved through the current
 //!   database, except that the `mysql` schema is recognised through [`MysqlContext::schema`].
+//! - `performance_schema` statement history and `SHOW PROCESSLIST` can show other
+//!   sessions' statements with their values; they are `read` like any other table.
+//! - Text in a character set other than UTF-8 must be valid UTF-8 to be classified
+//!   (plain ASCII always is); anything else is unparsed.
 
 mod classify;
 mod lexer;
@@ -292,6 +296,17 @@ impl PreparedNames {
             }
         }
         statement.classified = resolved;
+    }
+
+    /// Resolves every `EXECUTE` in one text's statements, counting the `PREPARE`s and
+    /// `DEALLOCATE`s before it in the same text (the server runs them in order), without
+    /// remembering anything: call [`Self::record`] for what the server then ran.
+    pub fn resolve_all(&self, statements: &mut [MysqlStatement]) {
+        let mut scratch = self.clone();
+        for statement in statements {
+            scratch.resolve(statement);
+            scratch.record(statement);
+        }
     }
 
     /// Remembers what a statement the server ran prepared or deallocated.

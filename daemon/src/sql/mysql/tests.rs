@@ -389,6 +389,7 @@ fn reads_and_writes() {
         "SELECT @@version",
         "SELECT @@session.tx_isolation",
         "SELECT a INTO @x FROM t",
+        "SELECT a, b FROM t WHERE id = 1 INTO @x, @y",
         "SELECT * FROM information_schema.tables",
         "SHOW VARIABLES LIKE 'x%'",
         "SHOW GRANTS FOR 'r'@'h'",
@@ -509,6 +510,11 @@ fn prepare_classifies_its_text_and_execute_uses_it() {
     names.record(&deallocate);
     names.resolve(&mut unknown);
     assert_eq!(unknown.classified.operation, Operation::Unparsed);
+    // PREPARE and EXECUTE in one text: the EXECUTE gets the class prepared before it.
+    let mut statements = classify_in("PREPARE d FROM 'DROP TABLE t'; EXECUTE d", &mariadb());
+    names.resolve_all(&mut statements);
+    assert_eq!(statements[1].classified.operation, Operation::Dangerous);
+    assert_eq!(statements[1].classified.kind, "EXECUTE DROP TABLE");
     let drop = classify_in("DROP PREPARE s", &mariadb()).remove(0);
     assert_eq!(drop.deallocates.as_deref(), Some("s"));
     assert_eq!(drop.classified.operation, Operation::Read);
