@@ -891,3 +891,40 @@ fn a_held_command_waits_for_approval_while_other_channels_work() {
         .unwrap_or_else(|| panic!("{records:#?}"));
     assert_eq!(touch["approval"]["outcome"], "approved");
 }
+
+#[test]
+fn command_rules_narrow_by_glob() {
+    let server = SshServer::start();
+    let rules = format!(
+        "[[rule]]\nagent = {AGENT:?}\nresource = \"hosts\"\noperations = [\"read\", \"write\", \"unparsed\"]\n\
+         ssh = {{ commands = [\"echo allowed *\", \"systemctl restart app\"] }}\naction = \"allow\"\n"
+    );
+    let (daemon, client) = start(&server, &rules);
+    let allowed = client.ssh(&daemon, AGENT, &server, &[], "echo allowed by glob");
+    assert!(
+        allowed.status.success(),
+        "{}",
+        explain(&allowed, &daemon, &server)
+    );
+    assert_eq!(text(&allowed.stdout), "allowed by glob\n");
+    for refused in [
+        "echo something else",
+        // A glob never spans a separator, even where `unparsed` is allowed.
+        "echo allowed x; id",
+        "echo allowed $(id)",
+    ] {
+        let output = client.ssh(&daemon, AGENT, &server, &[], refused);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{refused}: {}",
+            explain(&output, &daemon, &server)
+        );
+        assert!(
+            text(&output.stderr).contains("sluice: denied"),
+            "{}",
+            text(&output.stderr)
+        );
+        assert_eq!(text(&output.stdout), "", "{refused} never ran");
+    }
+}

@@ -140,6 +140,14 @@ struct RuleSpec {
     timeout: Option<Spanned<String>>,
     /// `{ claims = {...} }`: the rule applies only to runs whose workload identity matches.
     when: Option<Spanned<WhenSpec>>,
+    /// `{ commands = [...] }`: the rule covers only SSH commands matching these globs.
+    ssh: Option<Spanned<SshSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshSpec {
+    commands: Vec<String>,
 }
 
 struct ParsedFile<'a> {
@@ -706,6 +714,21 @@ impl Builder {
             },
         };
 
+        let ssh = match &spec.ssh {
+            None => None,
+            Some(narrowing) if narrowing.get_ref().commands.is_empty() => {
+                self.report(
+                    &file.locate(narrowing.span()),
+                    "`ssh.commands` must list at least one command glob",
+                );
+                valid = false;
+                None
+            }
+            Some(narrowing) => Some(crate::policy::SshNarrowing {
+                commands: narrowing.get_ref().commands.clone(),
+            }),
+        };
+
         if valid {
             self.rules.push(Rule {
                 name,
@@ -716,6 +739,7 @@ impl Builder {
                 mask,
                 timeout,
                 when,
+                ssh,
                 location,
             });
         }
@@ -747,6 +771,7 @@ impl Builder {
                     && earlier.resource == later.resource
                     && earlier.action != later.action
                     && earlier.when == later.when
+                    && earlier.ssh == later.ssh
                     && earlier
                         .operations
                         .overlaps_at_same_specificity(&later.operations)

@@ -31,7 +31,8 @@ pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::AgentIdentity;
 pub use model::{
     Action, Agent, AgentTls, HostPattern, Location, Operation, OperationSet, PortRange, Protocol,
-    Resource, Rule, Selector, SupportedProtocols, TlsMode, UnknownOperation, UpstreamTls,
+    Resource, Rule, Selector, SshNarrowing, SupportedProtocols, TlsMode, UnknownOperation,
+    UpstreamTls, command_glob_matches,
 };
 use model::{OperationMatch, Specificity};
 
@@ -251,6 +252,22 @@ impl Policy {
         self.decide_about(agent, resource, operation, &target)
     }
 
+    /// [`Self::decide`] for an SSH request with its command line: rules narrowed by
+    /// `ssh = { commands }` count only when one of their globs matches `command`.
+    pub fn decide_command(
+        &self,
+        agent: &AgentFacts<'_>,
+        resource: Option<&str>,
+        operation: Operation,
+        command: Option<&str>,
+    ) -> Decision {
+        let target = match resource {
+            Some(name) => format!("resource `{name}`"),
+            None => "a destination that is no resource".to_owned(),
+        };
+        self.decide_about_command(agent, resource, operation, &target, command)
+    }
+
     fn decide_about(
         &self,
         facts: &AgentFacts<'_>,
@@ -258,10 +275,22 @@ impl Policy {
         operation: Operation,
         target: &str,
     ) -> Decision {
+        self.decide_about_command(facts, resource, operation, target, None)
+    }
+
+    fn decide_about_command(
+        &self,
+        facts: &AgentFacts<'_>,
+        resource: Option<&str>,
+        operation: Operation,
+        target: &str,
+        command: Option<&str>,
+    ) -> Decision {
         let same_name = self.agents.iter().find(|agent| agent.name == facts.agent);
         let identified = same_name.filter(|agent| agent.satisfies_constraints(facts));
+        let narrowed = |rule: &Rule| narrowing_admits(rule, operation, command);
         let best = self.best_rule(identified, resource, operation, |rule| {
-            rule.applies_to(facts)
+            rule.applies_to(facts) && narrowed(rule)
         });
 
         let mut constraint_note = match (same_name, identified) {
@@ -282,7 +311,7 @@ impl Policy {
             _ => String::new(),
         };
         if let Some(unmet) = self.best_rule(identified, resource, operation, |rule| {
-            !rule.applies_to(facts)
+            !rule.applies_to(facts) && narrowed(rule)
         }) && best.as_ref().is_none_or(|best| {
             best.action != Action::Allow && unmet.specificity >= best.specificity
         }) {
@@ -341,6 +370,18 @@ impl Policy {
     }
 }
 
+/// Whether a rule's `ssh = { commands }` narrowing lets it judge `operation`: always
+/// for `connect` (it implies connecting), otherwise only an SSH request whose command
+/// matches. An unnarrowed rule always can.
+fn narrowing_admits(rule: &Rule, operation: Operation, command: Option<&str>) -> bool {
+    match &rule.ssh {
+        None => true,
+        Some(narrowing) => {
+            operation == Operation::Connect || command.is_some_and(|c| narrowing.matches(c))
+        }
+    }
+}
+
 impl Policy {
     /// The mask profile of the most specific `allow` rule for `operation`, ignoring
     /// every `deny` and `review` rule: what an allow rule would have applied.
@@ -356,7 +397,9 @@ impl Policy {
             .find(|agent| agent.name == facts.agent)
             .filter(|agent| agent.satisfies_constraints(facts));
         self.best_rule(identified, resource, operation, |rule| {
-            rule.action == Action::Allow && rule.applies_to(facts)
+            rule.action == Action::Allow
+                && rule.applies_to(facts)
+                && narrowing_admits(rule, operation, None)
         })
         .filter(|best| best.action == Action::Allow)
         .and_then(|best| best.rule.mask.clone())

@@ -294,6 +294,7 @@ fn at_equal_specificity_deny_beats_review_beats_allow() {
     let rule = |name: &str, action: Action| Rule {
         mask: None,
         when: None,
+        ssh: None,
         timeout: None,
         name: name.to_owned(),
         agent: Selector::Named("ci-bot".to_owned()),

@@ -230,39 +230,7 @@ fn classify_words(words: &[String]) -> (Operation, &'static str) {
     }
 }
 
-/// Whether `glob` matches `text`: `*` is any run of characters, `?` one character,
-/// everything else itself. Neither wildcard matches a shell metacharacter that
-/// separates or substitutes (`;&|<>$\`()` or a newline), so `systemctl status *` does
-/// not let `systemctl status x; rm -rf /` through.
-pub fn glob_matches(glob: &str, text: &str) -> bool {
-    const UNMATCHABLE: &[char] = &[';', '&', '|', '<', '>', '$', '`', '(', ')', '\n', '\r'];
-    let glob: Vec<char> = glob.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    // Classic iterative matcher with one backtrack point per `*`.
-    let (mut g, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if g < glob.len() && glob[g] == '?' && !UNMATCHABLE.contains(&text[t]) {
-            g += 1;
-            t += 1;
-        } else if g < glob.len() && glob[g] == '*' {
-            star = Some((g, t));
-            g += 1;
-        } else if g < glob.len() && glob[g] == text[t] {
-            g += 1;
-            t += 1;
-        } else if let Some((star_g, star_t)) = star
-            && !UNMATCHABLE.contains(&text[star_t])
-        {
-            g = star_g + 1;
-            t = star_t + 1;
-            star = Some((star_g, t));
-        } else {
-            return false;
-        }
-    }
-    glob[g..].iter().all(|&c| c == '*')
-}
+pub use crate::policy::command_glob_matches as glob_matches;
 
 /// One ref update a `git push` announces before its pack.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -164,7 +164,24 @@ impl Gate for PipelineGate<'_> {
         let operation = Self::operation(&request);
         let (decision, record) = {
             let mut pipeline = self.pipeline.lock().await;
-            let mut decision = pipeline.judge(&operation);
+            // The pipeline's judge, with the command line for `ssh = { commands }`
+            // narrowing; SSH output cannot be masked, so a mask profile refuses.
+            let session = self.session;
+            let mut decision = session.policy.decide_command(
+                &session.facts(),
+                &session.resource.name,
+                operation.class,
+                request.command.as_deref(),
+            );
+            if decision.action != Action::Deny
+                && let Some(profile) = &decision.mask
+            {
+                decision.action = Action::Deny;
+                decision.reason = format!(
+                    "{}; but SSH channel data cannot be masked under mask profile `{profile}`",
+                    decision.reason
+                );
+            }
             if let Some(why) = request.refused {
                 decision.action = Action::Deny;
                 decision.rule = "ssh".into();
