@@ -871,6 +871,13 @@ async fn run_started<G: Gate>(
     let id = agent.id();
     let begun = Instant::now();
     let is_exec = matches!(start, Start::Exec(_));
+    if is_exec {
+        // An exec is answered at once: whatever the verdict, the agent learns it as the
+        // command's output and exit status. (A late answer would be lost: russh forgets
+        // that a reply is owed once the agent sends a request that wants none, such as
+        // OpenSSH's `eow@openssh.com` at the end of its input, which comes during a hold.)
+        reply(&server, id, true).await;
+    }
     // While the request is judged (and perhaps held for a human), the agent's input is
     // read and kept, so its queue never blocks the connection's other channels.
     let (gone, agent_gone) = oneshot::channel();
@@ -917,7 +924,6 @@ async fn run_started<G: Gate>(
         if is_exec {
             // The command "ran" and failed: the agent's ssh prints why and exits 1,
             // and the connection's other channels go on.
-            reply(&server, id, true).await;
             let message = format!("sluice: {}\r\n", verdict.message);
             let _ = agent.extended_data(1, message.as_bytes()).await;
             let _ = agent.exit_status(1).await;
@@ -942,8 +948,18 @@ async fn run_started<G: Gate>(
         Start::Subsystem(name) => upstream.request_subsystem(true, name.clone()).await,
     };
     let ok = sent.is_ok() && upstream_reply(&mut upstream).await;
-    reply(&server, id, ok).await;
+    if !is_exec {
+        reply(&server, id, ok).await;
+    }
     if !ok {
+        if is_exec {
+            let _ = agent
+                .extended_data(1, &b"sluice: the server refused to run the command\r\n"[..])
+                .await;
+            let _ = agent.exit_status(1).await;
+            let _ = agent.eof().await;
+            let _ = agent.close().await;
+        }
         outcome.error = Some("the server refused the request".into());
         let _ = upstream.close().await;
         gate.finish(verdict.ticket, outcome).await;
