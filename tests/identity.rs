@@ -683,3 +683,99 @@ fn a_held_write_shows_the_approver_who_asked_and_its_record_keeps_the_identity()
         "repo:acme/api:ref:refs/heads/main"
     );
 }
+
+#[test]
+fn a_run_keeps_its_identity_across_a_daemon_restart_and_is_unbound_when_it_ends() {
+    let server = IssuerServer::start();
+    let key = SigningKey::es256("gh-1");
+    server.publish("github", &[&key]);
+    let mut daemon = TestDaemon::start_with_config(
+        sluice_tests::PROBE_SINKS_POLICY,
+        "",
+        &issuer_config(&server, "github", &["ES256"], ""),
+    );
+    let sink = sluice_tests::Sink::start("127.0.0.2:0");
+    let dial = sink.addr.to_string();
+    let token = key.sign(&github_claims(
+        &server.issuer("github"),
+        AUDIENCE,
+        "refs/heads/main",
+    ));
+    let token_path = daemon.dir.path().join("token.jwt");
+    std::fs::write(&token_path, &token).expect("token file");
+    let source = format!("file={}", token_path.display());
+    // The run waits for a go file, so that the daemon restarts while it runs.
+    let go = daemon.dir.path().join("go");
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.1; done; exec {probe} tcp {dial}",
+        go = go.display(),
+        probe = sluice_tests::probe_bin().display(),
+    );
+    let run = std::process::Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args([
+            "run",
+            "--agent",
+            "probe",
+            "--identity",
+            &source,
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the run");
+    let runs_file = daemon.dir.path().join("state/identity/runs.json");
+    let bound = |file: &Path| {
+        std::fs::read_to_string(file).is_ok_and(|text| text.contains("\"agent\":\"probe\""))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !bound(&runs_file) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run was not bound: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    daemon.restart();
+    std::fs::write(&go, "").expect("go");
+    let output = run.wait_with_output().expect("the run");
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("no probe report ({e}): {}", stderr(&output)));
+    assert_eq!(report["ok"], true, "{report}");
+    let session = daemon.closed_session("probe", &dial);
+    assert_eq!(
+        session["identity"]["claims"]["ref"], "refs/heads/main",
+        "{session:#}"
+    );
+    assert_eq!(
+        session["identity"]["claims"]["repository"], "acme/api",
+        "{session:#}"
+    );
+
+    // The run ended: its binding and its cgroup go.
+    let run_cgroup = sluice_tests::cgroup2_mount().join(
+        session["cgroup"]
+            .as_str()
+            .expect("cgroup")
+            .trim_start_matches('/'),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bound(&runs_file) || run_cgroup.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended run is still bound ({}) or its cgroup {} remains",
+            bound(&runs_file),
+            run_cgroup.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.log().contains("run ended; identity unbound"));
+}

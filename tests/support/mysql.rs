@@ -80,10 +80,15 @@ impl MariaServer {
             .tempdir()
             .expect("tempdir");
         let data = dir.path().join("data");
+        // Its own temporary directory: servers (and the bootstrap) name temporary
+        // tables by pid in a shared /tmp, which other tests' processes also clean.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("tmpdir");
         let install = Command::new(tool("mariadb-install-db"))
             .args(["--no-defaults", "--user=root", "--skip-test-db"])
             .arg("--auth-root-authentication-method=normal")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .stdin(Stdio::null())
             .output()
             .expect("run mariadb-install-db");
@@ -107,6 +112,7 @@ impl MariaServer {
             let child = Command::new(tool("mariadbd"))
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .args(["--user=root", "--skip-name-resolve", "--skip-log-bin"])
                 .arg(format!("--bind-address={HOST}"))
                 .arg(format!("--port={}", server.port))

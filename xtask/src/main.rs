@@ -91,6 +91,10 @@ enum Task {
         /// Seconds one guest may take, boot to shutdown.
         #[arg(long, default_value_t = 1500)]
         guest_timeout: u64,
+        /// Also install this package (`cargo xtask package`) in each guest and run
+        /// tests/package-smoke.sh: install, agent slice, restart, upgrade, purge.
+        #[arg(long)]
+        deb: Option<PathBuf>,
         /// Arguments for every test binary, after `--` (e.g. a test name filter).
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -174,6 +178,7 @@ fn run_task(task: Task) -> Result<()> {
             kernel,
             suites,
             guest_timeout,
+            deb,
             test_args,
         } => {
             require_root(
@@ -185,6 +190,7 @@ fn run_task(task: Task) -> Result<()> {
                 suites: vm::parse_suites(&suites)?,
                 test_args,
                 guest_timeout: std::time::Duration::from_secs(guest_timeout),
+                deb: deb.map(std::path::absolute).transpose()?,
             };
             vm::vm_test(&workspace, &target_dir(&workspace), &options)
         }

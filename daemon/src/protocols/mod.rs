@@ -15,6 +15,9 @@ pub mod mysql;
 pub mod postgres;
 pub mod ssh;
 
+#[cfg(test)]
+mod layout;
+
 use crate::{
     pipeline::{BoxFuture, ByteStream, Closed, Dial, SessionInfo, Upstream},
     policy::{Protocol, SupportedProtocols},

@@ -298,3 +298,126 @@ impl Parsed<'_> {
         verified.map_err(|_| JwsError::BadSignature)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ring::{
+        rand::SystemRandom,
+        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
+    };
+
+    use super::*;
+
+    fn b64(bytes: impl AsRef<[u8]>) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// An ES256 key, its JWK, and a token signer.
+    fn es256() -> (EcdsaKeyPair, Jwk) {
+        let rng = SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("generate");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("parse");
+        let point = pair.public_key().as_ref().to_vec();
+        let jwk = Jwk {
+            kty: "EC".into(),
+            kid: Some("k1".into()),
+            alg: Some("ES256".into()),
+            use_: Some("sig".into()),
+            n: None,
+            e: None,
+            crv: Some("P-256".into()),
+            x: Some(b64(&point[1..33])),
+            y: Some(b64(&point[33..65])),
+        };
+        (pair, jwk)
+    }
+
+    fn sign(pair: &EcdsaKeyPair, header: &str, payload: &str) -> String {
+        let signed = format!("{}.{}", b64(header), b64(payload));
+        let signature = pair
+            .sign(&SystemRandom::new(), signed.as_bytes())
+            .expect("sign");
+        format!("{signed}.{}", b64(signature.as_ref()))
+    }
+
+    #[test]
+    fn a_signed_token_verifies_with_its_key_only() {
+        let (pair, jwk) = es256();
+        let token = sign(&pair, r#"{"alg":"ES256","kid":"k1"}"#, r#"{"sub":"x"}"#);
+        let parsed = parse(&token, &[Algorithm::ES256]).expect("parses");
+        assert_eq!(parsed.kid.as_deref(), Some("k1"));
+        assert_eq!(parsed.claims["sub"], "x");
+        parsed.verify(&jwk).expect("verifies");
+        let (_, other) = es256();
+        assert_eq!(parsed.verify(&other), Err(JwsError::BadSignature));
+        let rsa = Jwk {
+            kty: "RSA".into(),
+            ..jwk.clone()
+        };
+        assert!(matches!(
+            parsed.verify(&rsa),
+            Err(JwsError::KeyMismatch { .. })
+        ));
+        let for_other_alg = Jwk {
+            alg: Some("ES384".into()),
+            ..jwk
+        };
+        assert!(matches!(
+            parsed.verify(&for_other_alg),
+            Err(JwsError::KeyMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn none_hmac_unlisted_algorithms_and_odd_shapes_are_refused_before_any_key() {
+        let (pair, _) = es256();
+        let payload = r#"{"sub":"x"}"#;
+        for alg in ["none", "None", "HS256", "hs512"] {
+            let token = format!(
+                "{}.{}.",
+                b64(format!(r#"{{"alg":"{alg}","kid":"k1"}}"#)),
+                b64(payload)
+            );
+            assert_eq!(
+                parse(&token, &Algorithm::ALL).err(),
+                Some(JwsError::Forbidden(alg.into())),
+                "{alg}"
+            );
+            assert!(
+                alg.parse::<Algorithm>().is_err(),
+                "{alg} is never configurable"
+            );
+        }
+        let token = sign(&pair, r#"{"alg":"ES256","kid":"k1"}"#, payload);
+        assert!(matches!(
+            parse(&token, &[Algorithm::RS256]),
+            Err(JwsError::NotAllowed { .. })
+        ));
+        let critical = sign(
+            &pair,
+            r#"{"alg":"ES256","kid":"k1","crit":["exp"]}"#,
+            payload,
+        );
+        assert!(matches!(
+            parse(&critical, &Algorithm::ALL),
+            Err(JwsError::Malformed(_))
+        ));
+        for malformed in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!.e30.",
+            &"a".repeat(MAX_TOKEN_LEN + 1),
+        ] {
+            assert!(
+                matches!(
+                    parse(malformed, &Algorithm::ALL),
+                    Err(JwsError::Malformed(_))
+                ),
+                "{malformed:.20}"
+            );
+        }
+    }
+}

@@ -62,12 +62,14 @@ impl MariaDb {
     fn start(scratch: &Scratch) -> Result<Self> {
         let dir = scratch.path.join("mariadb");
         let data = dir.join("data");
-        fs::create_dir_all(&dir)?;
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp)?;
         capture(
             Command::new("mariadb-install-db")
                 .args(["--no-defaults", "--user=root", "--skip-test-db"])
                 .arg("--auth-root-authentication-method=normal")
-                .arg(format!("--datadir={}", data.display())),
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display())),
         )
         .context("mariadb-install-db (install mariadb-server: cargo xtask setup)")?;
         let port = free_port(HOST)?;
@@ -76,6 +78,7 @@ impl MariaDb {
         let mut child = Command::new("mariadbd")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args(["--user=root", "--skip-name-resolve", "--skip-log-bin"])
             .arg(format!("--bind-address={HOST}"))
             .arg(format!("--port={port}"))

@@ -614,6 +614,15 @@ fn set_values_are_judged_as_expressions() {
         "SET STATEMENT max_statement_time=1 FOR SELECT 1",
         Operation::Read,
     );
+    // The server lexes the whole statement under the session's mode, before the
+    // statement's own sql_mode applies (checked against MariaDB 10.11): one SELECT.
+    assert_eq!(
+        classes_in(
+            r"SET STATEMENT sql_mode='NO_BACKSLASH_ESCAPES' FOR SELECT 'a\' ; DROP TABLE x; -- '",
+            &mariadb()
+        ),
+        vec![(Operation::Read, "SELECT".to_owned())]
+    );
 }
 
 // --- Clients ---------------------------------------------------------------------------
