@@ -93,9 +93,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let policy = Arc::new(PolicyHandle::new(policy));
 
     create_private_dir(&config.daemon.state_dir)?;
-    if let Err(error) = crate::protocols::ssh::prepare(&config.daemon.state_dir) {
-        tracing::error!(%error, "no SSH CA: SSH sessions will be refused");
-    }
+    crate::protocols::prepare(&config.daemon.state_dir);
     let store = Store::open(&config.store_dir(), StoreOptions::from(&config.store))?;
     let interrupted = store.close_interrupted("daemon_restart").await?;
     if interrupted > 0 {

@@ -1,11 +1,10 @@
 //! `sluice ssh-ca`: make OpenSSH on this host trust sluice's SSH CA.
 //!
 //! The daemon ends intercepted SSH connections with a host certificate signed by its
-//! CA (see `protocols/ssh/ca.rs`); one `@cert-authority * KEY` line in the system
-//! known_hosts makes every `ssh` on the host accept it silently, even under
-//! `StrictHostKeyChecking=yes`. This is the one place outside `protocols/` that
-//! names the SSH module: the CA key lives in the state directory and only root (this
-//! CLI) and the daemon read it.
+//! CA (see `protocols/ssh/ca.rs`, reached through the registry); one `@cert-authority *
+//! KEY` line in the system known_hosts makes every `ssh` on the host accept it
+//! silently, even under `StrictHostKeyChecking=yes`. The CA key lives in the state
+//! directory and only root (this CLI) and the daemon read it.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -14,7 +13,7 @@ use clap::Subcommand;
 use super::CliError;
 use crate::{
     config::Config,
-    protocols::ssh::ca::{SshCa, replace_file, with_ca_line, without_ca_line},
+    protocols::ssh_ca::{SshCa, replace_file, with_ca_line, without_ca_line},
 };
 
 /// The system-wide known_hosts OpenSSH reads by default.

@@ -15,6 +15,18 @@ pub mod mysql;
 pub mod postgres;
 pub mod ssh;
 
+/// sluice's SSH CA, for `sluice ssh-ca` (which makes OpenSSH trust it).
+pub use ssh::ca as ssh_ca;
+
+/// Prepares what the protocols keep in the state directory, at the daemon's start:
+/// the SSH CA (created on first start). A failure is logged; SSH sessions are then
+/// refused.
+pub fn prepare(state_dir: &std::path::Path) {
+    if let Err(error) = ssh::prepare(state_dir) {
+        tracing::error!(%error, "no SSH CA: SSH sessions will be refused");
+    }
+}
+
 #[cfg(test)]
 mod layout;
 
