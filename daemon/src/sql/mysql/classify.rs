@@ -444,8 +444,21 @@ fn is_tautology(expr: &Expr, depth: usize) -> bool {
     match expr {
         Expr::Value(value) => match &value.value {
             Value::Boolean(true) => true,
-            // MySQL reads a non-zero number as true.
+            // MySQL reads a non-zero number as true, and a string by its numeric prefix
+            // (`'1'`, `'1abc'`).
             Value::Number(number, _) => number.parse::<f64>().is_ok_and(|n| n != 0.0),
+            Value::SingleQuotedString(text) => {
+                let text = text.trim_start();
+                let prefix = text
+                    .char_indices()
+                    .take_while(|&(index, c)| {
+                        c.is_ascii_digit() || c == '.' || (index == 0 && matches!(c, '-' | '+'))
+                    })
+                    .count();
+                text.get(..prefix)
+                    .and_then(|number| number.parse::<f64>().ok())
+                    .is_some_and(|n| n != 0.0)
+            }
             _ => false,
         },
         Expr::Nested(inner) | Expr::IsTrue(inner) | Expr::IsNotFalse(inner) => {

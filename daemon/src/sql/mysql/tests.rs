@@ -322,6 +322,8 @@ fn dangerous_statements() {
         "DELETE FROM t",
         "UPDATE t SET a = 1",
         "UPDATE t SET a = 1 WHERE 1",
+        "DELETE FROM t WHERE '1abc'",
+        "DELETE FROM t WHERE id = id OR 2",
         "ALTER TABLE t DROP COLUMN c",
         "ANALYZE DELETE FROM t",
     ] {
@@ -422,6 +424,7 @@ fn reads_and_writes() {
         "INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE a = VALUES(a)",
         "UPDATE t SET a = 1 WHERE id = 2",
         "DELETE FROM t WHERE id = 2",
+        "DELETE FROM t WHERE 'abc'",
         "DELETE t1 FROM t1 JOIN t2 ON t1.a = t2.a WHERE t2.b = 1",
         "UPDATE t1 JOIN t2 ON t1.a = t2.a SET t1.b = 2 WHERE t2.c = 1",
         "CALL p(1)",
