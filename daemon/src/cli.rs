@@ -9,6 +9,7 @@ mod approvals;
 mod ca;
 mod export;
 mod live_policy;
+mod ssh_ca;
 #[cfg(test)]
 mod tests;
 mod timeline;
@@ -90,6 +91,10 @@ pub enum Command {
     /// Print a kubeconfig for a `kubernetes` resource: the cluster's server URL,
     /// sluice's CA, no credentials (the daemon injects its own).
     Kubeconfig(KubeconfigArgs),
+    /// Trust sluice's SSH CA in known_hosts (`install`, `uninstall`, `show`), so that
+    /// intercepted `ssh` connections are accepted without prompts.
+    #[command(subcommand, name = "ssh-ca")]
+    SshCa(ssh_ca::SshCaCommand),
     /// Detach the programs and drop their pinned maps. Agents are no longer
     /// intercepted afterwards; use when uninstalling.
     Detach,
@@ -196,6 +201,28 @@ pub struct ReplayArgs {
     /// Print each statement as one line of JSON (a statement record, see docs/api.md).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Plays an asciicast v3 recording: each output event after its interval (divided by
+/// `speed`; 0 plays without waiting), then the exit status.
+async fn play_cast(cast: &str, speed: f64, out: &mut impl Write) -> Result<(), CliError> {
+    for line in cast.lines().skip(1) {
+        let Ok((interval, code, data)) = serde_json::from_str::<(f64, String, String)>(line) else {
+            continue;
+        };
+        if speed > 0.0 && interval > 0.0 {
+            // Long pauses are capped like asciinema's idle limit: nobody waits minutes.
+            let wait = (interval / speed).min(2.0);
+            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+        }
+        match code.as_str() {
+            "o" => out.write_all(data.as_bytes()).map_err(CliError::Output)?,
+            "x" => write!(out, "\r\n[exit {data}]").map_err(CliError::Output)?,
+            _ => {}
+        }
+        out.flush().map_err(CliError::Output)?;
+    }
+    Ok(())
 }
 
 /// Replay speeds outside this range would only mean waiting for ever or not at all.
@@ -318,6 +345,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Ca(command) => ca::run(&Config::load(&cli.config)?, command),
         Command::Agent(command) => agent::run(&Config::load(&cli.config)?, command),
         Command::Kubeconfig(args) => kubeconfig(&Config::load(&cli.config)?, &args),
+        Command::SshCa(command) => ssh_ca::run(&Config::load(&cli.config)?, command),
         Command::Daemon(args) => {
             let mut config = Config::load(&cli.config)?;
             if let Some(dir) = args.policy_dir {
@@ -412,6 +440,33 @@ async fn replay(
 ) -> Result<(), CliError> {
     let (session, statements) = session_with_statements(client, args.id).await?;
     let speed = if args.instant { 0.0 } else { args.speed };
+    // A session with terminal recordings (SSH) replays its terminals.
+    let recordings = client.recordings(args.id).await.unwrap_or_default();
+    if !recordings.is_empty() && !args.json {
+        writeln!(
+            out,
+            "replaying session {} of {} ({} pid {}, {}/{}): {} terminal recording(s)",
+            session.id,
+            session.agent,
+            session.comm,
+            session.pid,
+            session.transport,
+            session.destination,
+            recordings.len(),
+        )
+        .map_err(CliError::Output)?;
+        for recording in &recordings {
+            let what = statements
+                .iter()
+                .find(|statement| statement.seq == recording.seq)
+                .map(|statement| statement.sql.clone())
+                .unwrap_or_default();
+            writeln!(out, "--- operation {}: {what}", recording.seq).map_err(CliError::Output)?;
+            play_cast(&recording.cast, speed, out).await?;
+            writeln!(out).map_err(CliError::Output)?;
+        }
+        return Ok(());
+    }
     let timeline = Timeline::new(&session, &statements);
     if !args.json {
         let pace = if speed > 0.0 {

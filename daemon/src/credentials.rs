@@ -8,6 +8,13 @@
 //! [orders-db]
 //! user = "orders_app"
 //! password = "..."
+//!
+//! [deploy-key]                       # SSH: a private key (root-only file) ...
+//! private_key_file = "/etc/sluice/deploy_ed25519"
+//! user = "deploy"                    # optional: else the user the agent named
+//!
+//! [web-hosts-ca]                     # ... or a short-lived user certificate signed
+//! ssh_user_ca = true                 # by sluice's SSH CA (sshd: TrustedUserCAKeys)
 //! ```
 
 use std::{
@@ -62,6 +69,7 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
+    /// Required for passwords; for SSH keys optional (the user the agent named).
     #[serde(default)]
     pub user: String,
     #[serde(default)]
@@ -74,11 +82,37 @@ pub struct Credential {
     pub header: Option<String>,
     /// HTTP: the value of `header`.
     pub value: Option<Secret>,
+    /// SSH: the private key (OpenSSH format) the daemon logs in with.
+    pub private_key_file: Option<PathBuf>,
+    /// SSH: log in with a short-lived user certificate from sluice's SSH CA, for a
+    /// fresh key, without forwarding or pty permissions.
+    #[serde(default)]
+    pub ssh_user_ca: bool,
 }
 
 impl Credential {
+    /// Whether the entry is an SSH key or certificate (no password needed).
+    pub fn is_ssh(&self) -> bool {
+        self.private_key_file.is_some() || self.ssh_user_ca
+    }
+
     /// Which shape the entry has, or why it has none.
     pub fn check(&self) -> Result<(), String> {
+        if self.private_key_file.is_some() && self.ssh_user_ca {
+            return Err("holds both `private_key_file` and `ssh_user_ca`".into());
+        }
+        if self.is_ssh() {
+            // An SSH entry may name the upstream user; it holds nothing else.
+            return match (
+                self.password.expose().is_empty(),
+                self.bearer.is_none() && self.header.is_none() && self.value.is_none(),
+            ) {
+                (true, true) => Ok(()),
+                _ => {
+                    Err("an SSH key entry holds no `password`, `bearer` or `header`/`value`".into())
+                }
+            };
+        }
         let login = !self.user.is_empty() || !self.password.expose().is_empty();
         let shapes = [
             login,
@@ -93,7 +127,10 @@ impl Credential {
                 Err("`user` and `password` go together".into())
             }
             1 => Ok(()),
-            0 => Err("needs `user` and `password`, `bearer`, or `header` and `value`".into()),
+            0 => Err(
+                "needs `user` and `password`, `bearer`, `header` and `value`, or (SSH) `private_key_file` or `ssh_user_ca = true`"
+                    .into(),
+            ),
             _ => Err(
                 "holds more than one of `user`/`password`, `bearer` and `header`/`value`".into(),
             ),
@@ -229,6 +266,21 @@ mod tests {
         assert_eq!(orders.user, "app");
         assert_eq!(orders.password.expose(), "s3cr3t");
         assert!(!format!("{credentials:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn ssh_entries_need_no_password_and_others_need_a_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "[key]\nprivate_key_file = \"/etc/sluice/k\"\n[ca]\nssh_user_ca = true\nuser = \"deploy\"\n",
+            0o600,
+        );
+        let credentials = Credentials::load(&path).unwrap();
+        assert!(credentials.get("key").unwrap().is_ssh());
+        assert_eq!(credentials.get("ca").unwrap().user, "deploy");
+        let path = write(dir.path(), "[x]\npassword = \"p\"\n", 0o600);
+        assert!(Credentials::load(&path).is_err());
     }
 
     #[test]

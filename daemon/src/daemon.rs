@@ -627,6 +627,23 @@ impl ControlBackend for Backend {
             .map_err(|error| BackendError::new(error.to_string()))
     }
 
+    fn recordings(
+        &self,
+        session_id: u64,
+    ) -> Result<Vec<crate::control::api::Recording>, BackendError> {
+        let recordings = self
+            .store
+            .recordings(session_id)
+            .map_err(|error| BackendError::new(error.to_string()))?;
+        Ok(recordings
+            .into_iter()
+            .map(|(seq, cast)| crate::control::api::Recording {
+                seq,
+                cast: String::from_utf8_lossy(&cast).into_owned(),
+            })
+            .collect())
+    }
+
     fn reload_policy(&self) -> Result<ReloadReport, ApiError> {
         Ok(reload_policy(
             &self.policy,

@@ -11,6 +11,7 @@ pub mod mysql;
 pub mod oidc;
 pub mod pki;
 pub mod postgres;
+pub mod ssh;
 
 use std::{
     collections::HashMap,

@@ -55,6 +55,11 @@ pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     // tests/identity.rs: the test issuer's RSA keys (ring cannot generate RSA keys).
     "openssl",
+    // tests/ssh.rs: a real sshd, and the real ssh, scp, sftp, git and rsync as agents.
+    "openssh-server",
+    "openssh-client",
+    "git",
+    "rsync",
 ];
 
 /// Everything: the Rust toolchain parts, then the Debian packages.

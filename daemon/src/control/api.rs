@@ -187,6 +187,11 @@ pub trait ControlBackend: Send + Sync + 'static {
     /// Every recorded statement of session `session_id`, in seq order; `None` when
     /// there is no such session (a session without statements is `Some` and empty).
     fn statements(&self, session_id: u64) -> Result<Option<Vec<StatementRecord>>, BackendError>;
+    /// The terminal recordings (asciicast v3) of a session, by operation seq
+    /// (`GET /v1/sessions/{id}/recordings`).
+    fn recordings(&self, _session_id: u64) -> Result<Vec<Recording>, BackendError> {
+        Ok(Vec::new())
+    }
     /// A peer was refused access to the control API, once per connection.
     fn refused(&self, peer: &PeerInfo, reason: &str);
 
@@ -254,4 +259,12 @@ pub trait ControlBackend: Send + Sync + 'static {
     ) -> Result<crate::export::select::EventPage, ApiError> {
         Err(ApiError::not_found("this daemon keeps no event log"))
     }
+}
+
+/// One terminal recording of a session: the operation it belongs to and its asciicast
+/// v3 text.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recording {
+    pub seq: u64,
+    pub cast: String,
 }

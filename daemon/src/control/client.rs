@@ -131,6 +131,14 @@ impl ControlClient {
         }
     }
 
+    /// `GET /v1/sessions/{id}/recordings`: the session's terminal recordings.
+    pub async fn recordings(
+        &self,
+        id: u64,
+    ) -> Result<Vec<crate::control::api::Recording>, ClientError> {
+        self.get(&format!("/v1/sessions/{id}/recordings")).await
+    }
+
     /// `GET path_and_query`, the 2xx body decoded as `T`.
     pub async fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, ClientError> {
         let body = self.send(Method::GET, path_and_query, None).await?;

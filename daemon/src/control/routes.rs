@@ -48,6 +48,11 @@ pub const ROUTES: &[Route] = &[
         handler: session_statements,
     },
     Route {
+        method: Method::GET,
+        pattern: "/v1/sessions/{id}/recordings",
+        handler: session_recordings,
+    },
+    Route {
         method: Method::POST,
         pattern: "/v1/policy/reload",
         handler: reload_policy,
@@ -269,6 +274,15 @@ fn session_statements(call: &Call<'_>) -> Result<Reply, ApiError> {
     match call.backend.statements(id) {
         Ok(Some(statements)) => Reply::json(&statements),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
+        Err(error) => Err(ApiError::internal(error.message)),
+    }
+}
+
+fn session_recordings(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    let id = session_id(call)?;
+    match call.backend.recordings(id) {
+        Ok(recordings) => Reply::json(&recordings),
         Err(error) => Err(ApiError::internal(error.message)),
     }
 }

@@ -79,18 +79,6 @@ pub const DATASTORE_ACTIVITY: Class = Class {
     category_uid: 6,
     category_name: "Application Activity",
 };
-pub const HTTP_ACTIVITY: Class = Class {
-    uid: 4002,
-    name: "HTTP Activity",
-    category_uid: 4,
-    category_name: "Network Activity",
-};
-pub const API_ACTIVITY: Class = Class {
-    uid: 6003,
-    name: "API Activity",
-    category_uid: 6,
-    category_name: "Application Activity",
-};
 pub const SSH_ACTIVITY: Class = Class {
     uid: 4007,
     name: "SSH Activity",
@@ -155,6 +143,20 @@ pub fn class_of(activity: &Activity) -> Class {
     }
 }
 
+/// An SSH channel request is SSH Activity (4007): a request let through opens
+/// (`Open`), a refused one is `Refuse`, its end is `Close`.
+fn ssh_activity(activity: &Activity, mapped: &mut Mapped) {
+    let (activity_id, activity_name) = match activity {
+        Activity::Statement { decision, .. } if decision.action == "allow" => (1, "Open"),
+        Activity::Statement { decision, .. } if decision.action == "review" => (1, "Open"),
+        Activity::Statement { .. } => (5, "Refuse"),
+        Activity::StatementResult { .. } => (2, "Close"),
+        _ => return,
+    };
+    mapped.activity_id = activity_id;
+    mapped.activity_name = activity_name;
+}
+
 /// Outcome of an activity, as OCSF `status_id`.
 #[derive(Clone, Copy)]
 enum Status {
@@ -185,6 +187,9 @@ pub fn event(stored: &StoredEvent) -> Value {
     );
     if is_operation && class != DATASTORE_ACTIVITY {
         operation_fields(class, &event.activity, &event.context, &mut mapped);
+    }
+    if class == SSH_ACTIVITY {
+        ssh_activity(&event.activity, &mut mapped);
     }
 
     let type_uid = u64::from(class.uid) * 100 + u64::from(mapped.activity_id);

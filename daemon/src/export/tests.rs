@@ -512,7 +512,7 @@ fn operations_map_to_the_ocsf_class_of_their_protocol_with_its_required_fields()
     ));
     assert_eq!(integer(&ssh, "/class_uid"), 4007);
     assert_eq!(integer(&ssh, "/category_uid"), 4);
-    assert_eq!(integer(&ssh, "/type_uid"), 400_706);
+    assert_eq!(integer(&ssh, "/type_uid"), 400_701);
     assert!(ssh.pointer("/src_endpoint").is_some() && ssh.pointer("/dst_endpoint").is_some());
     assert_eq!(string(&ssh, "/unmapped/ssh/command"), "uptime");
 }

@@ -134,6 +134,19 @@ impl Policy {
         let decision = self.decide_kubernetes(facts, resource, operation, request, summary);
         self.apply_grants(decision, grants, facts, operation, now)
     }
+    /// [`Policy::decide_command`], then the grants in force at `now`.
+    pub fn decide_command_with_grants(
+        &self,
+        grants: &[Grant],
+        facts: &AgentFacts<'_>,
+        resource: Option<&str>,
+        operation: Operation,
+        command: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Decision {
+        let decision = self.decide_command(facts, resource, operation, command);
+        self.apply_grants(decision, grants, facts, operation, now)
+    }
 
     /// [`Policy::decide_connection`], then the grants in force at `now`: a grant for
     /// any class on the destination's resource implies connecting to it.

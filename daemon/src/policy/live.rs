@@ -137,6 +137,25 @@ impl PolicyHandle {
         )
     }
 
+    /// May the process run SSH request `operation` with `command`, grants included
+    /// (rules narrowed by `ssh = { commands }` count when a glob matches).
+    pub fn decide_command(
+        &self,
+        facts: &AgentFacts<'_>,
+        resource: &str,
+        operation: Operation,
+        command: Option<&str>,
+    ) -> Decision {
+        self.current().decide_command_with_grants(
+            &self.grants(),
+            facts,
+            Some(resource),
+            operation,
+            command,
+            OffsetDateTime::now_utc(),
+        )
+    }
+
     /// May the process open a connection to `destination`, grants included.
     pub fn decide_connection(&self, facts: &AgentFacts<'_>, destination: SocketAddr) -> Decision {
         self.current().decide_connection_with_grants(

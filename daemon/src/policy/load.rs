@@ -120,6 +120,8 @@ struct ResourceSpec {
     protocol: Protocol,
     /// A name in the daemon's credentials file: the daemon logs in upstream with it.
     credential: Option<String>,
+    /// SSH: a known_hosts file pinning the upstream host keys.
+    known_hosts: Option<Spanned<std::path::PathBuf>>,
     #[serde(default)]
     tls: UpstreamTls,
     agent_tls: Option<Spanned<AgentTls>>,
@@ -143,6 +145,14 @@ struct RuleSpec {
     when: Option<Spanned<WhenSpec>>,
     /// Kubernetes resources: `{ verbs, api_groups, resources, namespaces, names }`.
     kubernetes: Option<Spanned<KubernetesNarrowing>>,
+    /// `{ commands = [...] }`: the rule covers only SSH commands matching these globs.
+    ssh: Option<Spanned<SshSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshSpec {
+    commands: Vec<String>,
 }
 
 struct ParsedFile<'a> {
@@ -542,6 +552,37 @@ impl Builder {
             );
             valid = false;
         }
+        if let Some(known_hosts) = &spec.known_hosts {
+            if spec.protocol != Protocol::Ssh {
+                self.report(
+                    &file.locate(known_hosts.span()),
+                    "`known_hosts` pins SSH host keys: only for `protocol = \"ssh\"`",
+                );
+                valid = false;
+            } else if !known_hosts.get_ref().is_file() {
+                self.report(
+                    &file.locate(known_hosts.span()),
+                    format!(
+                        "known_hosts file {} does not exist",
+                        known_hosts.get_ref().display()
+                    ),
+                );
+                valid = false;
+            }
+        } else if spec.protocol == Protocol::Ssh {
+            self.report(
+                &location,
+                "an ssh resource needs `known_hosts`: the upstream host keys the daemon accepts",
+            );
+            valid = false;
+        }
+        if spec.protocol == Protocol::Ssh && spec.credential.is_none() {
+            self.report(
+                &location,
+                "an ssh resource needs `credential`: the daemon logs in upstream, agents hold no key",
+            );
+            valid = false;
+        }
 
         if valid {
             self.resources.push(Resource {
@@ -551,6 +592,7 @@ impl Builder {
                 ports,
                 protocol: spec.protocol,
                 credential: spec.credential.clone(),
+                known_hosts: spec.known_hosts.as_ref().map(|path| path.get_ref().clone()),
                 tls: spec.tls.clone(),
                 agent_tls: spec.agent_tls.as_ref().map(|tls| tls.get_ref().clone()),
                 location,
@@ -786,6 +828,20 @@ impl Builder {
             }
             narrowing
         });
+        let ssh = match &spec.ssh {
+            None => None,
+            Some(narrowing) if narrowing.get_ref().commands.is_empty() => {
+                self.report(
+                    &file.locate(narrowing.span()),
+                    "`ssh.commands` must list at least one command glob",
+                );
+                valid = false;
+                None
+            }
+            Some(narrowing) => Some(crate::policy::SshNarrowing {
+                commands: narrowing.get_ref().commands.clone(),
+            }),
+        };
 
         if valid {
             self.rules.push(Rule {
@@ -799,6 +855,7 @@ impl Builder {
                 http,
                 when,
                 kubernetes,
+                ssh,
                 location,
             });
         }
@@ -867,6 +924,7 @@ impl Builder {
                     && earlier.http == later.http
                     && earlier.when == later.when
                     && earlier.kubernetes == later.kubernetes
+                    && earlier.ssh == later.ssh
                     && earlier
                         .operations
                         .overlaps_at_same_specificity(&later.operations)

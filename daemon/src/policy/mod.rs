@@ -33,8 +33,8 @@ pub use load::{DEFAULT_DENY_RULE, Diagnostic, PolicyErrors};
 pub use model::AgentIdentity;
 pub use model::{
     Action, Agent, AgentTls, HostPattern, HttpNarrowing, KubernetesNarrowing, KubernetesRequest,
-    Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule, Selector,
-    SupportedProtocols, TlsMode, UnknownOperation, UpstreamTls, glob_matches,
+    Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule, Selector, SshNarrowing,
+    SupportedProtocols, TlsMode, UnknownOperation, UpstreamTls, command_glob_matches, glob_matches,
 };
 use model::{OperationMatch, Specificity};
 
@@ -267,9 +267,11 @@ impl Policy {
         let (method, host, path) = request;
         let target = format!("resource `{resource}` ({method} {host}{path})");
         self.decide_about_with(agent, Some(resource), operation, &target, |rule| {
-            rule.http
-                .as_ref()
-                .is_none_or(|http| http.matches(method, host, path))
+            rule.ssh.is_none()
+                && rule
+                    .http
+                    .as_ref()
+                    .is_none_or(|http| http.matches(method, host, path))
         })
     }
 
@@ -292,10 +294,11 @@ impl Policy {
             && request.resource == "pods"
             && request.subresource == "portforward";
         self.decide_about_with(agent, Some(resource), operation, &target, |rule| {
-            let narrowed = rule
-                .kubernetes
-                .as_ref()
-                .is_none_or(|narrowing| narrowing.matches(request));
+            let narrowed = rule.ssh.is_none()
+                && rule
+                    .kubernetes
+                    .as_ref()
+                    .is_none_or(|narrowing| narrowing.matches(request));
             let opted_in = !portforward
                 || rule
                     .kubernetes
@@ -310,6 +313,25 @@ impl Policy {
         self.rules.iter().find(|rule| rule.name == name)
     }
 
+    /// [`Self::decide`] for an SSH request with its command line: rules narrowed by
+    /// `ssh = { commands }` count only when one of their globs matches `command`.
+    pub fn decide_command(
+        &self,
+        agent: &AgentFacts<'_>,
+        resource: Option<&str>,
+        operation: Operation,
+        command: Option<&str>,
+    ) -> Decision {
+        let target = match resource {
+            Some(name) => format!("resource `{name}`"),
+            None => "a destination that is no resource".to_owned(),
+        };
+        self.decide_about_with(agent, resource, operation, &target, |rule| {
+            ((rule.http.is_none() && rule.kubernetes.is_none()) || operation == Operation::Connect)
+                && narrowing_admits(rule, operation, command)
+        })
+    }
+
     fn decide_about(
         &self,
         facts: &AgentFacts<'_>,
@@ -317,11 +339,12 @@ impl Policy {
         operation: Operation,
         target: &str,
     ) -> Decision {
-        // A rule narrowed by `http` or `kubernetes` speaks only about those requests
-        // (`decide_http`, `decide_kubernetes`); for any other operation it only implies
-        // connecting.
+        // A rule narrowed by `http`, `kubernetes` or `ssh` speaks only about those
+        // requests (`decide_http`, `decide_kubernetes`, `decide_command`); for any other
+        // operation it only implies connecting.
         self.decide_about_with(facts, resource, operation, target, |rule| {
-            (rule.http.is_none() && rule.kubernetes.is_none()) || operation == Operation::Connect
+            (rule.http.is_none() && rule.kubernetes.is_none() && rule.ssh.is_none())
+                || operation == Operation::Connect
         })
     }
 
@@ -357,7 +380,7 @@ impl Policy {
             _ => String::new(),
         };
         if let Some(unmet) = self.best_rule(identified, resource, operation, |rule| {
-            !rule.applies_to(facts)
+            !rule.applies_to(facts) && admit(rule)
         }) && best.as_ref().is_none_or(|best| {
             best.action != Action::Allow && unmet.specificity >= best.specificity
         }) {
@@ -416,6 +439,18 @@ impl Policy {
     }
 }
 
+/// Whether a rule's `ssh = { commands }` narrowing lets it judge `operation`: always
+/// for `connect` (it implies connecting), otherwise only an SSH request whose command
+/// matches. An unnarrowed rule always can.
+fn narrowing_admits(rule: &Rule, operation: Operation, command: Option<&str>) -> bool {
+    match &rule.ssh {
+        None => true,
+        Some(narrowing) => {
+            operation == Operation::Connect || command.is_some_and(|c| narrowing.matches(c))
+        }
+    }
+}
+
 impl Policy {
     /// The mask profile of the most specific `allow` rule for `operation`, ignoring
     /// every `deny` and `review` rule: what an allow rule would have applied.
@@ -431,7 +466,9 @@ impl Policy {
             .find(|agent| agent.name == facts.agent)
             .filter(|agent| agent.satisfies_constraints(facts));
         self.best_rule(identified, resource, operation, |rule| {
-            rule.action == Action::Allow && rule.applies_to(facts)
+            rule.action == Action::Allow
+                && rule.applies_to(facts)
+                && narrowing_admits(rule, operation, None)
         })
         .filter(|best| best.action == Action::Allow)
         .and_then(|best| best.rule.mask.clone())

@@ -358,6 +358,8 @@ pub struct Resource {
     pub credential: Option<String>,
     /// TLS from the daemon to the upstream.
     pub tls: UpstreamTls,
+    /// SSH: the upstream host keys the daemon accepts (a known_hosts file).
+    pub known_hosts: Option<PathBuf>,
     /// When set, agents that ask for TLS get it, terminated by the daemon with this
     /// certificate; otherwise their SSLRequest is answered 'N'.
     pub agent_tls: Option<AgentTls>,
@@ -605,7 +607,59 @@ pub struct Rule {
     /// Kubernetes resources: the rule covers only requests with these verbs, groups,
     /// resources, namespaces and names.
     pub kubernetes: Option<KubernetesNarrowing>,
+    /// `ssh = { commands = [...] }`: the rule covers only SSH requests whose command
+    /// line matches one of these globs (it still implies `connect`).
+    pub ssh: Option<SshNarrowing>,
     pub location: Location,
+}
+
+/// A rule's narrowing to SSH commands.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SshNarrowing {
+    /// Globs over the command line as the agent sent it: `*` any run of characters,
+    /// `?` one; neither matches a shell separator or substitution.
+    pub commands: Vec<String>,
+}
+
+impl SshNarrowing {
+    pub fn matches(&self, command: &str) -> bool {
+        self.commands
+            .iter()
+            .any(|glob| command_glob_matches(glob, command))
+    }
+}
+
+/// Whether `glob` matches the command line `text`: `*` is any run of characters, `?`
+/// one character, everything else itself. Neither wildcard matches a character that
+/// separates or substitutes in a shell (`;&|<>$\`()` or a line break), so `systemctl
+/// status *` does not let `systemctl status x; rm -rf /` through.
+pub fn command_glob_matches(glob: &str, text: &str) -> bool {
+    const UNMATCHABLE: &[char] = &[';', '&', '|', '<', '>', '$', '`', '(', ')', '\n', '\r'];
+    let glob: Vec<char> = glob.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    let (mut g, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if g < glob.len() && glob[g] == '?' && !UNMATCHABLE.contains(&text[t]) {
+            g += 1;
+            t += 1;
+        } else if g < glob.len() && glob[g] == '*' {
+            star = Some((g, t));
+            g += 1;
+        } else if g < glob.len() && glob[g] == text[t] {
+            g += 1;
+            t += 1;
+        } else if let Some((star_g, star_t)) = star
+            && !UNMATCHABLE.contains(&text[star_t])
+        {
+            g = star_g + 1;
+            t = star_t + 1;
+            star = Some((star_g, t));
+        } else {
+            return false;
+        }
+    }
+    glob[g..].iter().all(|&c| c == '*')
 }
 
 impl Rule {

@@ -294,6 +294,7 @@ fn at_equal_specificity_deny_beats_review_beats_allow() {
     let rule = |name: &str, action: Action| Rule {
         mask: None,
         when: None,
+        ssh: None,
         timeout: None,
         http: None,
         kubernetes: None,
@@ -1173,9 +1174,18 @@ fn a_protocol_no_handler_decodes_is_refused_where_its_resource_is_defined() {
     let with_http = core.with([Protocol::Http]);
     assert!(check_dir(dir.path(), &with_http).is_empty());
     for protocol in ["mysql", "kubernetes", "ssh"] {
+        // An ssh resource also needs its credential and pinned host keys to be valid.
+        let ssh_keys = if protocol == "ssh" {
+            format!(
+                "credential = \"key\"\nknown_hosts = {:?}\n",
+                dir.path().join("api.toml").display().to_string()
+            )
+        } else {
+            String::new()
+        };
         std::fs::write(
             dir.path().join("api.toml"),
-            format!("[[resource]]\nname = \"api\"\naddresses = [\"127.0.0.1\"]\nports = [8080]\nprotocol = \"{protocol}\"\n"),
+            format!("[[resource]]\nname = \"api\"\naddresses = [\"127.0.0.1\"]\nports = [8080]\nprotocol = \"{protocol}\"\n{ssh_keys}"),
         )
         .expect("write");
         let diagnostics = check_dir(dir.path(), &SupportedProtocols::core());

@@ -15,6 +15,10 @@ pub mod http;
 pub mod kubernetes;
 pub mod mysql;
 pub mod postgres;
+pub mod ssh;
+
+/// sluice's SSH CA, for `sluice ssh-ca` (which makes OpenSSH trust it).
+pub use ssh::ca as ssh_ca;
 
 /// sluice's local CA (for `sluice ca` and `sluice run`, which hand it to agents).
 pub use http::ca as local_ca;
@@ -82,6 +86,7 @@ impl Registry {
             Protocol::Kubernetes,
             kubernetes::Kubernetes::dialect(),
         ));
+        registry.register(ssh::Handler);
         registry
     }
 

@@ -108,6 +108,8 @@ const STATEMENTS_TREE: &str = "statements";
 const META_TREE: &str = "meta";
 /// The sled tree holding one just-in-time grant per key (grant id, `u64` big-endian).
 const GRANTS_TREE: &str = "grants";
+/// The sled tree holding terminal recordings by (session id, operation seq).
+const RECORDINGS_TREE: &str = "recordings";
 /// `meta` key of the maintained [`StoreCounts`].
 const COUNTS_KEY: &[u8] = b"counts";
 /// `meta` key of the highest session id handed out, `u64` big-endian.
@@ -295,6 +297,9 @@ struct Inner {
     grants: sled::Tree,
     /// The audit event log; appended only by the writer.
     events: sled::Tree,
+    /// Terminal recordings (asciicast v3) of SSH channels, by session id and operation
+    /// seq; written directly (once per channel, at its end).
+    recordings: sled::Tree,
     /// The newest flushed event seq, published by the writer.
     durable_events: tokio::sync::watch::Receiver<u64>,
     audit_durability: Durability,
@@ -336,6 +341,7 @@ impl Store {
         let meta = db.open_tree(META_TREE).map_err(open_error)?;
         let grants = db.open_tree(GRANTS_TREE).map_err(open_error)?;
         let events = db.open_tree(events::EVENTS_TREE).map_err(open_error)?;
+        let recordings = db.open_tree(RECORDINGS_TREE).map_err(open_error)?;
         let event_log = events::EventLogState::read(&meta)?;
         events::check_flushed_head(dir, event_log.head)?;
         let (durable_sender, durable_events) = tokio::sync::watch::channel(event_log.head.seq);
@@ -388,6 +394,7 @@ impl Store {
                 meta,
                 grants,
                 events,
+                recordings,
                 durable_events,
                 audit_durability: options.audit_durability,
                 next_session_id,
@@ -512,6 +519,38 @@ impl Store {
                 answer.await.map_err(|_| StoreError::Closed)?
             }
         }
+    }
+
+    /// Stores the terminal recording (asciicast v3) of operation `seq` of a session. It
+    /// becomes durable with the store's next flush.
+    pub async fn put_recording(
+        &self,
+        session_id: u64,
+        seq: u64,
+        cast: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .recordings
+            .insert(statement_key(session_id, seq), cast)
+            .map_err(StoreError::Commit)?;
+        Ok(())
+    }
+
+    /// The terminal recordings of a session, by operation seq.
+    pub fn recordings(&self, session_id: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner
+            .recordings
+            .scan_prefix(session_key(session_id))
+            .map(|entry| {
+                let (key, value) = entry.map_err(StoreError::Read)?;
+                let seq = key
+                    .get(8..16)
+                    .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or_default();
+                Ok((seq, value.to_vec()))
+            })
+            .collect()
     }
 
     /// Every stored statement of session `session_id`, in seq order; empty when it has

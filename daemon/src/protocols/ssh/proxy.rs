@@ -1,0 +1,1274 @@
+//! The SSH proxy: the agent's SSH connection ends here, the server's starts here.
+//!
+//! Toward the agent a russh server presents a fresh host key with a certificate from
+//! sluice's CA and accepts any login (the agent's identity comes from the kernel);
+//! toward the server a russh client checks the pinned host key and logs in with the
+//! daemon's credential. In between, nothing passes through unread: each channel
+//! request (exec, shell, subsystem, env, pty, forwards) is judged on its own through
+//! a [`Gate`], and only the allowed ones are replayed upstream, so a denied command
+//! never reaches the server. One connection may carry many channels (ControlMaster);
+//! each runs as its own future, so a request held for review stalls only its channel.
+//!
+//! russh traps this module avoids: handler callbacks run inside the connection's loop
+//! (a hold there would stall keepalives and every channel), so callbacks only hand
+//! work over; every channel's queue is drained (one full queue blocks them all); and
+//! each direction of a channel is pumped separately, so a full window one way never
+//! stops the other.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, stream::FuturesUnordered};
+use russh::{
+    Channel, ChannelId, ChannelMsg, MethodKind, MethodSet,
+    keys::{Certificate, PrivateKey, PrivateKeyWithHashAlg, ssh_key},
+    server::{self, Auth, Session},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    ca::HostIdentity,
+    command::{self, ExecCommand, RefUpdate},
+    recording::Cast,
+};
+use crate::{
+    pipeline::{BoxFuture, ByteStream},
+    policy::Operation,
+};
+
+/// Environment variables an agent may set on the server: the locale and git's protocol
+/// version. `BASH_ENV`, `LD_PRELOAD` and their like change what runs.
+pub fn env_allowed(name: &str) -> bool {
+    name == "LANG" || name == "GIT_PROTOCOL" || name.starts_with("LC_")
+}
+
+/// The most agent input buffered while its channel's request is held for review.
+const MAX_BUFFERED_WHILE_HELD: usize = 1024 * 1024;
+/// How long a channel waits for the agent to close its side after the server closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// One channel request, decoded, for the policy.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// `exec`, `shell`, `subsystem`, `env`, `x11-req`, `auth-agent-req`,
+    /// `tcpip-forward`, `direct-tcpip`, `git-receive-pack` (its ref updates)...
+    pub request: &'static str,
+    pub class: Operation,
+    /// The record's verb: `exec`, `git-receive-pack`, `scp`, `shell`, `sftp`...
+    pub verb: String,
+    /// The command line of an exec, the subsystem's name, the forward's `host:port`.
+    pub command: Option<String>,
+    /// What the record shows.
+    pub summary: String,
+    /// Set for requests sluice refuses whatever the policy says (forwards it cannot
+    /// follow, agent forwarding, X11): why.
+    pub refused: Option<&'static str>,
+}
+
+/// What the policy (and a human, for `review`) said.
+pub struct Verdict<T> {
+    pub allowed: bool,
+    /// For a refusal: the sentence the agent reads.
+    pub message: String,
+    pub ticket: T,
+}
+
+/// How a judged request ended.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub exit_status: Option<u32>,
+    pub exit_signal: Option<String>,
+    /// Bytes the agent sent, the server's stdout and stderr.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub bytes_err: u64,
+    /// Why it did not run or did not end normally.
+    pub error: Option<String>,
+    /// The terminal recording (asciicast v3) of a shell or an exec's output.
+    pub cast: Option<Vec<u8>>,
+    pub started: Option<Instant>,
+}
+
+/// What the proxy needs from the pipeline: judge each request (holding it under
+/// `review` until a human decides or `agent_gone` fires) and record how it ended.
+pub trait Gate: Sync {
+    type Ticket: Send;
+    fn decide(
+        &self,
+        request: Request,
+        agent_gone: oneshot::Receiver<()>,
+    ) -> impl Future<Output = Verdict<Self::Ticket>> + Send;
+    fn finish(&self, ticket: Self::Ticket, outcome: Outcome) -> impl Future<Output = ()> + Send;
+    /// Opens a `direct-tcpip` forward as a nested session and accepts the channel, or
+    /// rejects it; `Err` says why not.
+    fn forward(
+        &self,
+        host: String,
+        port: u16,
+        channel: Channel<server::Msg>,
+        reply: server::ChannelOpenHandle,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// How the daemon logs in upstream.
+#[derive(Clone)]
+pub struct UpstreamLogin {
+    /// The user to log in as; `None`: the user the agent named.
+    pub user: Option<String>,
+    pub key: Arc<PrivateKey>,
+    /// A user certificate for `key`, when the credential is sluice's user CA.
+    pub certificate: Option<Certificate>,
+    /// Pinned host keys of the server (a known_hosts file).
+    pub known_hosts: PathBuf,
+    /// Names the server is pinned under: the IP literal and any host name.
+    pub host_names: Vec<String>,
+    pub port: u16,
+}
+
+/// Everything one proxied connection needs.
+pub struct ProxyConfig {
+    pub identity: HostIdentity,
+    pub login: UpstreamLogin,
+    pub destination: SocketAddr,
+}
+
+/// Events from the russh handler (inside the agent connection's loop) to the proxy.
+enum Event {
+    /// The agent logged in and the upstream login succeeded.
+    LoggedIn(russh::client::Handle<UpstreamHandler>),
+    /// A session channel to open upstream and accept (or reject).
+    Session {
+        channel: Channel<server::Msg>,
+        reply: server::ChannelOpenHandle,
+    },
+    DirectTcpip {
+        channel: Channel<server::Msg>,
+        reply: server::ChannelOpenHandle,
+        host: String,
+        port: u32,
+    },
+    /// A request refused outright (remote forward, X11 channel...), to record.
+    Refused(Request),
+    /// What the agent offered to log in with: only a public key's fingerprint.
+    OfferedKey(String),
+}
+
+/// Runs one proxied connection; returns the close reason.
+pub async fn serve<G: Gate>(
+    gate: &G,
+    config: ProxyConfig,
+    agent: Box<dyn ByteStream>,
+    upstream: Box<dyn ByteStream>,
+) -> String {
+    let (events, mut incoming) = mpsc::unbounded_channel();
+    let failure = Arc::new(Mutex::new(None::<String>));
+    let handler = AgentHandler {
+        events,
+        login: config.login.clone(),
+        upstream: Some(upstream),
+        connected: None,
+        failure: Arc::clone(&failure),
+        logged_in: false,
+    };
+    let server_config = Arc::new(server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-sluice".into()),
+        methods: MethodSet::from(
+            &[
+                MethodKind::None,
+                MethodKind::PublicKey,
+                MethodKind::Password,
+                MethodKind::KeyboardInteractive,
+            ][..],
+        ),
+        auth_rejection_time: Duration::from_millis(200),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![config.identity.key],
+        certificates: vec![config.identity.certificate],
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        nodelay: true,
+        ..Default::default()
+    });
+    let running = match server::run_stream(server_config, agent, handler).await {
+        Ok(running) => running,
+        Err(error) => return format!("protocol_error: agent handshake: {error}"),
+    };
+    let server_handle = running.handle();
+    let mut running = std::pin::pin!(running);
+    let mut upstream: Option<russh::client::Handle<UpstreamHandler>> = None;
+    let mut channels: FuturesUnordered<BoxFuture<'_, ()>> = FuturesUnordered::new();
+    let mut offered_keys = Vec::new();
+    let ended = loop {
+        tokio::select! {
+            result = &mut running => break result,
+            Some(()) = channels.next(), if !channels.is_empty() => {}
+            Some(event) = incoming.recv() => match event {
+                Event::LoggedIn(handle) => upstream = Some(handle),
+                Event::OfferedKey(fingerprint) => offered_keys.push(fingerprint),
+                Event::Refused(request) => {
+                    channels.push(Box::pin(refuse_outright(gate, request)));
+                }
+                Event::Session { channel, reply } => {
+                    let Some(upstream) = &upstream else {
+                        reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+                        continue;
+                    };
+                    match upstream.channel_open_session().await {
+                        Ok(upstream_channel) => {
+                            reply.accept().await;
+                            channels.push(Box::pin(serve_channel(
+                                gate,
+                                channel,
+                                upstream_channel,
+                                server_handle.clone(),
+                            )));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "upstream refused a session channel");
+                            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                        }
+                    }
+                }
+                Event::DirectTcpip { channel, reply, host, port } => {
+                    channels.push(Box::pin(forward(gate, channel, reply, host, port)));
+                }
+            },
+        }
+    };
+    // The agent is gone: let the channels see it and record their ends.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while channels.next().await.is_some() {}
+    })
+    .await;
+    if let Some(upstream) = upstream {
+        let _ = upstream
+            .disconnect(russh::Disconnect::ByApplication, "", "")
+            .await;
+    }
+    if !offered_keys.is_empty() {
+        tracing::info!(keys = ?offered_keys, "the agent offered keys of its own (not used)");
+    }
+    let failure = failure.lock().ok().and_then(|mut failure| failure.take());
+    match (ended, failure) {
+        (_, Some(failure)) => failure,
+        (Ok(()), None) => "client_closed".into(),
+        (Err(error), None) => format!("agent: {error}"),
+    }
+}
+
+/// Records a request refused outright.
+async fn refuse_outright<G: Gate>(gate: &G, request: Request) {
+    let (_gone, agent_gone) = oneshot::channel();
+    let verdict = gate.decide(request, agent_gone).await;
+    gate.finish(verdict.ticket, Outcome::default()).await;
+}
+
+/// A `direct-tcpip` channel: judged as a new connection to its target and dispatched
+/// like one, so a forward to PostgreSQL is decoded and a jump to another SSH server is
+/// intercepted again.
+async fn forward<G: Gate>(
+    gate: &G,
+    channel: Channel<server::Msg>,
+    reply: server::ChannelOpenHandle,
+    host: String,
+    port: u32,
+) {
+    let Ok(port) = u16::try_from(port) else {
+        reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+        return;
+    };
+    let id = channel.id();
+    if let Err(error) = gate.forward(host.clone(), port, channel, reply).await {
+        tracing::info!(%error, %host, port, ?id, "forward refused");
+    }
+}
+
+/// The agent side of one connection, inside russh's loop: logs in upstream, hands
+/// channels to [`serve`] and refuses what is never allowed.
+struct AgentHandler {
+    events: mpsc::UnboundedSender<Event>,
+    login: UpstreamLogin,
+    upstream: Option<Box<dyn ByteStream>>,
+    /// The upstream connection, once the host key checked out.
+    connected: Option<russh::client::Handle<UpstreamHandler>>,
+    /// Why the session cannot go on (host key mismatch, failed upstream login).
+    failure: Arc<Mutex<Option<String>>>,
+    logged_in: bool,
+}
+
+impl AgentHandler {
+    fn fail(&self, reason: String) {
+        tracing::warn!(%reason, "ssh session refused");
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert(reason);
+        }
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|failure| failure.clone())
+    }
+
+    /// Connects upstream and checks the pinned host key (once).
+    async fn connect(&mut self) {
+        let Some(stream) = self.upstream.take() else {
+            return;
+        };
+        let mismatch = Arc::new(Mutex::new(None));
+        let handler = UpstreamHandler {
+            login: self.login.clone(),
+            mismatch: Arc::clone(&mismatch),
+        };
+        let config = Arc::new(russh::client::Config {
+            inactivity_timeout: Some(Duration::from_secs(3600)),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_max: 4,
+            nodelay: true,
+            ..Default::default()
+        });
+        match russh::client::connect_stream(config, stream, handler).await {
+            Ok(handle) => self.connected = Some(handle),
+            Err(error) => {
+                let why = mismatch
+                    .lock()
+                    .ok()
+                    .and_then(|mismatch| mismatch.clone())
+                    .unwrap_or_else(|| format!("upstream_error: {error}"));
+                self.fail(why);
+            }
+        }
+    }
+
+    /// Logs in upstream as `user` (or the credential's user); whatever the agent
+    /// offered is not used.
+    async fn login(&mut self, user: &str) -> Auth {
+        if self.logged_in {
+            return Auth::Accept;
+        }
+        if self.failed().is_some() {
+            return Auth::reject();
+        }
+        let Some(mut handle) = self.connected.take() else {
+            return Auth::reject();
+        };
+        let user = self.login.user.clone().unwrap_or_else(|| user.to_owned());
+        let result = match &self.login.certificate {
+            Some(certificate) => {
+                handle
+                    .authenticate_openssh_cert(
+                        user.clone(),
+                        Arc::clone(&self.login.key),
+                        certificate.clone(),
+                    )
+                    .await
+            }
+            None => {
+                let hash = handle
+                    .best_supported_rsa_hash()
+                    .await
+                    .ok()
+                    .flatten()
+                    .flatten();
+                handle
+                    .authenticate_publickey(
+                        user.clone(),
+                        PrivateKeyWithHashAlg::new(Arc::clone(&self.login.key), hash),
+                    )
+                    .await
+            }
+        };
+        match result {
+            Ok(result) if result.success() => {
+                self.logged_in = true;
+                let _ = self.events.send(Event::LoggedIn(handle));
+                Auth::Accept
+            }
+            Ok(_) => {
+                self.fail(format!(
+                    "upstream_auth_failed: the server refused the daemon's credential for user `{user}`"
+                ));
+                Auth::reject()
+            }
+            Err(error) => {
+                self.fail(format!("upstream_auth_failed: {error}"));
+                Auth::reject()
+            }
+        }
+    }
+}
+
+impl server::Handler for AgentHandler {
+    type Error = russh::Error;
+
+    /// Sent with the agent's first login attempt: the upstream connection is made
+    /// now, so a host key mismatch reaches the agent's terminal, not just the record.
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        self.connect().await;
+        Ok(self
+            .failed()
+            .map(|why| format!("sluice: refused: {why}\r\n")))
+    }
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        Ok(self.login(user).await)
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        // The password is neither kept nor forwarded.
+        Ok(self.login(user).await)
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fingerprint = offer
+            .public_key
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string();
+        let _ = self.events.send(Event::OfferedKey(fingerprint));
+        Ok(self.login(user).await)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.login(user).await)
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.login(user).await)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<server::Msg>,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let _ = self.events.send(Event::Session { channel, reply });
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<server::Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let _ = self.events.send(Event::DirectTcpip {
+            channel,
+            reply,
+            host: host_to_connect.to_owned(),
+            port: port_to_connect,
+        });
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<server::Msg>,
+        socket_path: &str,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused(
+            "direct-streamlocal",
+            socket_path,
+            "unix socket forwarding is refused",
+        );
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<server::Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused(
+            "tcpip-forward",
+            &format!("{address}:{port}"),
+            "remote port forwarding is refused",
+        );
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused(
+            "streamlocal-forward",
+            socket_path,
+            "remote unix socket forwarding is refused",
+        );
+        Ok(false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused("auth-agent-req", "", "agent forwarding is refused");
+        Ok(false)
+    }
+}
+
+impl AgentHandler {
+    fn refused(&self, request: &'static str, target: &str, why: &'static str) {
+        let _ = self.events.send(Event::Refused(Request {
+            request,
+            class: Operation::Unparsed,
+            verb: request.to_owned(),
+            command: (!target.is_empty()).then(|| target.to_owned()),
+            summary: format!("{request} {target}").trim_end().to_owned(),
+            refused: Some(why),
+        }));
+    }
+}
+
+/// The daemon's side toward the server: accepts only the pinned host key.
+pub struct UpstreamHandler {
+    login: UpstreamLogin,
+    mismatch: Arc<Mutex<Option<String>>>,
+}
+
+impl UpstreamHandler {
+    fn check(&self, key: &ssh_key::PublicKey) -> Result<(), String> {
+        let path = &self.login.known_hosts;
+        let fingerprint = key.fingerprint(ssh_key::HashAlg::Sha256);
+        let mut changed = false;
+        for name in &self.login.host_names {
+            match russh::keys::check_known_hosts_path(name, self.login.port, key, path) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(russh::keys::Error::KeyChanged { .. }) => changed = true,
+                Err(error) => {
+                    return Err(format!(
+                        "upstream_host_key: cannot read {}: {error}",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        let names = self.login.host_names.join(", ");
+        Err(if changed {
+            format!(
+                "upstream_host_key_mismatch: the server presented {fingerprint}, which is not the key pinned for {names} in {}",
+                path.display()
+            )
+        } else {
+            format!(
+                "upstream_host_key_unknown: the server's key {fingerprint} is not pinned for {names} in {}",
+                path.display()
+            )
+        })
+    }
+}
+
+impl russh::client::Handler for UpstreamHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            russh::keys::PublicKeyOrCertificate::Certificate(certificate) => {
+                ssh_key::PublicKey::new(certificate.public_key().clone(), "")
+            }
+        };
+        match self.check(&key) {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                if let Ok(mut mismatch) = self.mismatch.lock() {
+                    *mismatch = Some(why);
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// What a channel was opened for, once its start request is known.
+struct Started {
+    pty: bool,
+    receive_pack: bool,
+}
+
+/// Serves one session channel: its requests until one starts something (exec, shell,
+/// subsystem), then both directions until it closes.
+async fn serve_channel<G: Gate>(
+    gate: &G,
+    mut agent: Channel<server::Msg>,
+    mut upstream: Channel<russh::client::Msg>,
+    server: server::Handle,
+) {
+    let id = agent.id();
+    let mut pty: Option<(u32, u32, String)> = None;
+    loop {
+        let Some(message) = agent.wait().await else {
+            let _ = upstream.close().await;
+            return;
+        };
+        match message {
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            } => {
+                let sent = upstream
+                    .request_pty(
+                        true,
+                        &term,
+                        col_width,
+                        row_height,
+                        pix_width,
+                        pix_height,
+                        &terminal_modes,
+                    )
+                    .await;
+                let ok = sent.is_ok() && upstream_reply(&mut upstream).await;
+                if ok {
+                    pty = Some((col_width, row_height, term));
+                }
+                reply(&server, id, ok).await;
+            }
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => {
+                let ok = env_allowed(&variable_name)
+                    && upstream
+                        .set_env(true, variable_name.clone(), variable_value)
+                        .await
+                        .is_ok()
+                    && upstream_reply(&mut upstream).await;
+                if !env_allowed(&variable_name) {
+                    tracing::debug!(name = %variable_name, "env request refused");
+                }
+                reply(&server, id, ok).await;
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                let _ = upstream
+                    .window_change(col_width, row_height, pix_width, pix_height)
+                    .await;
+            }
+            ChannelMsg::RequestX11 { .. } => {
+                let _ = gate_refusal(gate, "x11-req", "X11 forwarding is refused").await;
+                reply(&server, id, false).await;
+            }
+            ChannelMsg::AgentForward { .. } => {
+                // Answered (refused) and recorded by the handler.
+            }
+            ChannelMsg::Exec { command, .. } => {
+                let exec = command::classify_exec(&command);
+                let request = exec_request(&exec);
+                let receive_pack = exec.kind == "git-receive-pack";
+                let started = Started {
+                    pty: pty.is_some(),
+                    receive_pack,
+                };
+                run_started(
+                    gate,
+                    agent,
+                    upstream,
+                    server,
+                    request,
+                    started,
+                    pty,
+                    Start::Exec(command),
+                )
+                .await;
+                return;
+            }
+            ChannelMsg::RequestShell { .. } => {
+                let request = Request {
+                    request: "shell",
+                    class: Operation::Admin,
+                    verb: "shell".into(),
+                    command: None,
+                    summary: if pty.is_some() {
+                        "interactive shell (pty)".into()
+                    } else {
+                        "shell (no pty)".into()
+                    },
+                    refused: None,
+                };
+                let started = Started {
+                    pty: pty.is_some(),
+                    receive_pack: false,
+                };
+                run_started(
+                    gate,
+                    agent,
+                    upstream,
+                    server,
+                    request,
+                    started,
+                    pty,
+                    Start::Shell,
+                )
+                .await;
+                return;
+            }
+            ChannelMsg::RequestSubsystem { name, .. } => {
+                // SFTP is not decoded yet: a subsystem can read, write and remove any
+                // file the login may, so it passes only where `unparsed` is allowed.
+                let request = Request {
+                    request: "subsystem",
+                    class: Operation::Unparsed,
+                    verb: name.clone(),
+                    command: Some(name.clone()),
+                    summary: format!("subsystem {name}"),
+                    refused: None,
+                };
+                let started = Started {
+                    pty: false,
+                    receive_pack: false,
+                };
+                run_started(
+                    gate,
+                    agent,
+                    upstream,
+                    server,
+                    request,
+                    started,
+                    None,
+                    Start::Subsystem(name),
+                )
+                .await;
+                return;
+            }
+            ChannelMsg::Eof => {
+                let _ = upstream.eof().await;
+            }
+            ChannelMsg::Close => {
+                let _ = upstream.close().await;
+                return;
+            }
+            ChannelMsg::Data { .. } | ChannelMsg::ExtendedData { .. } => {
+                // Data before anything started has nowhere to go.
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn gate_refusal<G: Gate>(gate: &G, request: &'static str, why: &'static str) {
+    refuse_outright(
+        gate,
+        Request {
+            request,
+            class: Operation::Unparsed,
+            verb: request.into(),
+            command: None,
+            summary: request.into(),
+            refused: Some(why),
+        },
+    )
+    .await;
+}
+
+fn exec_request(exec: &ExecCommand) -> Request {
+    Request {
+        request: "exec",
+        class: exec.class,
+        verb: exec.kind.to_owned(),
+        command: Some(exec.line.clone()),
+        summary: exec.line.clone(),
+        refused: None,
+    }
+}
+
+/// Answers the agent's pending channel request.
+async fn reply(server: &server::Handle, id: ChannelId, ok: bool) {
+    let _ = if ok {
+        server.channel_success(id).await
+    } else {
+        server.channel_failure(id).await
+    };
+}
+
+/// Waits for the server's answer to the request just sent upstream.
+async fn upstream_reply(upstream: &mut Channel<russh::client::Msg>) -> bool {
+    loop {
+        match upstream.wait().await {
+            Some(ChannelMsg::Success) => return true,
+            Some(ChannelMsg::Failure) | None | Some(ChannelMsg::Close) => return false,
+            Some(_) => {}
+        }
+    }
+}
+
+enum Start {
+    Exec(Vec<u8>),
+    Shell,
+    Subsystem(String),
+}
+
+/// Judges the request that starts the channel, then runs it or refuses it.
+#[allow(clippy::too_many_arguments)]
+async fn run_started<G: Gate>(
+    gate: &G,
+    mut agent: Channel<server::Msg>,
+    mut upstream: Channel<russh::client::Msg>,
+    server: server::Handle,
+    request: Request,
+    started: Started,
+    pty: Option<(u32, u32, String)>,
+    start: Start,
+) {
+    let id = agent.id();
+    let begun = Instant::now();
+    let is_exec = matches!(start, Start::Exec(_));
+    if is_exec {
+        // An exec is answered at once: whatever the verdict, the agent learns it as the
+        // command's output and exit status. (A late answer would be lost: russh forgets
+        // that a reply is owed once the agent sends a request that wants none, such as
+        // OpenSSH's `eow@openssh.com` at the end of its input, which comes during a hold.)
+        reply(&server, id, true).await;
+    }
+    // While the request is judged (and perhaps held for a human), the agent's input is
+    // read and kept, so its queue never blocks the connection's other channels.
+    let (gone, agent_gone) = oneshot::channel();
+    let mut gone = Some(gone);
+    let mut early: Vec<ChannelMsg> = Vec::new();
+    let mut early_bytes = 0usize;
+    let verdict = {
+        let mut deciding = std::pin::pin!(gate.decide(request, agent_gone));
+        loop {
+            tokio::select! {
+                verdict = &mut deciding => break verdict,
+                message = agent.wait(), if gone.is_some() => match message {
+                    None | Some(ChannelMsg::Close) => {
+                        if let Some(gone) = gone.take() {
+                            let _ = gone.send(());
+                        }
+                    }
+                    Some(message) => {
+                        if let ChannelMsg::Data { data } = &message {
+                            early_bytes += data.len();
+                        }
+                        early.push(message);
+                        if early_bytes > MAX_BUFFERED_WHILE_HELD
+                            && let Some(gone) = gone.take()
+                        {
+                            let _ = gone.send(());
+                        }
+                    }
+                },
+            }
+        }
+    };
+    let mut outcome = Outcome {
+        started: Some(begun),
+        ..Outcome::default()
+    };
+    if gone.is_none() {
+        outcome.error = Some("the agent closed the channel before it ran".into());
+        let _ = upstream.close().await;
+        gate.finish(verdict.ticket, outcome).await;
+        return;
+    }
+    if !verdict.allowed {
+        if is_exec {
+            // The command "ran" and failed: the agent's ssh prints why and exits 1,
+            // and the connection's other channels go on.
+            let message = format!("sluice: {}\r\n", verdict.message);
+            let _ = agent.extended_data(1, message.as_bytes()).await;
+            let _ = agent.exit_status(1).await;
+            let _ = agent.eof().await;
+            let _ = agent.close().await;
+            outcome.exit_status = Some(1);
+        } else {
+            // The request fails and its channel closes: nothing else can start on it.
+            reply(&server, id, false).await;
+            let message = format!("sluice: {}\r\n", verdict.message);
+            let _ = agent.extended_data(1, message.as_bytes()).await;
+            let _ = agent.close().await;
+        }
+        outcome.error = Some(verdict.message);
+        let _ = upstream.close().await;
+        gate.finish(verdict.ticket, outcome).await;
+        return;
+    }
+    let sent = match &start {
+        Start::Exec(command) => upstream.exec(true, command.clone()).await,
+        Start::Shell => upstream.request_shell(true).await,
+        Start::Subsystem(name) => upstream.request_subsystem(true, name.clone()).await,
+    };
+    let ok = sent.is_ok() && upstream_reply(&mut upstream).await;
+    if !is_exec {
+        reply(&server, id, ok).await;
+    }
+    if !ok {
+        if is_exec {
+            let _ = agent
+                .extended_data(1, &b"sluice: the server refused to run the command\r\n"[..])
+                .await;
+            let _ = agent.exit_status(1).await;
+            let _ = agent.eof().await;
+            let _ = agent.close().await;
+        }
+        outcome.error = Some("the server refused the request".into());
+        let _ = upstream.close().await;
+        gate.finish(verdict.ticket, outcome).await;
+        return;
+    }
+    let cast = Cast::new(
+        pty.as_ref()
+            .map(|(cols, rows, term)| (*cols, *rows, term.clone())),
+    );
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    let (agent_read, agent_write) = agent.split();
+    let (upstream_read, upstream_write) = upstream.split();
+    let up = pump_up(
+        gate,
+        agent_read,
+        upstream_write,
+        early,
+        started.receive_pack,
+        Arc::clone(&counts),
+    );
+    let down = pump_down(
+        upstream_read,
+        agent_write,
+        server.clone(),
+        id,
+        cast,
+        started.pty,
+    );
+    let mut up = std::pin::pin!(up);
+    let mut down = std::pin::pin!(down);
+    let (cast, down_result, refused) = tokio::select! {
+        (cast, result) = &mut down => {
+            // The server closed: give the agent's side a moment to close too.
+            let refused = tokio::time::timeout(CLOSE_GRACE, &mut up).await.ok().flatten();
+            (cast, result, refused)
+        }
+        refused = &mut up => {
+            if let Some(refused) = &refused {
+                // A refused push: say why, fail, and close, whatever the server does.
+                let message = format!("sluice: {refused}\r\n");
+                let _ = server.extended_data(id, 1, Bytes::from(message.into_bytes())).await;
+                let _ = server.exit_status_request(id, 1).await;
+                let _ = server.eof(id).await;
+                let _ = server.close(id).await;
+            }
+            let finished = tokio::time::timeout(CLOSE_GRACE, &mut down).await;
+            let (cast, result) = finished.unwrap_or_else(|_| {
+                (
+                    Vec::new(),
+                    DownResult {
+                        bytes_out: 0,
+                        bytes_err: 0,
+                        exit_status: Some(1),
+                        exit_signal: None,
+                    },
+                )
+            });
+            (cast, result, refused)
+        }
+    };
+    let counts = counts
+        .lock()
+        .map(|counts| counts.clone())
+        .unwrap_or_default();
+    outcome.bytes_in = counts.bytes_in;
+    outcome.bytes_out = down_result.bytes_out;
+    outcome.bytes_err = down_result.bytes_err;
+    outcome.exit_status = down_result.exit_status;
+    outcome.exit_signal = down_result.exit_signal;
+    outcome.cast = Some(cast);
+    if let Some(refused) = refused {
+        outcome.error = Some(refused);
+    }
+    gate.finish(verdict.ticket, outcome).await;
+}
+
+#[derive(Clone, Default)]
+struct Counts {
+    bytes_in: u64,
+}
+
+struct DownResult {
+    bytes_out: u64,
+    bytes_err: u64,
+    exit_status: Option<u32>,
+    exit_signal: Option<String>,
+}
+
+/// How many agent messages (up to 32 KiB each) a channel reads ahead of what the
+/// server accepted. russh grants the agent more window as soon as data arrives and
+/// pushes back only by blocking the connection's loop, which would also stop the
+/// server's output from reaching the agent (and so the server from reading more): a
+/// deadlock for full-duplex streams such as `cat`. Reading ahead breaks that cycle for
+/// everything up to this much in flight (64 MiB).
+const READ_AHEAD: usize = 2048;
+
+/// Agent → server. For a `git push`, the ref updates are read and judged before any
+/// of them is forwarded. Returns why the push was refused, if it was.
+async fn pump_up<G: Gate>(
+    gate: &G,
+    agent: russh::ChannelReadHalf,
+    upstream: russh::ChannelWriteHalf<russh::client::Msg>,
+    early: Vec<ChannelMsg>,
+    receive_pack: bool,
+    counts: Arc<Mutex<Counts>>,
+) -> Option<String> {
+    let (ahead, mut queued) = mpsc::channel(READ_AHEAD);
+    let read = async move {
+        let mut agent = agent;
+        for message in early {
+            if ahead.send(Some(message)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let message = agent.wait().await;
+            let last = matches!(message, None | Some(ChannelMsg::Close));
+            if ahead.send(message).await.is_err() || last {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        let mut push_commands: Option<Vec<u8>> = receive_pack.then(Vec::new);
+        loop {
+            let Some(Some(message)) = queued.recv().await else {
+                let _ = upstream.close().await;
+                return None;
+            };
+            match message {
+                ChannelMsg::Data { data } => {
+                    if let Ok(mut counts) = counts.lock() {
+                        counts.bytes_in += data.len() as u64;
+                    }
+                    let data = match push_commands.as_mut() {
+                        None => data,
+                        Some(buffer) => {
+                            buffer.extend_from_slice(&data);
+                            match command::parse_ref_updates(buffer) {
+                                Ok(None) if buffer.len() <= command::MAX_COMMAND_LIST => continue,
+                                Ok(Some((updates, _))) => {
+                                    if let Some(refused) = judge_push(gate, &updates).await {
+                                        let _ = upstream.close().await;
+                                        return Some(refused);
+                                    }
+                                    let all = Bytes::from(std::mem::take(buffer));
+                                    push_commands = None;
+                                    all
+                                }
+                                Ok(None) | Err(_) => {
+                                    // Unreadable ref updates are not forwarded.
+                                    let _ = upstream.close().await;
+                                    return Some("protocol_error: unreadable push commands".into());
+                                }
+                            }
+                        }
+                    };
+                    if upstream.data_bytes(data).await.is_err() {
+                        return None;
+                    }
+                }
+                ChannelMsg::Eof => {
+                    if let Some(buffer) = push_commands.take()
+                        && !buffer.is_empty()
+                    {
+                        let _ = upstream.close().await;
+                        return Some("protocol_error: push commands cut short".into());
+                    }
+                    let _ = upstream.eof().await;
+                }
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
+                    let _ = upstream
+                        .window_change(col_width, row_height, pix_width, pix_height)
+                        .await;
+                }
+                ChannelMsg::Signal { signal } => {
+                    let _ = upstream.signal(signal).await;
+                }
+                ChannelMsg::Close => {
+                    let _ = upstream.close().await;
+                    return None;
+                }
+                _ => {}
+            }
+        }
+    };
+    let mut read = std::pin::pin!(read);
+    let mut write = std::pin::pin!(write);
+    tokio::select! {
+        refused = &mut write => refused,
+        () = &mut read => write.await,
+    }
+}
+
+/// Judges a push by its ref updates: deleting a branch is `dangerous`, anything else
+/// a `write`. Returns the refusal, if any.
+async fn judge_push<G: Gate>(gate: &G, updates: &[RefUpdate]) -> Option<String> {
+    let deletes: Vec<&str> = updates
+        .iter()
+        .filter(|update| update.is_deletion())
+        .map(|update| update.name.as_str())
+        .collect();
+    let summary = updates
+        .iter()
+        .map(|update| {
+            let what = if update.is_deletion() {
+                "delete"
+            } else if update.is_creation() {
+                "create"
+            } else {
+                "update"
+            };
+            format!("{what} {}", update.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let request = Request {
+        request: "git-push",
+        class: if deletes.is_empty() {
+            Operation::Write
+        } else {
+            Operation::Dangerous
+        },
+        verb: "git-push".into(),
+        command: Some(summary.clone()),
+        summary: format!("git push: {summary}"),
+        refused: None,
+    };
+    let (_gone, agent_gone) = oneshot::channel();
+    let verdict = gate.decide(request, agent_gone).await;
+    let refused = (!verdict.allowed).then(|| verdict.message.clone());
+    gate.finish(
+        verdict.ticket,
+        Outcome {
+            error: refused.clone(),
+            ..Outcome::default()
+        },
+    )
+    .await;
+    refused
+}
+
+/// Server → agent, in order: data, stderr, exit status or signal, EOF, close.
+async fn pump_down(
+    mut upstream: russh::ChannelReadHalf,
+    agent: russh::ChannelWriteHalf<server::Msg>,
+    server: server::Handle,
+    id: ChannelId,
+    mut cast: Cast,
+    pty: bool,
+) -> (Vec<u8>, DownResult) {
+    let mut result = DownResult {
+        bytes_out: 0,
+        bytes_err: 0,
+        exit_status: None,
+        exit_signal: None,
+    };
+    loop {
+        let Some(message) = upstream.wait().await else {
+            let _ = agent.close().await;
+            break;
+        };
+        match message {
+            ChannelMsg::Data { data } => {
+                result.bytes_out += data.len() as u64;
+                cast.output(&data);
+                if agent.data_bytes(data).await.is_err() {
+                    break;
+                }
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                result.bytes_err += data.len() as u64;
+                if !pty {
+                    cast.output(&data);
+                }
+                if agent.extended_data_bytes(ext, data).await.is_err() {
+                    break;
+                }
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                result.exit_status = Some(exit_status);
+                cast.exit(exit_status);
+                let _ = agent.exit_status(exit_status).await;
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            } => {
+                result.exit_signal = Some(format!("{signal_name:?}"));
+                let _ = server
+                    .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                    .await;
+            }
+            ChannelMsg::Eof => {
+                let _ = agent.eof().await;
+            }
+            ChannelMsg::Close => {
+                let _ = agent.close().await;
+                break;
+            }
+            _ => {}
+        }
+    }
+    (cast.finish(), result)
+}

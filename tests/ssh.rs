@@ -1,0 +1,930 @@
+//! SSH through sluice with the real OpenSSH: an agent with no key of its own reaches a
+//! real sshd through the daemon, which presents a host certificate from its CA, logs in
+//! with its own key, judges every channel request and records it.
+
+use std::{process::Output, time::Duration};
+
+use serde_json::Value;
+use sluice_tests::{
+    TestDaemon,
+    ssh::{HOST, SshClient, SshServer, write_file},
+};
+
+const AGENT: &str = "deployer";
+
+fn rule(operations: &str, action: &str) -> String {
+    format!(
+        "[[rule]]\nagent = {AGENT:?}\nresource = \"hosts\"\noperations = [{operations}]\naction = {action:?}\n\n"
+    )
+}
+
+fn start(server: &SshServer, rules: &str) -> (TestDaemon, SshClient) {
+    let daemon = TestDaemon::start_with_credentials(
+        &server.policy("hosts", &[AGENT], rules),
+        &server.credentials("ssh-key"),
+    );
+    let client = SshClient::new(&daemon);
+    (daemon, client)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn explain(output: &Output, daemon: &TestDaemon, server: &SshServer) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}\ndaemon:\n{}\nsshd:\n{}",
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+        daemon.log(),
+        server.log()
+    )
+}
+
+/// The statements (channel requests) of every closed session of the agent.
+fn requests(daemon: &TestDaemon, at_least: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut all = Vec::new();
+        for session in daemon.sessions(Some(AGENT)) {
+            let id = session["id"].as_u64().expect("id");
+            let shown = daemon.show_session(id);
+            if let Some(statements) = shown["statements"].as_array() {
+                all.extend(statements.iter().cloned());
+            }
+        }
+        if all.len() >= at_least || std::time::Instant::now() > deadline {
+            return all;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_keyless_agent_runs_commands_like_directly() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"*\"", "allow"));
+    let command = "echo out; echo err >&2; exit 3";
+    let through = client.ssh(&daemon, AGENT, &server, &[], command);
+    let direct = server.direct_ssh(Some(&server.client_key), command);
+    assert_eq!(
+        through.status.code(),
+        Some(3),
+        "{}",
+        explain(&through, &daemon, &server)
+    );
+    assert_eq!(text(&through.stdout), text(&direct.stdout));
+    assert_eq!(text(&through.stderr), text(&direct.stderr));
+    assert_eq!(text(&through.stdout), "out\n");
+    assert_eq!(
+        text(&through.stderr),
+        "err\n",
+        "no host key prompt or warning"
+    );
+
+    // 50 MB through stdin and back through stdout, intact (sshd rekeys every 1 MB).
+    let mut data = vec![0u8; 50 * 1024 * 1024];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for chunk in data.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    let input = write_file(client.dir.path(), "input.bin", &data);
+    let mut args = client.options();
+    args.extend([
+        "-p".into(),
+        server.port.to_string(),
+        format!("root@{HOST}"),
+        "cat".into(),
+    ]);
+    let echoed = client.run(&daemon, AGENT, "ssh", &args, Some(&input));
+    assert!(
+        echoed.status.success(),
+        "{}",
+        explain(&echoed, &daemon, &server)
+    );
+    assert!(
+        echoed.stdout == data,
+        "50 MB came back altered ({} bytes)",
+        echoed.stdout.len()
+    );
+
+    // The daemon's host key was never written down.
+    assert_eq!(
+        std::fs::read_to_string(&client.user_known_hosts).unwrap(),
+        "",
+        "the user known_hosts stays empty"
+    );
+    let global = std::fs::read_to_string(&client.global_known_hosts).unwrap();
+    assert_eq!(
+        global.lines().filter(|l| !l.starts_with('#')).count(),
+        1,
+        "only the CA line: {global}"
+    );
+    assert!(
+        global.contains("@cert-authority * ssh-ed25519 "),
+        "{global}"
+    );
+    // `uninstall` takes back only its own line; without it the daemon is a stranger.
+    let path = client.global_known_hosts.to_str().unwrap();
+    let removed = daemon.sluice(&["ssh-ca", "uninstall", "--known-hosts", path]);
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&client.global_known_hosts).unwrap(),
+        "# the test's own global known_hosts\n"
+    );
+    let stranger = client.ssh(&daemon, AGENT, &server, &[], "true");
+    assert_eq!(stranger.status.code(), Some(255));
+    assert!(
+        text(&stranger.stderr).contains("Host key verification failed"),
+        "{}",
+        text(&stranger.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&client.user_known_hosts).unwrap(),
+        "",
+        "StrictHostKeyChecking=yes wrote nothing"
+    );
+
+    // Each request is a record with its command, class and exit status.
+    let records = requests(&daemon, 2);
+    let compound = records
+        .iter()
+        .find(|r| r["sql"] == command)
+        .expect("the command's record");
+    assert_eq!(compound["operation"], "unparsed");
+    assert_eq!(compound["tag"], "exit 3");
+    let cat = records
+        .iter()
+        .find(|r| r["sql"] == "cat")
+        .expect("cat's record");
+    assert_eq!(cat["decision"]["action"], "allow");
+}
+
+#[test]
+fn a_direct_keyless_ssh_is_refused_by_the_server() {
+    let server = SshServer::start();
+    let direct = server.direct_ssh(None, "true");
+    assert_eq!(direct.status.code(), Some(255));
+    assert!(
+        text(&direct.stderr).contains("Permission denied"),
+        "{}",
+        text(&direct.stderr)
+    );
+}
+
+#[test]
+fn command_classes_decide_allowed_denied_and_compound() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"read\", \"write\"", "allow"));
+    let victim = server.dir.path().join("victim");
+    std::fs::write(&victim, "still here").unwrap();
+
+    let allowed = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &[],
+        &format!("cat {}", victim.display()),
+    );
+    assert!(
+        allowed.status.success(),
+        "{}",
+        explain(&allowed, &daemon, &server)
+    );
+    assert_eq!(text(&allowed.stdout), "still here");
+
+    let denied = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &[],
+        &format!("rm -rf {}", victim.display()),
+    );
+    assert_eq!(
+        denied.status.code(),
+        Some(1),
+        "{}",
+        explain(&denied, &daemon, &server)
+    );
+    assert!(
+        text(&denied.stderr).contains("sluice: denied"),
+        "{}",
+        text(&denied.stderr)
+    );
+    assert!(victim.exists(), "a denied command never reaches the server");
+
+    let compound = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &[],
+        &format!("cat {0}; rm -f {0}", victim.display()),
+    );
+    assert_eq!(compound.status.code(), Some(1));
+    assert!(text(&compound.stderr).contains("sluice: denied"));
+    assert!(
+        victim.exists(),
+        "a compound command is unparsed, not allowed by read/write"
+    );
+
+    let records = requests(&daemon, 3);
+    let classes: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap_or_default(),
+                r["decision"]["action"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(classes.contains(&("read", "allow")), "{classes:?}");
+    assert!(classes.contains(&("dangerous", "deny")), "{classes:?}");
+    assert!(classes.contains(&("unparsed", "deny")), "{classes:?}");
+
+    // Exported as OCSF SSH Activity: a refused command is a `Refuse`.
+    let exported = daemon.sluice(&["export", "--format", "ocsf"]);
+    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    let events: Vec<Value> = text(&exported.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let ssh: Vec<&Value> = events.iter().filter(|e| e["class_uid"] == 4007).collect();
+    assert!(
+        ssh.iter().any(|e| e["activity_name"] == "Refuse"),
+        "{events:#?}"
+    );
+    assert!(ssh.iter().any(|e| e["activity_name"] == "Open"));
+    assert!(ssh.iter().any(|e| e["activity_name"] == "Close"));
+}
+
+#[test]
+fn forwards_agent_and_x11_are_refused_and_the_connection_goes_on() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"*\"", "allow"));
+    let target = sluice_tests::free_port();
+    // ssh asks for agent forwarding only with an agent socket, and for X11 only with a
+    // DISPLAY: neither needs to exist for the request to be sent.
+    let agent_path = client.dir.path().join("agent.sock");
+    let mut ssh_agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&agent_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !agent_path.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let agent_socket = "ForwardAgent=yes".to_owned();
+    for (flag, value) in [
+        ("-R", format!("{target}:127.0.0.1:22")),
+        ("-o", agent_socket),
+        ("-X", String::new()),
+    ] {
+        // The agent holds no key: it is there only to be forwarded (or not).
+        let mut args: Vec<String> = client
+            .options()
+            .into_iter()
+            .map(|option| {
+                if option == "IdentityAgent=none" {
+                    format!("IdentityAgent={}", agent_path.display())
+                } else {
+                    option
+                }
+            })
+            .collect();
+        args.extend(["-o".into(), "ExitOnForwardFailure=yes".into(), flag.into()]);
+        if !value.is_empty() {
+            args.push(value.clone());
+        }
+        args.extend([
+            "-p".into(),
+            server.port.to_string(),
+            format!("root@{HOST}"),
+            "echo ran".into(),
+        ]);
+        let output = client.run_with_env(
+            &daemon,
+            AGENT,
+            "ssh",
+            &args,
+            None,
+            &[("DISPLAY", "127.0.0.1:99")],
+        );
+        match flag {
+            // A refused remote forward ends the session under ExitOnForwardFailure.
+            "-R" => assert_ne!(
+                output.status.code(),
+                Some(0),
+                "{}",
+                explain(&output, &daemon, &server)
+            ),
+            // Agent and X11 forwarding are refused; the command still runs.
+            _ => {
+                assert!(
+                    output.status.success(),
+                    "{flag}: {}",
+                    explain(&output, &daemon, &server)
+                );
+                assert_eq!(text(&output.stdout), "ran\n");
+            }
+        }
+    }
+    let _ = ssh_agent.kill();
+    let _ = ssh_agent.wait();
+    let records = requests(&daemon, 3);
+    for request in ["tcpip-forward", "auth-agent-req", "x11-req"] {
+        let record = records
+            .iter()
+            .find(|r| r["kind"] == request)
+            .unwrap_or_else(|| panic!("no {request} record in {records:#?}\n{}", daemon.log()));
+        assert_eq!(record["decision"]["action"], "deny");
+    }
+}
+
+#[test]
+fn control_master_sessions_are_each_judged() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"read\"", "allow"));
+    let socket = client.dir.path().join("cm.sock");
+    let socket_option = format!("ControlPath={}", socket.display());
+    let master = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &[
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            &socket_option,
+            "-o",
+            "ControlPersist=30",
+            "-f",
+            "-N",
+        ],
+        "",
+    );
+    assert!(
+        master.status.success(),
+        "{}",
+        explain(&master, &daemon, &server)
+    );
+    let shared = ["-o", "ControlMaster=no", "-o", socket_option.as_str()];
+    let first = client.ssh(&daemon, AGENT, &server, &shared, "uname -s");
+    assert!(
+        first.status.success(),
+        "{}",
+        explain(&first, &daemon, &server)
+    );
+    let denied = client.ssh(&daemon, AGENT, &server, &shared, "touch /tmp/never");
+    assert_eq!(denied.status.code(), Some(1));
+    let second = client.ssh(&daemon, AGENT, &server, &shared, "id -u");
+    assert_eq!(
+        text(&second.stdout),
+        "0\n",
+        "{}",
+        explain(&second, &daemon, &server)
+    );
+    let _ = client.ssh(
+        &daemon,
+        AGENT,
+        &server,
+        &["-O", "exit", "-o", &socket_option],
+        "",
+    );
+    let sessions = daemon.sessions(Some(AGENT));
+    assert_eq!(sessions.len(), 1, "one connection: {sessions:#?}");
+    let records = requests(&daemon, 3);
+    assert_eq!(records.len(), 3, "{records:#?}");
+}
+
+#[test]
+fn a_pinned_host_key_mismatch_is_refused_and_says_why() {
+    let server = SshServer::start();
+    let impostor = SshServer::start();
+    // The resource pins the other server's key.
+    let policy = server
+        .policy("hosts", &[AGENT], &rule("\"*\"", "allow"))
+        .replace(&server.pinned_known_hosts().display().to_string(), &{
+            let path = server.dir.path().join("wrong_known_hosts");
+            std::fs::write(
+                &path,
+                format!("[{HOST}]:{} {}\n", server.port, impostor.host_public_key),
+            )
+            .unwrap();
+            path.display().to_string()
+        });
+    let daemon = TestDaemon::start_with_credentials(&policy, &server.credentials("ssh-key"));
+    let client = SshClient::new(&daemon);
+    let output = client.ssh(&daemon, AGENT, &server, &[], "echo ran");
+    assert_eq!(
+        output.status.code(),
+        Some(255),
+        "{}",
+        explain(&output, &daemon, &server)
+    );
+    assert!(
+        text(&output.stderr).contains("upstream_host_key_mismatch"),
+        "{}",
+        text(&output.stderr)
+    );
+    let sessions = daemon.wait_for_sessions(Some(AGENT), "the closed session", |s| {
+        s.iter().any(|s| s["state"] == "closed")
+    });
+    assert!(
+        sessions[0]["close_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("upstream_host_key_mismatch"),
+        "{sessions:#?}"
+    );
+}
+
+#[test]
+fn git_clone_and_push_are_judged_and_a_branch_deletion_refused() {
+    let server = SshServer::start();
+    let (daemon, client) = start(
+        &server,
+        &(rule("\"read\", \"write\"", "allow") + &rule("\"dangerous\"", "deny")),
+    );
+    let bare = server.dir.path().join("app.git");
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            text(&output.stderr)
+        );
+    };
+    git(
+        server.dir.path(),
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+    );
+    let seed = server.dir.path().join("seed");
+    std::fs::create_dir(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("README"), "hello\n").unwrap();
+    git(&seed, &["add", "README"]);
+    git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "one",
+        ],
+    );
+    git(
+        &seed,
+        &["push", "-q", bare.to_str().unwrap(), "main", "main:old"],
+    );
+
+    let url = format!("ssh://root@{HOST}:{}{}", server.port, bare.display());
+    let ssh_command = client.git_ssh_command();
+    let env = [("GIT_SSH_COMMAND", ssh_command.as_str())];
+    let work = client.dir.path().join("work");
+    let cloned = client.run_with_env(
+        &daemon,
+        AGENT,
+        "git",
+        &[
+            "clone".into(),
+            "-q".into(),
+            url.clone(),
+            work.display().to_string(),
+        ],
+        None,
+        &env,
+    );
+    assert!(
+        cloned.status.success(),
+        "{}",
+        explain(&cloned, &daemon, &server)
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("README")).unwrap(),
+        "hello\n"
+    );
+
+    std::fs::write(work.join("README"), "hello again\n").unwrap();
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qam",
+            "two",
+        ],
+    );
+    let git_agent = |args: &[&str]| {
+        let mut all = vec!["-C".to_owned(), work.display().to_string()];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        client.run_with_env(&daemon, AGENT, "git", &all, None, &env)
+    };
+    let pushed = git_agent(&["push", "-q", "origin", "main"]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        explain(&pushed, &daemon, &server)
+    );
+
+    let deleted = git_agent(&["push", "-q", "origin", ":old"]);
+    assert!(!deleted.status.success(), "a branch deletion is refused");
+    let branches = std::process::Command::new("git")
+        .args(["--git-dir", bare.to_str().unwrap(), "branch", "--list"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&branches.stdout).contains("old"),
+        "the branch is still there"
+    );
+
+    let records = requests(&daemon, 5);
+    let push = records
+        .iter()
+        .find(|r| r["kind"] == "git-push" && r["decision"]["action"] == "deny")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(push["operation"], "dangerous");
+    assert!(
+        push["sql"]
+            .as_str()
+            .unwrap()
+            .contains("delete refs/heads/old")
+    );
+}
+
+#[test]
+fn legacy_scp_reads_are_allowed_and_writes_denied() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"read\"", "allow"));
+    let remote = server.dir.path().join("remote.txt");
+    std::fs::write(&remote, "remote data\n").unwrap();
+    let local = client.dir.path().join("copy.txt");
+    let mut args = client.options();
+    args.extend([
+        "-O".into(),
+        "-P".into(),
+        server.port.to_string(),
+        format!("root@{HOST}:{}", remote.display()),
+        local.display().to_string(),
+    ]);
+    let read = client.run(&daemon, AGENT, "scp", &args, None);
+    assert!(
+        read.status.success(),
+        "{}",
+        explain(&read, &daemon, &server)
+    );
+    assert_eq!(std::fs::read_to_string(&local).unwrap(), "remote data\n");
+
+    let target = server.dir.path().join("uploaded.txt");
+    let mut args = client.options();
+    args.extend([
+        "-O".into(),
+        "-P".into(),
+        server.port.to_string(),
+        local.display().to_string(),
+        format!("root@{HOST}:{}", target.display()),
+    ]);
+    let write = client.run(&daemon, AGENT, "scp", &args, None);
+    assert!(
+        !write.status.success(),
+        "{}",
+        explain(&write, &daemon, &server)
+    );
+    assert!(!target.exists());
+}
+
+#[test]
+fn hostile_bytes_and_a_slowloris_leave_the_daemon_serving() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"*\"", "allow"));
+    let address = format!("{HOST}:{}", server.port);
+    // A slowloris: a banner one byte every 200 ms, then silence, held open meanwhile.
+    let slow = std::process::Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(["run", "--agent", AGENT, "--", "python3", "-c"])
+        .arg(format!(
+            "import socket, time\ns = socket.create_connection(('{HOST}', {port}))\n\
+             for b in b'SSH-2.0-slow':\n    s.send(bytes([b])); time.sleep(0.2)\ntime.sleep(30)\n",
+            port = server.port
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let probe = sluice_tests::probe_bin();
+    let probe = probe.to_str().unwrap();
+    // Garbage instead of a banner; a banner and then a garbage packet; a banner and a
+    // packet claiming 4 GB.
+    for hex in [
+        "00ffee0d0a".repeat(50),
+        format!("{}{}", hex_of(b"SSH-2.0-hostile\r\n"), "ff".repeat(256)),
+        format!("{}{}", hex_of(b"SSH-2.0-hostile\r\n"), "fffffff0"),
+    ] {
+        let _ = daemon.run_agent(AGENT, probe, &["raw", &address, &hex]);
+    }
+    let output = client.ssh(&daemon, AGENT, &server, &[], "echo still serving");
+    assert!(
+        output.status.success(),
+        "{}",
+        explain(&output, &daemon, &server)
+    );
+    assert_eq!(text(&output.stdout), "still serving\n");
+    let mut slow = slow;
+    let _ = slow.kill();
+    let _ = slow.wait();
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn an_interactive_shell_is_admin_recorded_and_replayed() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"admin\"", "allow"));
+    let script = write_file(
+        client.dir.path(),
+        "typed.txt",
+        b"echo hello-from-the-shell\nexit 7\n",
+    );
+    let mut args = client.options();
+    args.extend([
+        "-tt".into(),
+        "-p".into(),
+        server.port.to_string(),
+        format!("root@{HOST}"),
+    ]);
+    let shell = client.run(&daemon, AGENT, "ssh", &args, Some(&script));
+    assert_eq!(
+        shell.status.code(),
+        Some(7),
+        "{}",
+        explain(&shell, &daemon, &server)
+    );
+    assert!(text(&shell.stdout).contains("hello-from-the-shell"));
+    let records = requests(&daemon, 1);
+    let record = records
+        .iter()
+        .find(|r| r["kind"] == "shell")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(record["operation"], "admin");
+    assert_eq!(record["tag"], "exit 7");
+    let session = daemon.sessions(Some(AGENT))[0]["id"].as_u64().unwrap();
+    let replay = daemon.sluice(&["replay", &session.to_string(), "--speed", "0"]);
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    let replayed = text(&replay.stdout);
+    assert!(replayed.contains("terminal recording"), "{replayed}");
+    assert!(replayed.contains("hello-from-the-shell"), "{replayed}");
+    assert!(replayed.contains("[exit 7]"), "{replayed}");
+
+    // Without `admin`, a shell is refused and nothing runs.
+    let (daemon, client) = start(&server, &rule("\"read\"", "allow"));
+    let refused = client.run(
+        &daemon,
+        AGENT,
+        "ssh",
+        &{
+            let mut args = client.options();
+            args.extend([
+                "-tt".into(),
+                "-p".into(),
+                server.port.to_string(),
+                format!("root@{HOST}"),
+            ]);
+            args
+        },
+        Some(&script),
+    );
+    assert_ne!(refused.status.code(), Some(7));
+    assert!(!text(&refused.stdout).contains("hello-from-the-shell"));
+}
+
+#[test]
+fn a_jump_through_one_server_to_another_is_intercepted_again() {
+    let jump = SshServer::start();
+    let inner = SshServer::start();
+    let policy = format!(
+        "[[agent]]\nname = {AGENT:?}\n\n\
+         [[resource]]\nname = \"jump\"\naddresses = [{HOST:?}]\nports = [{jump_port}]\nprotocol = \"ssh\"\n\
+         credential = \"jump-key\"\nknown_hosts = {jump_known:?}\n\n\
+         [[resource]]\nname = \"inner\"\naddresses = [{HOST:?}]\nports = [{inner_port}]\nprotocol = \"ssh\"\n\
+         credential = \"inner-key\"\nknown_hosts = {inner_known:?}\n\n\
+         [[rule]]\nagent = {AGENT:?}\nresource = \"jump\"\noperations = [\"read\"]\naction = \"allow\"\n\n\
+         [[rule]]\nagent = {AGENT:?}\nresource = \"inner\"\noperations = [\"read\"]\naction = \"allow\"\n",
+        jump_port = jump.port,
+        inner_port = inner.port,
+        jump_known = jump.pinned_known_hosts().display().to_string(),
+        inner_known = inner.pinned_known_hosts().display().to_string(),
+    );
+    let credentials = format!(
+        "{}{}",
+        jump.credentials("jump-key"),
+        inner.credentials("inner-key")
+    );
+    let daemon = TestDaemon::start_with_credentials(&policy, &credentials);
+    let client = SshClient::new(&daemon);
+    let jump_spec = format!(
+        "-oProxyCommand=ssh {} -W %h:%p -p {} root@{HOST}",
+        client.options().join(" "),
+        jump.port
+    );
+    let output = client.ssh(&daemon, AGENT, &inner, &[&jump_spec], "cat /etc/hostname");
+    assert!(
+        output.status.success(),
+        "{}",
+        explain(&output, &daemon, &inner)
+    );
+    // A forward to a destination no rule allows is refused.
+    let unknown = sluice_tests::free_port();
+    let refused = client.ssh(
+        &daemon,
+        AGENT,
+        &jump,
+        &["-W", &format!("{HOST}:{unknown}")],
+        "",
+    );
+    assert_ne!(refused.status.code(), Some(0));
+    // Two SSH sessions through the daemon (the jump and, nested, the inner one), plus the
+    // refused forward's.
+    let sessions = daemon.sessions(Some(AGENT));
+    let inner_sessions: Vec<&Value> = sessions
+        .iter()
+        .filter(|s| s["destination"] == format!("{HOST}:{}", inner.port))
+        .collect();
+    assert!(!inner_sessions.is_empty(), "{sessions:#?}");
+    assert!(
+        inner_sessions
+            .iter()
+            .any(|s| !s["parent_session"].is_null()),
+        "the inner session is nested in the jump's: {sessions:#?}"
+    );
+}
+
+/// `ssh` as `agent` running as user `nobody` (root approves; nobody approves their own).
+fn spawn_ssh_as_nobody(
+    daemon: &TestDaemon,
+    client: &SshClient,
+    server: &SshServer,
+    extra: &[&str],
+    command: &str,
+) -> std::process::Child {
+    let mut args = client.options();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.extend(["-p".into(), server.port.to_string(), format!("root@{HOST}")]);
+    if !command.is_empty() {
+        args.push(command.into());
+    }
+    std::process::Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(["run", "--agent", AGENT, "--user", "nobody", "--", "ssh"])
+        .args(&args)
+        .env("SLUICE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_held_command_waits_for_approval_while_other_channels_work() {
+    let server = SshServer::start();
+    let (daemon, client) = start(
+        &server,
+        &(rule("\"read\"", "allow") + &rule("\"write\"", "review")),
+    );
+    let shared = client.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let control = format!("ControlPath={}", shared.join("cm.sock").display());
+    let master = spawn_ssh_as_nobody(
+        &daemon,
+        &client,
+        &server,
+        &["-o", "ControlMaster=yes", "-o", &control, "-N"],
+        "",
+    );
+    let socket = shared.join("cm.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no control master: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mux = ["-o", "ControlMaster=no", "-o", control.as_str()];
+    let marker = server.dir.path().join("approved-marker");
+    let held = spawn_ssh_as_nobody(
+        &daemon,
+        &client,
+        &server,
+        &mux,
+        &format!("touch {}", marker.display()),
+    );
+    let hold = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let output = daemon.sluice(&["approvals", "list", "--json"]);
+            let list: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            if let Some(hold) = list.into_iter().next() {
+                break hold;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no hold: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(!marker.exists(), "held, not run");
+    // Meanwhile another channel of the same connection runs.
+    let other = spawn_ssh_as_nobody(&daemon, &client, &server, &mux, "uname -s");
+    let other = sluice_tests::ssh::wait_with_timeout(other, Duration::from_secs(60));
+    assert_eq!(
+        text(&other.stdout),
+        "Linux\n",
+        "{}",
+        explain(&other, &daemon, &server)
+    );
+    assert!(!marker.exists());
+    let approved = daemon.sluice(&[
+        "approve",
+        &hold["id"].as_u64().unwrap().to_string(),
+        "--reason",
+        "change window",
+    ]);
+    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let held = sluice_tests::ssh::wait_with_timeout(held, Duration::from_secs(60));
+    assert!(
+        held.status.success(),
+        "{}",
+        explain(&held, &daemon, &server)
+    );
+    assert!(marker.exists(), "ran once approved");
+    let mut master = master;
+    let _ = master.kill();
+    let _ = master.wait();
+    let records = requests(&daemon, 2);
+    let touch = records
+        .iter()
+        .find(|r| r["sql"].as_str().unwrap_or_default().starts_with("touch"))
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(touch["approval"]["outcome"], "approved");
+}
+
+#[test]
+fn command_rules_narrow_by_glob() {
+    let server = SshServer::start();
+    let rules = format!(
+        "[[rule]]\nagent = {AGENT:?}\nresource = \"hosts\"\noperations = [\"read\", \"write\", \"unparsed\"]\n\
+         ssh = {{ commands = [\"echo allowed *\", \"systemctl restart app\"] }}\naction = \"allow\"\n"
+    );
+    let (daemon, client) = start(&server, &rules);
+    let allowed = client.ssh(&daemon, AGENT, &server, &[], "echo allowed by glob");
+    assert!(
+        allowed.status.success(),
+        "{}",
+        explain(&allowed, &daemon, &server)
+    );
+    assert_eq!(text(&allowed.stdout), "allowed by glob\n");
+    for refused in [
+        "echo something else",
+        // A glob never spans a separator, even where `unparsed` is allowed.
+        "echo allowed x; id",
+        "echo allowed $(id)",
+    ] {
+        let output = client.ssh(&daemon, AGENT, &server, &[], refused);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{refused}: {}",
+            explain(&output, &daemon, &server)
+        );
+        assert!(
+            text(&output.stderr).contains("sluice: denied"),
+            "{}",
+            text(&output.stderr)
+        );
+        assert_eq!(text(&output.stdout), "", "{refused} never ran");
+    }
+}
