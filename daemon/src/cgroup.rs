@@ -129,13 +129,7 @@ impl ManagedRoot {
         format!("/{}", relative.display())
     }
 
-    /// Whether the root is a systemd slice (`*.slice`): agents' children are then slices
-    /// too.
-    fn is_slice(&self) -> bool {
-        self.slice_prefix().is_some()
-    }
-
-    /// `sluice` for a root named `sluice.slice`.
+    /// `sluice` for a root named `sluice.slice`: agents' children are then slices too.
     fn slice_prefix(&self) -> Option<&str> {
         self.path
             .file_name()
@@ -333,7 +327,7 @@ mod tests {
     #[test]
     fn under_a_plain_root_an_agents_directory_is_its_name() {
         let root = root_at("/sys/fs/cgroup/sluice");
-        assert!(!root.is_slice());
+        assert_eq!(root.slice_prefix(), None);
         assert_eq!(root.agent_dir_name("ci-bot"), "ci-bot");
         assert_eq!(root.agent_of_dir_name("ci-bot").as_deref(), Some("ci-bot"));
         assert_eq!(root.agent_of_dir_name("cgroup.procs"), None);
@@ -342,7 +336,7 @@ mod tests {
     #[test]
     fn under_a_slice_root_agents_are_the_slices_systemd_makes_for_them() {
         let root = root_at("/sys/fs/cgroup/sluice.slice");
-        assert!(root.is_slice());
+        assert_eq!(root.slice_prefix(), Some("sluice"));
         // `Slice=sluice-reporter.slice` in a unit, and `sluice run --agent reporter`.
         assert_eq!(root.agent_dir_name("reporter"), "sluice-reporter.slice");
         assert_eq!(

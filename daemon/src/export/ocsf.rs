@@ -4,7 +4,10 @@
 //! |---|---|---|
 //! | `session_open` | Network Activity 4001 | 1 Open, 5 Refuse when denied |
 //! | `session_close` | Network Activity 4001 | 2 Close |
-//! | `statement`, `statement_result` | Datastore Activity 6005 | 4 Query |
+//! | `statement`, `statement_result` of SQL (`postgres`, `mysql`) | Datastore Activity 6005 | 4 Query |
+//! | `statement`, `statement_result` of `http` | HTTP Activity 4002 | the method (3 Get, 6 Post, 9 Patch...) |
+//! | `statement`, `statement_result` of `kubernetes` | API Activity 6003 | 1 Create, 2 Read, 3 Update, 4 Delete |
+//! | `statement`, `statement_result` of `ssh` | SSH Activity 4007 | 6 Traffic |
 //! | `dns` | DNS Activity 4003 | 2 Response |
 //! | `approval_requested`, `approval_decided` | Authorize Session 3003 | 99 Other, 1 Assign Privileges |
 //! | `grant` | User Access Management 3005 | 1 Assign / 2 Revoke Privileges |
@@ -29,7 +32,10 @@ use serde_json::{Map, Value, json};
 use super::{
     PRODUCT, PRODUCT_VERSION, Severity, decision_severity, epoch_ms, process_fields, socket_addr,
 };
-use crate::events::{Activity, Context, StoredEvent};
+use crate::{
+    events::{Activity, Context, StoredEvent},
+    pipeline::Details,
+};
 
 /// The OCSF schema version these events follow.
 pub const SCHEMA_VERSION: &str = "1.8.0";
@@ -61,6 +67,24 @@ pub const DATASTORE_ACTIVITY: Class = Class {
     category_uid: 6,
     category_name: "Application Activity",
 };
+pub const HTTP_ACTIVITY: Class = Class {
+    uid: 4002,
+    name: "HTTP Activity",
+    category_uid: 4,
+    category_name: "Network Activity",
+};
+pub const API_ACTIVITY: Class = Class {
+    uid: 6003,
+    name: "API Activity",
+    category_uid: 6,
+    category_name: "Application Activity",
+};
+pub const SSH_ACTIVITY: Class = Class {
+    uid: 4007,
+    name: "SSH Activity",
+    category_uid: 4,
+    category_name: "Network Activity",
+};
 pub const APPLICATION_LIFECYCLE: Class = Class {
     uid: 6002,
     name: "Application Lifecycle",
@@ -79,13 +103,6 @@ pub const USER_ACCESS: Class = Class {
     category_uid: 3,
     category_name: "Identity & Access Management",
 };
-/// SSH channel requests (each exec, shell, subsystem, forward) and their results.
-pub const SSH_ACTIVITY: Class = Class {
-    uid: 4007,
-    name: "SSH Activity",
-    category_uid: 4,
-    category_name: "Network Activity",
-};
 pub const EVENT_LOG_ACTIVITY: Class = Class {
     uid: 1008,
     name: "Event Log Activity",
@@ -93,7 +110,27 @@ pub const EVENT_LOG_ACTIVITY: Class = Class {
     category_name: "System Activity",
 };
 
-/// The class an activity maps to.
+/// The class an event maps to: an operation's by the protocol that decoded it.
+pub fn class_for(activity: &Activity, context: &Context) -> Class {
+    match activity {
+        Activity::Statement { .. } | Activity::StatementResult { .. } => {
+            operation_class(context.protocol.as_deref())
+        }
+        other => class_of(other),
+    }
+}
+
+/// The class of an operation (`statement` and `statement_result` events) of `protocol`.
+pub fn operation_class(protocol: Option<&str>) -> Class {
+    match protocol {
+        Some("http") => HTTP_ACTIVITY,
+        Some("kubernetes") => API_ACTIVITY,
+        Some("ssh") => SSH_ACTIVITY,
+        _ => DATASTORE_ACTIVITY,
+    }
+}
+
+/// The class an activity maps to, whatever its protocol (operations: as SQL).
 pub fn class_of(activity: &Activity) -> Class {
     match activity {
         Activity::SessionOpen { .. } | Activity::SessionClose { .. } => NETWORK_ACTIVITY,
@@ -104,21 +141,6 @@ pub fn class_of(activity: &Activity) -> Class {
         Activity::Daemon { .. } | Activity::PolicyReload { .. } => APPLICATION_LIFECYCLE,
         Activity::Retention { .. } => EVENT_LOG_ACTIVITY,
     }
-}
-
-/// An SSH channel request is SSH Activity (4007): a request let through opens
-/// (`Open`), a refused one is `Refuse`, its end is `Close`.
-fn ssh_activity(activity: &Activity, class: &mut Class, mapped: &mut Mapped) {
-    let (activity_id, activity_name) = match activity {
-        Activity::Statement { decision, .. } if decision.action == "allow" => (1, "Open"),
-        Activity::Statement { decision, .. } if decision.action == "review" => (1, "Open"),
-        Activity::Statement { .. } => (5, "Refuse"),
-        Activity::StatementResult { .. } => (2, "Close"),
-        _ => return,
-    };
-    *class = SSH_ACTIVITY;
-    mapped.activity_id = activity_id;
-    mapped.activity_name = activity_name;
 }
 
 /// Outcome of an activity, as OCSF `status_id`.
@@ -143,11 +165,16 @@ struct Mapped {
 /// `stored` as an OCSF event object.
 pub fn event(stored: &StoredEvent) -> Value {
     let event = &stored.event;
-    let mut class = class_of(&event.activity);
+    let class = class_for(&event.activity, &event.context);
     let mut mapped = activity_fields(&event.activity, &event.context, &event.host);
-    if event.context.protocol.as_deref() == Some("ssh") {
-        ssh_activity(&event.activity, &mut class, &mut mapped);
+    let is_operation = matches!(
+        event.activity,
+        Activity::Statement { .. } | Activity::StatementResult { .. }
+    );
+    if is_operation && class != DATASTORE_ACTIVITY {
+        operation_fields(class, &event.activity, &event.context, &mut mapped);
     }
+
     let type_uid = u64::from(class.uid) * 100 + u64::from(mapped.activity_id);
     let mut object = json!({
         "activity_id": mapped.activity_id,
@@ -529,6 +556,131 @@ fn activity_fields(activity: &Activity, context: &Context, host: &str) -> Mapped
                 fields,
             }
         }
+    }
+}
+
+/// Re-maps an operation of a protocol that is no datastore into its class: HTTP
+/// Activity (`http_request`, `http_response`), API Activity (`api`, `resources`) or
+/// SSH Activity. The datastore objects go; the decision, status and message stay.
+fn operation_fields(class: Class, activity: &Activity, context: &Context, mapped: &mut Mapped) {
+    for datastore_only in ["query_info", "database", "table", "type_id", "type"] {
+        mapped.fields.remove(datastore_only);
+    }
+    let (details, verb) = match activity {
+        Activity::Statement { details, kind, .. } => (Some(details), kind.as_str()),
+        _ => (None, ""),
+    };
+    let seq = match activity {
+        Activity::Statement { statement_seq, .. }
+        | Activity::StatementResult { statement_seq, .. } => *statement_seq,
+        _ => 0,
+    };
+    let uid = format!("{}/{seq}", context.session_id.unwrap_or_default());
+    let (activity_id, activity_name) = if class == HTTP_ACTIVITY {
+        let method = match details {
+            Some(Details::Http { method, .. }) => method.as_str(),
+            _ => verb,
+        };
+        let mut request = json!({"uid": uid});
+        if !method.is_empty() {
+            request["http_method"] = json!(method);
+        }
+        if let Some(Details::Http {
+            host,
+            path,
+            query_keys,
+            status,
+            ..
+        }) = details
+        {
+            request["url"] = json!({"hostname": host, "path": path});
+            if !query_keys.is_empty() {
+                insert_unmapped_extra(&mut mapped.fields, json!({"query_keys": query_keys}));
+            }
+            if let Some(status) = status {
+                mapped
+                    .fields
+                    .insert("http_response".into(), json!({"code": status}));
+            }
+        }
+        mapped.fields.insert("http_request".into(), request);
+        http_method_activity(method)
+    } else if class == API_ACTIVITY {
+        let mut api = json!({"operation": verb, "request": {"uid": uid}, "service": {"name": context.resource.clone().unwrap_or_default()}});
+        if let Some(Details::Kubernetes {
+            verb,
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+        }) = details
+        {
+            api["operation"] = json!(verb);
+            if !group.is_empty() {
+                api["group"] = json!({"name": group});
+            }
+            let kind = match subresource {
+                Some(subresource) => format!("{resource}/{subresource}"),
+                None => resource.clone(),
+            };
+            let mut object = json!({"type": kind});
+            if let Some(name) = name {
+                object["name"] = json!(name);
+            }
+            if let Some(namespace) = namespace {
+                object["namespace"] = json!(namespace);
+            }
+            mapped.fields.insert("resources".into(), json!([object]));
+        }
+        let operation = api["operation"].as_str().unwrap_or_default().to_owned();
+        mapped.fields.insert("api".into(), api);
+        kubernetes_verb_activity(&operation)
+    } else {
+        if let Some(Details::Ssh {
+            request,
+            command,
+            forward,
+        }) = details
+        {
+            insert_unmapped_extra(
+                &mut mapped.fields,
+                json!({"ssh": {"request": request, "command": command, "forward": forward}}),
+            );
+        }
+        mapped
+            .fields
+            .insert("connection_info".into(), connection_info(context));
+        (6, "Traffic")
+    };
+    mapped.activity_id = activity_id;
+    mapped.activity_name = activity_name;
+}
+
+/// HTTP Activity's activity for a method.
+fn http_method_activity(method: &str) -> (u32, &'static str) {
+    match method.to_ascii_uppercase().as_str() {
+        "CONNECT" => (1, "Connect"),
+        "DELETE" => (2, "Delete"),
+        "GET" => (3, "Get"),
+        "HEAD" => (4, "Head"),
+        "OPTIONS" => (5, "Options"),
+        "POST" => (6, "Post"),
+        "PUT" => (7, "Put"),
+        "TRACE" => (8, "Trace"),
+        "PATCH" => (9, "Patch"),
+        _ => (99, "Other"),
+    }
+}
+
+/// API Activity's activity for a Kubernetes verb.
+fn kubernetes_verb_activity(verb: &str) -> (u32, &'static str) {
+    match verb {
+        "create" => (1, "Create"),
+        "get" | "list" | "watch" => (2, "Read"),
+        "update" | "patch" => (3, "Update"),
+        "delete" | "deletecollection" => (4, "Delete"),
+        _ => (99, "Other"),
     }
 }
 

@@ -405,3 +405,114 @@ fn jsonl_is_the_stored_event_as_it_is() {
         assert_eq!(parsed, stored);
     }
 }
+
+/// An operation event of `protocol` with `details`, as its decoder would record it.
+fn operation_event(protocol: &str, kind: &str, details: crate::pipeline::Details) -> StoredEvent {
+    StoredEvent {
+        seq: 9,
+        prev_hash: "0".repeat(64),
+        hash: "1".repeat(64),
+        event: Event {
+            version: SCHEMA_VERSION,
+            time: datetime!(2026-01-02 03:04:05.678 UTC),
+            host: "host-1".into(),
+            context: Context {
+                protocol: Some(protocol.into()),
+                resource: Some("api".into()),
+                ..session_context()
+            },
+            activity: Activity::Statement {
+                statement_seq: 3,
+                sql: format!("{kind} ?"),
+                operation: "read".into(),
+                kind: kind.into(),
+                tables: vec![],
+                parameters: vec![],
+                decision: decision("allow"),
+                details,
+            },
+        },
+    }
+}
+
+fn ocsf_of(stored: &StoredEvent) -> Value {
+    serde_json::from_str(&render(Format::Ocsf, stored).expect("render")).expect("OCSF is JSON")
+}
+
+#[test]
+fn operations_map_to_the_ocsf_class_of_their_protocol_with_its_required_fields() {
+    use crate::pipeline::Details;
+
+    let sql = ocsf_of(&operation_event(
+        "mysql",
+        "SELECT",
+        Details::Sql {
+            tables_read: vec!["t".into()],
+            tables_written: vec![],
+            database: None,
+        },
+    ));
+    assert_eq!(integer(&sql, "/class_uid"), 6005);
+    assert_eq!(integer(&sql, "/activity_id"), 4);
+    string(&sql, "/query_info/query_string");
+    string(&sql, "/database/type");
+
+    let http = ocsf_of(&operation_event(
+        "http",
+        "GET",
+        Details::Http {
+            method: "GET".into(),
+            host: "api.internal".into(),
+            path: "/v1/users".into(),
+            query_keys: vec!["page".into()],
+            status: Some(200),
+        },
+    ));
+    assert_eq!(integer(&http, "/class_uid"), 4002);
+    assert_eq!(integer(&http, "/category_uid"), 4);
+    assert_eq!(integer(&http, "/activity_id"), 3);
+    assert_eq!(integer(&http, "/type_uid"), 400_203);
+    assert_eq!(string(&http, "/http_request/http_method"), "GET");
+    assert_eq!(string(&http, "/http_request/url/path"), "/v1/users");
+    assert_eq!(string(&http, "/http_request/url/hostname"), "api.internal");
+    assert_eq!(integer(&http, "/http_response/code"), 200);
+    assert!(http.pointer("/dst_endpoint").is_some());
+    assert!(http.pointer("/query_info").is_none(), "{http}");
+    assert_eq!(string(&http, "/action"), "Allowed");
+
+    let kubernetes = ocsf_of(&operation_event(
+        "kubernetes",
+        "delete pods",
+        Details::Kubernetes {
+            verb: "delete".into(),
+            group: String::new(),
+            resource: "pods".into(),
+            subresource: None,
+            namespace: Some("prod".into()),
+            name: Some("web-1".into()),
+        },
+    ));
+    assert_eq!(integer(&kubernetes, "/class_uid"), 6003);
+    assert_eq!(integer(&kubernetes, "/activity_id"), 4);
+    assert_eq!(string(&kubernetes, "/api/operation"), "delete");
+    string(&kubernetes, "/api/service/name");
+    assert!(kubernetes.pointer("/actor").is_some());
+    assert!(kubernetes.pointer("/src_endpoint").is_some());
+    assert_eq!(string(&kubernetes, "/resources/0/type"), "pods");
+    assert_eq!(string(&kubernetes, "/resources/0/name"), "web-1");
+
+    let ssh = ocsf_of(&operation_event(
+        "ssh",
+        "exec",
+        Details::Ssh {
+            request: "exec".into(),
+            command: Some("uptime".into()),
+            forward: None,
+        },
+    ));
+    assert_eq!(integer(&ssh, "/class_uid"), 4007);
+    assert_eq!(integer(&ssh, "/category_uid"), 4);
+    assert_eq!(integer(&ssh, "/type_uid"), 400_706);
+    assert!(ssh.pointer("/src_endpoint").is_some() && ssh.pointer("/dst_endpoint").is_some());
+    assert_eq!(string(&ssh, "/unmapped/ssh/command"), "uptime");
+}
