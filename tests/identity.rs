@@ -174,6 +174,40 @@ fn tokens_verify_only_when_issuer_audience_time_algorithm_and_signature_hold_and
     parts[1] = base64_url(&forged.to_string());
     assert_refused(&daemon, &parts.join("."), "signature does not verify");
 
+    // Every attempt is an audit event, bound or refused, and the export names why.
+    let export = daemon.sluice(&["export", "--format", "jsonl"]);
+    let export = String::from_utf8_lossy(&export.stdout).into_owned();
+    let identity_events: Vec<Value> = export
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event.pointer("/event/activity/type") == Some(&json!("identity")))
+        .collect();
+    let outcome = |event: &Value| {
+        event["event"]["activity"]["outcome"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        identity_events
+            .iter()
+            .filter(|e| outcome(e).as_deref() == Some("bound"))
+            .count(),
+        3,
+        "{export}"
+    );
+    assert_eq!(
+        identity_events
+            .iter()
+            .filter(|e| outcome(e).as_deref() == Some("refused"))
+            .count(),
+        9,
+        "{export}"
+    );
+    assert!(
+        export.contains("already used") && export.contains("audience"),
+        "{export}"
+    );
+
     // No token, no file: the raw tokens appear in no store file, state file or log.
     for token in [&main, &genuine] {
         let found = files_containing(daemon.dir.path(), token);

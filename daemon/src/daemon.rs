@@ -451,17 +451,46 @@ impl ControlBackend for Backend {
             |message: String| ApiError::new(hyper::StatusCode::UNPROCESSABLE_ENTITY, message);
         crate::cgroup::validate_agent_name(&request.agent)
             .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        // Every attempt is an audit event (`identity`), bound or refused; never the token.
+        let record = |outcome: &str,
+                      reason: String,
+                      run: Option<String>,
+                      identity: Option<crate::workload::RunIdentity>| {
+            let context = crate::events::Context {
+                agent: Some(request.agent.clone()),
+                pid: peer.pid,
+                uid: Some(peer.uid),
+                gid: Some(peer.gid),
+                cgroup: run.clone(),
+                identity,
+                ..Default::default()
+            };
+            let activity = Activity::Identity {
+                outcome: outcome.to_owned(),
+                agent: request.agent.clone(),
+                reason,
+                run,
+            };
+            self.runtime.block_on(self.store.append(
+                crate::events::Event::now(context, activity),
+                Durability::Durable,
+            ))
+        };
+        let refuse = |message: String| {
+            tracing::warn!(agent = %request.agent, peer = %peer.display_name(), %message, "identity token refused");
+            if let Err(error) = record("refused", message.clone(), None, None) {
+                tracing::error!(%error, "cannot record the refused identity token");
+            }
+            forbidden(format!("identity token refused: {message}"))
+        };
         let verified = self
             .runtime
             .block_on(self.workload.verifier.verify(&request.token))
-            .map_err(|error| {
-                tracing::warn!(agent = %request.agent, peer = %peer.display_name(), %error, "identity token refused");
-                forbidden(format!("identity token refused: {error}"))
-            })?;
+            .map_err(|error| refuse(error.to_string()))?;
         if let Some(issuer) = &request.issuer
             && &verified.record.issuer != issuer
         {
-            return Err(forbidden(format!(
+            return Err(refuse(format!(
                 "the token verified as issuer {:?}, not {issuer:?}",
                 verified.record.issuer
             )));
@@ -480,6 +509,18 @@ impl ControlBackend for Backend {
             .runs
             .bind(&request.agent, &agent_dir, &agent_cgroup, verified)
             .map_err(|error| ApiError::internal(error.to_string()))?;
+        // A run the audit log does not know of is not started: fail closed.
+        if let Err(error) = record(
+            "bound",
+            String::new(),
+            Some(binding.cgroup_path.clone()),
+            Some(binding.identity.record.clone()),
+        ) {
+            self.workload.runs.unbind(binding.cgroup_id);
+            return Err(ApiError::internal(format!(
+                "cannot record the identity binding, so the run is not started: {error}"
+            )));
+        }
         tracing::info!(
             agent = %request.agent,
             run = %binding.cgroup_path,

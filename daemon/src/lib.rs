@@ -9,6 +9,22 @@
 //!
 //! `bpf` and `cgroup` set the interception up; `control` serves the CLI; `cli` is the
 //! client side of every subcommand.
+//!
+//! The layout, from the bottom up:
+//!
+//! ```text
+//! core        policy, grants, approvals, store, events, export, masking, sql, metrics, ...
+//!               (know no protocol)
+//! pipeline    Operation, judge (policy + grants + review holds + masks), operation
+//!               records and events: what every L7 protocol shares
+//! protocols/  one module per protocol (postgres, mysql, ...), each reaching the rest only
+//!   mod.rs      through the pipeline and the core; mod.rs is the registry, the one place
+//!               that names them (one registration line per protocol)
+//! session     a connection's life: identify, decide, record, dispatch through the registry
+//! ```
+//!
+//! `protocols::layout` (a test) checks that nothing else names a protocol module and that
+//! protocols do not name each other.
 
 pub mod approvals;
 pub mod audit;

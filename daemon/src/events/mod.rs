@@ -274,6 +274,18 @@ pub enum Activity {
         rcode: String,
         answers: Vec<String>,
     },
+    /// A workload identity token was presented for an agent run (`sluice run
+    /// --identity`): verified and bound to the run, or refused. The token is never in it.
+    Identity {
+        /// `bound` or `refused`.
+        outcome: String,
+        /// The agent the run is for.
+        agent: String,
+        /// Why the token was refused; empty when bound.
+        reason: String,
+        /// The run's cgroup (as `/proc/PID/cgroup` spells it) when bound.
+        run: Option<String>,
+    },
     /// The daemon started or stopped.
     Daemon {
         /// `started` or `stopped`.
@@ -304,6 +316,7 @@ impl Activity {
             Activity::Grant { .. } => "grant",
             Activity::PolicyReload { .. } => "policy_reload",
             Activity::Dns { .. } => "dns",
+            Activity::Identity { .. } => "identity",
             Activity::Daemon { .. } => "daemon",
             Activity::Retention { .. } => "retention",
         }

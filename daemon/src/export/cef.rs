@@ -233,6 +233,20 @@ fn activity_extensions(
             };
             (format!("policy reload {outcome}"), severity)
         }
+        Activity::Identity {
+            outcome, reason, ..
+        } => {
+            extensions.push(("outcome", outcome.clone()));
+            if !reason.is_empty() {
+                extensions.push(("reason", reason.clone()));
+            }
+            let severity = if outcome == "bound" {
+                Severity::Informational
+            } else {
+                Severity::Medium
+            };
+            (format!("workload identity {outcome}"), severity)
+        }
         Activity::Daemon { change, .. } => (format!("daemon {change}"), Severity::Informational),
         Activity::Retention {
             first_dropped_seq,

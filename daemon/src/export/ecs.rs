@@ -110,6 +110,15 @@ fn classify(activity: &Activity) -> (Vec<&'static str>, Vec<&'static str>, &'sta
             (vec!["network"], vec!["connection", "start", kind], outcome)
         }
         Activity::SessionClose { .. } => (vec!["network"], vec!["connection", "end"], "success"),
+        Activity::Identity { outcome, .. } => (
+            vec!["authentication"],
+            vec!["start"],
+            if outcome == "bound" {
+                "success"
+            } else {
+                "failure"
+            },
+        ),
         Activity::Statement { decision, .. } => {
             let (kind, outcome) = decided(&decision.action);
             (vec!["database"], vec!["access", kind], outcome)
@@ -218,6 +227,9 @@ fn message(activity: &Activity, context: &Context) -> String {
         Activity::PolicyReload {
             outcome, trigger, ..
         } => format!("policy reload ({trigger}) {outcome}"),
+        Activity::Identity { outcome, agent, .. } => {
+            format!("workload identity for agent {agent} {outcome}")
+        }
         Activity::Daemon { change, .. } => format!("sluice daemon {change}"),
         Activity::Retention {
             first_dropped_seq,

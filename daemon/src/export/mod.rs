@@ -137,6 +137,7 @@ fn severity_of(activity: &Activity) -> Severity {
         Activity::ApprovalRequested { .. } | Activity::Grant { .. } => Severity::Low,
         Activity::ApprovalDecided { outcome, .. } if outcome != "approved" => Severity::Low,
         Activity::PolicyReload { outcome, .. } if outcome != "applied" => Severity::Medium,
+        Activity::Identity { outcome, .. } if outcome != "bound" => Severity::Medium,
         _ => Severity::Informational,
     }
 }

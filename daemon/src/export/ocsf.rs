@@ -91,6 +91,12 @@ pub const APPLICATION_LIFECYCLE: Class = Class {
     category_uid: 6,
     category_name: "Application Activity",
 };
+pub const AUTHENTICATION: Class = Class {
+    uid: 3002,
+    name: "Authentication",
+    category_uid: 3,
+    category_name: "Identity & Access Management",
+};
 pub const AUTHORIZE_SESSION: Class = Class {
     uid: 3003,
     name: "Authorize Session",
@@ -138,23 +144,10 @@ pub fn class_of(activity: &Activity) -> Class {
         Activity::Dns { .. } => DNS_ACTIVITY,
         Activity::ApprovalRequested { .. } | Activity::ApprovalDecided { .. } => AUTHORIZE_SESSION,
         Activity::Grant { .. } => USER_ACCESS,
+        Activity::Identity { .. } => AUTHENTICATION,
         Activity::Daemon { .. } | Activity::PolicyReload { .. } => APPLICATION_LIFECYCLE,
         Activity::Retention { .. } => EVENT_LOG_ACTIVITY,
     }
-}
-
-/// An SSH channel request is SSH Activity (4007): a request let through opens
-/// (`Open`), a refused one is `Refuse`, its end is `Close`.
-fn ssh_activity(activity: &Activity, mapped: &mut Mapped) {
-    let (activity_id, activity_name) = match activity {
-        Activity::Statement { decision, .. } if decision.action == "allow" => (1, "Open"),
-        Activity::Statement { decision, .. } if decision.action == "review" => (1, "Open"),
-        Activity::Statement { .. } => (5, "Refuse"),
-        Activity::StatementResult { .. } => (2, "Close"),
-        _ => return,
-    };
-    mapped.activity_id = activity_id;
-    mapped.activity_name = activity_name;
 }
 
 /// Outcome of an activity, as OCSF `status_id`.
@@ -187,9 +180,6 @@ pub fn event(stored: &StoredEvent) -> Value {
     );
     if is_operation && class != DATASTORE_ACTIVITY {
         operation_fields(class, &event.activity, &event.context, &mut mapped);
-    }
-    if class == SSH_ACTIVITY {
-        ssh_activity(&event.activity, &mut mapped);
     }
 
     let type_uid = u64::from(class.uid) * 100 + u64::from(mapped.activity_id);
@@ -493,6 +483,51 @@ fn activity_fields(activity: &Activity, context: &Context, host: &str) -> Mapped
                 status: Status::Success,
                 status_detail: reason.clone(),
                 message: format!("grant {grant_id} {change}: {agent} on {resource}"),
+                fields,
+            }
+        }
+        Activity::Identity {
+            outcome,
+            agent,
+            reason,
+            run,
+        } => {
+            let bound = outcome == "bound";
+            let mut user = Map::new();
+            match &context.identity {
+                Some(identity) => {
+                    user.insert(
+                        "name".into(),
+                        json!(identity.actor().unwrap_or(&identity.subject)),
+                    );
+                    user.insert("credential_uid".into(), json!(identity.token_sha256));
+                    if let Some(owner) = identity.owner() {
+                        user.insert("org".into(), json!({"name": owner}));
+                    }
+                }
+                None => {
+                    user.insert("name".into(), json!(agent));
+                }
+            }
+            fields.insert("user".into(), Value::Object(user));
+            fields.insert("auth_protocol_id".into(), json!(99));
+            fields.insert("auth_protocol".into(), json!("OIDC"));
+            insert_unmapped_extra(&mut fields, json!({"run": run}));
+            Mapped {
+                activity_id: 1,
+                activity_name: "Logon",
+                severity: if bound {
+                    Severity::Informational
+                } else {
+                    Severity::Medium
+                },
+                status: if bound {
+                    Status::Success
+                } else {
+                    Status::Failure
+                },
+                status_detail: (!reason.is_empty()).then(|| reason.clone()),
+                message: format!("workload identity for agent {agent} {outcome}"),
                 fields,
             }
         }

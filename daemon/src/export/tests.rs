@@ -144,6 +144,15 @@ fn every_activity() -> Vec<StoredEvent> {
         ),
         (
             false,
+            Activity::Identity {
+                outcome: "refused".into(),
+                agent: "deployer".into(),
+                reason: "the token expired".into(),
+                run: None,
+            },
+        ),
+        (
+            false,
             Activity::Daemon {
                 change: "started".into(),
                 version: "0.1.0".into(),
@@ -225,7 +234,7 @@ fn class_required(class_uid: i64, event: &Value) {
             }
             integer(event, "/rcode_id");
         }
-        3003 => {
+        3002 | 3003 => {
             object(event, "/user");
         }
         3005 => {
@@ -288,7 +297,7 @@ fn ocsf_events_carry_every_required_field_of_their_class() {
     }
     assert_eq!(
         classes.into_iter().collect::<Vec<_>>(),
-        vec![1008, 3003, 3005, 4001, 4003, 6002, 6005]
+        vec![1008, 3002, 3003, 3005, 4001, 4003, 6002, 6005]
     );
 }
 
@@ -512,7 +521,7 @@ fn operations_map_to_the_ocsf_class_of_their_protocol_with_its_required_fields()
     ));
     assert_eq!(integer(&ssh, "/class_uid"), 4007);
     assert_eq!(integer(&ssh, "/category_uid"), 4);
-    assert_eq!(integer(&ssh, "/type_uid"), 400_701);
+    assert_eq!(integer(&ssh, "/type_uid"), 400_706);
     assert!(ssh.pointer("/src_endpoint").is_some() && ssh.pointer("/dst_endpoint").is_some());
     assert_eq!(string(&ssh, "/unmapped/ssh/command"), "uptime");
 }

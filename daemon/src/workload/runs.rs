@@ -167,6 +167,14 @@ impl Runs {
             .cloned()
     }
 
+    /// Ends the binding of run `cgroup_id` now and removes its (still empty) cgroup.
+    pub fn unbind(&self, cgroup_id: u64) {
+        if let Some(binding) = self.write().remove(&cgroup_id) {
+            let _ = std::fs::remove_dir(&binding.dir);
+            self.persist();
+        }
+    }
+
     /// How many runs are bound.
     pub fn len(&self) -> usize {
         self.read().len()
