@@ -270,7 +270,14 @@ fn test(
         run(cargo(workspace)
             .env("SLUICE_BIN", debug.join("sluice"))
             .env("SLUICE_PROBE", debug.join("sluice-probe"))
-            .args(["test", "--workspace", "--exclude", "sluice-ebpf"])
+            // Every suite runs even after one fails, so one run shows every failure.
+            .args([
+                "test",
+                "--no-fail-fast",
+                "--workspace",
+                "--exclude",
+                "sluice-ebpf",
+            ])
             .args(cargo_test_args))
     })?;
     // A test filter is for the host's tests: the VM step runs only without one.
