@@ -369,6 +369,7 @@ async fn statements_of_a_session_round_trip() {
     let expected = serde_json::json!([{
         "session_id": 1,
         "seq": 1,
+        "protocol": "postgres",
         "sql": "SELECT email FROM customers WHERE id = ?",
         "operation": "read",
         "kind": "SELECT",

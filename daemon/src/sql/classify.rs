@@ -752,7 +752,7 @@ impl Visitor for Collector {
 
 /// Orders classes by sensitivity: `unparsed` over `dangerous` over `dcl` over `admin`
 /// over `ddl` over `write` over `read` (spelled out, not left to the enum's order).
-fn most_sensitive(a: Operation, b: Operation) -> Operation {
+pub(super) fn most_sensitive(a: Operation, b: Operation) -> Operation {
     fn rank(operation: Operation) -> u8 {
         match operation {
             Operation::Connect => 0,
@@ -769,7 +769,7 @@ fn most_sensitive(a: Operation, b: Operation) -> Operation {
 }
 
 /// The address of a name in the tree, to recognise it when the visitor reaches it.
-fn address(name: &ObjectName) -> usize {
+pub(super) fn address(name: &ObjectName) -> usize {
     std::ptr::from_ref(name) as usize
 }
 
@@ -899,7 +899,7 @@ fn is_tautology(expr: &Expr, depth: usize) -> bool {
 }
 
 /// Every form of `SHOW`: read-only, and named `SHOW` in records.
-fn is_show(statement: &Statement) -> bool {
+pub(super) fn is_show(statement: &Statement) -> bool {
     matches!(
         statement,
         Statement::ShowVariable { .. }

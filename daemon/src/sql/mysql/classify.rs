@@ -16,6 +16,9 @@ use sqlparser::ast::{
     SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Value, Visit, Visitor,
 };
 
+use super::super::classify::{address, is_show};
+/// Shared with the PostgreSQL classifier; the other MySQL modules reach them here.
+pub(super) use super::super::classify::{most_sensitive, object_name};
 use super::super::{Classified, Flag};
 use crate::policy::Operation;
 
@@ -35,23 +38,6 @@ pub(super) const MYSQL_FUNCTIONS: &[(&str, Operation)] = &[
 /// How far `WHERE` clauses are searched for tautologies.
 const TAUTOLOGY_DEPTH: usize = 16;
 
-/// Orders classes by sensitivity, as the PostgreSQL classifier does.
-pub(super) fn most_sensitive(a: Operation, b: Operation) -> Operation {
-    fn rank(operation: Operation) -> u8 {
-        match operation {
-            Operation::Connect => 0,
-            Operation::Read => 1,
-            Operation::Write => 2,
-            Operation::Ddl => 3,
-            Operation::Admin => 4,
-            Operation::Dcl => 5,
-            Operation::Dangerous => 6,
-            Operation::Unparsed => 7,
-        }
-    }
-    if rank(b) > rank(a) { b } else { a }
-}
-
 /// One identifier as written, without quotes unless it needs them to read back.
 pub(super) fn ident_name(ident: &Ident) -> String {
     quote_if_needed(&ident.value)
@@ -67,18 +53,6 @@ pub(super) fn quote_if_needed(name: &str) -> String {
     } else {
         format!("`{}`", name.replace('`', "``"))
     }
-}
-
-/// A qualified name: `db.t`.
-pub(super) fn object_name(name: &ObjectName) -> String {
-    name.0
-        .iter()
-        .map(|part| match part {
-            ObjectNamePart::Identifier(ident) => ident_name(ident),
-            ObjectNamePart::Function(_) => "?".to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// Classifies one parsed statement. `kind` overrides the statement's own kind.
@@ -432,10 +406,6 @@ impl Visitor for Collector {
     }
 }
 
-fn address(name: &ObjectName) -> usize {
-    std::ptr::from_ref(name) as usize
-}
-
 /// Conditions true for every row: `true`, `1 = 1`, `id = id`, and `OR`/`AND` of such.
 fn is_tautology(expr: &Expr, depth: usize) -> bool {
     if depth > TAUTOLOGY_DEPTH {
@@ -478,25 +448,4 @@ fn is_tautology(expr: &Expr, depth: usize) -> bool {
         },
         _ => false,
     }
-}
-
-fn is_show(statement: &Statement) -> bool {
-    matches!(
-        statement,
-        Statement::ShowVariable { .. }
-            | Statement::ShowVariables { .. }
-            | Statement::ShowStatus { .. }
-            | Statement::ShowCreate { .. }
-            | Statement::ShowColumns { .. }
-            | Statement::ShowTables { .. }
-            | Statement::ShowFunctions { .. }
-            | Statement::ShowDatabases { .. }
-            | Statement::ShowSchemas { .. }
-            | Statement::ShowViews { .. }
-            | Statement::ShowCollation { .. }
-            | Statement::ShowCatalogs { .. }
-            | Statement::ShowObjects(_)
-            | Statement::ShowCharset(_)
-            | Statement::ShowProcessList { .. }
-    )
 }
