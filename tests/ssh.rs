@@ -332,8 +332,21 @@ fn forwards_agent_and_x11_are_refused_and_the_connection_goes_on() {
     }
     let _ = ssh_agent.kill();
     let _ = ssh_agent.wait();
-    let records = requests(&daemon, 3);
-    for request in ["tcpip-forward", "auth-agent-req", "x11-req"] {
+    // Each refused request's record lands when its session's writes are flushed: wait
+    // for all three kinds, not for any three records (the commands have theirs too).
+    let kinds = ["tcpip-forward", "auth-agent-req", "x11-req"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let records = loop {
+        let records = requests(&daemon, kinds.len());
+        let all_there = kinds
+            .iter()
+            .all(|kind| records.iter().any(|r| r["kind"] == *kind));
+        if all_there || std::time::Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for request in kinds {
         let record = records
             .iter()
             .find(|r| r["kind"] == request)

@@ -16,9 +16,9 @@ use sqlparser::ast::{
     SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Value, Visit, Visitor,
 };
 
-use super::super::classify::{address, is_show};
 /// Shared with the PostgreSQL classifier; the other MySQL modules reach them here.
-pub(super) use super::super::classify::{most_sensitive, object_name};
+pub(super) use super::super::classify::most_sensitive;
+use super::super::classify::{address, is_show};
 use super::super::{Classified, Flag};
 use crate::policy::Operation;
 
@@ -37,6 +37,18 @@ pub(super) const MYSQL_FUNCTIONS: &[(&str, Operation)] = &[
 
 /// How far `WHERE` clauses are searched for tautologies.
 const TAUTOLOGY_DEPTH: usize = 16;
+
+/// `db.table` as written (MySQL keeps each part's case; see `ident_name`).
+pub(super) fn object_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => ident_name(ident),
+            ObjectNamePart::Function(_) => "?".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
 
 /// One identifier as written, without quotes unless it needs them to read back.
 pub(super) fn ident_name(ident: &Ident) -> String {
