@@ -10,10 +10,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use bytes::BytesMut;
-use rustls::{
-    ClientConfig, RootCertStore,
-    pki_types::{CertificateDer, ServerName, pem::PemObject as _},
-};
+use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
@@ -53,25 +50,7 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, ProxyError> {
-    let mut roots = RootCertStore::empty();
-    match &tls.ca_file {
-        Some(path) => {
-            let certificates = CertificateDer::pem_file_iter(path)
-                .map_err(|e| ProxyError::Tls(format!("CA file {}: {e}", path.display())))?;
-            for certificate in certificates {
-                let certificate = certificate
-                    .map_err(|e| ProxyError::Tls(format!("CA file {}: {e}", path.display())))?;
-                roots
-                    .add(certificate)
-                    .map_err(|e| ProxyError::Tls(format!("CA file {}: {e}", path.display())))?;
-            }
-        }
-        None => roots.extend(crate::trust::default_roots().roots.iter().cloned()),
-    }
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ProxyError::Tls(e.to_string()))
-        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+    crate::trust::upstream_client_config(tls).map_err(ProxyError::Tls)
 }
 
 /// Terminates an agent's TLS with the resource's certificate (after the daemon
@@ -80,23 +59,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     agent: S,
     tls: &AgentTls,
 ) -> Result<tokio_rustls::server::TlsStream<S>, ProxyError> {
-    let file_error = |path: &std::path::Path, e: &dyn std::fmt::Display| {
-        ProxyError::Tls(format!("{}: {e}", path.display()))
-    };
-    let chain = CertificateDer::pem_file_iter(&tls.cert_file)
-        .map_err(|e| file_error(&tls.cert_file, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(&tls.cert_file, &e))?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&tls.key_file)
-        .map_err(|e| file_error(&tls.key_file, &e))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ProxyError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| ProxyError::Tls(format!("agent certificate: {e}")))?;
+    let config = crate::trust::agent_server_config(tls).map_err(ProxyError::Tls)?;
     TlsAcceptor::from(Arc::new(config))
         .accept(agent)
         .await
