@@ -1120,7 +1120,13 @@ fn sysbench_runs_without_errors_through_sluice_in_both_statement_modes() {
                 .lines()
                 .find(|line| line.trim_start().starts_with("ignored errors:"))
                 .unwrap_or_default();
-            assert!(errors.contains(" 0 "), "{lua} {mode}: {errors}\n{report}");
+            // sysbench ignores only the server's deadlock and lock-wait errors (1213,
+            // 1020, 1205), which two writers may meet directly too: read-only runs
+            // must have none; read-write runs may, and the consistency check below
+            // still holds.
+            if lua == "oltp_read_only" {
+                assert!(errors.contains(" 0 "), "{lua} {mode}: {errors}\n{report}");
+            }
         }
     }
     // The consistency check sysbench cannot do: the tables hold what they held.
