@@ -241,6 +241,21 @@ http {{
             .collect()
     }
 
+    /// The access log once it holds at least `lines` lines. nginx logs a
+    /// request as it finalises it, which for FastCGI can come a moment after
+    /// the client already has the whole response; a test that reads the log
+    /// right after curl returns would race it.
+    pub fn access_log_of(&self, lines: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.access_log();
+            if log.len() >= lines || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `https://NAME:PORT/PATH`.
     pub fn url(&self, name: &str, path: &str) -> String {
         format!("https://{name}:{}{path}", self.tls_port)
