@@ -47,6 +47,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod policy_watch;
 pub mod protocols;
+pub mod recording;
 pub mod redirect;
 pub mod refusals;
 pub mod relay;

@@ -2,15 +2,14 @@
 //! and terminal recording.
 //!
 //! `ca.rs` is how an unchanged `ssh` trusts the daemon, `proxy.rs` the connection
-//! (russh on both sides), `command.rs` how a command line becomes an operation class,
-//! `recording.rs` the asciicast v3 recordings. This file turns a session's resource and
-//! credential into the proxy's configuration.
+//! (russh on both sides), `command.rs` how a command line becomes an operation class
+//! (terminal recordings are the core's `crate::recording`). This file turns a
+//! session's resource and credential into the proxy's configuration.
 
 pub mod ca;
 pub mod command;
 mod handler;
 pub mod proxy;
-pub mod recording;
 
 pub use handler::Handler;
 

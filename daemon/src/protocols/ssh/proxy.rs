@@ -35,11 +35,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     ca::HostIdentity,
     command::{self, ExecCommand, RefUpdate},
-    recording::Cast,
 };
 use crate::{
     pipeline::{BoxFuture, ByteStream},
     policy::Operation,
+    recording::Cast,
 };
 
 /// Environment variables an agent may set on the server: the locale and git's protocol

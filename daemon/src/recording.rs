@@ -1,8 +1,10 @@
 //! Terminal recordings in asciicast v3, the format `asciinema play` reads and
-//! `sluice replay` plays.
+//! `sluice replay` plays: SSH channels and Kubernetes exec/attach streams are kept this
+//! way (in the store's `recordings` tree, by session and operation), so this is core,
+//! not any one protocol's.
 //!
 //! A recording is a JSON header line (`{"version":3,"term":{...},"timestamp":...}`)
-//! and one line per event: `[seconds since the previous event, "o"|"r"|"x", data]`.
+//! and one line per event: `[seconds since the previous event, "o"|"i"|"r"|"x", data]`.
 //! Written by hand because it is that simple; the only subtlety is that output arrives
 //! in packets that may split a UTF-8 sequence, which is held back until complete.
 
@@ -59,6 +61,12 @@ impl Cast {
         }
         let chunk: Vec<u8> = self.pending.drain(..complete).collect();
         self.event("o", &String::from_utf8_lossy(&chunk));
+    }
+
+    /// Input the agent sent (stdin). Kept as it came: a character split across two
+    /// chunks becomes U+FFFD, which is good enough for a record of keystrokes.
+    pub fn input(&mut self, data: &[u8]) {
+        self.event("i", &String::from_utf8_lossy(data));
     }
 
     /// A terminal resize.
