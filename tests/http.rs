@@ -1088,3 +1088,101 @@ credential = "api-token"
     assert!(body.contains("compressed"), "{body}");
     assert!(!body.contains("opaque"), "{body}");
 }
+
+#[test]
+fn h2_requests_with_connection_specific_headers_get_400_and_never_reach_nginx() {
+    let nginx = Nginx::start();
+    let daemon = daemon(&policy(&nginx, None, READ_ALL));
+    // A real HTTP/2 client (python h2 over ssl, trusting the bundle `sluice run` sets in
+    // SSL_CERT_FILE) made to send what HTTP/2 forbids, one request after another on one
+    // connection.
+    let script = r#"
+import socket, ssl, sys, json
+import h2.config, h2.connection, h2.events
+host, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context()
+ctx.set_alpn_protocols(["h2"])
+sock = ctx.wrap_socket(socket.create_connection((host, port), timeout=20), server_hostname=name)
+assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
+conn = h2.connection.H2Connection(config=h2.config.H2Configuration(
+    client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False,
+    validate_inbound_headers=False))
+conn.initiate_connection()
+sock.sendall(conn.data_to_send())
+cases = [
+    ("connection", [("connection", "keep-alive")]),
+    ("keep_alive", [("keep-alive", "timeout=5")]),
+    ("proxy_connection", [("proxy-connection", "keep-alive")]),
+    ("transfer_encoding", [("transfer-encoding", "chunked")]),
+    ("upgrade", [("upgrade", "websocket")]),
+    ("te_gzip", [("te", "gzip")]),
+    ("te_trailers", [("te", "trailers")]),
+    ("ok", []),
+]
+out = {}
+for case, extra in cases:
+    stream = conn.get_next_available_stream_id()
+    headers = [(":method", "GET"), (":scheme", "https"), (":authority", "%s:%d" % (name, port)),
+               (":path", "/api/" + case)] + extra
+    conn.send_headers(stream, headers, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    status, body, done = None, b"", False
+    while not done:
+        data = sock.recv(65536)
+        if not data:
+            out[case] = "connection closed"
+            print(json.dumps(out)); sys.exit(0)
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                status = dict(event.headers)[b":status"].decode()
+            elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, stream)
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                done = True
+            elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
+                status, done = "reset", True
+        sock.sendall(conn.data_to_send())
+    out[case] = "%s %s" % (status, body.decode("latin-1"))
+print(json.dumps(out))
+"#;
+    let port = nginx.tls_port.to_string();
+    let output = daemon.run_agent("ci-bot", PYTHON, &["-c", script, HOST, &port, API_NAME]);
+    assert!(output.status.success(), "{output:?}\n{}", daemon.log());
+    let answers: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for case in [
+        "connection",
+        "keep_alive",
+        "proxy_connection",
+        "transfer_encoding",
+        "upgrade",
+        "te_gzip",
+    ] {
+        let answer = text(&answers, case);
+        assert!(
+            answer.starts_with("400 ") && answer.contains("connection-specific header"),
+            "{case}: {answer:?}\n{answers:#}"
+        );
+    }
+    for case in ["te_trailers", "ok"] {
+        let answer = text(&answers, case);
+        assert!(
+            answer.starts_with("200 "),
+            "{case}: {answer:?}\n{answers:#}"
+        );
+    }
+    // Only the two well-formed requests reached nginx (the last one is logged after the
+    // others would have been).
+    let log = nginx.access_log_of(2);
+    assert_eq!(log.len(), 2, "{log:#?}");
+    assert!(
+        log[0].contains("/api/te_trailers") && log[1].contains("/api/ok"),
+        "{log:#?}"
+    );
+    let records = wait_for_requests(&daemon, nginx.tls_port, |records| records.len() >= 8);
+    let refused = record_for(&records, "GET api.test/api/upgrade");
+    assert!(
+        text(refused, "error").contains("connection-specific header `upgrade`"),
+        "{refused:#}"
+    );
+}

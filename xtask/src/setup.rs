@@ -44,6 +44,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "curl",
     "python3-requests",
     "python3-httpx",
+    // python h2: an HTTP/2 client that can be made to send forbidden header fields.
+    "python3-h2",
     // tests/mysql.rs: a real MariaDB server and its clients, the Python connectors and
     // sysbench; `cargo xtask bench` runs sysbench through sluice too.
     "mariadb-server",

@@ -27,6 +27,7 @@ use tokio::{
 
 use super::{
     ca::LocalCa,
+    h2guard::{H2RequestGuard, MALFORMED_MARKER},
     request::{
         METHOD_OVERRIDE_HEADERS, form_method, host_without_port, method_class, normalise_path,
         query_parameter_names,
@@ -786,7 +787,9 @@ impl Connection {
     {
         let this = Arc::new(self);
         if h2 {
-            return Self::run(this, agent, true).await;
+            // h2 resets a stream with connection-specific fields before the handler
+            // sees it: the guard marks such requests so they are answered 400.
+            return Self::run(this, H2RequestGuard::new(agent), true).await;
         }
         // hyper accepts some smuggling shapes silently (it lets Transfer-Encoding win
         // over Content-Length, folds repeated equal lengths, takes a bare LF as a line
@@ -893,6 +896,18 @@ impl Connection {
         let mut facts = RequestFacts::new(seq, &method, String::new(), String::new());
         facts.header_names = header_names(&parts.headers);
         facts.query_names = query_parameter_names(parts.uri.query());
+
+        if let Some(problem) = parts.headers.get(MALFORMED_MARKER) {
+            let problem = String::from_utf8_lossy(problem.as_bytes()).into_owned();
+            facts.header_names.retain(|name| name != MALFORMED_MARKER);
+            facts.path = parts.uri.path().to_owned();
+            facts.host = parts
+                .uri
+                .authority()
+                .map(|authority| host_without_port(authority.as_str()))
+                .unwrap_or_default();
+            return self.refuse(facts, StatusCode::BAD_REQUEST, &problem).await;
+        }
 
         // Smuggling shapes hyper lets through: both framings, or several lengths.
         let headers = &parts.headers;
