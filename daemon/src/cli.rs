@@ -13,6 +13,7 @@ mod ssh_ca;
 #[cfg(test)]
 mod tests;
 mod timeline;
+mod ui;
 mod verify;
 
 use std::{
@@ -101,6 +102,9 @@ pub enum Command {
     /// Make systemd services agents (a drop-in per unit).
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// The web console (`[ui] listen`): `sluice ui login` prints a one-time sign-in URL.
+    #[command(subcommand)]
+    Ui(ui::UiCommand),
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +337,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Deny(args) => {
             let client = client(&cli.config)?;
             runtime()?.block_on(approvals::decide(&client, args, false))
+        }
+        Command::Ui(ui::UiCommand::Login(args)) => {
+            let client = client(&cli.config)?;
+            runtime()?.block_on(ui::login(&client, args))
         }
         Command::Verify(args) => verify::verify(&cli.config, args),
         Command::Export(args) => {

@@ -46,6 +46,8 @@ pub struct Config {
     pub exports: Vec<crate::export::config::ExporterConfig>,
     /// Workload identity: the token issuers whose CI jobs' tokens the daemon verifies.
     pub identity: crate::workload::IdentityConfig,
+    /// The web console (`[ui]`); off unless `listen` is set.
+    pub ui: crate::ui::UiConfig,
 }
 
 /// Paths the daemon owns.
@@ -286,6 +288,7 @@ impl Config {
                 .map_err(|error| format!("approvals.webhook: {error}"))?;
         }
         self.identity.validate()?;
+        self.ui.validate()?;
         if let Some(listen) = self.metrics.listen
             && !listen.ip().is_loopback()
         {

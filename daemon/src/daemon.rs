@@ -78,6 +78,8 @@ pub enum DaemonError {
     ApprovalsConfig(String),
     #[error("metrics: {0}")]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("web console: {0}")]
+    Ui(#[from] crate::ui::server::UiBindError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -145,8 +147,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
+    // The console's port too: agents are refused it in the kernel.
+    let ui_listener = match config.ui.listen {
+        Some(addr) => Some(crate::ui::server::bind(addr).await?),
+        None => None,
+    };
     let metrics_ports: Vec<u16> = metrics_listener
         .iter()
+        .chain(ui_listener.iter())
         .filter_map(|listener| listener.local_addr().ok())
         .map(|addr| addr.port())
         .collect();
@@ -213,7 +221,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &config.daemon.state_dir,
         &credentials,
     )?;
+    let sign_ins = config
+        .ui
+        .base_url()
+        .map(|base_url| Arc::new(crate::ui::SignIns::new(base_url)));
     let backend = Arc::new(Backend {
+        sign_ins: sign_ins.clone(),
         exporters: exporters.statuses(),
         approvals: Arc::clone(&approvals),
         started,
@@ -267,6 +280,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         approvals,
     });
 
+    if let (Some(listener), Some(sign_ins)) = (ui_listener, sign_ins) {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "web console served (sign in with `sluice ui login`)");
+        }
+        tokio::spawn(crate::ui::server::serve(
+            listener,
+            Arc::new(crate::ui::server::Console {
+                sign_ins,
+                backend: Arc::clone(&backend) as control::SharedBackend,
+                approvals: Arc::clone(&context.approvals),
+            }),
+        ));
+    }
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
@@ -424,6 +450,8 @@ fn create_private_dir(path: &Path) -> Result<(), DaemonError> {
 
 /// Answers the control API from the daemon's live state.
 struct Backend {
+    /// The web console's sign-ins, when it is on.
+    sign_ins: Option<Arc<crate::ui::SignIns>>,
     exporters: crate::export::runner::ExporterStatuses,
     approvals: Arc<ApprovalBroker>,
     started: Instant,
@@ -535,6 +563,19 @@ impl ControlBackend for Backend {
         })
     }
 
+    fn ui_login(
+        &self,
+        peer: &PeerInfo,
+        request: &crate::ui::LoginRequest,
+    ) -> Result<crate::ui::LoginAnswer, ApiError> {
+        let Some(sign_ins) = &self.sign_ins else {
+            return Err(ApiError::not_found(
+                "the web console is off: set [ui] listen in the configuration",
+            ));
+        };
+        sign_ins.issue(peer, request).map_err(ApiError::bad_request)
+    }
+
     fn approvals(&self) -> Result<Vec<HeldStatement>, ApiError> {
         Ok(self.approvals.list())
     }
@@ -644,13 +685,22 @@ impl ControlBackend for Backend {
     }
 
     fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRecord>, BackendError> {
+        let policy = self.policy.current();
+        let protocol_of = |name: &str| {
+            policy
+                .resource(name)
+                .map(|resource| resource.protocol.as_str())
+        };
         let mut sessions = self
             .store
-            .list_sessions(&SessionFilter {
-                agent: query.agent.clone(),
-                limit: Some(query.limit),
-                since_id: None,
-            })
+            .list_sessions_where(
+                &SessionFilter {
+                    agent: query.agent.clone(),
+                    limit: Some(query.limit),
+                    since_id: None,
+                },
+                |session| query.matches(session, protocol_of),
+            )
             .map_err(|e| BackendError::new(e.to_string()))?;
         sessions.reverse();
         Ok(sessions)

@@ -56,4 +56,5 @@ pub mod session;
 pub mod sql;
 pub mod store;
 pub mod trust;
+pub mod ui;
 pub mod workload;

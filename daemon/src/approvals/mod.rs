@@ -201,6 +201,9 @@ pub struct ApprovalBroker {
     ids: Mutex<IdAllocator>,
     default_timeout: Duration,
     notifier: Option<Notifier>,
+    /// Bumped whenever a hold is added or leaves the table, so that live views (the
+    /// web console's queue) know when to read the list again.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl ApprovalBroker {
@@ -216,7 +219,17 @@ impl ApprovalBroker {
             ids: Mutex::new(IdAllocator::open(id_file)?),
             default_timeout,
             notifier,
+            changes: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes whenever the list of holds does.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
     }
 
     /// How long a hold waits when its rule names no timeout.
@@ -274,6 +287,7 @@ impl ApprovalBroker {
                 verdict: sender,
             },
         );
+        self.changed();
         if let (Some(notifier), Some(held)) = (&self.notifier, announcement) {
             notifier.announce(&held);
         }
@@ -320,6 +334,7 @@ impl ApprovalBroker {
             }
             table.remove(&id).ok_or(DecideError::NotFound(id))?
         };
+        self.changed();
         crate::metrics::global().held_approvals.dec();
         let held = waiting.held;
         waiting
@@ -338,6 +353,7 @@ impl ApprovalBroker {
         let removed = self.table().remove(&id).is_some();
         if removed {
             crate::metrics::global().held_approvals.dec();
+            self.changed();
         }
         removed
     }

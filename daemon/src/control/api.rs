@@ -85,13 +85,35 @@ pub struct StoreStatus {
     pub denied: u64,
 }
 
-/// The filter of `GET /v1/sessions`.
+/// The filter of `GET /v1/sessions`: every field given must match.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionQuery {
     /// Only this agent's sessions.
     pub agent: Option<String>,
     /// At most this many, newest first.
     pub limit: usize,
+    /// Only sessions to this policy resource.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Only sessions whose resource speaks this protocol (`postgres`, `ssh`, ...; `tcp`
+    /// for opaque ones and sessions that matched no resource).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Only sessions with this decision (`allow`, `deny`, `review`).
+    #[serde(default)]
+    pub decision: Option<String>,
+    /// Only sessions started at or after this time.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub since: Option<OffsetDateTime>,
+    /// Only sessions started before this time.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub until: Option<OffsetDateTime>,
+    /// Only sessions of runs whose workload identity names this repository.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// Only sessions of runs whose workload identity names this actor.
+    #[serde(default)]
+    pub actor: Option<String>,
 }
 
 impl Default for SessionQuery {
@@ -99,7 +121,60 @@ impl Default for SessionQuery {
         Self {
             agent: None,
             limit: DEFAULT_SESSION_LIMIT,
+            resource: None,
+            protocol: None,
+            decision: None,
+            since: None,
+            until: None,
+            repository: None,
+            actor: None,
         }
+    }
+}
+
+impl SessionQuery {
+    /// Whether `session` passes every filter but `agent` and `limit` (which the store's
+    /// scan applies); `protocol_of` names a resource's protocol.
+    pub fn matches(
+        &self,
+        session: &SessionRecord,
+        protocol_of: impl Fn(&str) -> Option<&'static str>,
+    ) -> bool {
+        let claim = |names: &[&str]| -> Option<&str> {
+            let identity = session.identity.as_ref()?;
+            names
+                .iter()
+                .find_map(|name| identity.claims.get(*name))
+                .map(String::as_str)
+        };
+        let protocol = session
+            .resource
+            .as_deref()
+            .and_then(&protocol_of)
+            .unwrap_or("tcp");
+        self.resource
+            .as_ref()
+            .is_none_or(|resource| session.resource.as_ref() == Some(resource))
+            && self
+                .protocol
+                .as_ref()
+                .is_none_or(|wanted| wanted == protocol)
+            && self
+                .decision
+                .as_ref()
+                .is_none_or(|action| *action == session.decision.action)
+            && self.since.is_none_or(|since| session.started_at >= since)
+            && self.until.is_none_or(|until| session.started_at < until)
+            && self.repository.as_ref().is_none_or(|repository| {
+                claim(&["repository", "project_path", "pipeline_slug"]) == Some(repository)
+            })
+            && self.actor.as_ref().is_none_or(|actor| {
+                session
+                    .identity
+                    .as_ref()
+                    .and_then(|identity| identity.actor())
+                    == Some(actor.as_str())
+            })
     }
 }
 
@@ -246,6 +321,17 @@ pub trait ControlBackend: Send + Sync + 'static {
     ) -> Result<crate::workload::BindAnswer, ApiError> {
         Err(ApiError::not_found(
             "this daemon verifies no workload identity",
+        ))
+    }
+    /// A one-time sign-in URL for the web console (`POST /v1/ui/login`, what `sluice ui
+    /// login` calls).
+    fn ui_login(
+        &self,
+        _peer: &PeerInfo,
+        _request: &crate::ui::LoginRequest,
+    ) -> Result<crate::ui::LoginAnswer, ApiError> {
+        Err(ApiError::not_found(
+            "the web console is off: set [ui] listen in the configuration",
         ))
     }
     /// Walks the event log's hash chain (`GET /v1/events/verify`).

@@ -107,7 +107,26 @@ pub const ROUTES: &[Route] = &[
         pattern: "/v1/identity/runs",
         handler: bind_run,
     },
+    Route {
+        method: Method::POST,
+        pattern: "/v1/ui/login",
+        handler: ui_login,
+    },
 ];
+
+/// A one-time sign-in URL for the web console, for the peer who asks.
+fn ui_login(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    let request: crate::ui::LoginRequest = if call.body.is_empty() {
+        crate::ui::LoginRequest::default()
+    } else {
+        call.json_body()?
+    };
+    Reply::json_with_status(
+        StatusCode::CREATED,
+        &call.backend.ui_login(call.peer, &request)?,
+    )
+}
 
 /// The body holds a token: it is decoded here and handed on, never logged.
 fn bind_run(call: &Call<'_>) -> Result<Reply, ApiError> {
@@ -238,11 +257,49 @@ fn status(call: &Call<'_>) -> Result<Reply, ApiError> {
 }
 
 fn list_sessions(call: &Call<'_>) -> Result<Reply, ApiError> {
-    call.only_query_params(&["agent", "limit"])?;
-    let agent = call.query_param("agent")?.map(str::to_owned);
-    if agent.as_deref() == Some("") {
-        return Err(ApiError::bad_request("agent must not be empty"));
+    const TEXT_FILTERS: [&str; 6] = [
+        "agent",
+        "resource",
+        "protocol",
+        "decision",
+        "repository",
+        "actor",
+    ];
+    call.only_query_params(&[
+        "agent",
+        "limit",
+        "resource",
+        "protocol",
+        "decision",
+        "since",
+        "until",
+        "repository",
+        "actor",
+    ])?;
+    let mut texts = Vec::new();
+    for name in TEXT_FILTERS {
+        let value = call.query_param(name)?.map(str::to_owned);
+        if value.as_deref() == Some("") {
+            return Err(ApiError::bad_request(format!("{name} must not be empty")));
+        }
+        texts.push(value);
     }
+    let [agent, resource, protocol, decision, repository, actor]: [Option<String>; 6] = texts
+        .try_into()
+        .map_err(|_| ApiError::internal("filter count"))?;
+    let time = |name: &str| -> Result<Option<time::OffsetDateTime>, ApiError> {
+        call.query_param(name)?
+            .map(|text| {
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "{name} must be an RFC 3339 time (2026-12-06T04:00:00Z), not {text:?}"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    let (since, until) = (time("since")?, time("until")?);
     let limit = match call.query_param("limit")? {
         None => DEFAULT_SESSION_LIMIT,
         Some(limit) => limit.parse().map_err(|_| {
@@ -253,7 +310,17 @@ fn list_sessions(call: &Call<'_>) -> Result<Reply, ApiError> {
     };
     let sessions = call
         .backend
-        .list_sessions(&SessionQuery { agent, limit })
+        .list_sessions(&SessionQuery {
+            agent,
+            limit,
+            resource,
+            protocol,
+            decision,
+            since,
+            until,
+            repository,
+            actor,
+        })
         .map_err(|error| ApiError::internal(error.message))?;
     Reply::json(&sessions)
 }

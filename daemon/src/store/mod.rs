@@ -461,6 +461,16 @@ impl Store {
     /// The records matching `filter`, in ascending id order (the newest `limit` ones
     /// when a limit is given).
     pub fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError> {
+        self.list_sessions_where(filter, |_| true)
+    }
+
+    /// [`Store::list_sessions`], keeping only the records `keep` accepts (before the
+    /// limit counts them).
+    pub fn list_sessions_where(
+        &self,
+        filter: &SessionFilter,
+        keep: impl Fn(&SessionRecord) -> bool,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
         let first_id = match filter.since_id {
             None => 0,
             Some(since_id) => match since_id.checked_add(1) {
@@ -482,6 +492,7 @@ impl Store {
                 .agent
                 .as_ref()
                 .is_some_and(|agent| *agent != record.agent)
+                || !keep(&record)
             {
                 continue;
             }
