@@ -452,9 +452,59 @@ action = "allow"
     );
 }
 
+/// A TCP service that counts, per connection, the bytes it received before the other
+/// side closed or sent its first chunk (it answers nothing and closes after one read).
+struct ByteWitness {
+    addr: SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ByteWitness {
+    fn start(addr: &str) -> Self {
+        use std::io::Read as _;
+        let listener = TcpListener::bind(addr).expect("bind the witness");
+        let addr = listener.local_addr().expect("witness address");
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (received_in, accepted_in) = (received.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                accepted_in.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let received = received_in.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 4096];
+                    let read = stream.read(&mut buffer).unwrap_or(0);
+                    received.lock().expect("witness lock").push(read);
+                });
+            }
+        });
+        Self {
+            addr,
+            received,
+            accepted,
+        }
+    }
+
+    /// The bytes each finished connection received, once every accepted connection
+    /// has finished.
+    fn received(&self) -> Vec<usize> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let received = self.received.lock().expect("witness lock").clone();
+            if received.len() == self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+                || Instant::now() > deadline
+            {
+                return received;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 #[test]
 fn tls_to_a_hostname_resource_must_ask_for_one_of_its_names() {
-    let service = sluice_tests::Sink::start("127.0.55.2:0");
+    let service = ByteWitness::start("127.0.55.2:0");
     let upstream = Dnsmasq::start(
         "127.0.54.7",
         "127.0.55.2 web.internal\n127.0.55.2 other.internal\n",
@@ -481,14 +531,17 @@ action = "allow"
         assert!(answer.contains("127.0.55.2"), "{answer}");
     }
     // The TLS handshake itself fails either way (the service is no TLS server): what
-    // matters is whether the service was reached.
+    // matters is whether the ClientHello reached the service. The pause before it
+    // outlasts the daemon's first look, as an agent waiting on purpose would (and as
+    // Python's handshake does under emulation): the first bytes are checked all the same.
     let script = format!(
         r#"
-import socket, ssl, sys
+import socket, ssl, sys, time
 context = ssl.create_default_context()
 context.check_hostname = False
 context.verify_mode = ssl.CERT_NONE
 s = socket.create_connection(("127.0.55.2", {port}), timeout=5)
+time.sleep(float(sys.argv[2]))
 try:
     context.wrap_socket(s, server_hostname=sys.argv[1])
 except Exception as error:
@@ -496,31 +549,52 @@ except Exception as error:
 "#,
         port = service.addr.port()
     );
-    let hello = |server_name: &str| python_as_resolver_user(&daemon, &script, &[server_name]);
+    let hello = |server_name: &str, pause: &str| {
+        python_as_resolver_user(&daemon, &script, &[server_name, pause])
+    };
+    let denials = |sessions: &[Value]| -> Vec<Value> {
+        sessions
+            .iter()
+            .filter(|s| {
+                text(&s["decision"], "rule") == "tls-server-name" && text(s, "state") == "closed"
+            })
+            .cloned()
+            .collect()
+    };
 
-    // Resolved by this agent to this address, but not a name of the resource.
-    hello("other.internal");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(service.peers().is_empty(), "{:?}", service.peers());
-    let sessions = daemon.wait_for_sessions(Some("resolver-user"), "the denial", |s| {
-        s.iter()
-            .any(|s| text(&s["decision"], "rule") == "tls-server-name")
-    });
-    let denied = sessions
-        .iter()
-        .find(|s| text(&s["decision"], "rule") == "tls-server-name")
-        .expect("denied session");
-    assert!(
-        text(&denied["decision"], "reason").contains("other.internal"),
-        "{denied}"
-    );
-
-    hello("web.internal");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while service.peers().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    // Resolved by this agent to this address, but not a name of the resource: refused
+    // whether the ClientHello comes at once or after a pause.
+    for (pause, seen) in [("0", 1), ("1.5", 2)] {
+        hello("other.internal", pause);
+        let sessions = daemon.wait_for_sessions(Some("resolver-user"), "the denial", |s| {
+            denials(s).len() >= seen
+        });
+        for denied in denials(&sessions) {
+            assert!(
+                text(&denied["decision"], "reason").contains("other.internal"),
+                "{denied}"
+            );
+        }
+        assert!(
+            service.received().iter().all(|bytes| *bytes == 0),
+            "a refused ClientHello reached the service: {:?}",
+            service.received()
+        );
     }
-    assert_eq!(service.peers().len(), 1, "{}", daemon.log());
+
+    for pause in ["0", "1.5"] {
+        let before = service.received().iter().filter(|b| **b > 0).count();
+        hello("web.internal", pause);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service.received().iter().filter(|b| **b > 0).count() == before {
+            assert!(
+                Instant::now() < deadline,
+                "the allowed ClientHello (pause {pause}) never reached the service: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 #[test]

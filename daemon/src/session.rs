@@ -157,11 +157,17 @@ async fn run(
         .unwrap_or_default();
     let (mut judged, by_host_name) =
         judge_connection(&context, identity, redirected.destination, &host_names);
+    // A host-named connection whose agent stayed silent through the first look has its
+    // first bytes checked by whoever relays them.
+    let mut unchecked_server_name = None;
     if judged.decision.action == Action::Allow
         && let Some(resource) = &by_host_name
-        && let Some(denial) = crate::dns::check_server_name(&agent, resource, &host_names).await
     {
-        judged.decision = denial;
+        match crate::dns::check_server_name(&agent, resource, &host_names).await {
+            Ok(crate::dns::ServerName::Checked) => {}
+            Ok(crate::dns::ServerName::NotYetSent) => unchecked_server_name = Some(resource),
+            Err(denial) => judged.decision = denial,
+        }
     }
     let decision = &judged.decision;
     let mut record = open_record(id, &redirected, decision);
@@ -267,10 +273,22 @@ async fn run(
             (protocol, closed.reason)
         }
         _ => match upstream {
-            Some(upstream) => (
-                "tcp",
-                relay::relay(agent, upstream, &counts).await.close_reason(),
-            ),
+            Some(upstream) => {
+                let check = unchecked_server_name
+                    .map(|resource| crate::dns::first_bytes_check(resource, &host_names));
+                let end = relay::relay_checked(agent, upstream, &counts, check).await;
+                if let (relay::RelayEnd::Refused { reason }, Some(resource)) =
+                    (&end, unchecked_server_name)
+                {
+                    // Allowed at open, refused on its first bytes: the record ends as
+                    // the denial it turned out to be.
+                    tracing::warn!(%reason, "the agent's first bytes were refused");
+                    let denial = crate::dns::server_name_denial(resource, reason.clone());
+                    crate::metrics::global().decision("connection", denial.action);
+                    record.decision = denial.record();
+                }
+                ("tcp", end.close_reason())
+            }
             None => ("tcp", "upstream_unreachable: not dialled".to_owned()),
         },
     };

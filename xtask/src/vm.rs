@@ -98,11 +98,7 @@ pub const SUITES: &[Suite] = &[
     Suite {
         name: "dns",
         default_filter: None,
-        // Python's TLS handshake starts later than the daemon's 500 ms wait for a
-        // ClientHello under TCG, and then the daemon relays without the SNI check: a
-        // real gap (an agent can wait on purpose), stated in docs/threat-model.md (DNS);
-        // the test proves it on the host, where the handshake is fast.
-        skip: &["tls_to_a_hostname_resource_must_ask_for_one_of_its_names"],
+        skip: &[],
     },
     Suite {
         name: "postgres",

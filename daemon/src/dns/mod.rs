@@ -688,35 +688,84 @@ pub async fn serve_tcp(
     }
 }
 
-/// How long a connection to a host-named resource is watched for a ClientHello.
-/// Protocols where the server speaks first wait this long before being relayed.
+/// How long a connection to a host-named resource is watched for a ClientHello before
+/// it is handed on. Protocols where the server speaks first wait this long; an agent
+/// that stays silent longer is checked when its first bytes come (see
+/// [`ServerName::NotYetSent`]).
 pub const SERVER_NAME_WAIT: Duration = Duration::from_millis(500);
+
+/// What the first look at a host-named connection found.
+#[derive(Debug)]
+pub enum ServerName {
+    /// Its first bytes were seen and pass: no TLS, or TLS for a name it may ask for.
+    Checked,
+    /// Nothing came within the wait: the first bytes must still be checked with
+    /// [`first_bytes_check`] before any reaches the upstream.
+    NotYetSent,
+}
 
 /// For a connection allowed to `resource` by host name: a denial when it opens with a
 /// TLS ClientHello naming a host that is not one of the resource's `hostnames`, or not
 /// one the resolver gave this agent for the address (`resolved`), or that cannot be
-/// read. `None` lets it through (no TLS, or TLS without a name).
+/// read.
 pub async fn check_server_name(
     agent: &tokio::net::TcpStream,
     resource: &crate::policy::Resource,
     resolved: &[String],
-) -> Option<Decision> {
-    let deny = |reason: String| Decision {
+) -> Result<ServerName, Decision> {
+    let opening = sni::peek_opening(agent, SERVER_NAME_WAIT).await;
+    if opening == sni::Opening::Silent {
+        return Ok(ServerName::NotYetSent);
+    }
+    match server_name_refusal(&opening, resource, resolved) {
+        None => Ok(ServerName::Checked),
+        Some(reason) => Err(server_name_denial(resource, reason)),
+    }
+}
+
+/// The decision recorded for a connection refused by the server-name check.
+pub fn server_name_denial(resource: &crate::policy::Resource, reason: String) -> Decision {
+    Decision {
         action: Action::Deny,
         rule: "tls-server-name".into(),
         reason,
         resource: Some(resource.name.clone()),
         mask: None,
         timeout: None,
-    };
-    match sni::peek_opening(agent, SERVER_NAME_WAIT).await {
-        sni::Opening::NotTls | sni::Opening::TlsWithoutName => None,
-        sni::Opening::Unreadable(why) => Some(deny(format!(
+    }
+}
+
+/// The check a relay applies to a host-named connection's first bytes when they came
+/// after [`SERVER_NAME_WAIT`]: the same rule as [`check_server_name`].
+pub fn first_bytes_check<'a>(
+    resource: &'a crate::policy::Resource,
+    resolved: &'a [String],
+) -> crate::relay::FirstBytesCheck<'a> {
+    Box::new(move |bytes: &[u8]| match sni::parse(bytes) {
+        None => crate::relay::FirstBytes::NeedMore,
+        Some(opening) => match server_name_refusal(&opening, resource, resolved) {
+            None => crate::relay::FirstBytes::Pass,
+            Some(reason) => crate::relay::FirstBytes::Refuse(reason),
+        },
+    })
+}
+
+/// Why a connection to host-named `resource` that opened with `opening` is refused,
+/// if it is: a ClientHello must ask for one of the resource's names that the resolver
+/// gave this agent for the address.
+pub fn server_name_refusal(
+    opening: &sni::Opening,
+    resource: &crate::policy::Resource,
+    resolved: &[String],
+) -> Option<String> {
+    match opening {
+        sni::Opening::NotTls | sni::Opening::TlsWithoutName | sni::Opening::Silent => None,
+        sni::Opening::Unreadable(why) => Some(format!(
             "the connection to resource `{}` starts like TLS but its server name cannot be read ({why}), so it is denied",
             resource.name
-        ))),
+        )),
         sni::Opening::Tls(name) => {
-            let name = names::normalize(&name);
+            let name = names::normalize(name);
             let in_resource = resource
                 .hostnames
                 .iter()
@@ -724,10 +773,10 @@ pub async fn check_server_name(
             if in_resource && resolved.contains(&name) {
                 None
             } else {
-                Some(deny(format!(
+                Some(format!(
                     "TLS asks for `{name}`, which is not a host name of resource `{}` that this agent resolved to this address, so it is denied",
                     resource.name
-                )))
+                ))
             }
         }
     }

@@ -22,8 +22,11 @@ pub enum Opening {
     Tls(String),
     /// A ClientHello without a server name (a client dialling an address).
     TlsWithoutName,
-    /// Not TLS, or nothing sent within the wait (server-speaks-first protocols).
+    /// Not TLS.
     NotTls,
+    /// Nothing sent within the wait (server-speaks-first protocols, or an agent that
+    /// waits on purpose): whoever relays must check the first bytes when they come.
+    Silent,
     /// It starts like TLS but is no valid ClientHello: sluice cannot tell the name.
     Unreadable(String),
 }
@@ -63,13 +66,14 @@ pub async fn peek_opening(stream: &TcpStream, wait: Duration) -> Opening {
 fn opening_so_far(bytes: &[u8]) -> Opening {
     match parse(bytes) {
         Some(opening) => opening,
-        None if bytes.is_empty() => Opening::NotTls,
+        None if bytes.is_empty() => Opening::Silent,
         None => Opening::Unreadable("the ClientHello was cut short".into()),
     }
 }
 
-/// `None` while a ClientHello has begun but is not complete.
-fn parse(bytes: &[u8]) -> Option<Opening> {
+/// What `bytes`, the agent's first, say; `None` while a ClientHello has begun but is
+/// not complete.
+pub fn parse(bytes: &[u8]) -> Option<Opening> {
     let first = *bytes.first()?;
     if first != HANDSHAKE_RECORD {
         return Some(Opening::NotTls);
