@@ -52,6 +52,10 @@ pub fn env_allowed(name: &str) -> bool {
 const MAX_BUFFERED_WHILE_HELD: usize = 1024 * 1024;
 /// How long a channel waits for the agent to close its side after the server closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long the server's EOF is held back waiting for the exit status (see
+/// [`pump_down`]); sshd sends it within milliseconds, other servers may send none
+/// until the client closes.
+const EOF_HOLD: Duration = Duration::from_secs(5);
 
 /// One channel request, decoded, for the policy.
 #[derive(Clone, Debug)]
@@ -1208,6 +1212,13 @@ async fn judge_push<G: Gate>(gate: &G, updates: &[RefUpdate]) -> Option<String> 
 }
 
 /// Server → agent, in order: data, stderr, exit status or signal, EOF, close.
+///
+/// sshd often sends its EOF (the command's output ended) before the exit status (the
+/// command was reaped). Relayed in that order, the agent, having sent its own EOF, may
+/// close the channel at once; russh answers that close and forgets the channel, so the
+/// exit status that follows is dropped and a multiplexed `ssh` exits 255. So the EOF is
+/// held until the exit status or signal, or the server's close, has been relayed: the
+/// agent cannot close before it has the status.
 async fn pump_down(
     mut upstream: russh::ChannelReadHalf,
     agent: russh::ChannelWriteHalf<server::Msg>,
@@ -1222,8 +1233,25 @@ async fn pump_down(
         exit_status: None,
         exit_signal: None,
     };
+    let mut eof_held = false;
     loop {
-        let Some(message) = upstream.wait().await else {
+        let message = if eof_held {
+            match tokio::time::timeout(EOF_HOLD, upstream.wait()).await {
+                Ok(message) => message,
+                Err(_) => {
+                    // A server that sends no status until the agent closes.
+                    eof_held = false;
+                    let _ = agent.eof().await;
+                    continue;
+                }
+            }
+        } else {
+            upstream.wait().await
+        };
+        let Some(message) = message else {
+            if eof_held {
+                let _ = agent.eof().await;
+            }
             let _ = agent.close().await;
             break;
         };
@@ -1248,6 +1276,9 @@ async fn pump_down(
                 result.exit_status = Some(exit_status);
                 cast.exit(exit_status);
                 let _ = agent.exit_status(exit_status).await;
+                if std::mem::take(&mut eof_held) {
+                    let _ = agent.eof().await;
+                }
             }
             ChannelMsg::ExitSignal {
                 signal_name,
@@ -1259,11 +1290,21 @@ async fn pump_down(
                 let _ = server
                     .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
                     .await;
+                if std::mem::take(&mut eof_held) {
+                    let _ = agent.eof().await;
+                }
             }
             ChannelMsg::Eof => {
-                let _ = agent.eof().await;
+                if result.exit_status.is_some() || result.exit_signal.is_some() {
+                    let _ = agent.eof().await;
+                } else {
+                    eof_held = true;
+                }
             }
             ChannelMsg::Close => {
+                if eof_held {
+                    let _ = agent.eof().await;
+                }
                 let _ = agent.close().await;
                 break;
             }
