@@ -62,12 +62,79 @@ pub const TEST_PACKAGES: &[&str] = &[
     "openssh-client",
     "git",
     "rsync",
+    // tests/console.rs: a real browser (driven by playwright-core, see NODE_PACKAGES)
+    // and Node.js with npm to run the driver.
+    "chromium",
+    "chromium-driver",
+    "nodejs",
 ];
+
+/// npm packages the tests run with Node.js, pinned, installed into a private directory
+/// ([`NODE_DIR`] under the target directory), never globally: playwright-core drives
+/// Debian's Chromium in tests/console.rs (it never downloads a browser of its own).
+pub const NODE_PACKAGES: &[(&str, &str)] = &[("playwright-core", "1.65.2")];
+
+/// Where [`NODE_PACKAGES`] go, relative to the workspace; tests find them there
+/// (`SLUICE_NODE_MODULES` overrides).
+pub const NODE_DIR: &str = "target/console-node";
 
 /// Everything: the Rust toolchain parts, then the Debian packages.
 pub fn all(workspace: &Path) -> Result<()> {
     toolchain(workspace)?;
-    ensure_packages(TEST_PACKAGES)
+    ensure_packages(TEST_PACKAGES)?;
+    ensure_node_packages(workspace)
+}
+
+/// Installs whichever of [`NODE_PACKAGES`] are missing (or at another version) into
+/// [`NODE_DIR`] with npm.
+pub fn ensure_node_packages(workspace: &Path) -> Result<()> {
+    let dir = workspace.join(NODE_DIR);
+    let specs: Vec<String> = NODE_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect();
+    part(&format!(
+        "npm packages in {}: {}",
+        dir.display(),
+        specs.join(", ")
+    ));
+    let installed_version = |name: &str| -> Option<String> {
+        let manifest = dir.join("node_modules").join(name).join("package.json");
+        let text = fs::read_to_string(manifest).ok()?;
+        let marker = "\"version\"";
+        let rest = &text[text.find(marker)? + marker.len()..];
+        let start = rest.find('"')? + 1;
+        let end = start + rest[start..].find('"')?;
+        Some(rest[start..end].to_owned())
+    };
+    if NODE_PACKAGES
+        .iter()
+        .all(|(name, version)| installed_version(name).as_deref() == Some(*version))
+    {
+        note("all installed, skipping");
+        return Ok(());
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    run(Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--no-save",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .args(&specs)
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .stdin(Stdio::null()))
+    .with_context(|| {
+        format!(
+            "fix: check npm's registry access, then: npm install --prefix {} {}",
+            dir.display(),
+            specs.join(" ")
+        )
+    })?;
+    Ok(())
 }
 
 /// What `cargo build` needs: the nightly with `rust-src`, and `bpf-linker`.

@@ -354,3 +354,69 @@ pub struct Recording {
     pub seq: u64,
     pub cast: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(resource: Option<&str>, action: &str, claims: &[(&str, &str)]) -> SessionRecord {
+        let mut record = SessionRecord::refused(1, "r", "why");
+        record.resource = resource.map(str::to_owned);
+        record.decision.action = action.to_owned();
+        record.started_at = time::macros::datetime!(2026-12-06 04:00 UTC);
+        if !claims.is_empty() {
+            record.identity = Some(crate::workload::RunIdentity {
+                issuer: "github".into(),
+                issuer_url: "https://token.actions.githubusercontent.com".into(),
+                subject: "repo:acme/api:ref:refs/heads/main".into(),
+                claims: claims
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                    .collect(),
+                token_sha256: String::new(),
+                verified_at: record.started_at,
+            });
+        }
+        record
+    }
+
+    #[test]
+    fn session_filters_all_have_to_match() {
+        let protocol_of = |name: &str| (name == "pg").then_some("postgres");
+        let ci = session(
+            Some("pg"),
+            "allow",
+            &[("repository", "acme/api"), ("actor", "octocat")],
+        );
+        let plain = session(None, "deny", &[]);
+        let query = |edit: fn(&mut SessionQuery)| {
+            let mut query = SessionQuery::default();
+            edit(&mut query);
+            query
+        };
+        let all = SessionQuery::default();
+        assert!(all.matches(&ci, protocol_of) && all.matches(&plain, protocol_of));
+        let postgres = query(|q| q.protocol = Some("postgres".into()));
+        assert!(postgres.matches(&ci, protocol_of) && !postgres.matches(&plain, protocol_of));
+        let tcp = query(|q| q.protocol = Some("tcp".into()));
+        assert!(!tcp.matches(&ci, protocol_of) && tcp.matches(&plain, protocol_of));
+        let denied = query(|q| q.decision = Some("deny".into()));
+        assert!(!denied.matches(&ci, protocol_of) && denied.matches(&plain, protocol_of));
+        let repository = query(|q| q.repository = Some("acme/api".into()));
+        assert!(repository.matches(&ci, protocol_of) && !repository.matches(&plain, protocol_of));
+        let other_actor = query(|q| q.actor = Some("mallory".into()));
+        assert!(!other_actor.matches(&ci, protocol_of));
+        let actor = query(|q| {
+            q.actor = Some("octocat".into());
+            q.resource = Some("pg".into());
+        });
+        assert!(actor.matches(&ci, protocol_of));
+        let later = query(|q| q.since = Some(time::macros::datetime!(2026-12-06 04:01 UTC)));
+        assert!(!later.matches(&ci, protocol_of));
+        let window = query(|q| {
+            q.since = Some(time::macros::datetime!(2026-12-06 04:00 UTC));
+            q.until = Some(time::macros::datetime!(2026-12-06 04:01 UTC));
+        });
+        assert!(window.matches(&ci, protocol_of));
+    }
+}

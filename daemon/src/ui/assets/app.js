@@ -103,6 +103,10 @@ async function sessionsPage() {
     }),
     el("button", { type: "submit" }, "Filter"),
     el("a", { href: "/sessions" }, "Clear"));
+  // Empty fields stay out of the URL, so a filtered page's link says what it filters.
+  form.addEventListener("submit", () => {
+    for (const field of form.querySelectorAll("input, select")) if (!field.value) field.disabled = true;
+  });
   const query = new URLSearchParams();
   for (const [name] of FILTERS) if (params.get(name)) query.set(name, params.get(name));
   query.set("limit", params.get("limit") || "200");
