@@ -1186,3 +1186,102 @@ print(json.dumps(out))
         "{refused:#}"
     );
 }
+
+#[test]
+fn smuggling_shapes_on_a_kept_alive_connection_get_400_and_never_reach_nginx() {
+    let nginx = Nginx::start();
+    let writes = r#"
+[[rule]]
+agent = "ci-bot"
+resource = "*"
+operations = ["write"]
+action = "allow"
+"#;
+    let daemon = daemon(&policy(&nginx, None, &format!("{READ_ALL}{writes}")));
+    // Each case on its own connection (plain and TLS): a valid request first, answered
+    // and kept alive, then the hostile one on the same connection.
+    let script = r#"
+import socket, ssl, sys, json
+host, plain, tls, name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+cases = {
+  "cl_and_te": b"POST /api/bad HTTP/1.1\r\nHost: H\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+  "te_and_cl": b"POST /api/bad HTTP/1.1\r\nHost: H\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+  "two_cl": b"POST /api/bad HTTP/1.1\r\nHost: H\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+  "same_cl_twice": b"POST /api/bad HTTP/1.1\r\nHost: H\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+  "cl_list": b"POST /api/bad HTTP/1.1\r\nHost: H\r\nContent-Length: 1, 1\r\n\r\na",
+  "obs_fold": b"GET /api/bad HTTP/1.1\r\nHost: H\r\nX-A: 1\r\n  folded\r\n\r\n",
+  "bare_cr": b"GET /api/bad HTTP/1.1\r\nHost: H\rX-A: 1\r\n\r\n",
+  "bare_lf": b"GET /api/bad HTTP/1.1\nHost: H\nX-A: 1\n\n",
+  "bad_chunk": b"POST /api/bad HTTP/1.1\r\nHost: H\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+}
+
+def read_response(s):
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = s.recv(65536)
+        if not chunk:
+            return got.split(b"\r\n", 1)[0].decode("latin-1")
+        got += chunk
+    head, body = got.split(b"\r\n\r\n", 1)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head.split(b"\r\n", 1)[0].decode("latin-1")
+
+out = {}
+for transport, port in (("plain", plain), ("tls", tls)):
+    authority = host if transport == "plain" else name
+    for case, data in cases.items():
+        s = socket.create_connection((host, port), timeout=20)
+        if transport == "tls":
+            s = ssl.create_default_context().wrap_socket(s, server_hostname=name)
+        s.sendall(("GET /api/first-%s-%s HTTP/1.1\r\nHost: %s\r\n\r\n" % (transport, case, authority)).encode())
+        first = read_response(s)
+        s.sendall(data.replace(b"Host: H", b"Host: " + authority.encode()))
+        out["%s %s" % (transport, case)] = [first, read_response(s)]
+        s.close()
+print(json.dumps(out))
+"#;
+    let plain = nginx.plain_port.to_string();
+    let tls = nginx.tls_port.to_string();
+    let output = daemon.run_agent(
+        "ci-bot",
+        PYTHON,
+        &["-c", script, HOST, &plain, &tls, API_NAME],
+    );
+    assert!(output.status.success(), "{output:?}\n{}", daemon.log());
+    let answers: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let cases = answers.as_object().expect("cases");
+    assert_eq!(cases.len(), 18, "{answers:#}");
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter(|(_, answer)| {
+            !(answer[0]
+                .as_str()
+                .is_some_and(|line| line.starts_with("HTTP/1.1 200"))
+                && answer[1]
+                    .as_str()
+                    .is_some_and(|line| line.starts_with("HTTP/1.1 400")))
+        })
+        .map(|(case, answer)| format!("{case}: {answer}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the first request answered 200, then the hostile one 400: {wrong:#?}"
+    );
+    // nginx saw the 18 valid first requests and nothing else (it logs each as it ends;
+    // a hostile request reaching it would be logged after the first of its connection).
+    let log = nginx.access_log_of(18);
+    assert_eq!(log.len(), 18, "{log:#?}");
+    assert!(
+        log.iter().all(|line| line.contains("/api/first-")),
+        "{log:#?}"
+    );
+}

@@ -27,6 +27,7 @@ use tokio::{
 
 use super::{
     ca::LocalCa,
+    h1guard::H1RequestGuard,
     h2guard::{H2RequestGuard, MALFORMED_MARKER},
     request::{
         METHOD_OVERRIDE_HEADERS, form_method, host_without_port, method_class, normalise_path,
@@ -803,7 +804,8 @@ impl Connection {
             this.refuse_raw(&mut agent, &head, problem).await;
             return format!("protocol_error: {problem}");
         }
-        Self::run(this, Prefixed::new(head, agent), false).await
+        // Every later request of the connection is checked the same way.
+        Self::run(this, H1RequestGuard::new(Prefixed::new(head, agent)), false).await
     }
 
     async fn run<S>(this: Arc<Self>, agent: S, h2: bool) -> String
@@ -812,9 +814,25 @@ impl Connection {
     {
         let service = {
             let this = Arc::clone(&this);
-            hyper::service::service_fn(move |request| {
+            hyper::service::service_fn(move |request: Request<Incoming>| {
                 let this = Arc::clone(&this);
-                async move { Ok::<_, Infallible>(this.handle(request).await) }
+                // After an upgrade or CONNECT head the agent's bytes are no longer
+                // checked as HTTP/1.1 (h1guard): unless it was granted, the connection
+                // ends with the answer.
+                let connect = request.method() == hyper::Method::CONNECT;
+                let leaves_http =
+                    !h2 && (request.headers().contains_key(header::UPGRADE) || connect);
+                async move {
+                    let mut response = this.handle(request).await;
+                    let granted = response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        || (connect && response.status().is_success());
+                    if leaves_http && !granted {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             })
         };
         let io = TokioIo::new(agent);
