@@ -15,11 +15,14 @@
 //!   `NotFound` / `AlreadyExists` `Status` errors, and `nodes` (list, get, delete);
 //!   request bodies in protobuf get 415 `UnsupportedMediaType`, as from a group
 //!   without protobuf (so the tests create from JSON manifests);
+//! - `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`) and SPDY/3.1,
+//!   running the command for real on this machine (`kube/exec.rs` says how and what a
+//!   stand-in cannot do);
 //! - a request log (method, path, Authorization, Impersonate-* headers) as the witness
-//!   of what the upstream really received.
+//!   of what the upstream really received, and a log of the execs it served.
 //!
 //! Not served (the tests say so where it matters): watch streams, server-side apply,
-//! exec and port-forward upgrades.
+//! attach and port-forward upgrades.
 
 use std::{
     collections::BTreeMap,
@@ -35,6 +38,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::pki::TestPki;
+
+mod exec;
+pub use exec::ExecSeen;
 
 /// The address the stand-in listens on: not 127.0.0.1, so agents' connections are
 /// redirected to the daemon.
@@ -64,6 +70,7 @@ pub struct KubeStandIn {
     /// The CA that signed the stand-in's certificate (the resource's `tls.ca_file`).
     pub ca_file: PathBuf,
     state: Arc<Mutex<State>>,
+    execs: Arc<Mutex<Vec<ExecSeen>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -115,17 +122,20 @@ impl KubeStandIn {
         let port = listener.local_addr().expect("address").port();
         let config = server_config(&pki);
         let shared = Arc::clone(&state);
+        let execs = Arc::new(Mutex::new(Vec::new()));
+        let shared_execs = Arc::clone(&execs);
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            runtime.block_on(serve(listener, config, shared));
+            runtime.block_on(serve(listener, config, shared, shared_execs));
         });
         Self {
             port,
             ca_file,
             state,
+            execs,
             _dir: dir,
         }
     }
@@ -137,6 +147,11 @@ impl KubeStandIn {
 
     pub fn address(&self) -> SocketAddr {
         SocketAddr::new(HOST.parse().expect("address"), self.port)
+    }
+
+    /// The execs the stand-in served so far (logged when each ends).
+    pub fn execs(&self) -> Vec<ExecSeen> {
+        self.execs.lock().expect("execs").clone()
     }
 
     /// What the stand-in received so far.
@@ -229,6 +244,7 @@ async fn serve(
     listener: std::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
     state: Arc<Mutex<State>>,
+    execs: Arc<Mutex<Vec<ExecSeen>>>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -238,16 +254,19 @@ async fn serve(
         };
         let acceptor = acceptor.clone();
         let state = Arc::clone(&state);
+        let execs = Arc::clone(&execs);
         tokio::spawn(async move {
             let Ok(stream) = acceptor.accept(stream).await else {
                 return;
             };
             let service = hyper::service::service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, std::convert::Infallible>(answer(request, &state).await) }
+                let execs = Arc::clone(&execs);
+                async move { Ok::<_, std::convert::Infallible>(answer(request, &state, execs).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
         });
     }
@@ -347,7 +366,23 @@ fn resource_list(group_version: &str) -> Value {
     json!({"kind":"APIResourceList","apiVersion":"v1","groupVersion":group_version,"resources":resources})
 }
 
-async fn answer(request: Request<Incoming>, state: &Mutex<State>) -> Response<Full<Bytes>> {
+async fn answer(
+    request: Request<Incoming>,
+    state: &Mutex<State>,
+    execs: Arc<Mutex<Vec<ExecSeen>>>,
+) -> Response<Full<Bytes>> {
+    if let Some(response) = answer_exec(request.uri().path(), state) {
+        return match response {
+            Ok(()) => {
+                record_seen(&request, state);
+                exec::serve(request, execs)
+            }
+            Err(response) => {
+                record_seen(&request, state);
+                response
+            }
+        };
+    }
     let (parts, body) = request.into_parts();
     let header = |name: &str| {
         parts
@@ -356,23 +391,11 @@ async fn answer(request: Request<Incoming>, state: &Mutex<State>) -> Response<Fu
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
     };
-    let seen = Seen {
-        method: parts.method.to_string(),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str().to_owned())
-            .unwrap_or_default(),
-        authorization: header("authorization"),
-        impersonation: parts
-            .headers
-            .keys()
-            .filter(|name| name.as_str().starts_with("impersonate-"))
-            .map(|name| name.as_str().to_owned())
-            .collect(),
-        accept: header("accept"),
-    };
-    state.lock().expect("state").seen.push(seen);
+    state
+        .lock()
+        .expect("state")
+        .seen
+        .push(seen_of(&parts.method, &parts.uri, &parts.headers));
     let content_type = header("content-type");
     let body = body
         .collect()
@@ -554,6 +577,72 @@ async fn answer(request: Request<Incoming>, state: &Mutex<State>) -> Response<Fu
             json!({}),
         ),
     }
+}
+
+fn seen_of(method: &hyper::Method, uri: &hyper::Uri, headers: &hyper::HeaderMap) -> Seen {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    Seen {
+        method: method.to_string(),
+        path_and_query: uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_default(),
+        authorization: header("authorization"),
+        impersonation: headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("impersonate-"))
+            .map(|name| name.as_str().to_owned())
+            .collect(),
+        accept: header("accept"),
+    }
+}
+
+fn record_seen(request: &Request<Incoming>, state: &Mutex<State>) {
+    state.lock().expect("state").seen.push(seen_of(
+        request.method(),
+        request.uri(),
+        request.headers(),
+    ));
+}
+
+/// For `pods/{name}/exec`: `Ok` when the pod exists (the exec is served), the
+/// `NotFound` answer when not; `None` for every other path.
+fn answer_exec(path: &str, state: &Mutex<State>) -> Option<Result<(), Response<Full<Bytes>>>> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["api", "v1", "namespaces", namespace, "pods", name, "exec"] = segments.as_slice() else {
+        return None;
+    };
+    let exists = state.lock().expect("state").objects.contains_key(&(
+        namespace.to_string(),
+        "pods".to_owned(),
+        name.to_string(),
+    ));
+    Some(if exists {
+        Ok(())
+    } else {
+        Err(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("pods \"{name}\" not found"),
+            json!({"name":name,"kind":"pods"}),
+        ))
+    })
+}
+
+/// Every value of `wanted` in a query, decoded (`command=sh&command=-c`).
+fn form_values(query: &str, wanted: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            (key == wanted).then(|| percent_decode(value))
+        })
+        .collect()
 }
 
 fn form_value(query: &str, wanted: &str) -> Option<String> {
