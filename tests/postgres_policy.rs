@@ -729,3 +729,77 @@ fn table_qualified_mask_rules_hold_in_joins() {
         "[REDACTED]|10\n[REDACTED]|20"
     );
 }
+
+/// The daemon caches a statement's classification by its shape (literals replaced), so
+/// a statement of the same shape as one judged before must still be judged on its own
+/// when its literals carry meaning: `WHERE 1 = 1` deletes every row, `WHERE 1 = 2` none;
+/// `set_config('log_statement', ...)` changes a server setting, `set_config
+/// ('application_name', ...)` only the session's name. In both orders, on one session.
+#[test]
+fn statements_of_one_shape_with_meaning_carrying_literals_are_judged_apart() {
+    let server = shop_server();
+    let daemon = TestDaemon::start(&server.policy(
+        &["analyst"],
+        &[Rule::allow("analyst", &["read", "write"]).named("analyst-reads-and-writes")],
+    ));
+    let mark = server.server_log().len();
+    let script = "\\set VERBOSITY verbose\n\
+        DELETE FROM orders WHERE 1 = 2;\n\
+        DELETE FROM orders WHERE 1 = 1;\n\
+        DELETE FROM orders WHERE 1 = 2;\n\
+        SELECT set_config('application_name', 'shape-one', false);\n\
+        SELECT set_config('log_statement', 'all', false);\n\
+        SELECT set_config('application_name', 'shape-two', false);\n\
+        DELETE FROM orders WHERE 2 = 2;\n\
+        SELECT count(*) AS left_over FROM orders;\n";
+    let output = PgCommand::agent(&daemon, "analyst", "psql")
+        .args(["-X", "-A", "-t", "-d", &server.conninfo("app", "shop")])
+        .password(PASSWORD)
+        .stdin(script.as_bytes().to_vec())
+        .arg("-f")
+        .arg("-")
+        .output();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stdout.lines().filter(|l| !l.is_empty()).collect::<Vec<_>>(),
+        vec!["DELETE 0", "DELETE 0", "shape-one", "shape-two", "3"],
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let denials = stderr.lines().filter(|l| l.contains("42501")).count();
+    assert_eq!(denials, 3, "expected 3 denials in:\n{stderr}");
+
+    // The server never saw the refused ones.
+    let log = server.server_log_since(mark);
+    for refused in ["WHERE 1 = 1", "WHERE 2 = 2", "log_statement"] {
+        assert!(!log.contains(refused), "the server ran `{refused}`:\n{log}");
+    }
+    assert!(log.contains("WHERE 1 = 2"), "{log}");
+
+    let shown = daemon.show_newest_closed_session("analyst");
+    let statements = shown["statements"].as_array().expect("statements");
+    let verdicts: Vec<(String, String)> = statements
+        .iter()
+        .filter(|s| text(s, "sql").contains("DELETE") || text(s, "sql").contains("set_config"))
+        .map(|s| {
+            (
+                text(s, "operation").to_owned(),
+                text(&s["decision"], "action").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("write", "allow"),
+            ("dangerous", "deny"),
+            ("write", "allow"),
+            ("read", "allow"),
+            ("admin", "deny"),
+            ("read", "allow"),
+            ("dangerous", "deny"),
+        ]
+        .map(|(operation, action)| (operation.to_owned(), action.to_owned())),
+        "{shown:#}"
+    );
+}

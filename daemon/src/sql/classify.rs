@@ -844,18 +844,40 @@ fn expr_name(expr: &Expr) -> Option<String> {
     }
 }
 
+thread_local! {
+    /// Set when classifying on this thread read a literal's value (see
+    /// [`reading_literals`]).
+    static LITERAL_READ: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `classify` and says whether it read the value of any literal: a classification
+/// that did may differ for another statement of the same shape, so it is not shared
+/// (see `super::cache`).
+pub(super) fn reading_literals<T>(classify: impl FnOnce() -> T) -> (T, bool) {
+    LITERAL_READ.with(|read| read.set(false));
+    let result = classify();
+    (result, LITERAL_READ.with(std::cell::Cell::get))
+}
+
+fn note_literal_read() {
+    LITERAL_READ.with(|read| read.set(true));
+}
+
 /// The text of a literal or bare word (`on`, `'UTF8'`, `3`, `true`).
 fn literal_text(expr: &Expr) -> Option<String> {
     match expr {
-        Expr::Value(value) => match &value.value {
-            Value::SingleQuotedString(text)
-            | Value::EscapedStringLiteral(text)
-            | Value::UnicodeStringLiteral(text)
-            | Value::Number(text, _) => Some(text.clone()),
-            Value::DollarQuotedString(dollar) => Some(dollar.value.clone()),
-            Value::Boolean(value) => Some(value.to_string()),
-            _ => None,
-        },
+        Expr::Value(value) => {
+            note_literal_read();
+            match &value.value {
+                Value::SingleQuotedString(text)
+                | Value::EscapedStringLiteral(text)
+                | Value::UnicodeStringLiteral(text)
+                | Value::Number(text, _) => Some(text.clone()),
+                Value::DollarQuotedString(dollar) => Some(dollar.value.clone()),
+                Value::Boolean(value) => Some(value.to_string()),
+                _ => None,
+            }
+        }
         Expr::Identifier(ident) => Some(ident.value.clone()),
         _ => None,
     }
@@ -886,6 +908,13 @@ fn is_tautology(expr: &Expr, depth: usize) -> bool {
             BinaryOperator::Or => is_tautology(left, depth + 1) || is_tautology(right, depth + 1),
             BinaryOperator::And => is_tautology(left, depth + 1) && is_tautology(right, depth + 1),
             BinaryOperator::Eq | BinaryOperator::LtEq | BinaryOperator::GtEq => {
+                // `1 = 1` against `1 = 2`: only two literals compare by value.
+                if matches!(
+                    (left.as_ref(), right.as_ref()),
+                    (Expr::Value(_), Expr::Value(_))
+                ) {
+                    note_literal_read();
+                }
                 left == right
                     && matches!(
                         left.as_ref(),

@@ -30,7 +30,13 @@ pub fn literals_masked(sql: &str) -> String {
     else {
         return placeholder();
     };
-    let mut masked = String::with_capacity(sql.len());
+    masked_tokens(&tokens, sql.len())
+}
+
+/// [`literals_masked`] of text already tokenized (without unescaping) and within
+/// [`MAX_SQL_BYTES`].
+pub(super) fn masked_tokens(tokens: &[Token], len: usize) -> String {
+    let mut masked = String::with_capacity(len);
     for token in tokens {
         match token {
             Token::Number(..)
@@ -56,7 +62,13 @@ pub fn literals_masked(sql: &str) -> String {
             Token::Whitespace(Whitespace::SingleLineComment { .. })
             | Token::Whitespace(Whitespace::MultiLineComment(_)) => masked.push(' '),
             Token::EOF => {}
-            other => masked.push_str(&other.to_string()),
+            Token::Whitespace(Whitespace::Space) => masked.push(' '),
+            Token::Comma => masked.push(','),
+            Token::Eq => masked.push('='),
+            other => {
+                use std::fmt::Write as _;
+                let _ = write!(masked, "{other}");
+            }
         }
     }
     masked

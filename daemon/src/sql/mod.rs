@@ -83,6 +83,7 @@
 //! - Statements longer than [`MAX_SQL_BYTES`] or nested deeper than the parser's limit or
 //!   [`MAX_NESTING_COST`] are errors (unparsed), even when PostgreSQL would accept them.
 
+mod cache;
 mod classify;
 mod fallback;
 mod functions;
@@ -101,6 +102,7 @@ use sqlparser::{
     tokenizer::{Token, TokenWithSpan, Tokenizer},
 };
 
+pub use cache::classify_and_mask;
 pub use functions::{SENSITIVE_FUNCTIONS, SESSION_PARAMETERS};
 pub use guard::{MAX_NESTING_COST, MAX_SQL_BYTES};
 pub use mask::literals_masked;

@@ -554,8 +554,7 @@ impl AgentLoop<'_> {
         match message {
             FrontendMessage::Query { sql } => {
                 let started = Instant::now();
-                let classified = sql::classify_or_unparsed(sql);
-                let summary = sql::literals_masked(sql);
+                let (classified, summary) = sql::classify_and_mask(sql);
                 let mut records = Vec::with_capacity(classified.len());
                 let mut masks = Vec::with_capacity(classified.len());
                 let mut refusal = None;
@@ -608,7 +607,7 @@ impl AgentLoop<'_> {
                 }
             }
             FrontendMessage::Parse(parse) => {
-                let mut classified = sql::classify_or_unparsed(parse.query);
+                let (mut classified, summary) = sql::classify_and_mask(parse.query);
                 // The extended protocol allows one statement per Parse; an empty
                 // string is a valid (empty) statement.
                 let statement = match classified.len() {
@@ -616,11 +615,7 @@ impl AgentLoop<'_> {
                     0 => empty_statement(),
                     _ => Classified::unparsed(),
                 };
-                let operation = Operation::sql(
-                    Protocol::Postgres,
-                    &statement,
-                    sql::literals_masked(parse.query),
-                );
+                let operation = Operation::sql(Protocol::Postgres, &statement, summary);
                 let decision = self.judge(&operation);
                 let prepared = Arc::new(Prepared { operation });
                 // A statement under review is held when it is executed, not prepared.
