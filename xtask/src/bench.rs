@@ -58,6 +58,8 @@ pub struct Options {
     pub only: Vec<String>,
     /// The command line, for the report.
     pub command: String,
+    /// Measure this sluice binary instead of building one (to compare two builds).
+    pub binary: Option<PathBuf>,
 }
 
 impl Options {
@@ -73,6 +75,7 @@ impl Options {
             output,
             only: Vec::new(),
             command: "cargo xtask bench".to_owned(),
+            binary: None,
         }
     }
 
@@ -89,6 +92,7 @@ impl Options {
             output,
             only: Vec::new(),
             command: "cargo xtask bench --quick".to_owned(),
+            binary: None,
         }
     }
 }
@@ -144,6 +148,8 @@ pub struct WayRuns {
     pub runs: Vec<PgbenchResult>,
     /// CPU µs the proxy (PgBouncer or the daemon) spent per transaction, per run.
     pub proxy_cpu_us: Vec<f64>,
+    /// The proxy's context switches per transaction, per run.
+    pub proxy_switches: Vec<f64>,
 }
 
 /// Everything a run measured, for the report.
@@ -168,6 +174,8 @@ pub struct Results {
     pub perf: Option<String>,
     /// CPU seconds per thread group of the batched daemon over the pgbench runs.
     pub daemon_threads: Vec<(String, f64)>,
+    /// One 4 KiB fdatasync where the stores live, ms: median and mean.
+    pub fdatasync_ms: Option<(f64, f64)>,
     pub minutes: f64,
 }
 
@@ -178,7 +186,12 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
         crate::setup::ensure_packages(BENCH_PACKAGES)
     })?;
     let target = crate::target_dir(workspace).join("release");
+    let prebuilt = options.binary.is_some() && !options.wants("internals");
     step("build", || {
+        if prebuilt {
+            note("measuring the given binary; nothing to build");
+            return Ok(());
+        }
         run(crate::shell::cargo(workspace).args([
             "build",
             "--release",
@@ -190,7 +203,10 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
             "bench_internals",
         ]))
     })?;
-    let binary = target.join("sluice");
+    let binary = options
+        .binary
+        .clone()
+        .unwrap_or_else(|| target.join("sluice"));
     let internals = target.join("examples/bench_internals");
     let machine = report::Machine::read()?;
     let mut results = Results {
@@ -209,6 +225,7 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
         sysbench: None,
         perf: None,
         daemon_threads: Vec::new(),
+        fdatasync_ms: None,
         minutes: 0.0,
     };
     let scratch = Scratch::create()?;
@@ -258,6 +275,7 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
         };
         attempt(&options, &mut failed, "pgbench", "pgbench", || {
             let daemon = batched.pid()?;
+            results.fdatasync_ms = Some(probes::fdatasync_latency_ms(&scratch.path)?);
             let threads_before = probes::cpu_seconds_by_thread(daemon)?;
             for workload in bench.workloads() {
                 let runs = bench.run_workload(&workload)?;
@@ -522,6 +540,7 @@ impl Bench<'_> {
                 way,
                 runs: Vec::new(),
                 proxy_cpu_us: Vec::new(),
+                proxy_switches: Vec::new(),
             })
             .collect();
         for round in 1..=self.options.rounds {
@@ -534,11 +553,17 @@ impl Bench<'_> {
                     .arg(DATABASE);
                 let proxy = self.proxy_pid(runs.way)?;
                 let cpu_before = proxy.map(probes::cpu_seconds).transpose()?;
+                let switches_before = proxy.map(probes::context_switches).transpose()?;
                 let result = pgbench::run(cmd, &self.log_dir()?, true)?;
                 if let (Some(pid), Some(before)) = (proxy, cpu_before) {
                     let used = probes::cpu_seconds(pid)? - before;
                     runs.proxy_cpu_us
                         .push(used * 1e6 / result.transactions.max(1) as f64);
+                }
+                if let (Some(pid), Some(before)) = (proxy, switches_before) {
+                    let switches = probes::context_switches(pid)?.saturating_sub(before);
+                    runs.proxy_switches
+                        .push(switches as f64 / result.transactions.max(1) as f64);
                 }
                 note(&format!(
                     "round {round}: {:<24} {:>9.0} tps  p50 {:>6.0} µs  p99 {:>6.0} µs",

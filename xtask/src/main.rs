@@ -70,6 +70,10 @@ enum Task {
         /// internals (for developing the bench; the report then has gaps).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Measure this sluice binary instead of building one (to compare two builds
+        /// side by side; the `internals` part still builds its example).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Build the Debian package (target/package/sluice_VERSION_amd64.deb): the binary,
     /// the systemd units, /etc/sluice/sluice.toml and a default-deny policy.
@@ -95,6 +99,11 @@ enum Task {
         /// tests/package-smoke.sh: install, agent slice, restart, upgrade, purge.
         #[arg(long)]
         deb: Option<PathBuf>,
+        /// Also boot a minimal Debian guest with systemd as PID 1 per kernel and run
+        /// tests/systemd-guest.sh there: the package installed, sluice.service, an
+        /// agent service, restart and upgrade. `--suites none --systemd` runs only that.
+        #[arg(long)]
+        systemd: bool,
         /// Arguments for every test binary, after `--` (e.g. a test name filter).
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -140,6 +149,7 @@ fn run_task(task: Task) -> Result<()> {
             seconds,
             output,
             only,
+            binary,
         } => {
             require_root("bench", "it attaches eBPF programs and starts servers")?;
             let output = output.unwrap_or_else(|| workspace.join("BENCHMARKS.md"));
@@ -162,6 +172,12 @@ fn run_task(task: Task) -> Result<()> {
                     .push_str(&format!(" --only {}", only.join(",")));
                 options.only = only;
             }
+            if let Some(binary) = binary {
+                options
+                    .command
+                    .push_str(&format!(" --binary {}", binary.display()));
+                options.binary = Some(binary);
+            }
             bench::run_bench(&workspace, options)
         }
         Task::Test {
@@ -179,6 +195,7 @@ fn run_task(task: Task) -> Result<()> {
             suites,
             guest_timeout,
             deb,
+            systemd,
             test_args,
         } => {
             require_root(
@@ -191,6 +208,7 @@ fn run_task(task: Task) -> Result<()> {
                 test_args,
                 guest_timeout: std::time::Duration::from_secs(guest_timeout),
                 deb: deb.map(std::path::absolute).transpose()?,
+                systemd,
             };
             vm::vm_test(&workspace, &target_dir(&workspace), &options)
         }

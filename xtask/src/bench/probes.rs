@@ -40,6 +40,45 @@ fn cpu_seconds_of(path: &str) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / USER_HZ)
 }
 
+/// Context switches (voluntary and not) of every thread of `pid` so far; threads that
+/// ended are not counted, so read it around a run whose threads live throughout.
+pub fn context_switches(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(status) = fs::read_to_string(entry?.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(total)
+}
+
+/// The latency of one 4 KiB write + fdatasync in `dir` (where the daemons' stores
+/// live), in ms: the median and the mean of 200. Group commit cannot make a durable
+/// write cheaper than this; it can only share one among the statements waiting.
+pub fn fdatasync_latency_ms(dir: &Path) -> Result<(f64, f64)> {
+    use std::io::Write as _;
+    let path = dir.join("fdatasync-probe");
+    let mut file =
+        fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut samples = Vec::with_capacity(200);
+    let block = [0x5a_u8; 4096];
+    for _ in 0..200 {
+        file.write_all(&block)?;
+        let started = std::time::Instant::now();
+        file.sync_data()?;
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(file);
+    let _ = fs::remove_file(&path);
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    Ok((super::report::median(&samples), mean))
+}
+
 /// CPU seconds per thread group of `pid`: threads are grouped by name with a trailing
 /// `-<number>` dropped (`sled-io-3` counts as `sled-io`).
 pub fn cpu_seconds_by_thread(pid: u32) -> Result<BTreeMap<String, f64>> {
