@@ -1085,8 +1085,106 @@ credential = "api-token"
     );
     assert!(ok, "{stderr}");
     assert!(body.ends_with("502"), "{body}");
-    assert!(body.contains("compressed"), "{body}");
+    assert!(
+        body.contains("`zstd`, which sluice cannot decode"),
+        "{body}"
+    );
     assert!(!body.contains("opaque"), "{body}");
+}
+
+#[test]
+fn compressed_responses_are_decoded_to_be_scrubbed_and_masked() {
+    let nginx = Nginx::start();
+    let server = sluice_tests::http::TestServer::start();
+    let rules = format!(
+        r#"
+[[resource]]
+name = "encoded"
+addresses = ["{HOST}"]
+ports = [{port}]
+protocol = "http"
+credential = "api-token"
+
+[[mask]]
+name = "pii"
+[[mask.rule]]
+column = "email"
+strategy = "redact"
+
+[[rule]]
+name = "users-masked"
+agent = "ci-bot"
+resource = "api"
+operations = ["read"]
+http = {{ paths = ["/gz/**"] }}
+mask = "pii"
+action = "allow"
+"#,
+        port = server.port
+    );
+    let daemon = daemon(&policy(&nginx, None, &format!("{rules}{READ_ALL}")));
+    // An echo that answers in gzip or br although sluice asked for identity: decoded,
+    // scrubbed, and handed over plain; the token never reaches the agent in any form.
+    for (path, agent_asks) in [
+        ("/gzip-echo", None),
+        ("/br-echo", None),
+        ("/gzip-echo", Some("--compressed")),
+    ] {
+        let url = format!("http://{HOST}:{}{path}", server.port);
+        let mut args = vec!["-i", url.as_str()];
+        args.extend(agent_asks);
+        let (ok, body, stderr) = curl(&daemon, None, &args);
+        assert!(ok, "{path}: {stderr}\n{}", daemon.log());
+        assert!(
+            body.contains("authorization=Bearer [sluice:scrubbed]"),
+            "{path}: {body}"
+        );
+        assert!(
+            !body.contains(TOKEN),
+            "{path}: the token reached the agent: {body}"
+        );
+        assert!(
+            !body.to_ascii_lowercase().contains("content-encoding"),
+            "{path}: {body}"
+        );
+    }
+    // Decoding stops at its cap: a small body that expands past it is refused.
+    let (ok, body, stderr) = curl(
+        &daemon,
+        None,
+        &[
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{HOST}:{}/gzip-bomb", server.port),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(body.ends_with("502"), "{body}");
+    assert!(body.contains("decodes to more than"), "{body}");
+
+    // nginx serving only a gzip file (gzip_static always): masked like the plain one.
+    let (ok, body, stderr) = curl(
+        &daemon,
+        None,
+        &[
+            "--resolve",
+            &nginx.resolve(API_NAME),
+            &nginx.url(API_NAME, "/gz/users.json"),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let users: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(users["users"][0]["name"], "Ada", "{body}");
+    assert_ne!(users["users"][0]["email"], "ada@example.com", "{body}");
+    assert!(!body.contains("bob@example.org"), "{body}");
+    let log = nginx.access_log_of(1);
+    assert!(
+        log.len() == 1 && log[0].contains("/gz/users.json 200"),
+        "{log:#?}"
+    );
+    let records = wait_for_requests(&daemon, nginx.tls_port, |records| !records.is_empty());
+    let users = record_for(&records, "GET api.test/gz/users.json");
+    assert_eq!(users["masked"]["email"].as_u64(), Some(2), "{users:#}");
 }
 
 #[test]

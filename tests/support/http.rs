@@ -68,6 +68,13 @@ impl Nginx {
         )
         .expect("users.json");
         std::fs::write(www.join("hello.txt"), "hello from nginx\n").expect("hello");
+        // /gz/users.json: only its gzip form, served as such whatever the client asks.
+        std::fs::create_dir_all(www.join("gz")).expect("gz dir");
+        std::fs::write(
+            www.join("gz/users.json.gz"),
+            gzip_bytes(&std::fs::read(www.join("users.json")).expect("users.json")),
+        )
+        .expect("users.json.gz");
         let big = std::fs::File::create(www.join("big.bin")).expect("big.bin");
         big.set_len(big_bytes).expect("size big.bin");
 
@@ -103,6 +110,9 @@ impl Nginx {
             fastcgi_param GIT_PROJECT_ROOT {dir_text}/git;
             fastcgi_param GIT_HTTP_EXPORT_ALL "";
             fastcgi_param PATH_INFO $1;
+        }}
+        location /gz/ {{
+            gzip_static always;
         }}
         location = /redirect {{
             return 302 https://{OTHER_NAME}:{tls_port}/api/elsewhere;
@@ -479,8 +489,9 @@ pub fn wait_for_requests(
 /// A small HTTP/1.1 server (hyper, plain TCP on [`HOST`]) for what nginx cannot do:
 /// `/sse` sends `data: one`, then `data: two` only once [`TestServer::release`] is
 /// called (so a test can prove the first event reached the agent unbuffered), and
-/// `/ws` upgrades to an echo of whatever the client sends, and `/encoded` answers in
-/// `br` whatever the request asked for.
+/// `/ws` upgrades to an echo of whatever the client sends, `/encoded` answers in
+/// `zstd` whatever the request asked for, `/gzip-echo` and `/br-echo` echo the
+/// Authorization received, compressed, and `/gzip-bomb` is 16 MiB in a few KiB.
 pub struct TestServer {
     pub port: u16,
     release: std::sync::Arc<tokio::sync::Notify>,
@@ -602,12 +613,46 @@ fn answer(
                 .body(http_body_util::Empty::new().boxed())
                 .expect("response")
         }
-        // A body in an encoding the client did not ask for (upstreams do this).
+        // A body in an encoding sluice does not decode (upstreams do this).
         "/encoded" => hyper::Response::builder()
             .header("content-type", "text/plain")
-            .header("content-encoding", "br")
+            .header("content-encoding", "zstd")
             .body(
-                http_body_util::Full::new(bytes::Bytes::from_static(b"\x0b\x02\x80opaque\x03"))
+                http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"\x28\xb5\x2f\xfd\x04\x58\x31\x00\x00opaque",
+                ))
+                .boxed(),
+            )
+            .expect("response"),
+        // The Authorization received, echoed compressed whatever the client asked for.
+        "/gzip-echo" | "/br-echo" => {
+            let echo = format!(
+                "authorization={}\n",
+                request
+                    .headers()
+                    .get("authorization")
+                    .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+                    .unwrap_or_default()
+            );
+            let gzip = request.uri().path() == "/gzip-echo";
+            let body = if gzip {
+                gzip_bytes(echo.as_bytes())
+            } else {
+                brotli_bytes(echo.as_bytes())
+            };
+            hyper::Response::builder()
+                .header("content-type", "text/plain")
+                .header("content-encoding", if gzip { "gzip" } else { "br" })
+                .header("content-length", body.len())
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)).boxed())
+                .expect("response")
+        }
+        // 16 MiB of zeros in a few KiB of gzip: more than sluice decodes to inspect.
+        "/gzip-bomb" => hyper::Response::builder()
+            .header("content-type", "text/plain")
+            .header("content-encoding", "gzip")
+            .body(
+                http_body_util::Full::new(bytes::Bytes::from(gzip_bytes(&vec![0u8; 16 << 20])))
                     .boxed(),
             )
             .expect("response"),
@@ -616,6 +661,26 @@ fn answer(
             .body(http_body_util::Empty::new().boxed())
             .expect("response"),
     }
+}
+
+/// `bytes` compressed with gzip.
+pub fn gzip_bytes(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// `bytes` compressed with brotli.
+pub fn brotli_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    brotli::BrotliCompress(
+        &mut &bytes[..],
+        &mut out,
+        &brotli::enc::BrotliEncoderParams::default(),
+    )
+    .expect("brotli");
+    out
 }
 
 /// A body fed by a channel, one data frame per message.

@@ -10,6 +10,7 @@
 //! agent's raw bytes, and redirects are passed to the agent, never followed.
 
 pub mod ca;
+mod decode;
 mod h1guard;
 mod h2guard;
 mod mask;

@@ -1505,17 +1505,53 @@ impl Connection {
         if scrubbed_headers > 0 {
             *facts.masked.entry("scrubbed".into()).or_default() += scrubbed_headers;
         }
-        let encoded = parts
+        // A body that must be read but came compressed (although sluice asked for
+        // identity) is decoded within the masking cap, or refused.
+        let encoding = parts
             .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| !value.trim().eq_ignore_ascii_case("identity"));
-        if (inspect || filter.is_some()) && encoded {
-            facts.bytes_up = bytes_up.load(Ordering::Relaxed);
-            return self
-                .refuse(facts, StatusCode::BAD_GATEWAY, "the response body is compressed and must be inspected (credential scrubbing or masking): refused")
-                .await;
-        }
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(",");
+        let encoded = !encoding.is_empty() && !encoding.trim().eq_ignore_ascii_case("identity");
+        let body: ProxyBody = if (inspect || filter.is_some()) && encoded {
+            let coding = match super::decode::Coding::from_header(&encoding) {
+                Ok(coding) => coding,
+                Err(problem) => {
+                    facts.bytes_up = bytes_up.load(Ordering::Relaxed);
+                    return self.refuse(facts, StatusCode::BAD_GATEWAY, &problem).await;
+                }
+            };
+            let compressed = match http_body_util::Limited::new(body, MAX_MASKED_BODY)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) => {
+                    facts.bytes_up = bytes_up.load(Ordering::Relaxed);
+                    return self
+                        .refuse(facts, StatusCode::BAD_GATEWAY, &format!("the compressed response could not be read within {MAX_MASKED_BODY} bytes to inspect it: {error}"))
+                        .await;
+                }
+            };
+            match super::decode::decode(coding, &compressed, MAX_MASKED_BODY) {
+                Ok(decoded) => {
+                    parts.headers.remove(header::CONTENT_ENCODING);
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    Full::new(Bytes::from(decoded))
+                        .map_err(|never| match never {})
+                        .boxed_unsync()
+                }
+                Err(problem) => {
+                    facts.bytes_up = bytes_up.load(Ordering::Relaxed);
+                    return self.refuse(facts, StatusCode::BAD_GATEWAY, &problem).await;
+                }
+            }
+        } else {
+            body.map_err(|error| Box::new(error) as BoxError)
+                .boxed_unsync()
+        };
 
         if let Some(masker) = masker {
             let content_type = parts
@@ -1524,11 +1560,8 @@ impl Connection {
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or_default()
                 .to_ascii_lowercase();
-            let collected = match http_body_util::Limited::new(body, MAX_MASKED_BODY)
-                .collect()
-                .await
-            {
-                Ok(collected) => collected.to_bytes(),
+            let collected = match collect_capped(body, MAX_MASKED_BODY).await {
+                Ok(collected) => collected,
                 Err(error) => {
                     facts.bytes_up = bytes_up.load(Ordering::Relaxed);
                     return self
@@ -1631,6 +1664,21 @@ impl Connection {
         };
         json_response(status, &body)
     }
+}
+
+/// A whole body, or an error once it passes `cap` bytes.
+async fn collect_capped(mut body: ProxyBody, cap: usize) -> Result<Bytes, String> {
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| error.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > cap {
+                return Err("length limit exceeded".into());
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(collected.freeze())
 }
 
 fn severity(action: Action) -> u8 {
