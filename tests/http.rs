@@ -1383,3 +1383,161 @@ print(json.dumps(out))
         "{log:#?}"
     );
 }
+
+#[test]
+fn grpc_style_trailers_pass_over_h2_and_are_scrubbed() {
+    let nginx = Nginx::start();
+    let server = sluice_tests::http::TestServer::start_h2c();
+    let rules = format!(
+        r#"
+[[resource]]
+name = "grpc"
+addresses = ["{HOST}"]
+ports = [{port}]
+protocol = "http"
+credential = "api-token"
+
+[[rule]]
+agent = "ci-bot"
+resource = "grpc"
+operations = ["write"]
+action = "allow"
+"#,
+        port = server.port
+    );
+    let daemon = daemon(&policy(&nginx, None, &format!("{rules}{READ_ALL}")));
+    // A real HTTP/2 client (python h2, cleartext with prior knowledge) calling a gRPC
+    // method: `te: trailers`, a framed message, and the status in the trailers.
+    let script = r#"
+import socket, sys, json
+import h2.config, h2.connection, h2.events
+host, port = sys.argv[1], int(sys.argv[2])
+sock = socket.create_connection((host, port), timeout=20)
+conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+conn.initiate_connection()
+stream = conn.get_next_available_stream_id()
+conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
+    (":authority", "%s:%d" % (host, port)), (":path", "/grpc"),
+    ("content-type", "application/grpc"), ("te", "trailers")])
+conn.send_data(stream, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+sock.sendall(conn.data_to_send())
+out = {"data": ""}
+done = False
+while not done:
+    data = sock.recv(65536)
+    if not data:
+        break
+    for event in conn.receive_data(data):
+        if isinstance(event, h2.events.ResponseReceived):
+            out["headers"] = {k.decode(): v.decode() for k, v in event.headers}
+        elif isinstance(event, h2.events.DataReceived):
+            out["data"] += event.data.decode("latin-1")
+            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.TrailersReceived):
+            out["trailers"] = {k.decode(): v.decode() for k, v in event.headers}
+        elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+            done = True
+    sock.sendall(conn.data_to_send())
+print(json.dumps(out))
+"#;
+    let port = server.port.to_string();
+    let output = daemon.run_agent("ci-bot", PYTHON, &["-c", script, HOST, &port]);
+    assert!(output.status.success(), "{output:?}\n{}", daemon.log());
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(answer["headers"][":status"], "200", "{answer:#}");
+    assert_eq!(answer["headers"]["content-type"], "application/grpc");
+    assert!(text(&answer, "data").ends_with("hello"), "{answer:#}");
+    assert_eq!(answer["trailers"]["grpc-status"], "0", "{answer:#}");
+    // The upstream received the injected token (it echoes it in grpc-message), and
+    // the agent gets it scrubbed.
+    assert_eq!(
+        answer["trailers"]["grpc-message"], "Bearer [sluice:scrubbed]",
+        "{answer:#}"
+    );
+    assert!(!answer.to_string().contains(TOKEN));
+    let records = wait_for_requests(&daemon, server.port, |records| !records.is_empty());
+    let call = record_for(&records, "POST 127.0.0.2/grpc");
+    assert_eq!(text(call, "tag"), "200", "{call:#}");
+}
+
+#[test]
+fn expect_100_continue_is_answered_only_once_the_held_request_is_approved() {
+    let nginx = Nginx::start();
+    let rules = format!(
+        r#"{READ_ALL}
+[[rule]]
+name = "writes-need-a-human"
+agent = "ci-bot"
+resource = "api"
+operations = ["write"]
+action = "review"
+timeout = "60s"
+"#
+    );
+    let daemon = daemon(&policy(&nginx, None, &rules));
+    let marker = tempfile::NamedTempFile::new().expect("marker");
+    let marker_path = marker.path().with_extension("approved");
+    // The agent sends the head with `Expect: 100-continue` and waits for the interim
+    // answer before sending its body; it notes whether the approval came first.
+    let script = r#"
+import socket, ssl, sys, os
+host, port, name, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = ssl.create_default_context().wrap_socket(
+    socket.create_connection((host, port), timeout=50), server_hostname=name)
+body = b'{"title":"x"}'
+s.sendall(b"POST /api/held HTTP/1.1\r\nHost: " + name.encode() +
+    b"\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: " +
+    str(len(body)).encode() + b"\r\n\r\n")
+got = b""
+while b"\r\n\r\n" not in got:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+print("interim:", got.split(b"\r\n")[0].decode(), "approved-before:", os.path.exists(marker))
+s.sendall(body)
+rest = got.split(b"\r\n\r\n", 1)[1]
+while b"\r\n\r\n" not in rest:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    rest += chunk
+print("final:", rest.split(b"\r\n")[0].decode())
+"#;
+    let port = nginx.tls_port.to_string();
+    let mut agent = std::process::Command::new(sluice_bin())
+        .arg("--config")
+        .arg(daemon_config(&daemon))
+        .args([
+            "run", "--agent", "ci-bot", "--user", "nobody", "--", PYTHON, "-c",
+        ])
+        .args([script, HOST, &port, API_NAME])
+        .arg(&marker_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let hold = wait_for_hold(&daemon, "POST api.test/api/held");
+    assert!(nginx.access_log().is_empty(), "nothing upstream while held");
+    std::fs::write(&marker_path, "approved").expect("marker");
+    let id = hold["id"].as_u64().expect("hold id").to_string();
+    let approved = daemon.sluice(&["approve", &id, "--reason", "ok"]);
+    assert!(approved.status.success(), "{approved:?}");
+    let status = wait_child(&mut agent);
+    let mut out = String::new();
+    agent
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("output");
+    let _ = std::fs::remove_file(&marker_path);
+    assert!(status.success(), "{out}\n{}", daemon.log());
+    assert!(
+        out.contains("interim: HTTP/1.1 100 Continue approved-before: True"),
+        "{out}"
+    );
+    assert!(out.contains("final: HTTP/1.1 200"), "{out}");
+    let log = nginx.access_log_of(1);
+    assert!(log[0].starts_with("POST /api/held 200"), "{log:#?}");
+}

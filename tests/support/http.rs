@@ -491,7 +491,8 @@ pub fn wait_for_requests(
 /// called (so a test can prove the first event reached the agent unbuffered), and
 /// `/ws` upgrades to an echo of whatever the client sends, `/encoded` answers in
 /// `zstd` whatever the request asked for, `/gzip-echo` and `/br-echo` echo the
-/// Authorization received, compressed, and `/gzip-bomb` is 16 MiB in a few KiB.
+/// Authorization received, compressed, `/gzip-bomb` is 16 MiB in a few KiB, and
+/// `/grpc` ends its body with trailers (over HTTP/2: [`TestServer::start_h2c`]).
 pub struct TestServer {
     pub port: u16,
     release: std::sync::Arc<tokio::sync::Notify>,
@@ -501,6 +502,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start() -> Self {
+        Self::serve(false)
+    }
+
+    /// The same endpoints over cleartext HTTP/2 (prior knowledge), where `/grpc`
+    /// answers gRPC-style: a body, then trailers.
+    pub fn start_h2c() -> Self {
+        Self::serve(true)
+    }
+
+    fn serve(h2: bool) -> Self {
         let listener = std::net::TcpListener::bind((HOST, 0)).expect("bind test server");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("address").port();
@@ -525,10 +536,19 @@ impl TestServer {
                                 let notify = std::sync::Arc::clone(&notify);
                                 async move { Ok::<_, std::convert::Infallible>(answer(request, notify)) }
                             });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                .with_upgrades()
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            if h2 {
+                                let _ = hyper::server::conn::http2::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                )
+                                .serve_connection(io, service)
                                 .await;
+                            } else {
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(io, service)
+                                    .with_upgrades()
+                                    .await;
+                            }
                         });
                     }
                 };
@@ -645,6 +665,25 @@ fn answer(
                 .header("content-encoding", if gzip { "gzip" } else { "br" })
                 .header("content-length", body.len())
                 .body(http_body_util::Full::new(bytes::Bytes::from(body)).boxed())
+                .expect("response")
+        }
+        // gRPC-style: a message, then the status in trailers (which also echo the
+        // Authorization received, to prove trailers are scrubbed too).
+        "/grpc" => {
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+            if let Some(authorization) = request.headers().get("authorization") {
+                trailers.insert("grpc-message", authorization.clone());
+            }
+            let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                    b"\x00\x00\x00\x00\x05hello",
+                ))),
+                Ok(hyper::body::Frame::trailers(trailers)),
+            ];
+            hyper::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed())
                 .expect("response")
         }
         // 16 MiB of zeros in a few KiB of gzip: more than sluice decodes to inspect.

@@ -1921,11 +1921,23 @@ where
                         }
                         None => this.queued.push_back(Frame::data(data)),
                     },
-                    Err(frame) => {
+                    Err(mut frame) => {
                         if let Some(scrubber) = &mut this.scrubber {
                             let rest = scrubber.finish();
                             if !rest.is_empty() {
                                 this.queued.push_back(Frame::data(Bytes::from(rest)));
+                            }
+                            // Trailers (gRPC's status and message) are scrubbed too.
+                            for value in frame
+                                .trailers_mut()
+                                .into_iter()
+                                .flat_map(|t| t.values_mut())
+                            {
+                                let clean = scrubber.scrub_value(value.as_bytes());
+                                if clean != value.as_bytes() {
+                                    *value = HeaderValue::from_bytes(&clean)
+                                        .unwrap_or(HeaderValue::from_static(""));
+                                }
                             }
                         }
                         this.queued.push_back(frame);

@@ -149,6 +149,13 @@ impl StreamScrubber {
         out
     }
 
+    /// Scrubs one whole value (a trailer field), counted with the stream's.
+    pub fn scrub_value(&mut self, value: &[u8]) -> Vec<u8> {
+        let (out, count) = self.scrubber.scrub(value);
+        self.count += count;
+        out
+    }
+
     /// The rest, at the end of the stream.
     pub fn finish(&mut self) -> Vec<u8> {
         let (out, count) = self.scrubber.scrub(&std::mem::take(&mut self.held));
