@@ -70,12 +70,12 @@ pub fn package(workspace: &Path, target_dir: &Path, version: Option<&str>) -> Re
         };
         let binary = target_dir.join("release/sluice");
         let out_dir = target_dir.join("package");
-        build_deb(workspace, &binary, &out_dir, &version)
+        build_deb(workspace, &binary, &out_dir, &version, Compression::Xz)
     })
 }
 
 /// The `[workspace.package] version` of the root `Cargo.toml`.
-fn workspace_version(workspace: &Path) -> Result<String> {
+pub(crate) fn workspace_version(workspace: &Path) -> Result<String> {
     let manifest = fs::read_to_string(workspace.join("Cargo.toml"))?;
     let mut in_package = false;
     for line in manifest.lines() {
@@ -97,7 +97,7 @@ fn control(version: &str, installed_kib: u64) -> String {
          Architecture: amd64\n\
          Maintainer: sluice developers <sluice@example.invalid>\n\
          Installed-Size: {installed_kib}\n\
-         Depends: libc6 (>= 2.36)\n\
+         Depends: libc6 (>= 2.36), libgcc-s1\n\
          Recommends: systemd\n\
          Section: net\n\
          Priority: optional\n\
@@ -109,7 +109,22 @@ fn control(version: &str, installed_kib: u64) -> String {
     )
 }
 
-fn build_deb(workspace: &Path, binary: &Path, out_dir: &Path, version: &str) -> Result<PathBuf> {
+/// How `dpkg-deb` compresses the package.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Compression {
+    /// What Debian ships: xz.
+    Xz,
+    /// gzip -1, for packages that only a test guest installs (seconds, not a minute).
+    Fast,
+}
+
+pub(crate) fn build_deb(
+    workspace: &Path,
+    binary: &Path,
+    out_dir: &Path,
+    version: &str,
+    compression: Compression,
+) -> Result<PathBuf> {
     let root = out_dir.join(format!("sluice_{version}_amd64"));
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -143,7 +158,12 @@ fn build_deb(workspace: &Path, binary: &Path, out_dir: &Path, version: &str) -> 
     let deb = out_dir.join(format!("sluice_{version}_amd64.deb"));
     part("dpkg-deb");
     run(Command::new("dpkg-deb")
-        .args(["--root-owner-group", "-Zxz", "--build"])
+        .arg("--root-owner-group")
+        .args(match compression {
+            Compression::Xz => ["-Zxz", "-z6"],
+            Compression::Fast => ["-Zgzip", "-z1"],
+        })
+        .arg("--build")
         .arg(&root)
         .arg(&deb))
     .context("fix: apt-get install dpkg (dpkg-deb builds the package)")?;
@@ -205,7 +225,7 @@ mod tests {
         let out = tempfile_dir();
         let binary = out.join("sluice-stand-in");
         fs::write(&binary, "#!/bin/sh\n").unwrap();
-        let deb = build_deb(&workspace(), &binary, &out, "0.0.1").unwrap();
+        let deb = build_deb(&workspace(), &binary, &out, "0.0.1", Compression::Fast).unwrap();
         let listing = capture(Command::new("dpkg-deb").arg("--contents").arg(&deb)).unwrap();
         for path in [
             "./usr/bin/sluice",

@@ -22,6 +22,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+mod systemd;
+
 use crate::{
     setup,
     shell::{capture, cargo, note, part, run, step},
@@ -36,6 +38,10 @@ pub const VM_PACKAGES: &[&str] = &[
     "busybox-static",
     "kmod",
     "python3-venv",
+    // The systemd guest's root (see `systemd`).
+    "mmdebstrap",
+    "e2fsprogs",
+    "binutils",
 ];
 
 /// virtme-ng, pinned: its command line is what this module speaks.
@@ -120,6 +126,9 @@ pub struct Options {
     /// A `.deb` (`cargo xtask package`) to install, use, upgrade and purge in each guest
     /// with `tests/package-smoke.sh`, after the suites.
     pub deb: Option<PathBuf>,
+    /// Also boot a guest with systemd as PID 1 per kernel and run
+    /// `tests/systemd-guest.sh` there (see `systemd`).
+    pub systemd: bool,
 }
 
 /// Parses `--kernel`: `6.1`, `6.12` or `all`.
@@ -223,6 +232,7 @@ pub fn in_test_task(workspace: &Path, target_dir: &Path, kernels: &str) -> Resul
         test_args: Vec::new(),
         guest_timeout: Duration::from_secs(1500),
         deb: None,
+        systemd: false,
     };
     vm_test(workspace, target_dir, &options)
 }
@@ -235,9 +245,13 @@ pub fn vm_test(workspace: &Path, target_dir: &Path, options: &Options) -> Result
     let cache = Cache::new(target_dir);
     let vng = step("virtme-ng", || ensure_virtme_ng(&cache))?;
     let mut kernels = Vec::new();
+    let mut images = Vec::new();
     step("kernels", || {
         for series in &options.kernels {
             kernels.push((*series, ensure_kernel(&cache, series)?));
+            if options.systemd {
+                images.push(systemd::ensure_image(&cache, series)?);
+            }
         }
         Ok(())
     })?;
@@ -245,11 +259,20 @@ pub fn vm_test(workspace: &Path, target_dir: &Path, options: &Options) -> Result
     let prepared = started.elapsed();
 
     let mut reports = Vec::new();
-    for (series, kernel) in &kernels {
-        let report = step(&format!("guest {}", series.label), || {
-            run_guest(workspace, &cache, &vng, series, kernel, &binaries, options)
-        })?;
-        reports.push(report);
+    let virtme_guest = !options.suites.is_empty() || options.deb.is_some();
+    for (index, (series, kernel)) in kernels.iter().enumerate() {
+        if virtme_guest {
+            let report = step(&format!("guest {}", series.label), || {
+                run_guest(workspace, &cache, &vng, series, kernel, &binaries, options)
+            })?;
+            reports.push(report);
+        }
+        if let Some(image) = images.get(index) {
+            let report = step(&format!("systemd guest {}", series.label), || {
+                systemd::run_guest(workspace, &cache, series, image, &binaries.sluice, options)
+            })?;
+            reports.push(report);
+        }
     }
 
     println!("\n=== vm-test results ===");
@@ -406,6 +429,17 @@ pub struct TestBinaries {
 
 fn build_test_binaries(workspace: &Path, suites: &[Suite]) -> Result<TestBinaries> {
     run(cargo(workspace).args(["build", "--workspace", "--exclude", "sluice-ebpf", "--bins"]))?;
+    let debug = crate::target_dir(workspace).join("debug");
+    let mut binaries = TestBinaries {
+        sluice: debug.join("sluice"),
+        probe: debug.join("sluice-probe"),
+        pgprobe: debug.join("sluice-pgprobe"),
+        suites: Vec::new(),
+    };
+    if suites.is_empty() {
+        // `cargo test --no-run` without `--test` would build every test target.
+        return Ok(binaries);
+    }
     let mut command = cargo(workspace);
     command.args([
         "test",
@@ -426,22 +460,15 @@ fn build_test_binaries(workspace: &Path, suites: &[Suite]) -> Result<TestBinarie
         bail!("building the test binaries failed ({})", output.status);
     }
     let executables = test_executables(&String::from_utf8_lossy(&output.stdout))?;
-    let mut found = Vec::new();
     for suite in suites {
         let path = executables
             .iter()
             .find(|(name, _)| name == suite.name)
             .map(|(_, path)| path.clone())
             .with_context(|| format!("cargo built no test executable named {}", suite.name))?;
-        found.push((*suite, path));
+        binaries.suites.push((*suite, path));
     }
-    let debug = crate::target_dir(workspace).join("debug");
-    Ok(TestBinaries {
-        sluice: debug.join("sluice"),
-        probe: debug.join("sluice-probe"),
-        pgprobe: debug.join("sluice-pgprobe"),
-        suites: found,
-    })
+    Ok(binaries)
 }
 
 /// The (target name, executable) of every test target in cargo's JSON messages.
