@@ -215,8 +215,11 @@ pub fn perf_works() -> bool {
 /// Samples `pid` with call graphs for `seconds`, then returns the hottest symbols
 /// (self time, percent) as `perf report` prints them.
 pub fn perf_profile(pid: u32, seconds: u64, data_file: &Path) -> Result<String> {
+    // DWARF call graphs: the release build keeps no frame pointers, but its unwind
+    // tables let perf walk the stacks, so the report can say what each part costs with
+    // what it calls.
     let record = Command::new("perf")
-        .args(["record", "-F", "499", "-g", "-o"])
+        .args(["record", "-F", "199", "--call-graph", "dwarf,8192", "-o"])
         .arg(data_file)
         .args(["-p", &pid.to_string(), "--", "sleep", &seconds.to_string()])
         .stdout(Stdio::null())
@@ -232,12 +235,49 @@ pub fn perf_profile(pid: u32, seconds: u64, data_file: &Path) -> Result<String> 
             .args(["--sort", "dso,symbol", "--percent-limit", "1.5", "-i"])
             .arg(data_file),
     )?;
-    Ok(report
+    let self_time = report
         .lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
         .take(20)
         // Drop the empty caller columns `-g none` leaves at the end of each line.
         .map(|line| line.trim_end_matches([' ', '-']).to_owned())
         .collect::<Vec<_>>()
-        .join("\n"))
+        .join("\n");
+    // With callees: the parts of the statement path, each with what it calls.
+    let children = capture(
+        Command::new("perf")
+            .args(["report", "--stdio", "--children", "-g", "none"])
+            .args(["--sort", "symbol", "--percent-limit", "1", "-i"])
+            .arg(data_file),
+    )
+    .unwrap_or_default();
+    let parts: Vec<String> = children
+        .lines()
+        .filter(|line| PROFILE_PARTS.iter().any(|part| line.contains(part)))
+        .map(|line| line.trim_end_matches([' ', '-']).to_owned())
+        .collect();
+    if parts.is_empty() {
+        return Ok(self_time);
+    }
+    Ok(format!(
+        "{self_time}\n\nwith callees (children, self, symbol):\n{}",
+        parts.join("\n")
+    ))
 }
+
+/// The functions whose share with callees the profile shows: the agent and server
+/// loops, classification, the recording hand-over, the store writer and sled, socket
+/// writes and scheduling.
+const PROFILE_PARTS: &[&str] = &[
+    "postgres::AgentLoop::handle",
+    "postgres::AgentLoop::flush",
+    "postgres::ServerLoop::run",
+    "sql::cache::classify_and_mask",
+    "pipeline::Pipeline::record",
+    "store::writer::Writer::apply",
+    "sled::transaction::Transactional::transaction",
+    "sled::threadpool::perform_work",
+    "[k] __x64_sys_sendto",
+    "[k] __x64_sys_recvfrom",
+    "[k] schedule",
+];

@@ -323,9 +323,10 @@ pub fn render(results: &Results, previous: &Path) -> Result<String> {
     if let Some(profile) = &results.perf {
         writeln!(
             out,
-            "## Daemon profile\n\n`perf record -g` on the daemon during an 8-client prepared \
-             select-only run through sluice (batched); self time by DSO and symbol, entries \
-             over 1.5 %:\n\n```text\n{profile}\n```\n"
+            "## Daemon profile\n\n`perf record --call-graph dwarf` on the daemon during an \
+             8-client prepared select-only run through sluice (batched); self time by DSO and \
+             symbol, entries over 1.5 %, then the statement path's parts with their callees:\n\n\
+             ```text\n{profile}\n```\n"
         )?;
     }
 
