@@ -73,12 +73,17 @@ fn shots(test: &str) -> PathBuf {
     dir
 }
 
-/// Runs browser scenario `scenario` of drive.cjs and returns its JSON result.
-fn browser(scenario: &str, args: &Value) -> Value {
-    let modules = std::env::var_os("SLUICE_NODE_MODULES").map_or_else(
+/// The private npm packages (`cargo xtask setup`), or `$SLUICE_NODE_MODULES`.
+fn node_modules() -> PathBuf {
+    std::env::var_os("SLUICE_NODE_MODULES").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-node/node_modules"),
         PathBuf::from,
-    );
+    )
+}
+
+/// Runs browser scenario `scenario` of drive.cjs and returns its JSON result.
+fn browser(scenario: &str, args: &Value) -> Value {
+    let modules = node_modules();
     assert!(
         modules.join("playwright-core").exists(),
         "playwright-core is not installed in {} (run cargo xtask setup)",
@@ -467,4 +472,138 @@ fn an_ssh_recording_plays_in_the_browser_and_every_page_renders() {
     assert_eq!(pages["approvals"], "Approvals");
     assert_eq!(pages["grants"], "Grants");
     assert_eq!(pages["status"], "Status");
+}
+
+/// npm's oidc-provider on a loopback port (tests/console/provider.mjs), stopped on drop.
+struct Provider {
+    child: Child,
+    issuer: String,
+}
+
+impl Provider {
+    fn start(client_id: &str, client_secret: &str, redirect_uri: &str) -> Self {
+        use std::io::BufRead as _;
+        let port = free_port();
+        let mut child = Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("console/provider.mjs"))
+            .env("SLUICE_NODE_MODULES", node_modules())
+            .env("PROVIDER_PORT", port.to_string())
+            .env("CLIENT_ID", client_id)
+            .env("CLIENT_SECRET", client_secret)
+            .env("REDIRECT_URI", redirect_uri)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(issuer) = line.strip_prefix("READY ") {
+                    let _ = sender.send(issuer.to_owned());
+                }
+            }
+        });
+        let issuer = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("oidc-provider did not start (cargo xtask setup installs it)");
+        Self { child, issuer }
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn approvers_sign_in_through_the_identity_provider_and_their_identity_is_recorded() {
+    let server = shop_server();
+    let ui_port = free_port();
+    let provider = Provider::start(
+        "sluice-console",
+        "console-secret",
+        &format!("http://127.0.0.1:{ui_port}/oidc/callback"),
+    );
+    let daemon = TestDaemon::start_with_config(
+        &review_policy(&server, "reviewed"),
+        "[ui-oidc]\nuser = \"sluice-console\"\npassword = \"console-secret\"\n",
+        &format!(
+            "[ui]\nlisten = \"127.0.0.1:{ui_port}\"\n[ui.oidc]\nissuer = {issuer:?}\n\
+             client_id = \"sluice-console\"\nclient_secret_credential = \"ui-oidc\"\n\
+             approver_groups = [\"sre\"]\n",
+            issuer = provider.issuer
+        ),
+    );
+    let console = Console {
+        daemon,
+        port: ui_port,
+    };
+    let psql = spawn_psql(
+        &console,
+        &server,
+        "reviewed",
+        &["UPDATE orders SET item = 'bun' WHERE id = 1"],
+    );
+    let id = wait_for_hold(&console.daemon, "reviewed", "UPDATE orders");
+
+    // bob is in no approver group: a viewer.
+    let bob = browser(
+        "oidc",
+        &json!({ "base": console.base(), "login": "bob", "id": id, "shots": shots("oidc") }),
+    );
+    assert!(
+        text(&bob, "who").contains("bob@example.test · viewer"),
+        "{bob:#}"
+    );
+    assert_eq!(bob["buttons"], 0, "{bob:#}");
+
+    let alice = browser(
+        "oidc",
+        &json!({
+            "base": console.base(), "login": "alice", "id": id, "reason": "change OPS-12",
+            "shots": shots("oidc"),
+        }),
+    );
+    assert!(
+        text(&alice, "who").contains("alice@example.test · approver"),
+        "{alice:#}"
+    );
+    assert!(
+        text(&alice, "decided").contains(&format!(
+            "Approval #{id} approved by alice@example.test (via {}, groups sre): change OPS-12",
+            provider.issuer
+        )),
+        "{alice:#}"
+    );
+    let output = finish(psql, Duration::from_secs(30));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("UPDATE 1"),
+        "{output:?}"
+    );
+    let statements = console.daemon.show_newest_closed_session("reviewed")["statements"].clone();
+    let update = statements
+        .as_array()
+        .expect("statements")
+        .iter()
+        .find(|s| text(s, "sql").contains("UPDATE orders"))
+        .cloned()
+        .expect("the update's record");
+    let approval = &update["approval"];
+    assert_eq!(approval["outcome"], "approved", "{update:#}");
+    assert_eq!(approval["approver_uid"], Value::Null, "{update:#}");
+    assert_eq!(approval["approver_name"], "alice@example.test");
+    assert_eq!(
+        approval["approver_identity"]["issuer"],
+        provider.issuer.as_str()
+    );
+    assert_eq!(approval["approver_identity"]["subject"], "alice");
+    assert_eq!(approval["approver_identity"]["email"], "alice@example.test");
+    assert_eq!(approval["approver_identity"]["groups"], json!(["sre"]));
 }

@@ -80,6 +80,8 @@ pub enum DaemonError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("web console: {0}")]
     Ui(#[from] crate::ui::server::UiBindError),
+    #[error("web console: {0}")]
+    UiConfig(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -225,6 +227,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .ui
         .base_url()
         .map(|base_url| Arc::new(crate::ui::SignIns::new(base_url)));
+    let oidc =
+        match (&config.ui.oidc, config.ui.base_url()) {
+            (Some(oidc), Some(base_url)) => {
+                let secret = credentials
+                .get(&oidc.client_secret_credential)
+                .and_then(|credential| {
+                    if credential.password.expose().is_empty() {
+                        credential.bearer.as_ref().map(|bearer| bearer.expose().to_owned())
+                    } else {
+                        Some(credential.password.expose().to_owned())
+                    }
+                })
+                .ok_or_else(|| {
+                    DaemonError::UiConfig(format!(
+                        "ui.oidc.client_secret_credential: the credentials file has no entry {:?} \
+                         with a password (the client secret)",
+                        oidc.client_secret_credential
+                    ))
+                })?;
+                Some(Arc::new(crate::ui::oidc::Oidc::new(
+                    oidc.clone(),
+                    secret,
+                    &base_url,
+                )))
+            }
+            _ => None,
+        };
     let backend = Arc::new(Backend {
         sign_ins: sign_ins.clone(),
         exporters: exporters.statuses(),
@@ -288,6 +317,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             listener,
             Arc::new(crate::ui::server::Console {
                 sign_ins,
+                oidc,
                 backend: Arc::clone(&backend) as control::SharedBackend,
                 approvals: Arc::clone(&context.approvals),
             }),
@@ -588,8 +618,9 @@ impl ControlBackend for Backend {
         reason: &str,
     ) -> Result<ApprovalAnswer, ApiError> {
         let approver = Approver {
-            uid: peer.uid,
+            uid: peer.identity.is_none().then_some(peer.uid),
             name: peer.user.clone(),
+            identity: peer.identity.as_deref().cloned(),
         };
         let statement = self
             .approvals
@@ -597,7 +628,8 @@ impl ControlBackend for Backend {
             .map_err(|error| {
                 let status = match error {
                     DecideError::NotFound(_) => hyper::StatusCode::NOT_FOUND,
-                    DecideError::SelfApproval { .. } => hyper::StatusCode::FORBIDDEN,
+                    DecideError::SelfApproval { .. }
+                    | DecideError::SelfApprovalByIdentity { .. } => hyper::StatusCode::FORBIDDEN,
                     DecideError::Withdrawn(_) => hyper::StatusCode::CONFLICT,
                     DecideError::BadReason => hyper::StatusCode::BAD_REQUEST,
                 };
@@ -612,8 +644,9 @@ impl ControlBackend for Backend {
         Ok(ApprovalAnswer {
             id,
             outcome: if approve { "approved" } else { "denied" }.to_owned(),
-            approver_uid: peer.uid,
+            approver_uid: peer.identity.is_none().then_some(peer.uid),
             approver_name: peer.user.clone(),
+            approver_identity: peer.identity.as_deref().cloned(),
             reason: reason.trim().to_owned(),
             statement,
         })

@@ -160,6 +160,42 @@ const scenarios = {
     return { screen, atStart, timeline: await page.textContent("#timeline") };
   },
 
+  // Signs in through the identity provider as `login` (its development login and
+  // consent pages), then, for an approver, decides approval `id`.
+  async oidc(b, args) {
+    const page = await newPage(b);
+    await page.goto(args.base + "/sessions");
+    await shot(page, args, "sign-in-" + args.login);
+    await page.click("#oidc-sign-in");
+    await page.waitForSelector("input[name=login]");
+    await page.fill("input[name=login]", args.login);
+    await page.fill("input[name=password]", "any password");
+    await shot(page, args, "provider-login-" + args.login);
+    await page.click("button[type=submit]");
+    // Consent (first sign-in of this account to this client), then back to the console.
+    await page.waitForURL((url) => url.origin === args.base || /consent|interaction/.test(url.pathname));
+    if (new URL(page.url()).origin !== args.base) {
+      await page.click("button[type=submit]");
+    }
+    await page.waitForURL((url) => url.origin === args.base && url.pathname === "/sessions");
+    await page.waitForSelector("body[data-ready=true]");
+    const who = await page.textContent("#who");
+    const result = { who };
+    if (args.id !== undefined) {
+      await ready(page, args.base + "/approvals/" + args.id);
+      await page.waitForSelector(`#approval-${args.id}`);
+      result.buttons = (await page.$$(`#approval-${args.id} button`)).length;
+      if (args.reason) {
+        await page.fill(`#reason-${args.id}`, args.reason);
+        await page.click(`#approval-${args.id} button.approve`);
+        const decided = await page.waitForSelector(`#decided li[data-approval="${args.id}"]`);
+        result.decided = await decided.textContent();
+        await shot(page, args, "approved-by-" + args.login);
+      }
+    }
+    return result;
+  },
+
   // Visits each page and keeps a screenshot of it.
   async screenshots(b, args) {
     const page = await newPage(b);

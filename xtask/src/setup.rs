@@ -71,8 +71,10 @@ pub const TEST_PACKAGES: &[&str] = &[
 
 /// npm packages the tests run with Node.js, pinned, installed into a private directory
 /// ([`NODE_DIR`] under the target directory), never globally: playwright-core drives
-/// Debian's Chromium in tests/console.rs (it never downloads a browser of its own).
-pub const NODE_PACKAGES: &[(&str, &str)] = &[("playwright-core", "1.65.2")];
+/// Debian's Chromium in tests/console.rs (it never downloads a browser of its own), and
+/// oidc-provider is the identity provider the console signs in with there.
+pub const NODE_PACKAGES: &[(&str, &str)] =
+    &[("playwright-core", "1.65.2"), ("oidc-provider", "9.13.3")];
 
 /// Where [`NODE_PACKAGES`] go, relative to the workspace; tests find them there
 /// (`SLUICE_NODE_MODULES` overrides).

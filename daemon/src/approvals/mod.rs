@@ -118,12 +118,58 @@ pub struct HoldRequest {
     pub timeout: Option<Duration>,
 }
 
-/// Who decided a hold: the control connection's peer (`SO_PEERCRED`).
+/// Who decided a hold: the control connection's peer (`SO_PEERCRED`), or a person
+/// signed in to the web console through an identity provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approver {
-    pub uid: u32,
-    /// The user name of `uid`, when it resolves.
+    /// The local uid; `None` for someone signed in through an identity provider.
+    pub uid: Option<u32>,
+    /// The user name of `uid`, or the provider's name for the person (email).
     pub name: Option<String>,
+    /// Who the identity provider says the person is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<ApproverIdentity>,
+}
+
+/// A person as an OpenID provider vouched for them (the ID token's claims), recorded
+/// with each decision they make in the web console.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproverIdentity {
+    /// The provider's issuer URL (`iss`).
+    pub issuer: String,
+    /// The provider's id for the person (`sub`).
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// `preferred_username`, when the provider gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl ApproverIdentity {
+    /// Whether this person is the one behind the run `identity` (its actor claim names
+    /// them by user name, email or subject, ignoring case).
+    pub fn is_behind(&self, identity: &crate::workload::RunIdentity) -> bool {
+        let Some(actor) = identity.actor() else {
+            return false;
+        };
+        let email_user = self
+            .email
+            .as_deref()
+            .and_then(|email| email.split_once('@'))
+            .map(|(user, _)| user);
+        [
+            self.username.as_deref(),
+            self.email.as_deref(),
+            email_user,
+            Some(self.subject.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|name| name.eq_ignore_ascii_case(actor))
+    }
 }
 
 /// How a hold ended.
@@ -170,6 +216,10 @@ pub enum DecideError {
         "uid {uid} may not decide approval {id}: the held statement was sent by a process of the same uid, and nobody approves their own statement"
     )]
     SelfApproval { id: u64, uid: u32 },
+    #[error(
+        "{who} may not decide approval {id}: the held statement's run was started by them ({actor}), and nobody approves their own statement"
+    )]
+    SelfApprovalByIdentity { id: u64, who: String, actor: String },
     #[error("approval {0} was withdrawn: the agent's session ended while it waited")]
     Withdrawn(u64),
     #[error("a reason is required (at most {MAX_REASON_CHARS} characters)")]
@@ -326,10 +376,22 @@ impl ApprovalBroker {
         let waiting = {
             let mut table = self.table();
             let held = table.get(&id).ok_or(DecideError::NotFound(id))?;
-            if held.held.uid == approver.uid {
+            if approver.uid == Some(held.held.uid) {
                 return Err(DecideError::SelfApproval {
                     id,
-                    uid: approver.uid,
+                    uid: held.held.uid,
+                });
+            }
+            if let (Some(person), Some(run)) = (&approver.identity, &held.held.identity)
+                && person.is_behind(run)
+            {
+                return Err(DecideError::SelfApprovalByIdentity {
+                    id,
+                    who: approver
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| person.subject.clone()),
+                    actor: run.actor().unwrap_or_default().to_owned(),
                 });
             }
             table.remove(&id).ok_or(DecideError::NotFound(id))?
@@ -408,7 +470,7 @@ impl Hold {
                 tracing::info!(
                     approval = self.id,
                     outcome = outcome.as_str(),
-                    approver_uid = verdict.approver.uid,
+                    approver_uid = ?verdict.approver.uid,
                     "approval decided"
                 );
                 Resolution {
@@ -483,9 +545,35 @@ mod tests {
 
     fn admin(uid: u32) -> Approver {
         Approver {
-            uid,
+            uid: Some(uid),
             name: Some("admin".into()),
+            identity: None,
         }
+    }
+
+    #[test]
+    fn a_person_is_behind_the_run_their_actor_claim_names() {
+        let run = crate::workload::RunIdentity {
+            issuer: "github".into(),
+            issuer_url: "https://token.actions.githubusercontent.com".into(),
+            subject: "repo:acme/api:ref:refs/heads/main".into(),
+            claims: [("actor".to_owned(), "Alice".to_owned())].into(),
+            token_sha256: String::new(),
+            verified_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let person = |username: Option<&str>, email: Option<&str>| ApproverIdentity {
+            issuer: "https://login.example.com".into(),
+            subject: "00u1".into(),
+            email: email.map(str::to_owned),
+            username: username.map(str::to_owned),
+            groups: vec!["sre".into()],
+        };
+        assert!(person(Some("alice"), None).is_behind(&run));
+        assert!(person(None, Some("alice@example.com")).is_behind(&run));
+        assert!(!person(Some("bob"), Some("bob@example.com")).is_behind(&run));
+        let mut anonymous = run.clone();
+        anonymous.claims.clear();
+        assert!(!person(Some("alice"), None).is_behind(&anonymous));
     }
 
     #[test]

@@ -95,7 +95,9 @@ pub async fn decide(
             answer.id,
             answer.outcome,
             answer.approver_name.as_deref().unwrap_or("?"),
-            answer.approver_uid,
+            answer
+                .approver_uid
+                .map_or_else(|| "none".to_owned(), |uid| uid.to_string()),
             answer.reason,
             answer.statement.agent,
             answer.statement.pid,

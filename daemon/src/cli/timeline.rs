@@ -347,6 +347,7 @@ mod tests {
             outcome: "approved".into(),
             approver_uid: Some(1001),
             approver_name: Some("alice".into()),
+            approver_identity: None,
             reason: "ticket OPS-42".into(),
             waited_ms: 4_100,
         });

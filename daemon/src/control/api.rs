@@ -223,8 +223,12 @@ pub struct ApprovalAnswer {
     pub id: u64,
     /// `approved` or `denied`.
     pub outcome: String,
-    pub approver_uid: u32,
+    /// The approver's local uid; `null` for someone signed in to the web console
+    /// through an identity provider (then `approver_identity` says who).
+    pub approver_uid: Option<u32>,
     pub approver_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_identity: Option<crate::approvals::ApproverIdentity>,
     pub reason: String,
     pub statement: crate::approvals::HeldStatement,
 }

@@ -24,6 +24,10 @@ pub struct PeerInfo {
     pub user: Option<String>,
     /// The peer's cgroup v2 path relative to the cgroup2 mount, when readable.
     pub cgroup: Option<String>,
+    /// For requests from the web console by someone signed in through an identity
+    /// provider: who the provider says they are (`uid` is then not a person's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Box<crate::approvals::ApproverIdentity>>,
 }
 
 impl PeerInfo {
@@ -86,6 +90,7 @@ impl Authorizer {
                 .filter(|&pid| pid > 0),
             user: user_name(uid),
             cgroup: None,
+            identity: None,
         };
         let refuse = |peer: PeerInfo, reason: String| Err(Refusal { peer, reason });
 

@@ -258,7 +258,7 @@ impl<'s> Pipeline<'s> {
                 approval_id: resolution.id,
                 statement_seq: record.seq,
                 outcome: resolution.outcome.as_str().to_owned(),
-                approver_uid: resolution.approver.as_ref().map(|a| a.uid),
+                approver_uid: resolution.approver.as_ref().and_then(|a| a.uid),
                 approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
                 reason: Some(resolution.reason.clone()),
                 waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
@@ -373,8 +373,12 @@ pub fn approval_record(resolution: &Resolution) -> ApprovalRecord {
     ApprovalRecord {
         id: resolution.id,
         outcome: resolution.outcome.as_str().to_owned(),
-        approver_uid: resolution.approver.as_ref().map(|a| a.uid),
+        approver_uid: resolution.approver.as_ref().and_then(|a| a.uid),
         approver_name: resolution.approver.as_ref().and_then(|a| a.name.clone()),
+        approver_identity: resolution
+            .approver
+            .as_ref()
+            .and_then(|a| a.identity.clone()),
         reason: resolution.reason.clone(),
         waited_ms: resolution.waited.as_millis().min(u128::from(u64::MAX)) as u64,
     }
@@ -384,12 +388,18 @@ pub fn approval_record(resolution: &Resolution) -> ApprovalRecord {
 /// change window`, `not approved: nobody decided within 5m`.
 pub fn refusal_text(resolution: &Resolution) -> String {
     match (&resolution.outcome, &resolution.approver) {
-        (Outcome::Denied, Some(approver)) => format!(
-            "denied by {} (uid {}): {}",
-            approver.name.as_deref().unwrap_or("an approver"),
-            approver.uid,
-            resolution.reason
-        ),
+        (Outcome::Denied, Some(approver)) => match approver.uid {
+            Some(uid) => format!(
+                "denied by {} (uid {uid}): {}",
+                approver.name.as_deref().unwrap_or("an approver"),
+                resolution.reason
+            ),
+            None => format!(
+                "denied by {}: {}",
+                approver.name.as_deref().unwrap_or("an approver"),
+                resolution.reason
+            ),
+        },
         _ => format!("not approved: {}", resolution.reason),
     }
 }

@@ -241,6 +241,10 @@ pub struct ApprovalRecord {
     /// `None` unless a human decided.
     pub approver_uid: Option<u32>,
     pub approver_name: Option<String>,
+    /// For a decision made in the web console by someone signed in through an identity
+    /// provider: the provider's issuer, subject, email and groups for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_identity: Option<crate::approvals::ApproverIdentity>,
     /// The approver's reason, or why the daemon decided.
     pub reason: String,
     /// How long the statement waited, in milliseconds.

@@ -78,8 +78,11 @@ pub struct WebUser {
     /// Their user name, when it resolves.
     pub name: Option<String>,
     pub role: Role,
-    /// `local` (a one-time URL).
+    /// `local` (a one-time URL) or `oidc` (an identity provider).
     pub method: &'static str,
+    /// Who the identity provider says this is (`oidc` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::approvals::ApproverIdentity>,
 }
 
 impl WebUser {
@@ -91,6 +94,7 @@ impl WebUser {
             pid: None,
             user: self.name.clone(),
             cgroup: None,
+            identity: self.identity.clone().map(Box::new),
         }
     }
 
@@ -182,6 +186,7 @@ impl SignIns {
                         name: peer.user.clone(),
                         role,
                         method: "local",
+                        identity: None,
                     },
                     expires: now + validity,
                 },
@@ -203,9 +208,15 @@ impl SignIns {
         if login.expires <= now {
             return None;
         }
+        self.start_session(login.user)
+    }
+
+    /// A new browser session for `user` (signed in one way or another), and its id.
+    pub fn start_session(&self, user: WebUser) -> Option<(String, WebSession)> {
+        let now = Instant::now();
         let id = random_token().ok()?;
         let session = WebSession {
-            user: login.user,
+            user,
             csrf: random_token().ok()?,
             expires: now + SESSION_LIFETIME,
         };
@@ -272,7 +283,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// 256 random bits, base64url.
-fn random_token() -> Result<String, String> {
+pub(crate) fn random_token() -> Result<String, String> {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new()
@@ -292,6 +303,7 @@ mod tests {
             pid: Some(1),
             user: Some("root".into()),
             cgroup: None,
+            identity: None,
         }
     }
 

@@ -20,6 +20,7 @@
 //! refusal.
 
 pub mod auth;
+pub mod oidc;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -92,12 +93,14 @@ impl UiConfig {
                 ));
             }
         }
-        if self.oidc.is_some() {
-            return Err(
-                "ui.oidc: sign-in through an OpenID provider is not available in this build; \
-                 use `sluice ui login`"
-                    .into(),
-            );
+        if let Some(oidc) = &self.oidc {
+            crate::workload::http::check_url(&oidc.issuer)
+                .map_err(|error| format!("ui.oidc.issuer: {error}"))?;
+            if oidc.client_id.is_empty() || oidc.client_secret_credential.is_empty() {
+                return Err(
+                    "ui.oidc: client_id and client_secret_credential must not be empty".into(),
+                );
+            }
         }
         Ok(())
     }
@@ -151,9 +154,13 @@ mod tests {
     #[test]
     fn unknown_and_unsupported_keys_are_load_errors() {
         assert!(toml::from_str::<UiConfig>("listen = \"127.0.0.1:1\"\nport = 2").is_err());
-        let config = parse(
-            "listen = \"127.0.0.1:9470\"\n[oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nclient_secret_credential = \"s\"\n",
-        );
-        assert!(config.validate().is_err());
+        let oidc = |issuer: &str| {
+            parse(&format!(
+                "listen = \"127.0.0.1:9470\"\n[oidc]\nissuer = {issuer:?}\nclient_id = \"c\"\nclient_secret_credential = \"s\"\n"
+            ))
+        };
+        assert!(oidc("https://login.example.com").validate().is_ok());
+        assert!(oidc("http://127.0.0.1:9000").validate().is_ok());
+        assert!(oidc("http://login.example.com").validate().is_err());
     }
 }

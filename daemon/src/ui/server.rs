@@ -46,6 +46,7 @@ const SIGN_IN_HTML: &str = include_str!("assets/sign-in.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const PLAYER_JS: &str = include_str!("assets/player.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
+const SIGNED_IN_HTML: &str = include_str!("assets/signed-in.html");
 
 /// The pages the shell serves (their first path segment).
 const PAGES: &[&str] = &["sessions", "approvals", "grants", "status"];
@@ -54,6 +55,8 @@ const PAGES: &[&str] = &["sessions", "approvals", "grants", "status"];
 /// (only to hear when its queue changes; the queue itself is read through the routes).
 pub struct Console {
     pub sign_ins: Arc<SignIns>,
+    /// Sign-in through an identity provider, when `[ui.oidc]` is set.
+    pub oidc: Option<Arc<super::oidc::Oidc>>,
     pub backend: SharedBackend,
     pub approvals: Arc<ApprovalBroker>,
 }
@@ -129,7 +132,11 @@ async fn handle(
         (&Method::GET, "/assets/player.js") => asset(PLAYER_JS, "text/javascript; charset=utf-8"),
         (&Method::GET, "/assets/style.css") => asset(STYLE_CSS, "text/css; charset=utf-8"),
         (&Method::GET, "/") => redirect("/sessions", None),
-        (&Method::GET, "/login") => sign_in_page(request.uri().query(), StatusCode::OK, ""),
+        (&Method::GET, "/login") => {
+            sign_in_page(&console, request.uri().query(), StatusCode::OK, "")
+        }
+        (&Method::GET, "/oidc/login") => oidc_start(&console).await,
+        (&Method::GET, "/oidc/callback") => oidc_callback(&request, &console).await,
         (&Method::POST, "/login") => sign_in(request, &console).await,
         (&Method::POST, "/logout") => match session {
             Some((id, session)) if csrf_ok(&request, &session) => {
@@ -155,7 +162,7 @@ async fn handle(
         },
         (&Method::GET, page) if is_page(page) => match session {
             Some(_) => html(StatusCode::OK, INDEX_HTML.to_owned()),
-            None => sign_in_page(None, StatusCode::UNAUTHORIZED, ""),
+            None => sign_in_page(&console, None, StatusCode::UNAUTHORIZED, ""),
         },
         _ => error(StatusCode::NOT_FOUND, "no such page"),
     };
@@ -176,7 +183,12 @@ fn is_page(path: &str) -> bool {
 
 /// `GET /login?token=...`: a page with a button that uses the token, so that a link
 /// preview or prefetch cannot use it up.
-fn sign_in_page(query: Option<&str>, status: StatusCode, message: &str) -> Response<Body> {
+fn sign_in_page(
+    console: &Console,
+    query: Option<&str>,
+    status: StatusCode,
+    message: &str,
+) -> Response<Body> {
     let token = query
         .and_then(|query| {
             form_urlencoded::parse(query.as_bytes())
@@ -194,6 +206,10 @@ fn sign_in_page(query: Option<&str>, status: StatusCode, message: &str) -> Respo
         .replace(
             "{{hidden_form}}",
             if token.is_empty() { "hidden" } else { "" },
+        )
+        .replace(
+            "{{hidden_oidc}}",
+            if console.oidc.is_some() { "" } else { "hidden" },
         )
         .replace("{{message}}", &escape_html(message));
     html(status, page)
@@ -214,11 +230,101 @@ async fn sign_in(request: Request<Incoming>, console: &Console) -> Response<Body
         None => {
             tracing::warn!("console sign-in refused: the URL was used, expired or unknown");
             sign_in_page(
+                console,
                 None,
                 StatusCode::FORBIDDEN,
                 "This sign-in link was already used or has expired. Run `sluice ui login` for a new one.",
             )
         }
+    }
+}
+
+/// The cookie that ties a sign-in at the identity provider to the browser that started
+/// it (SameSite=Lax: it must come back on the provider's redirect, a cross-site GET).
+const OIDC_STATE_COOKIE: &str = "sluice_oidc_state";
+
+/// `GET /oidc/login`: off to the identity provider.
+async fn oidc_start(console: &Console) -> Response<Body> {
+    let Some(oidc) = &console.oidc else {
+        return error(StatusCode::NOT_FOUND, "no identity provider is configured");
+    };
+    match oidc.authorization_url().await {
+        Ok((url, state)) => {
+            let mut response = Response::new(full(Bytes::new()));
+            *response.status_mut() = StatusCode::SEE_OTHER;
+            if let Ok(location) = HeaderValue::from_str(&url) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            set_cookie(
+                &mut response,
+                &format!(
+                    "{OIDC_STATE_COOKIE}={state}; Path=/oidc; HttpOnly; SameSite=Lax; Max-Age=600{}",
+                    if console.sign_ins.secure() {
+                        "; Secure"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            response
+        }
+        Err(message) => {
+            tracing::warn!(%message, "cannot start an OIDC sign-in");
+            sign_in_page(console, None, StatusCode::BAD_GATEWAY, &message)
+        }
+    }
+}
+
+/// `GET /oidc/callback`: the provider sends the browser back with a code.
+async fn oidc_callback(request: &Request<Incoming>, console: &Console) -> Response<Body> {
+    let Some(oidc) = &console.oidc else {
+        return error(StatusCode::NOT_FOUND, "no identity provider is configured");
+    };
+    let query = request.uri().query().unwrap_or_default();
+    let state = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "state")
+        .map(|(_, value)| value.into_owned());
+    let bound = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| name == OIDC_STATE_COOKIE && Some(value) == state.as_deref());
+    let refuse = |message: String| {
+        tracing::warn!(%message, "OIDC sign-in refused");
+        sign_in_page(console, None, StatusCode::FORBIDDEN, &message)
+    };
+    if !bound {
+        return refuse("this sign-in was not started in this browser; start again".into());
+    }
+    match oidc.finish(query).await {
+        Ok(user) => {
+            tracing::info!(
+                user = %user.display_name(),
+                role = ?user.role,
+                identity = ?user.identity,
+                "console sign-in through the identity provider"
+            );
+            match console.sign_ins.start_session(user) {
+                // A page, not a redirect: after the provider's cross-site redirect, the
+                // browser sends the SameSite=Strict cookie only on a same-site navigation.
+                Some((id, _)) => {
+                    let mut response = html(StatusCode::OK, SIGNED_IN_HTML.to_owned());
+                    set_cookie(&mut response, &console.sign_ins.cookie(&id));
+                    set_cookie(
+                        &mut response,
+                        &format!(
+                            "{OIDC_STATE_COOKIE}=; Path=/oidc; HttpOnly; SameSite=Lax; Max-Age=0"
+                        ),
+                    );
+                    response
+                }
+                None => refuse("too many console sessions".into()),
+            }
+        }
+        Err(message) => refuse(message),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The few HTTP GETs identity needs: OIDC discovery, the JWKS, and (in `sluice run`)
-//! GitHub's token request endpoint.
+//! The few HTTP requests identity needs: OIDC discovery, the JWKS, (in `sluice run`)
+//! GitHub's token request endpoint, and the web console's OIDC token endpoint (a form
+//! POST).
 //!
 //! `https://` is verified against the system trust store (`/etc/ssl/certs`), falling
 //! back to the Mozilla roots when the host has none. Plain `http://` is accepted only
@@ -11,7 +12,7 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty, Limited};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Request, Uri, header};
 use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore, pki_types::ServerName};
@@ -87,6 +88,43 @@ fn is_loopback(host: &str) -> bool {
 /// GETs `url` (with `Authorization: Bearer` when `bearer` is given) and returns the body
 /// of a 2xx answer.
 pub async fn get(url: &str, bearer: Option<&str>) -> Result<Bytes, HttpError> {
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
+    exchange(url, hyper::Method::GET, authorization, None).await
+}
+
+/// POSTs `form` (`application/x-www-form-urlencoded`) to `url` with HTTP basic
+/// authentication as `user`/`password` (an OAuth client's id and secret, each
+/// form-urlencoded first as RFC 6749 2.3.1 asks) and returns the body of a 2xx answer.
+pub async fn post_form(
+    url: &str,
+    (user, password): (&str, &str),
+    form: &[(&str, &str)],
+) -> Result<Bytes, HttpError> {
+    use base64::Engine as _;
+    let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        encode(user),
+        encode(password)
+    ));
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    exchange(
+        url,
+        hyper::Method::POST,
+        Some(format!("Basic {basic}")),
+        Some(Bytes::from(body)),
+    )
+    .await
+}
+
+async fn exchange(
+    url: &str,
+    method: hyper::Method,
+    authorization: Option<String>,
+    form: Option<Bytes>,
+) -> Result<Bytes, HttpError> {
     let target = parse(url).map_err(HttpError::Url)?;
     let failed = |why: String| HttpError::Request {
         url: url.to_owned(),
@@ -96,18 +134,23 @@ pub async fn get(url: &str, bearer: Option<&str>) -> Result<Bytes, HttpError> {
         let stream = TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(|error| failed(format!("cannot connect: {error}")))?;
-        let mut request = Request::get(target.path.as_str())
+        let mut request = Request::builder()
+            .method(method)
+            .uri(target.path.as_str())
             .header(header::HOST, target.authority.as_str())
             .header(header::ACCEPT, "application/json")
             .header(
                 header::USER_AGENT,
                 concat!("sluice/", env!("CARGO_PKG_VERSION")),
             );
-        if let Some(token) = bearer {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        if form.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         }
         let request = request
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(form.unwrap_or_default()))
             .map_err(|error| failed(error.to_string()))?;
         let response = if target.tls {
             let name = ServerName::try_from(target.host.clone())
@@ -141,7 +184,7 @@ pub async fn get(url: &str, bearer: Option<&str>) -> Result<Bytes, HttpError> {
 
 async fn send<S>(
     io: TokioIo<S>,
-    request: Request<Empty<Bytes>>,
+    request: Request<Full<Bytes>>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

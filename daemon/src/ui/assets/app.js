@@ -65,6 +65,13 @@ function identityText(identity) {
   return parts.length ? parts.join(" ") : identity.subject;
 }
 
+// `root (uid 0)`, or `alice@example.com (via https://login.example.com, groups sre)`.
+function approverText(name, uid, identity) {
+  if (uid !== null && uid !== undefined) return `${name || "?"} (uid ${uid})`;
+  if (identity) return `${name || identity.subject} (via ${identity.issuer}${identity.groups && identity.groups.length ? ", groups " + identity.groups.join(" ") : ""})`;
+  return name || "?";
+}
+
 function isApprover() { return state.me && state.me.user.role === "approver"; }
 
 function main() { return document.getElementById("main"); }
@@ -162,7 +169,7 @@ async function sessionPage(id) {
         el("td", {}, approval ? el("span", {},
           el("a", { href: "/approvals/" + approval.id }, "#" + approval.id), " ",
           el("span", { class: approval.outcome }, approval.outcome),
-          approval.approver_name || approval.approver_uid != null ? ` by ${approval.approver_name || "?"} (uid ${approval.approver_uid})` : "",
+          approval.approver_name || approval.approver_uid != null ? " by " + approverText(approval.approver_name, approval.approver_uid, approval.approver_identity) : "",
           approval.reason ? ": " + approval.reason : "") : ""));
     })));
   const players = el("div", { id: "recordings" });
@@ -185,7 +192,7 @@ function heldCard(held) {
     if (!reason.value.trim()) { error.textContent = "A reason is required."; reason.focus(); return; }
     try {
       const answer = await api(`/v1/approvals/${held.id}/${verb}`, { body: { reason: reason.value } });
-      const text = `Approval #${answer.id} ${answer.outcome} by ${answer.approver_name || "?"} (uid ${answer.approver_uid}): ${answer.reason}`;
+      const text = `Approval #${answer.id} ${answer.outcome} by ${approverText(answer.approver_name, answer.approver_uid, answer.approver_identity)}: ${answer.reason}`;
       toast(text);
       const decided = document.getElementById("decided");
       if (decided) decided.prepend(el("li", { "data-approval": answer.id }, text));
