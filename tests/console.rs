@@ -409,6 +409,29 @@ fn filters_narrow_the_sessions_and_agents_cannot_reach_the_console() {
         text(&result["denied"], "url").ends_with("/sessions?decision=deny"),
         "{result:#}"
     );
+
+    // Grants: created and revoked from the browser, recorded as the person who did it.
+    let grants = browser(
+        "grants",
+        &json!({
+            "url": console.login(&[]), "base": console.base(), "shots": shots("grants"),
+            "agent": "probe", "resource": "sinks-v4", "operations": "connect",
+            "reason": "debugging OPS-3", "revoke_reason": "done",
+        }),
+    );
+    assert!(text(&grants, "created").contains("active"), "{grants:#}");
+    assert!(
+        text(&grants, "created").contains("debugging OPS-3"),
+        "{grants:#}"
+    );
+    assert!(text(&grants, "revoked").contains("revoked"), "{grants:#}");
+    let output = console
+        .daemon
+        .sluice(&["grants", "list", "--all", "--json"]);
+    let listed: Value = serde_json::from_slice(&output.stdout).expect("grants JSON");
+    assert_eq!(listed[0]["state"], "revoked", "{listed:#}");
+    assert_eq!(listed[0]["created_by"], "root", "{listed:#}");
+    assert_eq!(listed[0]["revoke_reason"], "done", "{listed:#}");
 }
 
 #[test]

@@ -196,6 +196,27 @@ const scenarios = {
     return result;
   },
 
+  // Creates a grant with the form, then revokes it (the reason typed in the prompt).
+  async grants(b, args) {
+    const page = await newPage(b);
+    await signIn(page, args.url);
+    await ready(page, args.base + "/grants");
+    await page.fill("#g-agent", args.agent);
+    await page.fill("#g-resource", args.resource);
+    await page.fill("#g-operations", args.operations);
+    await page.fill("#g-minutes", "15");
+    await page.fill("#g-reason", args.reason);
+    await page.press("#g-reason", "Enter");
+    const row = await page.waitForSelector("#grants tbody tr[data-grant]");
+    const created = await row.textContent();
+    await shot(page, args, "grants");
+    page.once("dialog", (dialog) => dialog.accept(args.revoke_reason));
+    await page.click("#grants tbody tr[data-grant] button");
+    await page.waitForSelector("#grants tbody tr[data-grant]:not(:has(button))");
+    const revoked = await page.textContent("#grants tbody tr[data-grant]");
+    return { created, revoked };
+  },
+
   // Visits each page and keeps a screenshot of it.
   async screenshots(b, args) {
     const page = await newPage(b);
