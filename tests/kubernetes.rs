@@ -144,6 +144,26 @@ impl Setup {
         )
     }
 
+    /// Runs this kubectl binary as agent `deployer` and returns its whole output.
+    fn kubectl_output(&self, kubectl: &str, args: &[&str]) -> std::process::Output {
+        let kubeconfig = self.kubeconfig.display().to_string();
+        let cache = self.dir.path().join("cache").display().to_string();
+        let mut all: Vec<&str> = vec![
+            "run",
+            "--agent",
+            "deployer",
+            "--kubeconfig",
+            &kubeconfig,
+            "--",
+            kubectl,
+            "--cache-dir",
+            &cache,
+            "--request-timeout=30s",
+        ];
+        all.extend_from_slice(args);
+        self.daemon.sluice(&all)
+    }
+
     /// The request records of the agent's sessions to the stand-in.
     fn records(&self) -> Vec<Value> {
         let mut all = Vec::new();
@@ -166,12 +186,17 @@ impl Setup {
     }
 
     fn wait_for_record(&self, summary: &str) -> Value {
+        self.wait_for_record_with(summary, |_| true)
+    }
+
+    /// Waits for a record of `summary` that also satisfies `done`.
+    fn wait_for_record_with(&self, summary: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             if let Some(record) = self
                 .records()
                 .into_iter()
-                .find(|record| text(record, "sql") == summary)
+                .find(|record| text(record, "sql") == summary && done(record))
             {
                 return record;
             }
@@ -545,4 +570,144 @@ timeout = "60s"
     let record = setup.wait_for_record("delete pods -n shop web");
     assert_eq!(record["approval"]["outcome"], "approved", "{record:#}");
     assert_eq!(record["approval"]["reason"], "ticket OPS-9");
+}
+
+/// A kubeconfig for talking to the stand-in directly (not through sluice): its CA and
+/// the daemon's token, to compare kubectl's behaviour with and without sluice.
+fn direct_kubeconfig(stand_in: &KubeStandIn, dir: &Path) -> PathBuf {
+    let path = dir.join("direct-kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: direct\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: bot\n  user:\n    token: {TOKEN}\ncontexts:\n- name: direct\n  context:\n    cluster: direct\n    user: bot\n    namespace: shop\ncurrent-context: direct\n",
+            server = stand_in.server(),
+            ca = stand_in.ca_file.display(),
+        ),
+    )
+    .expect("kubeconfig");
+    path
+}
+
+/// Runs kubectl against the stand-in directly: (exit code, stdout, stderr).
+fn kubectl_direct(kubectl: &str, kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--request-timeout=30s")
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The command every exec test runs: output on both streams and a distinctive exit.
+const EXEC_SCRIPT: &str = "echo hi from web; echo oops >&2; exit 3";
+
+const EXEC_RULE: &str = r#"
+[[rule]]
+name = "exec-into-web"
+agent = "deployer"
+resource = "cluster"
+operations = ["admin"]
+kubernetes = { namespaces = ["shop"], resources = ["pods/exec"], names = ["web"] }
+action = "allow"
+"#;
+
+#[test]
+fn exec_is_recorded_and_replayed_with_its_exit_code() {
+    sluice_tests::require_root();
+    let setup = setup(EXEC_RULE);
+    let direct = direct_kubeconfig(&setup.stand_in, setup.dir.path());
+    for (kubectl, protocol) in [
+        (KUBECTL_WEBSOCKET, "v5.channel.k8s.io"),
+        (KUBECTL_SPDY, "SPDY/3.1+v4.channel.k8s.io"),
+    ] {
+        let args = ["exec", "web", "-n", "shop", "--", "sh", "-c", EXEC_SCRIPT];
+        // Directly against the stand-in, as a baseline.
+        let (code, stdout, stderr) = kubectl_direct(kubectl, &direct, &args);
+        assert_eq!(code, 3, "{kubectl} direct: {stdout}{stderr}");
+        assert_eq!(stdout, "hi from web\n", "{kubectl} direct");
+        assert!(stderr.contains("oops"), "{kubectl} direct: {stderr}");
+        // Through sluice: the same output and exit code.
+        let before = setup.stand_in.execs().len();
+        let output = setup.kubectl_output(kubectl, &args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{kubectl} through sluice: {stdout}{stderr}\n{}",
+            setup.daemon.log()
+        );
+        assert_eq!(stdout, "hi from web\n", "{kubectl} through sluice");
+        assert!(stderr.contains("oops"), "{stderr}");
+        let execs = setup.stand_in.execs();
+        assert_eq!(execs.len(), before + 1, "{execs:#?}");
+        assert_eq!(execs[before].protocol, protocol);
+        assert_eq!(execs[before].exit_code, Some(3));
+        assert_eq!(execs[before].command, ["sh", "-c", EXEC_SCRIPT]);
+    }
+    for (kubectl, summary) in [
+        (KUBECTL_WEBSOCKET, "get pods/exec -n shop web"),
+        (KUBECTL_SPDY, "create pods/exec -n shop web"),
+    ] {
+        // Recorded once the stream has ended.
+        let record = setup.wait_for_record_with(summary, |record| {
+            record["parameters"].to_string().contains("stream=")
+        });
+        assert_eq!(text(&record, "operation"), "admin", "{record:#}");
+        assert_eq!(record["decision"]["rule"], "exec-into-web", "{record:#}");
+        let parameters = record["parameters"].to_string();
+        assert!(record["duration_us"].as_u64().is_some(), "{record:#}");
+        if kubectl == KUBECTL_WEBSOCKET {
+            // Decoded: the exit code from the error channel, each stream's bytes.
+            assert_eq!(text(&record, "tag"), "exit 3", "{record:#}");
+            assert!(
+                parameters.contains("stream=websocket v5.channel.k8s.io"),
+                "{parameters}"
+            );
+            assert!(parameters.contains("stdout=12"), "{parameters}");
+            assert!(parameters.contains("stderr=5"), "{parameters}");
+            assert!(parameters.contains("exit=3"), "{parameters}");
+        } else {
+            // SPDY: judged at the upgrade, bytes and duration recorded.
+            assert_eq!(text(&record, "tag"), "101", "{record:#}");
+            assert!(parameters.contains("stream=spdy"), "{parameters}");
+        }
+        let down: u64 = parameters
+            .split(['"', ','])
+            .find_map(|p| p.strip_prefix("bytes_down="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(down > 0, "{parameters}");
+    }
+
+    // The WebSocket exec replays as a terminal: its output and exit code.
+    let session = setup
+        .daemon
+        .sessions(Some("deployer"))
+        .into_iter()
+        .find(|session| {
+            let id = session["id"].as_u64().unwrap_or_default();
+            setup.daemon.show_session(id)["statements"]
+                .as_array()
+                .is_some_and(|statements| {
+                    statements
+                        .iter()
+                        .any(|s| text(s, "sql") == "get pods/exec -n shop web")
+                })
+        })
+        .expect("the exec's session");
+    let id = session["id"].as_u64().expect("id").to_string();
+    let replay = setup.daemon.sluice(&["replay", &id, "--instant"]);
+    let replayed = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{replay:?}");
+    assert!(replayed.contains("get pods/exec -n shop web"), "{replayed}");
+    assert!(replayed.contains("hi from web"), "{replayed}");
+    assert!(replayed.contains("oops"), "{replayed}");
+    assert!(replayed.contains("[exit 3]"), "{replayed}");
 }

@@ -24,7 +24,7 @@ pub use ssh::ca as ssh_ca;
 pub use http::ca as local_ca;
 /// The hook a protocol carried over HTTP(S) plugs into the `http` transport with
 /// (Kubernetes is the `http` handler with its dialect, registered below).
-pub use http::{BodyFilter, Dialect, Exchange, Judged};
+pub use http::{BodyFilter, Dialect, Exchange, Judged, Relayed};
 /// Kubernetes request mapping and kubeconfigs, for `sluice policy explain
 /// --kubernetes` and `sluice kubeconfig`.
 pub use kubernetes::{

@@ -20,7 +20,7 @@ pub mod scrub;
 pub mod tls;
 
 use proxy::serve;
-pub use proxy::{BodyFilter, Dialect, Exchange, Judged};
+pub use proxy::{BodyFilter, Dialect, Exchange, Judged, Relayed};
 
 use std::{
     path::Path,

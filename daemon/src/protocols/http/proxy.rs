@@ -548,18 +548,40 @@ pub trait Exchange: Send {
     ) -> Result<Option<Box<dyn BodyFilter>>, String> {
         Ok(None)
     }
-    /// Relays an upgraded connection (101) to its end; by default, bytes both ways.
+    /// Relays an upgraded connection (101) to its end; by default, bytes both ways. The
+    /// request's record is finished with what it returns, once it ends.
     fn relay(
         self: Box<Self>,
         agent: hyper::upgrade::Upgraded,
         upstream: hyper::upgrade::Upgraded,
-    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    ) -> Pin<Box<dyn std::future::Future<Output = Relayed> + Send>> {
         Box::pin(async move {
             let mut agent = TokioIo::new(agent);
             let mut upstream = TokioIo::new(upstream);
-            let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+            let result = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+            let (bytes_up, bytes_down) = result.as_ref().map_or((0, 0), |counts| *counts);
+            Relayed {
+                bytes_up,
+                bytes_down,
+                error: result.err().map(|error| error.to_string()),
+                ..Relayed::default()
+            }
         })
     }
+}
+
+/// What a dialect's relay of an upgraded connection saw, for the request's record.
+#[derive(Debug, Default)]
+pub struct Relayed {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// The record's tag instead of the HTTP status (`exit 3`).
+    pub tag: Option<String>,
+    /// Added to the record's parameters (`stream=websocket ...`, `stdout=12`).
+    pub parameters: Vec<String>,
+    pub error: Option<String>,
+    /// A terminal recording (asciicast v3), stored with the request's record.
+    pub recording: Option<Vec<u8>>,
 }
 
 /// Rewrites a response body as it streams.
@@ -609,6 +631,28 @@ impl Shared {
         } else {
             self.store(record).await;
         }
+    }
+
+    /// Records a dialect's upgraded stream once it ended: its bytes, what the dialect
+    /// decoded, and its terminal recording.
+    async fn finish_relayed(&self, mut facts: RequestFacts, decision: &Decision, relayed: Relayed) {
+        facts.bytes_up += relayed.bytes_up;
+        facts.bytes_down += relayed.bytes_down;
+        facts.relayed_tag = relayed.tag;
+        facts.relayed_parameters = relayed.parameters;
+        if facts.error.is_none() {
+            facts.error = relayed.error;
+        }
+        if let Some(cast) = relayed.recording
+            && let Err(error) = self
+                .session
+                .store
+                .put_recording(self.session.session_id, facts.seq, cast)
+                .await
+        {
+            tracing::error!(%error, seq = facts.seq, "cannot store a terminal recording");
+        }
+        self.finish(&facts, decision).await;
     }
 
     async fn store(&self, record: StatementRecord) {
@@ -669,6 +713,9 @@ struct RequestFacts {
     announced: bool,
     /// Set by a dialect: the request as it records it.
     dialect_operation: Option<Operation>,
+    /// What a dialect's relay of an upgraded connection reported.
+    relayed_tag: Option<String>,
+    relayed_parameters: Vec<String>,
 }
 
 impl RequestFacts {
@@ -692,6 +739,8 @@ impl RequestFacts {
             approval: None,
             announced: false,
             dialect_operation: None,
+            relayed_tag: None,
+            relayed_parameters: Vec::new(),
         }
     }
 
@@ -718,6 +767,7 @@ impl RequestFacts {
         if let Some(credential) = &self.credential {
             parameters.push(format!("credential={credential}"));
         }
+        parameters.extend(self.relayed_parameters.iter().cloned());
         if let Some(operation) = &self.dialect_operation {
             let mut operation = operation.clone();
             operation.parameters.extend(parameters);
@@ -762,7 +812,10 @@ impl RequestFacts {
         record.params = self.query_names.len();
         record.duration_us =
             Some(self.started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
-        record.tag = self.status.map(|status| status.to_string());
+        record.tag = self
+            .relayed_tag
+            .clone()
+            .or_else(|| self.status.map(|status| status.to_string()));
         record.error = self.error.clone();
         record.masked = self.masked.clone();
         record.approval = self.approval.clone();
@@ -1449,9 +1502,8 @@ impl Connection {
         let status = response.status();
         facts.status = Some(status.as_u16());
         let mut filter = None;
-        if status != StatusCode::SWITCHING_PROTOCOLS
-            && let Some(exchange) = &mut exchange
-        {
+        // Also for a 101: a dialect learns the upgrade's answer (and may refuse it).
+        if let Some(exchange) = &mut exchange {
             match exchange.response_filter(status, response.headers()) {
                 Ok(chosen) => filter = chosen,
                 Err(problem) => {
@@ -1461,23 +1513,41 @@ impl Connection {
             }
         }
 
+        // A dialect's upgraded stream is recorded when it ends: the 101's (empty) body
+        // hands the request's facts over to the relay instead of finishing the record.
+        let mut hand_over = None;
         if status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(agent_upgrade) = agent_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let handed = exchange.is_some().then(|| {
+                let (sender, receiver) = tokio::sync::oneshot::channel::<RequestFacts>();
+                hand_over = Some(sender);
+                (receiver, Arc::clone(shared), decision.clone())
+            });
             let relay = tokio::spawn(async move {
-                let (Ok(agent), Ok(upstream)) = (agent_upgrade.await, upstream_upgrade.await)
-                else {
-                    tracing::debug!("upgrade did not complete");
-                    return;
-                };
-                match exchange {
-                    Some(exchange) => exchange.relay(agent, upstream).await,
-                    None => {
-                        let mut agent = TokioIo::new(agent);
-                        let mut upstream = TokioIo::new(upstream);
-                        let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+                let relayed = match (agent_upgrade.await, upstream_upgrade.await) {
+                    (Ok(agent), Ok(upstream)) => match exchange {
+                        Some(exchange) => Some(exchange.relay(agent, upstream).await),
+                        None => {
+                            let mut agent = TokioIo::new(agent);
+                            let mut upstream = TokioIo::new(upstream);
+                            let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+                            None
+                        }
+                    },
+                    _ => {
+                        tracing::debug!("upgrade did not complete");
+                        Some(Relayed {
+                            error: Some("the upgrade did not complete".into()),
+                            ..Relayed::default()
+                        })
                     }
+                };
+                if let (Some((receiver, shared, decision)), Some(relayed)) = (handed, relayed)
+                    && let Ok(facts) = receiver.await
+                {
+                    shared.finish_relayed(facts, &decision, relayed).await;
                 }
             });
             self.upgrades
@@ -1590,6 +1660,7 @@ impl Connection {
             let mut recorded =
                 Recorded::new(body, None, facts, decision, Arc::clone(shared), bytes_up);
             recorded.filter = filter;
+            recorded.hand_over = hand_over;
             return Response::from_parts(parts, recorded.boxed_unsync());
         }
         if filter.is_some() {
@@ -1608,6 +1679,7 @@ impl Connection {
             bytes_up,
         );
         recorded.filter = filter;
+        recorded.hand_over = hand_over;
         Response::from_parts(parts, recorded.boxed_unsync())
     }
 
@@ -1809,6 +1881,9 @@ struct Recorded<B> {
     shared: Arc<Shared>,
     bytes_up: Arc<AtomicU64>,
     bytes_down: u64,
+    /// For a dialect's upgrade: where the facts go (the relay records them when the
+    /// stream ends) instead of being recorded now.
+    hand_over: Option<tokio::sync::oneshot::Sender<RequestFacts>>,
 }
 
 impl<B> Recorded<B> {
@@ -1831,6 +1906,7 @@ impl<B> Recorded<B> {
             shared,
             bytes_up,
             bytes_down: 0,
+            hand_over: None,
         }
     }
 }
@@ -1851,6 +1927,13 @@ impl<B> Drop for Recorded<B> {
             && scrubber.count > 0
         {
             *facts.masked.entry("scrubbed".into()).or_default() += scrubber.count;
+        }
+        if let Some(hand_over) = self.hand_over.take() {
+            match hand_over.send(facts) {
+                Ok(()) => return,
+                // The relay is gone (the upgrade never happened): record it here.
+                Err(returned) => facts = returned,
+            }
         }
         if !self.ended && facts.error.is_none() {
             facts.error =

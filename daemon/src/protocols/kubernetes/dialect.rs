@@ -1,7 +1,7 @@
 //! The Kubernetes [`Dialect`] of the HTTP proxy: judges each request in Kubernetes
 //! terms, answers refusals as API `Status` objects, and masks Secrets on their way back.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
 use hyper::{
     HeaderMap, StatusCode,
@@ -11,11 +11,12 @@ use hyper::{
 use super::{
     mask::{DEFAULT_UNIT_CAP, SecretFilter, Shape},
     request::{RequestInfo, Sensitivity, impersonates, request_info, sensitivity},
+    stream::{self, StreamKind},
 };
 use crate::{
     pipeline::{Details, Operation, SessionInfo},
     policy::{AgentFacts, Decision, KubernetesRequest, Policy, Protocol},
-    protocols::{BodyFilter, Dialect, Exchange, Judged},
+    protocols::{BodyFilter, Dialect, Exchange, Judged, Relayed},
 };
 
 /// Judges and answers Kubernetes API requests.
@@ -141,6 +142,10 @@ impl Dialect for Kubernetes {
             exchange: Box::new(KubeExchange {
                 mask_secrets,
                 watch: info.verb == "watch",
+                terminal: info.resource == "pods"
+                    && matches!(info.subresource.as_str(), "exec" | "attach"),
+                stream: None,
+                subprotocol: None,
             }),
         })
     }
@@ -185,10 +190,20 @@ pub fn status_object(status: StatusCode, rule: Option<&str>, reason: &str) -> se
 struct KubeExchange {
     mask_secrets: bool,
     watch: bool,
+    /// `pods/exec` or `pods/attach`: a terminal whose streams are recorded.
+    terminal: bool,
+    /// How it streams once upgraded.
+    stream: Option<StreamKind>,
+    /// The WebSocket subprotocol the API server chose.
+    subprotocol: Option<String>,
 }
 
 impl Exchange for KubeExchange {
     fn upstream_headers(&mut self, headers: &mut HeaderMap) {
+        self.stream = StreamKind::of(headers);
+        if self.terminal && self.stream == Some(StreamKind::WebSocket) {
+            stream::offer_decodable(headers);
+        }
         if !self.mask_secrets {
             return;
         }
@@ -208,9 +223,28 @@ impl Exchange for KubeExchange {
 
     fn response_filter(
         &mut self,
-        _status: StatusCode,
+        status: StatusCode,
         headers: &HeaderMap,
     ) -> Result<Option<Box<dyn BodyFilter>>, String> {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.subprotocol = headers
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            if self.terminal
+                && self.stream == Some(StreamKind::WebSocket)
+                && !self
+                    .subprotocol
+                    .as_deref()
+                    .is_some_and(|chosen| stream::DECODED_SUBPROTOCOLS.contains(&chosen))
+            {
+                return Err(format!(
+                    "the API server chose WebSocket subprotocol {:?}, which sluice cannot record: refused",
+                    self.subprotocol.as_deref().unwrap_or("(none)")
+                ));
+            }
+            return Ok(None);
+        }
         if !self.mask_secrets {
             return Ok(None);
         }
@@ -232,6 +266,39 @@ impl Exchange for KubeExchange {
             shape,
             DEFAULT_UNIT_CAP,
         )))))
+    }
+
+    fn relay(
+        self: Box<Self>,
+        agent: hyper::upgrade::Upgraded,
+        upstream: hyper::upgrade::Upgraded,
+    ) -> Pin<Box<dyn Future<Output = Relayed> + Send>> {
+        (*self).relay_stream(agent, upstream)
+    }
+}
+
+impl KubeExchange {
+    fn relay_stream(
+        self,
+        agent: hyper::upgrade::Upgraded,
+        upstream: hyper::upgrade::Upgraded,
+    ) -> Pin<Box<dyn Future<Output = Relayed> + Send>> {
+        match (self.stream, self.terminal) {
+            (Some(StreamKind::WebSocket), true) => Box::pin(stream::relay_websocket(
+                agent,
+                upstream,
+                self.subprotocol.unwrap_or_default(),
+            )),
+            (Some(StreamKind::WebSocket), false) => Box::pin(stream::relay_counted(
+                agent,
+                upstream,
+                format!("websocket {}", self.subprotocol.unwrap_or_default()),
+            )),
+            (Some(StreamKind::Spdy), _) => {
+                Box::pin(stream::relay_counted(agent, upstream, "spdy".into()))
+            }
+            _ => Box::pin(stream::relay_counted(agent, upstream, "other".into())),
+        }
     }
 }
 
@@ -283,6 +350,9 @@ mod tests {
         let mut exchange = KubeExchange {
             mask_secrets: true,
             watch: false,
+            terminal: false,
+            stream: None,
+            subprotocol: None,
         };
         let mut headers = HeaderMap::new();
         headers.insert(
