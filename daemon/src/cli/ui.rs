@@ -46,9 +46,12 @@ pub async fn login(client: &ControlClient, args: LoginArgs) -> Result<ExitCode, 
     } else {
         println!("{}", answer.url);
         eprintln!(
-            "open it once in your browser before {} (signs in as {:?})",
+            "open it once in your browser before {} (signs in as {})",
             timestamp(answer.expires_at),
-            answer.role
+            match answer.role {
+                crate::ui::Role::Approver => "an approver",
+                crate::ui::Role::Viewer => "a viewer",
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
