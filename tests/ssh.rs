@@ -973,3 +973,275 @@ fn command_rules_narrow_by_glob() {
         assert_eq!(text(&output.stdout), "", "{refused} never ran");
     }
 }
+
+/// `sftp -b BATCH` (and `scp` in its default SFTP mode) as the agent.
+fn sftp_tool(
+    daemon: &TestDaemon,
+    client: &SshClient,
+    server: &SshServer,
+    program: &str,
+    args: &[String],
+) -> Output {
+    let mut all = client.options();
+    all.extend(["-P".into(), server.port.to_string()]);
+    all.extend(args.iter().cloned());
+    client.run(daemon, AGENT, program, &all, None)
+}
+
+#[test]
+fn sftp_and_scp_reads_are_allowed_writes_and_removes_refused_and_the_session_goes_on() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"read\"", "allow"));
+    let remote = server.dir.path().join("remote.txt");
+    std::fs::write(&remote, "remote data\n").unwrap();
+    let local = write_file(client.dir.path(), "local.txt", b"local data\n");
+    let uploaded = server.dir.path().join("uploaded.txt");
+    let fetched = client.dir.path().join("fetched.txt");
+    // `-` before a batch command: go on after it fails. The refused upload, removal
+    // and mkdir come first; the download after them shows the session went on.
+    let batch = write_file(
+        client.dir.path(),
+        "batch",
+        format!(
+            "-put {local} {uploaded}\n-rm {remote}\n-mkdir {dir}\nget {remote} {fetched}\n",
+            local = local.display(),
+            uploaded = uploaded.display(),
+            remote = remote.display(),
+            dir = server.dir.path().join("newdir").display(),
+            fetched = fetched.display(),
+        )
+        .as_bytes(),
+    );
+    let output = sftp_tool(
+        &daemon,
+        &client,
+        &server,
+        "sftp",
+        &[
+            "-b".into(),
+            batch.display().to_string(),
+            format!("root@{HOST}"),
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        explain(&output, &daemon, &server)
+    );
+    assert_eq!(std::fs::read_to_string(&fetched).unwrap(), "remote data\n");
+    assert!(
+        !uploaded.exists(),
+        "the refused upload never reached the server"
+    );
+    assert!(
+        remote.exists(),
+        "the refused removal never reached the server"
+    );
+    assert!(!server.dir.path().join("newdir").exists());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+
+    // A refused request in a batch without `-` ends it with a failure.
+    let strict = write_file(
+        client.dir.path(),
+        "strict",
+        format!("put {} {}\n", local.display(), uploaded.display()).as_bytes(),
+    );
+    let output = sftp_tool(
+        &daemon,
+        &client,
+        &server,
+        "sftp",
+        &[
+            "-b".into(),
+            strict.display().to_string(),
+            format!("root@{HOST}"),
+        ],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        explain(&output, &daemon, &server)
+    );
+    assert!(!uploaded.exists());
+
+    // scp speaks SFTP by default (OpenSSH ≥ 9.0): a download is allowed, an upload
+    // refused.
+    let copied = client.dir.path().join("copied.txt");
+    let read = sftp_tool(
+        &daemon,
+        &client,
+        &server,
+        "scp",
+        &[
+            format!("root@{HOST}:{}", remote.display()),
+            copied.display().to_string(),
+        ],
+    );
+    assert!(
+        read.status.success(),
+        "{}",
+        explain(&read, &daemon, &server)
+    );
+    assert_eq!(std::fs::read_to_string(&copied).unwrap(), "remote data\n");
+    let write = sftp_tool(
+        &daemon,
+        &client,
+        &server,
+        "scp",
+        &[
+            local.display().to_string(),
+            format!("root@{HOST}:{}", uploaded.display()),
+        ],
+    );
+    assert!(
+        !write.status.success(),
+        "{}",
+        explain(&write, &daemon, &server)
+    );
+    assert!(!uploaded.exists());
+
+    // Each file request is a record with its class and decision.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let records = loop {
+        let records = requests(&daemon, 1);
+        let sftp: Vec<Value> = records
+            .into_iter()
+            .filter(|r| r["kind"].as_str().unwrap_or_default().starts_with("sftp-"))
+            .collect();
+        let has = |verb: &str, action: &str| {
+            sftp.iter().any(|r| {
+                r["sql"].as_str().unwrap_or_default().starts_with(verb)
+                    && r["decision"]["action"] == action
+            })
+        };
+        if (has("sftp open", "deny") && has("sftp remove", "deny") && has("sftp open", "allow"))
+            || std::time::Instant::now() > deadline
+        {
+            break sftp;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let find = |prefix: &str, action: &str| {
+        records
+            .iter()
+            .find(|r| {
+                r["sql"].as_str().unwrap_or_default().starts_with(prefix)
+                    && r["decision"]["action"] == action
+            })
+            .unwrap_or_else(|| panic!("no {action} {prefix}: {records:#?}"))
+    };
+    assert_eq!(find("sftp open", "allow")["operation"], "read");
+    assert_eq!(find("sftp open", "deny")["operation"], "write");
+    assert_eq!(find("sftp remove", "deny")["operation"], "dangerous");
+    assert_eq!(find("sftp mkdir", "deny")["operation"], "write");
+}
+
+/// Drives `program args` in a pseudo-terminal of `rows`×`cols`: once `ready` appears,
+/// resizes the terminal to 50×132 and types `stty size` until the remote shell reports
+/// the new size, then types `exit 5`. Exits with the program's status.
+const PTY_DRIVER: &str = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+def size(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+pid, fd = pty.fork()
+if pid == 0:
+    size(0, 24, 80)
+    os.execvp(sys.argv[1], sys.argv[1:])
+seen = b""
+def read_for(seconds):
+    global seen
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            seen += chunk
+    return True
+def wait_for(text, seconds):
+    deadline = time.time() + seconds
+    while text not in seen and time.time() < deadline:
+        if not read_for(0.2):
+            break
+    return text in seen
+os.write(fd, b"echo READY$((6*7))\n")
+if not wait_for(b"READY42", 60):
+    sys.stderr.write("no prompt: %r\n" % seen); sys.exit(90)
+size(fd, 50, 132)
+for attempt in range(100):
+    os.write(fd, b"stty size\n")
+    if wait_for(b"50 132", 0.5):
+        break
+else:
+    sys.stderr.write("the size never changed: %r\n" % seen); sys.exit(91)
+os.write(fd, b"exit 5\n")
+while read_for(1.0):
+    pass
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(seen)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn a_terminal_resize_is_kept_in_the_recording() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"admin\"", "allow"));
+    let mut args = vec![
+        "-c".to_owned(),
+        PTY_DRIVER.to_owned(),
+        sluice_tests::sluice_bin().display().to_string(),
+        "--config".into(),
+        daemon.config_path.display().to_string(),
+        "run".into(),
+        "--agent".into(),
+        AGENT.into(),
+        "--".into(),
+        "ssh".into(),
+    ];
+    args.extend(client.options());
+    args.extend([
+        "-t".into(),
+        "-p".into(),
+        server.port.to_string(),
+        format!("root@{HOST}"),
+    ]);
+    let child = std::process::Command::new("python3")
+        .args(&args)
+        .env("SLUICE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = sluice_tests::ssh::wait_with_timeout(child, Duration::from_secs(120));
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "{}",
+        explain(&output, &daemon, &server)
+    );
+    let records = requests(&daemon, 1);
+    let shell = records
+        .iter()
+        .find(|r| r["kind"] == "shell")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(shell["tag"], "exit 5");
+    let session = daemon.sessions(Some(AGENT))[0]["id"].as_u64().unwrap();
+    let replay = daemon.sluice(&["replay", &session.to_string(), "--speed", "0"]);
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    let replayed = text(&replay.stdout);
+    assert!(
+        replayed.contains("[terminal resized to 132x50]"),
+        "{replayed}"
+    );
+    // The resize comes before the output that shows it.
+    let resized = replayed.find("[terminal resized to 132x50]").unwrap();
+    let shown = replayed.rfind("50 132").expect("stty's answer replayed");
+    assert!(resized < shown, "{replayed}");
+}

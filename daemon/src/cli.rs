@@ -222,6 +222,8 @@ async fn play_cast(cast: &str, speed: f64, out: &mut impl Write) -> Result<(), C
         match code.as_str() {
             "o" => out.write_all(data.as_bytes()).map_err(CliError::Output)?,
             "x" => write!(out, "\r\n[exit {data}]").map_err(CliError::Output)?,
+            // The player cannot resize the viewer's terminal: it says so instead.
+            "r" => write!(out, "\r\n[terminal resized to {data}]\r\n").map_err(CliError::Output)?,
             _ => {}
         }
         out.flush().map_err(CliError::Output)?;

@@ -3,13 +3,15 @@
 //!
 //! `ca.rs` is how an unchanged `ssh` trusts the daemon, `proxy.rs` the connection
 //! (russh on both sides), `command.rs` how a command line becomes an operation class
-//! (terminal recordings are the core's `crate::recording`). This file turns a
+//! (terminal recordings are the core's `crate::recording`), `sftp.rs` how SFTP file
+//! requests are judged one by one. This file turns a
 //! session's resource and credential into the proxy's configuration.
 
 pub mod ca;
 pub mod command;
 mod handler;
 pub mod proxy;
+pub mod sftp;
 
 pub use handler::Handler;
 

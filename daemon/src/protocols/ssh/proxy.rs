@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt as _, stream::FuturesUnordered};
 use russh::{
     Channel, ChannelId, ChannelMsg, MethodKind, MethodSet,
@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     ca::HostIdentity,
     command::{self, ExecCommand, RefUpdate},
+    sftp,
 };
 use crate::{
     pipeline::{BoxFuture, ByteStream},
@@ -246,6 +247,13 @@ pub async fn serve<G: Gate>(
             },
         }
     };
+    // Requests refused in the connection's last moments are still recorded (an agent
+    // with ExitOnForwardFailure leaves right after its refused forward).
+    while let Ok(event) = incoming.try_recv() {
+        if let Event::Refused(request) = event {
+            channels.push(Box::pin(refuse_outright(gate, request)));
+        }
+    }
     // The agent is gone: let the channels see it and record their ends.
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while channels.next().await.is_some() {}
@@ -637,6 +645,8 @@ impl russh::client::Handler for UpstreamHandler {
 struct Started {
     pty: bool,
     receive_pack: bool,
+    /// The channel speaks SFTP: each file request is judged.
+    sftp: bool,
 }
 
 /// Serves one session channel: its requests until one starts something (exec, shell,
@@ -721,6 +731,7 @@ async fn serve_channel<G: Gate>(
                 let started = Started {
                     pty: pty.is_some(),
                     receive_pack,
+                    sftp: false,
                 };
                 run_started(
                     gate,
@@ -751,6 +762,7 @@ async fn serve_channel<G: Gate>(
                 let started = Started {
                     pty: pty.is_some(),
                     receive_pack: false,
+                    sftp: false,
                 };
                 run_started(
                     gate,
@@ -766,11 +778,17 @@ async fn serve_channel<G: Gate>(
                 return;
             }
             ChannelMsg::RequestSubsystem { name, .. } => {
-                // SFTP is not decoded yet: a subsystem can read, write and remove any
-                // file the login may, so it passes only where `unparsed` is allowed.
+                // SFTP is decoded: starting it is only connecting, each file request
+                // is judged on its own. Any other subsystem can do anything the login
+                // may, so it passes only where `unparsed` is allowed.
+                let sftp = name == "sftp";
                 let request = Request {
                     request: "subsystem",
-                    class: Operation::Unparsed,
+                    class: if sftp {
+                        Operation::Connect
+                    } else {
+                        Operation::Unparsed
+                    },
                     verb: name.clone(),
                     command: Some(name.clone()),
                     summary: format!("subsystem {name}"),
@@ -779,6 +797,7 @@ async fn serve_channel<G: Gate>(
                 let started = Started {
                     pty: false,
                     receive_pack: false,
+                    sftp,
                 };
                 run_started(
                     gate,
@@ -976,13 +995,26 @@ async fn run_started<G: Gate>(
     let counts = Arc::new(Mutex::new(Counts::default()));
     let (agent_read, agent_write) = agent.split();
     let (upstream_read, upstream_write) = upstream.split();
+    // SFTP: statuses of sluice's for refused requests, slipped in between the
+    // server's packets.
+    let (inspect, injected) = if started.sftp {
+        let (statuses, injected) = mpsc::channel(STATUSES_IN_FLIGHT);
+        (Inspect::Sftp(statuses), Some(injected))
+    } else if started.receive_pack {
+        (Inspect::ReceivePack, None)
+    } else {
+        (Inspect::Nothing, None)
+    };
+    // Terminal resizes the agent sends, for the recording.
+    let (resized, resizes) = mpsc::channel(RESIZES_IN_FLIGHT);
     let up = pump_up(
         gate,
         agent_read,
         upstream_write,
         early,
-        started.receive_pack,
+        inspect,
         Arc::clone(&counts),
+        resized,
     );
     let down = pump_down(
         upstream_read,
@@ -991,6 +1023,8 @@ async fn run_started<G: Gate>(
         id,
         cast,
         started.pty,
+        injected,
+        resizes,
     );
     let mut up = std::pin::pin!(up);
     let mut down = std::pin::pin!(down);
@@ -1060,15 +1094,33 @@ struct DownResult {
 /// everything up to this much in flight (64 MiB).
 const READ_AHEAD: usize = 2048;
 
+/// How many terminal resizes may wait for the recording; more are left out of it.
+const RESIZES_IN_FLIGHT: usize = 64;
+
+/// How many refusals of SFTP requests may wait to be slipped into the server's
+/// stream; the agent's requests wait beyond that.
+const STATUSES_IN_FLIGHT: usize = 64;
+
+/// What the agent → server pump reads in the stream, beyond counting it.
+enum Inspect {
+    Nothing,
+    /// `git-receive-pack`: the push's ref updates.
+    ReceivePack,
+    /// The SFTP subsystem: every request; refusals are answered through the sender.
+    Sftp(mpsc::Sender<Bytes>),
+}
+
 /// Agent → server. For a `git push`, the ref updates are read and judged before any
-/// of them is forwarded. Returns why the push was refused, if it was.
+/// of them is forwarded; on SFTP, each request. Returns why the channel was refused,
+/// if it was.
 async fn pump_up<G: Gate>(
     gate: &G,
     agent: russh::ChannelReadHalf,
     upstream: russh::ChannelWriteHalf<russh::client::Msg>,
     early: Vec<ChannelMsg>,
-    receive_pack: bool,
+    inspect: Inspect,
     counts: Arc<Mutex<Counts>>,
+    resized: mpsc::Sender<(u32, u32)>,
 ) -> Option<String> {
     let (ahead, mut queued) = mpsc::channel(READ_AHEAD);
     let read = async move {
@@ -1087,7 +1139,11 @@ async fn pump_up<G: Gate>(
         }
     };
     let write = async move {
-        let mut push_commands: Option<Vec<u8>> = receive_pack.then(Vec::new);
+        let (mut push_commands, mut sftp) = match inspect {
+            Inspect::Nothing => (None, None),
+            Inspect::ReceivePack => (Some(Vec::new()), None),
+            Inspect::Sftp(statuses) => (None, Some((sftp::Framer::default(), statuses))),
+        };
         loop {
             let Some(Some(message)) = queued.recv().await else {
                 let _ = upstream.close().await;
@@ -1097,6 +1153,14 @@ async fn pump_up<G: Gate>(
                 ChannelMsg::Data { data } => {
                     if let Ok(mut counts) = counts.lock() {
                         counts.bytes_in += data.len() as u64;
+                    }
+                    if let Some((framer, statuses)) = sftp.as_mut() {
+                        framer.push(&data);
+                        if let Err(refused) = relay_sftp(gate, framer, statuses, &upstream).await {
+                            let _ = upstream.close().await;
+                            return Some(refused);
+                        }
+                        continue;
                     }
                     let data = match push_commands.as_mut() {
                         None => data,
@@ -1140,6 +1204,7 @@ async fn pump_up<G: Gate>(
                     pix_width,
                     pix_height,
                 } => {
+                    let _ = resized.try_send((col_width, row_height));
                     let _ = upstream
                         .window_change(col_width, row_height, pix_width, pix_height)
                         .await;
@@ -1161,6 +1226,75 @@ async fn pump_up<G: Gate>(
         refused = &mut write => refused,
         () = &mut read => write.await,
     }
+}
+
+/// Forwards the whole SFTP requests `framer` holds, each judged first; a refused one
+/// is answered with a permission-denied status instead. `Err`: the stream is not SFTP,
+/// or the server is gone.
+async fn relay_sftp<G: Gate>(
+    gate: &G,
+    framer: &mut sftp::Framer,
+    statuses: &mpsc::Sender<Bytes>,
+    upstream: &russh::ChannelWriteHalf<russh::client::Msg>,
+) -> Result<(), String> {
+    // Requests that need no judgement go on together.
+    let mut passed = BytesMut::new();
+    while let Some(packet) = framer.next_packet().map_err(|error| error.to_string())? {
+        let (id, class, verb, summary) = match sftp::classify(&packet) {
+            sftp::Judged::Pass => {
+                passed.extend_from_slice(&packet);
+                continue;
+            }
+            sftp::Judged::Request {
+                id,
+                class,
+                verb,
+                summary,
+            } => (id, class, verb, summary),
+        };
+        if !passed.is_empty() {
+            upstream
+                .data_bytes(passed.split().freeze())
+                .await
+                .map_err(|_| "the server closed the channel".to_owned())?;
+        }
+        let request = Request {
+            request: "sftp",
+            class,
+            verb: format!("sftp-{verb}"),
+            command: None,
+            summary: format!("sftp {summary}"),
+            refused: None,
+        };
+        let (_gone, agent_gone) = oneshot::channel();
+        let verdict = gate.decide(request, agent_gone).await;
+        let refused = (!verdict.allowed).then(|| verdict.message.clone());
+        gate.finish(
+            verdict.ticket,
+            Outcome {
+                error: refused.clone(),
+                ..Outcome::default()
+            },
+        )
+        .await;
+        match refused {
+            None => upstream
+                .data_bytes(packet)
+                .await
+                .map_err(|_| "the server closed the channel".to_owned())?,
+            Some(why) => statuses
+                .send(sftp::permission_denied(id, &format!("sluice: {why}")))
+                .await
+                .map_err(|_| "the agent's side of the channel is gone".to_owned())?,
+        }
+    }
+    if !passed.is_empty() {
+        upstream
+            .data_bytes(passed.freeze())
+            .await
+            .map_err(|_| "the server closed the channel".to_owned())?;
+    }
+    Ok(())
 }
 
 /// Judges a push by its ref updates: deleting a branch is `dangerous`, anything else
@@ -1219,6 +1353,7 @@ async fn judge_push<G: Gate>(gate: &G, updates: &[RefUpdate]) -> Option<String> 
 /// exit status that follows is dropped and a multiplexed `ssh` exits 255. So the EOF is
 /// held until the exit status or signal, or the server's close, has been relayed: the
 /// agent cannot close before it has the status.
+#[allow(clippy::too_many_arguments)]
 async fn pump_down(
     mut upstream: russh::ChannelReadHalf,
     agent: russh::ChannelWriteHalf<server::Msg>,
@@ -1226,6 +1361,8 @@ async fn pump_down(
     id: ChannelId,
     mut cast: Cast,
     pty: bool,
+    mut injected: Option<mpsc::Receiver<Bytes>>,
+    mut resizes: mpsc::Receiver<(u32, u32)>,
 ) -> (Vec<u8>, DownResult) {
     let mut result = DownResult {
         bytes_out: 0,
@@ -1234,20 +1371,52 @@ async fn pump_down(
         exit_signal: None,
     };
     let mut eof_held = false;
+    // SFTP: the server's stream is passed on in whole packets only, so that a status
+    // of sluice's (`injected`) can go in between two of them.
+    let mut framer = injected.as_ref().map(|_| sftp::Framer::default());
     loop {
-        let message = if eof_held {
-            match tokio::time::timeout(EOF_HOLD, upstream.wait()).await {
-                Ok(message) => message,
-                Err(_) => {
-                    // A server that sends no status until the agent closes.
-                    eof_held = false;
-                    let _ = agent.eof().await;
-                    continue;
-                }
+        let at_boundary = framer.as_ref().is_none_or(sftp::Framer::at_boundary);
+        let status = async {
+            match injected.as_mut() {
+                Some(statuses) => statuses.recv().await,
+                None => std::future::pending().await,
             }
-        } else {
-            upstream.wait().await
         };
+        let eof_hold = async {
+            if eof_held {
+                tokio::time::sleep(EOF_HOLD).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let message = tokio::select! {
+            // A resize is recorded before output the server sent after it.
+            biased;
+            Some((cols, rows)) = resizes.recv() => {
+                cast.resize(cols, rows);
+                continue;
+            }
+            Some(status) = status, if at_boundary => {
+                if agent.data_bytes(status).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            message = upstream.wait() => message,
+            () = eof_hold => {
+                // A server that sends no status until the agent closes.
+                eof_held = false;
+                let _ = agent.eof().await;
+                continue;
+            }
+        };
+        let ended = matches!(message, None | Some(ChannelMsg::Eof | ChannelMsg::Close));
+        if ended && let Some(framer) = framer.as_mut() {
+            let rest = framer.take_rest();
+            if !rest.is_empty() {
+                let _ = agent.data_bytes(rest).await;
+            }
+        }
         let Some(message) = message else {
             if eof_held {
                 let _ = agent.eof().await;
@@ -1258,8 +1427,36 @@ async fn pump_down(
         match message {
             ChannelMsg::Data { data } => {
                 result.bytes_out += data.len() as u64;
-                cast.output(&data);
-                if agent.data_bytes(data).await.is_err() {
+                let data = match framer.as_mut() {
+                    None => {
+                        cast.output(&data);
+                        data
+                    }
+                    Some(framer) => {
+                        framer.push(&data);
+                        let mut whole = BytesMut::new();
+                        loop {
+                            match framer.next_packet() {
+                                Ok(Some(packet)) => whole.extend_from_slice(&packet),
+                                Ok(None) => break,
+                                Err(error) => {
+                                    // Not SFTP: pass on what came; nothing can be
+                                    // slipped in any more, so the agent's side stops
+                                    // (its next refusal cannot be sent).
+                                    tracing::warn!(%error, "the server's SFTP stream");
+                                    whole.extend_from_slice(&framer.take_rest());
+                                    injected = None;
+                                    break;
+                                }
+                            }
+                        }
+                        whole.freeze()
+                    }
+                };
+                if injected.is_none() {
+                    framer = None;
+                }
+                if !data.is_empty() && agent.data_bytes(data).await.is_err() {
                     break;
                 }
             }
