@@ -209,7 +209,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &config.daemon.state_dir.join("approval-ids"),
         crate::approvals::parse_duration(&config.approvals.default_timeout)
             .map_err(|error| DaemonError::ApprovalsConfig(error.to_string()))?,
-        Notifier::start(&config.approvals.webhook).map_err(DaemonError::ApprovalsConfig)?,
+        Notifier::start(&config.approvals.webhook, config.ui.base_url())
+            .map_err(DaemonError::ApprovalsConfig)?,
     )?);
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {

@@ -90,8 +90,12 @@ pub struct Notifier {
 
 impl Notifier {
     /// Starts the sender task (on the current tokio runtime); `None` when there are
-    /// no webhooks.
-    pub fn start(webhooks: &[WebhookConfig]) -> Result<Option<Self>, String> {
+    /// no webhooks. With the web console on, `console_url` (its base URL) makes each
+    /// announcement link to the hold's page.
+    pub fn start(
+        webhooks: &[WebhookConfig],
+        console_url: Option<String>,
+    ) -> Result<Option<Self>, String> {
         if webhooks.is_empty() {
             return Ok(None);
         }
@@ -105,7 +109,7 @@ impl Notifier {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(send_all(targets, receiver, tls_config()?));
+        tokio::spawn(send_all(targets, receiver, tls_config()?, console_url));
         Ok(Some(Self { queue }))
     }
 
@@ -134,10 +138,11 @@ async fn send_all(
     targets: Vec<Target>,
     mut receiver: mpsc::Receiver<Arc<HeldStatement>>,
     tls: Arc<ClientConfig>,
+    console_url: Option<String>,
 ) {
     while let Some(held) = receiver.recv().await {
         for target in &targets {
-            let body = match body(target.format, &held) {
+            let body = match body(target.format, &held, console_url.as_deref()) {
                 Ok(body) => body,
                 Err(error) => {
                     tracing::error!(%error, "cannot encode an approval webhook body");
@@ -179,6 +184,9 @@ struct JsonAnnouncement<'a> {
     held: &'a HeldStatement,
     approve_command: String,
     deny_command: String,
+    /// The hold's page in the web console, when it is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    console_url: Option<String>,
 }
 
 /// A Slack incoming-webhook message.
@@ -187,21 +195,27 @@ struct SlackMessage {
     text: String,
 }
 
-fn body(format: WebhookFormat, held: &HeldStatement) -> Result<Vec<u8>, serde_json::Error> {
+fn body(
+    format: WebhookFormat,
+    held: &HeldStatement,
+    console_url: Option<&str>,
+) -> Result<Vec<u8>, serde_json::Error> {
     let approve = format!("sluice approve {} --reason \"...\"", held.id);
     let deny = format!("sluice deny {} --reason \"...\"", held.id);
+    let page = console_url.map(|base| format!("{base}/approvals/{}", held.id));
     match format {
         WebhookFormat::Json => serde_json::to_vec(&JsonAnnouncement {
             event: "approval_requested",
             held,
             approve_command: approve,
             deny_command: deny,
+            console_url: page,
         }),
         WebhookFormat::Slack => serde_json::to_vec(&SlackMessage {
             text: format!(
                 "sluice: approval {id} needed. Agent `{agent}` (pid {pid}, uid {uid}) sent a {kind} \
                  to `{resource}`, held by rule `{rule}`:\n```{sql}```\n{identity}Approve: `{approve}`\n\
-                 Deny: `{deny}`\nDenied automatically if nobody decides within {timeout}.",
+                 Deny: `{deny}`\n{page}Denied automatically if nobody decides within {timeout}.",
                 id = held.id,
                 agent = held.agent,
                 pid = held.pid,
@@ -211,6 +225,9 @@ fn body(format: WebhookFormat, held: &HeldStatement) -> Result<Vec<u8>, serde_js
                 rule = held.rule,
                 sql = held.sql.replace("```", "'''"),
                 timeout = super::describe(Duration::from_secs(held.timeout_seconds)),
+                page = page
+                    .map(|page| format!("In the console: {page}\n"))
+                    .unwrap_or_default(),
                 identity = held
                     .identity
                     .as_ref()
@@ -312,7 +329,7 @@ mod tests {
     #[test]
     fn the_json_body_is_the_hold_and_how_to_decide_it() {
         let body: serde_json::Value =
-            serde_json::from_slice(&body(WebhookFormat::Json, &held()).expect("body"))
+            serde_json::from_slice(&body(WebhookFormat::Json, &held(), None).expect("body"))
                 .expect("JSON");
         assert_eq!(body["event"], "approval_requested");
         assert_eq!(body["id"], 17);
@@ -321,13 +338,26 @@ mod tests {
             body["approve_command"],
             "sluice approve 17 --reason \"...\""
         );
+        assert!(body.get("console_url").is_none(), "{body}");
+        let linked: serde_json::Value = serde_json::from_slice(
+            &super::body(WebhookFormat::Json, &held(), Some("http://127.0.0.1:9470"))
+                .expect("body"),
+        )
+        .expect("JSON");
+        assert_eq!(linked["console_url"], "http://127.0.0.1:9470/approvals/17");
     }
 
     #[test]
     fn the_slack_body_is_one_text_field() {
-        let body: serde_json::Value =
-            serde_json::from_slice(&body(WebhookFormat::Slack, &held()).expect("body"))
-                .expect("JSON");
+        let body: serde_json::Value = serde_json::from_slice(
+            &body(
+                WebhookFormat::Slack,
+                &held(),
+                Some("https://sluice.example.com"),
+            )
+            .expect("body"),
+        )
+        .expect("JSON");
         let object = body.as_object().expect("object");
         assert_eq!(object.len(), 1, "{body}");
         let text = object["text"].as_str().expect("text");
@@ -337,6 +367,7 @@ mod tests {
             "pid 4711",
             "sluice approve 17",
             "10m",
+            "In the console: https://sluice.example.com/approvals/17",
         ] {
             assert!(text.contains(part), "{part} missing from {text}");
         }
