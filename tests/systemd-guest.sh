@@ -178,7 +178,8 @@ PATH=$LIB:$PATH
 export PATH
 
 # --- install
-check "the package installs" sh -c "dpkg -i '$OLD_DEB' >&2"
+# The README's command (apt resolves the dependencies; the guest has them).
+check "apt installs the package" sh -c "apt-get install -y -q '$OLD_DEB' >&2"
 check "sluice.service is enabled" test "$(systemctl is-enabled sluice.service)" = enabled
 wait_until 300 "the daemon started by the package answers" sluice status
 check "sluice.service runs in system.slice, outside the tree it manages" \
@@ -205,8 +206,8 @@ resource = "sink"
 operations = ["connect"]
 action = "allow"
 EOF
-check "systemctl reload sluice applies the new policy" sh -c \
-    'systemctl reload sluice.service && test "$(query rules)" -ge 1'
+check "sluice policy check && systemctl reload sluice applies the new policy" sh -c \
+    'sluice policy check /etc/sluice/policies >&2 && systemctl reload sluice.service && test "$(query rules)" -ge 1'
 
 # --- the agent service
 check "sluice agent enable puts reporter.service in sluice-reporter.slice" sh -c \
@@ -218,6 +219,12 @@ check "its connection to an allowed sink goes through the daemon" \
     test "$(agent connect 127.0.0.2 18080)" = "reply: hello from the sink"
 check "the session is recorded as reporter's, from reporter.service as nobody" \
     test "$(query allowed 127.0.0.2:18080 reporter reporter.service)" -ge 1
+check "sluice sessions list --agent reporter shows it" sh -c \
+    'sluice sessions list --agent reporter | grep -q "reporter .*127.0.0.2:18080 .*allow (reporter-reaches-sink)"'
+check "sluice sessions show prints it" sh -c \
+    'sluice sessions show "$(sluice sessions list --agent reporter --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0][\"id\"])")" | grep -q reporter'
+check "sluice export --format ocsf prints it as OCSF events" sh -c \
+    'sluice export --format ocsf | python3 -c "import json,sys; events=[json.loads(l) for l in sys.stdin]; sys.exit(0 if any(e.get(\"class_uid\") == 4001 and \"127.0.0.2\" in json.dumps(e) for e in events) else 1)"'
 check "a destination the policy does not allow is refused" sh -c \
     'case "$(agent connect 127.0.0.3 18081)" in closed | error:*) ;; *) exit 1 ;; esac'
 check "and never reached" test "$(lines "$LOG/sink-18081")" = 0
@@ -257,7 +264,7 @@ wait_until 300 "and the agent's connections go through again" sh -c \
 pid_before=$(systemctl show -P MainPID sluice.service)
 links=$(ls /sys/fs/bpf/sluice/links | wc -l)
 check "an upgrade to the new package restarts the daemon" sh -c \
-    "dpkg -i '$NEW_DEB' >&2 && test \"\$(dpkg-query -W -f '\${Version}' sluice)\" = \"\$(dpkg-deb -f '$NEW_DEB' Version)\" &&
+    "apt-get install -y -q '$NEW_DEB' >&2 && test \"\$(dpkg-query -W -f '\${Version}' sluice)\" = \"\$(dpkg-deb -f '$NEW_DEB' Version)\" &&
      test \"\$(systemctl show -P MainPID sluice.service)\" != '$pid_before'"
 check "and keeps the programs attached" test "$(ls /sys/fs/bpf/sluice/links | wc -l)" -ge "$links"
 up_from=$(lines "$LOG/loop.out")
@@ -278,7 +285,10 @@ check "no event was lost: the log grew from the same first event" sh -c \
      test \"\$(sluice export --format jsonl | wc -l)\" -gt $events_before"
 check "the event chain verifies" sh -c "sluice verify >&2"
 
-# --- purge
+# --- removal and purge
+links=$(ls /sys/fs/bpf/sluice/links | wc -l)
+check "a removal stops the daemon and leaves the programs attached" sh -c \
+    "dpkg -r sluice >&2 && ! systemctl is-active -q sluice.service && test \$(ls /sys/fs/bpf/sluice/links | wc -l) -ge $links"
 check "a purge stops the daemon, detaches the programs and deletes the state" sh -c \
     "dpkg --purge sluice >&2 && ! systemctl is-active -q sluice.service &&
      test ! -e /sys/fs/bpf/sluice && test ! -e /var/lib/sluice"
