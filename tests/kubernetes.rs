@@ -711,3 +711,99 @@ fn exec_is_recorded_and_replayed_with_its_exit_code() {
     assert!(replayed.contains("oops"), "{replayed}");
     assert!(replayed.contains("[exit 3]"), "{replayed}");
 }
+
+#[test]
+fn watched_secrets_are_masked_event_by_event() {
+    sluice_tests::require_root();
+    let setup = setup("");
+    let kubeconfig = setup.kubeconfig.display().to_string();
+    let cache = setup.dir.path().join("cache").display().to_string();
+    let config = setup
+        .daemon
+        .control_socket
+        .parent()
+        .expect("daemon dir")
+        .join("sluice.toml");
+    let mut agent = std::process::Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "run",
+            "--agent",
+            "deployer",
+            "--kubeconfig",
+            &kubeconfig,
+            "--",
+        ])
+        .args([KUBECTL_WEBSOCKET, "--cache-dir", &cache])
+        .args(["get", "secrets", "-n", "shop", "-w", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kubectl");
+    let stdout = agent.stdout.take().expect("stdout");
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let printed = std::sync::Arc::clone(&printed);
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut stdout = stdout;
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                printed
+                    .lock()
+                    .expect("printed")
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        })
+    };
+    let wait_for = |what: &dyn Fn() -> bool, about: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !what() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{about}: kubectl printed {}\n{}",
+                printed.lock().expect("printed"),
+                setup.daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // The watch is open once the stand-in has seen it.
+    wait_for(
+        &|| {
+            setup
+                .stand_in
+                .seen()
+                .iter()
+                .any(|request| request.path_and_query.contains("watch="))
+        },
+        "no watch reached the stand-in",
+    );
+    // A Secret created now arrives as a watch event, masked.
+    setup.stand_in.add_secrets(1);
+    wait_for(
+        &|| {
+            printed
+                .lock()
+                .expect("printed")
+                .contains("\"name\": \"bulk-0000\"")
+        },
+        "the watch event never arrived",
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = reader.join();
+    let printed = printed.lock().expect("printed").clone();
+    assert!(!printed.contains(SECRET_B64), "{printed}");
+    // base64 of "bulk-secret-value-".
+    assert!(!printed.contains("YnVsay1zZWNyZXQtdmFsdWUt"), "{printed}");
+    assert_eq!(printed.matches(MASKED_B64).count(), 2, "{printed}");
+    let record = setup.wait_for_record_with("watch secrets -n shop", |record| {
+        record["masked"]["secret_values"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(text(&record, "operation"), "read", "{record:#}");
+}

@@ -15,14 +15,17 @@
 //!   `NotFound` / `AlreadyExists` `Status` errors, and `nodes` (list, get, delete);
 //!   request bodies in protobuf get 415 `UnsupportedMediaType`, as from a group
 //!   without protobuf (so the tests create from JSON manifests);
+//! - watch (`?watch=1`) of a resource list: `ADDED`/`MODIFIED`/`DELETED` events as
+//!   newline-delimited JSON, from the given `resourceVersion` on (or every object first
+//!   when none is given), until `timeoutSeconds` or the client leaves;
 //! - `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`) and SPDY/3.1,
 //!   running the command for real on this machine (`kube/exec.rs` says how and what a
 //!   stand-in cannot do);
 //! - a request log (method, path, Authorization, Impersonate-* headers) as the witness
 //!   of what the upstream really received, and a log of the execs it served.
 //!
-//! Not served (the tests say so where it matters): watch streams, server-side apply,
-//! attach and port-forward upgrades.
+//! Not served (the tests say so where it matters): server-side apply, attach and
+//! port-forward upgrades.
 
 use std::{
     collections::BTreeMap,
@@ -32,7 +35,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -56,12 +59,43 @@ pub struct Seen {
     pub accept: Option<String>,
 }
 
-#[derive(Default)]
 struct State {
     /// (namespace or "", resource, name) → object.
     objects: BTreeMap<(String, String, String), Value>,
     resource_version: u64,
     seen: Vec<Seen>,
+    /// Every change, for watches: (namespace, resource, resource version, event).
+    changes: tokio::sync::broadcast::Sender<Change>,
+    /// Every change so far, for a watch from an older resource version.
+    history: Vec<Change>,
+}
+
+/// (namespace, resource, resource version, watch event).
+type Change = (String, String, u64, Value);
+
+impl State {
+    fn change(&mut self, namespace: &str, resource: &str, event: Value) {
+        let change = (
+            namespace.to_owned(),
+            resource.to_owned(),
+            self.resource_version,
+            event,
+        );
+        self.history.push(change.clone());
+        let _ = self.changes.send(change);
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            resource_version: 0,
+            seen: Vec::new(),
+            changes: tokio::sync::broadcast::channel(4096).0,
+            history: Vec::new(),
+        }
+    }
 }
 
 /// A running stand-in.
@@ -216,6 +250,20 @@ fn insert(state: &mut State, namespace: &str, resource: &str, mut object: Value)
         state.resource_version
     ));
     object["metadata"]["creationTimestamp"] = json!("2026-12-06T00:00:00Z");
+    let kind =
+        if state
+            .objects
+            .contains_key(&(namespace.to_owned(), resource.to_owned(), name.clone()))
+        {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+    state.change(
+        namespace,
+        resource,
+        json!({"type": kind, "object": object.clone()}),
+    );
     state
         .objects
         .insert((namespace.to_owned(), resource.to_owned(), name), object);
@@ -262,7 +310,12 @@ async fn serve(
             let service = hyper::service::service_fn(move |request| {
                 let state = Arc::clone(&state);
                 let execs = Arc::clone(&execs);
-                async move { Ok::<_, std::convert::Infallible>(answer(request, &state, execs).await) }
+                async move {
+                    if let Some(watch) = watch(&request, &state) {
+                        return Ok::<_, std::convert::Infallible>(watch);
+                    }
+                    Ok(answer(request, &state, execs).await.map(BodyExt::boxed))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -564,10 +617,18 @@ async fn answer(
             respond(StatusCode::CREATED, &created)
         }
         ("DELETE", Some(name)) => match state.objects.remove(&key(&name)) {
-            Some(_) => respond(
-                StatusCode::OK,
-                &json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","details":{"name":name,"group":group,"kind":resource}}),
-            ),
+            Some(object) => {
+                state.resource_version += 1;
+                state.change(
+                    &namespace,
+                    &resource,
+                    json!({"type": "DELETED", "object": object}),
+                );
+                respond(
+                    StatusCode::OK,
+                    &json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","details":{"name":name,"group":group,"kind":resource}}),
+                )
+            }
             None => not_found(&name),
         },
         (method, _) => status(
@@ -643,6 +704,99 @@ fn form_values(query: &str, wanted: &str) -> Vec<String> {
             (key == wanted).then(|| percent_decode(value))
         })
         .collect()
+}
+
+type StreamedBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// A watch of a resource list (`GET .../secrets?watch=1`): the events from the asked
+/// resource version on, one JSON object per line, as the API server streams them.
+fn watch(request: &Request<Incoming>, state: &Arc<Mutex<State>>) -> Option<Response<StreamedBody>> {
+    let query = request.uri().query().unwrap_or_default();
+    let watching = form_value(query, "watch").is_some_and(|v| v == "1" || v == "true");
+    if request.method() != hyper::Method::GET || !watching {
+        return None;
+    }
+    let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+    let (namespace, resource) = match segments.as_slice() {
+        ["api", "v1", "namespaces", namespace, resource]
+        | ["apis", "apps", "v1", "namespaces", namespace, resource] => {
+            (namespace.to_string(), resource.to_string())
+        }
+        ["api", "v1", resource] | ["apis", "apps", "v1", resource] => {
+            (String::new(), resource.to_string())
+        }
+        _ => return None,
+    };
+    record_seen(request, state);
+    let since: Option<u64> = form_value(query, "resourceVersion")
+        .and_then(|version| version.parse().ok())
+        .filter(|version| *version > 0);
+    let timeout = form_value(query, "timeoutSeconds")
+        .and_then(|seconds| seconds.parse().ok())
+        .unwrap_or(1800u64);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let wanted =
+        move |ns: &str, res: &str| res == resource && (namespace.is_empty() || ns == namespace);
+    // What happened before the watch began, then (under the same lock, so nothing is
+    // missed) what happens next.
+    let (backlog, mut changes) = {
+        let state = state.lock().expect("state");
+        let backlog: Vec<Value> = match since {
+            None => state
+                .objects
+                .iter()
+                .filter(|((ns, res, _), _)| wanted(ns, res))
+                .map(|(_, object)| json!({"type":"ADDED","object":object}))
+                .collect(),
+            Some(since) => state
+                .history
+                .iter()
+                .filter(|(ns, res, version, _)| *version > since && wanted(ns, res))
+                .map(|(_, _, _, event)| event.clone())
+                .collect(),
+        };
+        (backlog, state.changes.subscribe())
+    };
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(std::time::Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        for event in backlog {
+            if sender
+                .send(Bytes::from(format!("{event}\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                change = changes.recv() => {
+                    let Ok((ns, res, version, event)) = change else { return };
+                    if !wanted(&ns, &res) || since.is_some_and(|since| version <= since) {
+                        continue;
+                    }
+                    if sender.send(Bytes::from(format!("{event}\n"))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let chunk = receiver.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk)),
+            receiver,
+        ))
+    });
+    let mut response = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Some(response)
 }
 
 fn form_value(query: &str, wanted: &str) -> Option<String> {

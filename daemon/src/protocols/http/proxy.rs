@@ -1988,8 +1988,12 @@ where
                                 .as_mut()
                                 .map(|filter| filter.push(&data))
                                 .unwrap_or_default();
+                            // A filter hands out whole units (an event, an item), so
+                            // each is scrubbed whole: holding a tail back for a
+                            // secret split across chunks would stall a watch's last
+                            // event until the next one.
                             let filtered = match &mut this.scrubber {
-                                Some(scrubber) => scrubber.push(&filtered),
+                                Some(scrubber) => scrubber.scrub_value(&filtered),
                                 None => filtered,
                             };
                             if !filtered.is_empty() {
