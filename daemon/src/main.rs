@@ -5,12 +5,6 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc rather than glibc malloc: the proxies allocate per message and per
-/// statement, and glibc's malloc and free took a fifth of the daemon's CPU under load
-/// (BENCHMARKS.md has the figures).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     exit_quietly_when_stdout_closes();
     let cli = sluice::cli::Cli::parse();
