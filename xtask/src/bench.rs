@@ -186,7 +186,9 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
         crate::setup::ensure_packages(BENCH_PACKAGES)
     })?;
     let target = crate::target_dir(workspace).join("release");
-    let prebuilt = options.binary.is_some() && !options.wants("internals");
+    // With a given binary, the components' example is built only when missing.
+    let prebuilt = options.binary.is_some()
+        && (!options.wants("internals") || target.join("examples/bench_internals").exists());
     step("build", || {
         if prebuilt {
             note("measuring the given binary; nothing to build");
