@@ -11,6 +11,7 @@
 //! The load generators are the real tools (`pgbench`, a Python client); the bench
 //! shells out to them and to `perf`/`bpftool` rather than reimplementing them.
 
+mod http;
 mod idle;
 mod pgbench;
 mod probes;
@@ -32,7 +33,7 @@ use pgbench::PgbenchResult;
 use servers::{DATABASE, PG_HOST, PgBouncer, Postgres, Scratch, Sluice, StoreMode};
 
 /// Debian packages only the bench needs (the test suite does not).
-pub const BENCH_PACKAGES: &[&str] = &["pgbouncer", "bpftool", "linux-perf"];
+pub const BENCH_PACKAGES: &[&str] = &["pgbouncer", "bpftool", "linux-perf", "wrk"];
 
 /// The agent whose rule allows everything, and the one whose rule also masks.
 const AGENT: &str = "bench";
@@ -171,6 +172,8 @@ pub struct Results {
     pub recording: Vec<(String, f64)>,
     /// sysbench against MariaDB, directly and through sluice.
     pub sysbench: Option<sysbench::Measured>,
+    /// HTTPS with wrk: direct, nginx reverse proxy, sluice.
+    pub http: Option<http::Measured>,
     pub perf: Option<String>,
     /// CPU seconds per thread group of the batched daemon over the pgbench runs.
     pub daemon_threads: Vec<(String, f64)>,
@@ -225,6 +228,7 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
         masking_mb_s: None,
         recording: Vec::new(),
         sysbench: None,
+        http: None,
         perf: None,
         daemon_threads: Vec::new(),
         fdatasync_ms: None,
@@ -321,6 +325,10 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
             Ok(())
         },
     );
+    attempt(&options, &mut failed, "http", "HTTPS with wrk", || {
+        results.http = Some(http::run(&scratch, &binary, &options)?);
+        Ok(())
+    });
     attempt(&options, &mut failed, "idle", "idle connections", || {
         results.idle = Some(idle::run(&scratch, &binary, &options.idle_counts)?);
         Ok(())

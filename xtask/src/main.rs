@@ -66,8 +66,8 @@ enum Task {
         /// Where to write the report (default BENCHMARKS.md in the workspace).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Run only these parts, comma-separated: pgbench, large, connect, profile, idle,
-        /// internals (for developing the bench; the report then has gaps).
+        /// Run only these parts, comma-separated: pgbench, large, connect, profile, sysbench,
+        /// http, idle, internals (for developing the bench; the report then has gaps).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Measure this sluice binary instead of building one (to compare two builds

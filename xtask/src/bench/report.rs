@@ -412,6 +412,9 @@ fn targets(out: &mut String, results: &Results) -> Result<()> {
     if let Some(measured) = &results.sysbench {
         out.push_str(&super::sysbench::render(measured));
     }
+    if let Some(measured) = &results.http {
+        out.push_str(&super::http::render(measured));
+    }
     writeln!(out, "## Targets\n\n| target | measured | |\n|---|---|---|")?;
     let select_only = |w: &super::Workload| w.name.starts_with("select-only");
     let tpcb = |w: &super::Workload| w.name.starts_with("TPC-B");

@@ -20,6 +20,8 @@ pub const MIN_SECRET_LEN: usize = 8;
 pub struct Scrubber {
     forms: Vec<Vec<u8>>,
     longest: usize,
+    /// Which bytes start a form: the bytes in between are copied without a search.
+    starts: Vec<bool>,
 }
 
 impl std::fmt::Debug for Scrubber {
@@ -69,7 +71,25 @@ impl Scrubber {
         forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
         forms.dedup();
         let longest = forms.first().map_or(0, Vec::len);
-        Self { forms, longest }
+        let mut starts = vec![false; 256];
+        for form in &forms {
+            if let Some(&first) = form.first() {
+                starts[usize::from(first)] = true;
+            }
+        }
+        Self {
+            forms,
+            longest,
+            starts,
+        }
+    }
+
+    /// The first index from `from` (up to `end`) where a form may start.
+    fn next_start(&self, text: &[u8], from: usize, end: usize) -> usize {
+        text[from..end]
+            .iter()
+            .position(|&byte| self.starts.get(usize::from(byte)) == Some(&true))
+            .map_or(end, |at| from + at)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,6 +102,12 @@ impl Scrubber {
         let mut count = 0;
         let mut index = 0;
         while index < text.len() {
+            let next = self.next_start(text, index, text.len());
+            out.extend_from_slice(&text[index..next]);
+            index = next;
+            if index >= text.len() {
+                break;
+            }
             if let Some(form) = self.form_at(&text[index..]) {
                 out.extend_from_slice(SCRUBBED);
                 index += form;
@@ -136,6 +162,12 @@ impl StreamScrubber {
         let mut out = Vec::with_capacity(limit);
         let mut index = 0;
         while index < limit {
+            let next = self.scrubber.next_start(&self.held, index, limit);
+            out.extend_from_slice(&self.held[index..next]);
+            index = next;
+            if index >= limit {
+                break;
+            }
             if let Some(form) = self.scrubber.form_at(&self.held[index..]) {
                 out.extend_from_slice(SCRUBBED);
                 index += form;
