@@ -509,14 +509,16 @@ fn targets(out: &mut String, results: &Results) -> Result<()> {
     )?;
     if let Some((fsync_p50, fsync_mean)) = results.fdatasync_ms {
         // Group commit shares one flush among the statements waiting: at 8 clients at
-        // most 8, so no more than 8 statements per mean fdatasync.
+        // most 8, so no more than 8 statements per fdatasync. The median is the disk's
+        // own latency; the mean also holds other processes' bursts on a shared machine,
+        // which would flatter the ratio.
         let ceiling_tps = |w: &super::Workload| {
             let statements = if w.name.starts_with("TPC-B") {
                 7.0
             } else {
                 1.0
             };
-            f64::from(w.clients) * 1e3 / fsync_mean / statements
+            f64::from(w.clients) * 1e3 / fsync_p50 / statements
         };
         let found = results
             .workloads
@@ -536,7 +538,7 @@ fn targets(out: &mut String, results: &Results) -> Result<()> {
             .reduce(|a, b| if b.1 < a.1 { b } else { a });
         row(
             &format!(
-                "strict at 8 clients ≥ 0.8× the group-commit ceiling (fdatasync here: {fsync_p50:.2} ms median, {fsync_mean:.2} ms mean; ceiling = 8 statements per mean fdatasync)"
+                "strict at 8 clients ≥ 0.8× the group-commit ceiling (fdatasync here: {fsync_p50:.2} ms median, {fsync_mean:.2} ms mean; ceiling = 8 statements per median fdatasync)"
             ),
             found,
             &times,
