@@ -710,6 +710,28 @@ fn parse_smoke(output: &str) -> (usize, Vec<String>, usize) {
     (passed, failed, 0)
 }
 
+/// Copies the binaries the guest runs next to its results. The guest reads them through
+/// 9p for its whole run, and a `cargo build` on the host meanwhile (another task, an
+/// editor) rewrites `target/debug/*`: the guest's daemon then died with SIGSEGV.
+fn snapshot_binaries(binaries: &TestBinaries, dir: &Path) -> Result<TestBinaries> {
+    fs::create_dir_all(dir)?;
+    let copy = |from: &Path| -> Result<PathBuf> {
+        let to = dir.join(from.file_name().context("a binary has a file name")?);
+        fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+        Ok(to)
+    };
+    Ok(TestBinaries {
+        sluice: copy(&binaries.sluice)?,
+        probe: copy(&binaries.probe)?,
+        pgprobe: copy(&binaries.pgprobe)?,
+        suites: binaries
+            .suites
+            .iter()
+            .map(|(suite, path)| Ok((*suite, copy(path)?)))
+            .collect::<Result<_>>()?,
+    })
+}
+
 fn run_guest(
     workspace: &Path,
     cache: &Cache,
@@ -724,6 +746,7 @@ fn run_guest(
         fs::remove_dir_all(&results)?;
     }
     fs::create_dir_all(&results)?;
+    let binaries = &snapshot_binaries(binaries, &results.join("bin"))?;
     let script_path = results.join("guest.sh");
     fs::write(
         &script_path,
