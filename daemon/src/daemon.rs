@@ -611,6 +611,10 @@ impl ControlBackend for Backend {
         Ok(self.approvals.list())
     }
 
+    fn decided_approvals(&self) -> Result<Vec<crate::approvals::Decided>, ApiError> {
+        Ok(self.approvals.recent_decisions())
+    }
+
     fn decide_approval(
         &self,
         peer: &PeerInfo,

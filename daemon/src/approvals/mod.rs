@@ -254,6 +254,25 @@ pub struct ApprovalBroker {
     /// Bumped whenever a hold is added or leaves the table, so that live views (the
     /// web console's queue) know when to read the list again.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The last holds that ended, newest first, for the console's "decided" list.
+    decided: Mutex<std::collections::VecDeque<Decided>>,
+}
+
+/// How many ended holds [`ApprovalBroker::recent_decisions`] keeps.
+pub const RECENT_DECISIONS: usize = 50;
+
+/// A hold that ended, as `GET /v1/approvals/decided` lists it: what was held, how it
+/// ended, and who decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    pub held: HeldStatement,
+    /// `approved`, `denied`, `timed_out` or `withdrawn`.
+    pub outcome: String,
+    /// Who decided; `null` unless a human did.
+    pub approver: Option<Approver>,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub decided_at: OffsetDateTime,
 }
 
 impl ApprovalBroker {
@@ -270,6 +289,7 @@ impl ApprovalBroker {
             default_timeout,
             notifier,
             changes: tokio::sync::watch::Sender::new(0),
+            decided: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -280,6 +300,34 @@ impl ApprovalBroker {
 
     fn changed(&self) {
         self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// The last holds that ended (at most [`RECENT_DECISIONS`]), newest first.
+    pub fn recent_decisions(&self) -> Vec<Decided> {
+        self.decided
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn remember(
+        &self,
+        held: HeldStatement,
+        outcome: Outcome,
+        approver: Option<Approver>,
+        reason: &str,
+    ) {
+        let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+        decided.push_front(Decided {
+            held,
+            outcome: outcome.as_str().to_owned(),
+            approver,
+            reason: reason.to_owned(),
+            decided_at: OffsetDateTime::now_utc(),
+        });
+        decided.truncate(RECENT_DECISIONS);
     }
 
     /// How long a hold waits when its rule names no timeout.
@@ -396,6 +444,17 @@ impl ApprovalBroker {
             }
             table.remove(&id).ok_or(DecideError::NotFound(id))?
         };
+        let outcome = if approve {
+            Outcome::Approved
+        } else {
+            Outcome::Denied
+        };
+        self.remember(
+            waiting.held.clone(),
+            outcome,
+            Some(approver.clone()),
+            reason,
+        );
         self.changed();
         crate::metrics::global().held_approvals.dec();
         let held = waiting.held;
@@ -410,14 +469,17 @@ impl ApprovalBroker {
         Ok(held)
     }
 
-    /// Takes hold `id` out of the table; `true` when it was still there.
-    fn remove(&self, id: u64) -> bool {
-        let removed = self.table().remove(&id).is_some();
-        if removed {
-            crate::metrics::global().held_approvals.dec();
-            self.changed();
-        }
-        removed
+    /// Takes hold `id` out of the table, ended for `outcome`; `true` when it was still
+    /// there.
+    fn remove(&self, id: u64, outcome: Outcome, reason: &str) -> bool {
+        let removed = self.table().remove(&id);
+        let Some(waiting) = removed else {
+            return false;
+        };
+        self.remember(waiting.held, outcome, None, reason);
+        crate::metrics::global().held_approvals.dec();
+        self.changed();
+        true
     }
 }
 
@@ -445,7 +507,13 @@ impl Hold {
             Ok(verdict) => verdict.ok(),
             // The timeout decides only if it takes the hold out first; otherwise a
             // decision took it and its verdict is on the way.
-            Err(_) if self.broker.remove(self.id) => {
+            Err(_)
+                if self.broker.remove(
+                    self.id,
+                    Outcome::TimedOut,
+                    &format!("nobody approved it within {}", describe(self.timeout)),
+                ) =>
+            {
                 self.resolved = true;
                 tracing::info!(approval = self.id, "approval timed out: denied");
                 return Resolution {
@@ -495,7 +563,13 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if !self.resolved && self.broker.remove(self.id) {
+        if !self.resolved
+            && self.broker.remove(
+                self.id,
+                Outcome::Withdrawn,
+                "the agent's session ended while the statement waited",
+            )
+        {
             tracing::info!(
                 approval = self.id,
                 "approval withdrawn: the session ended while it waited"
@@ -603,6 +677,11 @@ mod tests {
         assert_eq!(resolution.approver, Some(admin(0)));
         assert_eq!(resolution.reason, "ticket OPS-42");
         assert!(broker.list().is_empty());
+        let recent = broker.recent_decisions();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].outcome, "approved");
+        assert_eq!(recent[0].approver, Some(admin(0)));
+        assert_eq!(recent[0].reason, "ticket OPS-42");
         // A second decision finds nothing.
         assert_eq!(
             broker.decide(hold.id(), false, admin(0), "late"),

@@ -296,6 +296,10 @@ pub trait ControlBackend: Send + Sync + 'static {
     fn approvals(&self) -> Result<Vec<crate::approvals::HeldStatement>, ApiError> {
         Err(ApiError::not_found("this daemon holds no approvals"))
     }
+    /// The last holds that ended, newest first (`GET /v1/approvals/decided`).
+    fn decided_approvals(&self) -> Result<Vec<crate::approvals::Decided>, ApiError> {
+        Err(ApiError::not_found("this daemon holds no approvals"))
+    }
     /// Approves (or denies) held statement `id` on behalf of `peer`
     /// (`POST /v1/approvals/{id}/approve`, `.../deny`).
     fn decide_approval(

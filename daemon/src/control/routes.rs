@@ -83,6 +83,11 @@ pub const ROUTES: &[Route] = &[
         handler: list_approvals,
     },
     Route {
+        method: Method::GET,
+        pattern: "/v1/approvals/decided",
+        handler: decided_approvals,
+    },
+    Route {
         method: Method::POST,
         pattern: "/v1/approvals/{id}/approve",
         handler: approve,
@@ -113,6 +118,11 @@ pub const ROUTES: &[Route] = &[
         handler: ui_login,
     },
 ];
+
+fn decided_approvals(call: &Call<'_>) -> Result<Reply, ApiError> {
+    call.only_query_params(&[])?;
+    Reply::json(&call.backend.decided_approvals()?)
+}
 
 /// A one-time sign-in URL for the web console, for the peer who asks.
 fn ui_login(call: &Call<'_>) -> Result<Reply, ApiError> {

@@ -429,25 +429,32 @@ fn approvals_stream(console: Arc<Console>, session_id: String) -> Response<Body>
             let Some(session) = console.sign_ins.session(&session_id) else {
                 return;
             };
-            let peer = session.user.peer();
-            let backend = Arc::clone(&console.backend);
-            let listed = tokio::task::spawn_blocking(move || {
-                routes::dispatch(
-                    &Method::GET,
-                    "/v1/approvals",
-                    None,
-                    Bytes::new(),
-                    &peer,
-                    backend.as_ref(),
-                )
-            })
-            .await;
-            let data = match listed {
-                Ok(Ok(reply)) => String::from_utf8_lossy(&reply.body).trim().to_owned(),
-                _ => return,
-            };
-            let event = format!("event: approvals\ndata: {data}\n\n");
-            if sender.send(Bytes::from(event)).await.is_err() {
+            // The queue and the last decisions, through the control routes.
+            let mut events = String::new();
+            for (event, path) in [
+                ("approvals", "/v1/approvals"),
+                ("decided", "/v1/approvals/decided"),
+            ] {
+                let peer = session.user.peer();
+                let backend = Arc::clone(&console.backend);
+                let listed = tokio::task::spawn_blocking(move || {
+                    routes::dispatch(
+                        &Method::GET,
+                        path,
+                        None,
+                        Bytes::new(),
+                        &peer,
+                        backend.as_ref(),
+                    )
+                })
+                .await;
+                let data = match listed {
+                    Ok(Ok(reply)) => String::from_utf8_lossy(&reply.body).trim().to_owned(),
+                    _ => return,
+                };
+                events.push_str(&format!("event: {event}\ndata: {data}\n\n"));
+            }
+            if sender.send(Bytes::from(events)).await.is_err() {
                 return;
             }
             tokio::select! {

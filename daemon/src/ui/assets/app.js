@@ -194,8 +194,6 @@ function heldCard(held) {
       const answer = await api(`/v1/approvals/${held.id}/${verb}`, { body: { reason: reason.value } });
       const text = `Approval #${answer.id} ${answer.outcome} by ${approverText(answer.approver_name, answer.approver_uid, answer.approver_identity)}: ${answer.reason}`;
       toast(text);
-      const decided = document.getElementById("decided");
-      if (decided) decided.prepend(el("li", { "data-approval": answer.id }, text));
     } catch (e) { error.textContent = e.message; }
   }
   return el("article", { class: "card", id: "approval-" + held.id, "data-approval": held.id },
@@ -218,17 +216,35 @@ function heldCard(held) {
 function approvalsPage(onlyId) {
   const list = el("div", { id: "held", "aria-live": "polite" }, el("p", {}, "Connecting…"));
   const decided = el("ul", { id: "decided" });
-  show(onlyId ? "Approval #" + onlyId : "Approvals", list, el("h2", {}, "Decided here"), decided);
+  show(onlyId ? "Approval #" + onlyId : "Approvals", list, el("h2", {}, "Recently decided"), decided);
+  let lastDecided = [];
+  const decisionText = (d) => `Approval #${d.held.id} ${d.outcome}` +
+    (d.approver ? " by " + approverText(d.approver.name, d.approver.uid, d.approver.identity) : "") + `: ${d.reason}`;
   const source = new EventSource("/api/approvals/stream");
+  source.addEventListener("decided", (event) => {
+    lastDecided = JSON.parse(event.data);
+    decided.replaceChildren(...lastDecided.map((d) => el("li", { "data-approval": d.held.id },
+      el("span", { class: d.outcome }, decisionText(d)),
+      el("span", { class: "muted" }, ` — ${d.held.agent} on ${d.held.resource}: `), el("code", {}, d.held.sql),
+      el("span", { class: "muted" }, " (" + when(d.decided_at) + ", "),
+      el("a", { href: `/sessions/${d.held.session_id}#op-${d.held.statement_seq}` }, "session #" + d.held.session_id),
+      el("span", { class: "muted" }, ")"))));
+    if (!decided.children.length) decided.append(el("li", { class: "muted" }, "Nothing decided since the daemon started."));
+    const gone = document.getElementById("none-held");
+    const mine = onlyId && lastDecided.find((d) => String(d.held.id) === String(onlyId));
+    if (gone && mine) gone.textContent = decisionText(mine) + ".";
+  });
   source.addEventListener("approvals", (event) => {
     let held = JSON.parse(event.data);
+    document.getElementById("held-count").textContent = held.length ? String(held.length) : "";
     if (onlyId) held = held.filter((h) => String(h.id) === String(onlyId));
     // Keep what someone is typing: only cards that changed are replaced.
     const keep = new Map([...list.querySelectorAll("article[data-approval]")].map((n) => [n.dataset.approval, n]));
     const cards = held.map((h) => keep.get(String(h.id)) || heldCard(h));
     list.replaceChildren(...cards);
+    const mine = onlyId && lastDecided.find((d) => String(d.held.id) === String(onlyId));
     if (!held.length) list.append(el("p", { class: "muted", id: "none-held" },
-      onlyId ? `Approval #${onlyId} is not waiting (decided, timed out or withdrawn): its operation's session shows the outcome.`
+      mine ? decisionText(mine) + "." : onlyId ? `Approval #${onlyId} is not waiting (decided, timed out or withdrawn): its operation's session shows the outcome.`
         : "Nothing is waiting for approval."));
     list.dataset.loaded = "true";
   });
