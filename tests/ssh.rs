@@ -1245,3 +1245,118 @@ fn a_terminal_resize_is_kept_in_the_recording() {
     let shown = replayed.rfind("50 132").expect("stty's answer replayed");
     assert!(resized < shown, "{replayed}");
 }
+
+#[test]
+fn rsync_pulls_are_allowed_and_pushes_denied() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"read\"", "allow"));
+    let remote = server.dir.path().join("remote.txt");
+    std::fs::write(&remote, "remote data\n").unwrap();
+    let ssh = format!("ssh {} -p {}", client.options().join(" "), server.port);
+    let rsync = |from: String, to: String| {
+        client.run(
+            &daemon,
+            AGENT,
+            "rsync",
+            &["-e".into(), ssh.clone(), from, to],
+            None,
+        )
+    };
+    let pulled = client.dir.path().join("pulled.txt");
+    let pull = rsync(
+        format!("root@{HOST}:{}", remote.display()),
+        pulled.display().to_string(),
+    );
+    assert!(
+        pull.status.success(),
+        "{}",
+        explain(&pull, &daemon, &server)
+    );
+    assert_eq!(std::fs::read_to_string(&pulled).unwrap(), "remote data\n");
+
+    let pushed = server.dir.path().join("pushed.txt");
+    let push = rsync(
+        pulled.display().to_string(),
+        format!("root@{HOST}:{}", pushed.display()),
+    );
+    assert!(
+        !push.status.success(),
+        "{}",
+        explain(&push, &daemon, &server)
+    );
+    assert!(
+        text(&push.stderr).contains("sluice: denied"),
+        "{}",
+        text(&push.stderr)
+    );
+    assert!(
+        !pushed.exists(),
+        "the refused push never reached the server"
+    );
+
+    let records = requests(&daemon, 2);
+    let rsyncs: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["kind"] == "rsync")
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap_or_default(),
+                r["decision"]["action"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(rsyncs.contains(&("read", "allow")), "{records:#?}");
+    assert!(rsyncs.contains(&("write", "deny")), "{records:#?}");
+}
+
+#[test]
+fn a_login_with_a_certificate_from_sluices_user_ca() {
+    // The server trusts sluice's CA for user certificates and has no key of sluice's
+    // in its authorized_keys.
+    let server = SshServer::start_with(|dir| {
+        format!(
+            "TrustedUserCAKeys {}\n",
+            dir.join("trusted_user_ca.pub").display()
+        )
+    });
+    std::fs::write(server.dir.path().join("authorized_keys"), "").unwrap();
+    let daemon = TestDaemon::start_with_credentials(
+        &server.policy("hosts", &[AGENT], &rule("\"read\"", "allow")),
+        "[ssh-key]\nssh_user_ca = true\nuser = \"root\"\n",
+    );
+    let shown = daemon.sluice(&["ssh-ca", "show"]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let ca_key = text(&shown.stdout)
+        .lines()
+        .find_map(|line| {
+            line.split_once("@cert-authority * ")
+                .map(|(_, key)| key.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no CA line in {}", text(&shown.stdout)));
+    std::fs::write(
+        server.dir.path().join("trusted_user_ca.pub"),
+        format!("{ca_key}\n"),
+    )
+    .unwrap();
+    let client = SshClient::new(&daemon);
+    let output = client.ssh(&daemon, AGENT, &server, &[], "id -un");
+    assert_eq!(
+        (output.status.code(), text(&output.stdout).as_str()),
+        (Some(0), "root\n"),
+        "{}",
+        explain(&output, &daemon, &server)
+    );
+    // sshd accepted a certificate signed by the CA, for this resource.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !server
+        .log()
+        .contains("Accepted certificate ID \"sluice:hosts\"")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sshd did not log the certificate:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -52,6 +52,11 @@ fn keygen(path: &Path) {
 
 impl SshServer {
     pub fn start() -> Self {
+        Self::start_with(|_| String::new())
+    }
+
+    /// An sshd whose configuration also has the lines `extra(its directory)` returns.
+    pub fn start_with(extra: impl FnOnce(&Path) -> String) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("sluice-sshd-")
@@ -92,10 +97,12 @@ impl SshServer {
                  AcceptEnv LANG LC_* GIT_PROTOCOL\n\
                  Subsystem sftp internal-sftp\n\
                  RekeyLimit 1M\n\
-                 LogLevel VERBOSE\n",
+                 LogLevel VERBOSE\n\
+                 {extra}",
                 host_key = host_key.display(),
                 authorized = authorized.display(),
                 pid = dir.path().join("sshd.pid").display(),
+                extra = extra(dir.path()),
             ),
         )
         .expect("sshd_config");
