@@ -112,6 +112,54 @@ fn browser(scenario: &str, args: &Value) -> Value {
         .unwrap_or_else(|error| panic!("scenario {scenario} printed no JSON ({error}): {stdout}"))
 }
 
+/// Runs a browser scenario that prints `READY` once it waits for something, runs
+/// `when_ready` then, and returns the scenario's JSON result (its last line).
+fn browser_live(scenario: &str, args: &Value, when_ready: impl FnOnce()) -> Value {
+    use std::io::BufRead as _;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("console/drive.cjs");
+    let mut child = Command::new("node")
+        .arg(script)
+        .arg(scenario)
+        .arg(args.to_string())
+        .env("SLUICE_NODE_MODULES", node_modules())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = receiver.recv_timeout(Duration::from_secs(60));
+    if first.as_deref() != Ok("READY") {
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("output");
+        panic!(
+            "browser scenario {scenario} did not get ready ({first:?}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    when_ready();
+    let result = receiver.recv_timeout(Duration::from_secs(90));
+    let output = finish(child, Duration::from_secs(30));
+    assert!(
+        output.status.success(),
+        "browser scenario {scenario} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = result.expect("the scenario's result line");
+    serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line}"))
+}
+
 /// Waits for the child to exit (killing it after `timeout`) and returns what it printed.
 fn finish(mut child: Child, timeout: Duration) -> Output {
     let deadline = Instant::now() + timeout;
@@ -245,20 +293,25 @@ fn a_one_time_sign_in_url_works_once_then_expires() {
 fn a_held_update_approved_in_the_browser_runs_and_psql_sees_update_1() {
     let server = shop_server();
     let console = Console::start(&review_policy(&server, "reviewed"), "");
-    let psql = spawn_psql(
-        &console,
-        &server,
-        "reviewed",
-        &["UPDATE orders SET item = 'scone' WHERE id = 2"],
-    );
-    let id = wait_for_hold(&console.daemon, "reviewed", "UPDATE orders");
-    let result = browser(
+    // The queue is open before anything is held: the hold is pushed to it (SSE).
+    let mut psql = None;
+    let result = browser_live(
         "decide",
         &json!({
-            "url": console.login(&[]), "base": console.base(), "id": id, "verb": "approve",
+            "url": console.login(&[]), "base": console.base(), "live": true, "verb": "approve",
             "reason": "ticket OPS-9", "shots": shots("approve"),
         }),
+        || {
+            psql = Some(spawn_psql(
+                &console,
+                &server,
+                "reviewed",
+                &["UPDATE orders SET item = 'scone' WHERE id = 2"],
+            ));
+        },
     );
+    let psql = psql.expect("psql started");
+    let id = result["id"].as_u64().expect("the approval the browser saw");
     let decided = text(&result, "decided");
     assert!(
         decided.contains(&format!(

@@ -63,11 +63,21 @@ const scenarios = {
     return signIn(await newPage(b), args.url);
   },
 
-  // Approves or denies held approval `id` with `reason` from its stable page.
+  // Approves or denies held approval `id` with `reason` from its stable page; with
+  // `live`, from the queue opened before anything is held: it prints READY once the
+  // queue is open and takes the first hold that the server pushes to it.
   async decide(b, args) {
     const page = await newPage(b);
     await signIn(page, args.url);
-    await ready(page, args.base + "/approvals/" + args.id);
+    if (args.live) {
+      await ready(page, args.base + "/approvals");
+      await page.waitForSelector("#held[data-loaded=true] #none-held");
+      process.stdout.write("READY\n");
+      const card = await page.waitForSelector("#held article[data-approval]", { timeout: 60000 });
+      args.id = Number(await card.getAttribute("data-approval"));
+    } else {
+      await ready(page, args.base + "/approvals/" + args.id);
+    }
     await page.waitForSelector(`#approval-${args.id}`);
     await page.fill(`#reason-${args.id}`, args.reason);
     await shot(page, args, "approvals");
@@ -77,7 +87,7 @@ const scenarios = {
     // The queue is live: the decided card leaves without a reload.
     await page.waitForSelector(`#approval-${args.id}`, { state: "detached" });
     await shot(page, args, "approvals-decided");
-    return { decided: text };
+    return { id: args.id, decided: text };
   },
 
   // A viewer sees the held operation but no buttons; a forged POST with its own valid
