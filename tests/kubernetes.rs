@@ -87,11 +87,24 @@ struct Setup {
 
 fn setup(extra_rules: &str) -> Setup {
     let stand_in = KubeStandIn::start();
-    let daemon = TestDaemon::start_with_credentials(
-        &policy(&stand_in, extra_rules),
-        &format!("[kube-bot]\nbearer = \"{TOKEN}\"\n"),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = format!("[kube-bot]\nbearer = \"{TOKEN}\"\n");
+    setup_with(
+        stand_in,
+        &credentials,
+        extra_rules,
+        tempfile::tempdir().expect("tempdir"),
+    )
+}
+
+/// The daemon in front of `stand_in` with this credentials file, and the agent's
+/// kubeconfig in `dir`.
+fn setup_with(
+    stand_in: KubeStandIn,
+    credentials: &str,
+    extra_rules: &str,
+    dir: tempfile::TempDir,
+) -> Setup {
+    let daemon = TestDaemon::start_with_credentials(&policy(&stand_in, extra_rules), credentials);
     // The agent's kubeconfig: the cluster's own server URL, sluice's CA, no credentials.
     let output = daemon.sluice(&["kubeconfig", "--resource", "cluster", "--namespace", "shop"]);
     assert!(
@@ -806,4 +819,57 @@ fn watched_secrets_are_masked_event_by_event() {
         record["masked"]["secret_values"].as_u64().unwrap_or(0) >= 1
     });
     assert_eq!(text(&record, "operation"), "read", "{record:#}");
+}
+
+#[test]
+fn a_client_certificate_is_presented_for_kubectl_which_holds_none() {
+    sluice_tests::require_root();
+    // The bot's client certificate, and a stand-in that accepts nothing else.
+    let client = sluice_tests::pki::TestPki::for_host("kube-bot");
+    let stand_in = KubeStandIn::start_requiring_client_certificates(&client.ca_pem);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).expect("keys dir");
+    let (_, cert_file, key_file) = client.write_to(&keys);
+    // Without it, the API refuses (kubectl holds a token, no certificate).
+    let direct = direct_kubeconfig(&stand_in, dir.path());
+    let (code, _, stderr) = kubectl_direct(KUBECTL_WEBSOCKET, &direct, &["get", "pods"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("the server has asked for the client to provide credentials"),
+        "{stderr}"
+    );
+    let setup = setup_with(
+        stand_in,
+        &format!(
+            "[kube-bot]\ncert_file = {:?}\nkey_file = {:?}\n",
+            cert_file.display().to_string(),
+            key_file.display().to_string()
+        ),
+        "",
+        dir,
+    );
+    let before = setup.stand_in.seen().len();
+    // Through sluice, with the agent's own token on the command line: it gets through
+    // on the daemon's certificate, and the token is stripped.
+    let (ok, stdout, stderr) =
+        setup.kubectl(&["--token", "agent-own-token", "get", "pods", "-n", "shop"]);
+    assert!(ok, "{stderr}\n{}", setup.daemon.log());
+    assert!(stdout.contains("web"), "{stdout}");
+    let seen = setup.stand_in.seen();
+    assert!(seen.len() > before);
+    assert!(
+        seen[before..]
+            .iter()
+            .all(|request| request.client_certificate && request.authorization.is_none()),
+        "{:#?}",
+        &seen[before..]
+    );
+    let record = setup.wait_for_record("list pods -n shop");
+    assert!(
+        record["parameters"]
+            .to_string()
+            .contains("credential=kube-bot"),
+        "{record:#}"
+    );
 }

@@ -82,6 +82,10 @@ pub struct Credential {
     pub header: Option<String>,
     /// HTTP: the value of `header`.
     pub value: Option<Secret>,
+    /// HTTPS and Kubernetes: a client certificate (PEM chain) the daemon presents
+    /// upstream, with `key_file` (PEM private key).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     /// SSH: the private key (OpenSSH format) the daemon logs in with.
     pub private_key_file: Option<PathBuf>,
     /// SSH: log in with a short-lived user certificate from sluice's SSH CA, for a
@@ -96,6 +100,11 @@ impl Credential {
         self.private_key_file.is_some() || self.ssh_user_ca
     }
 
+    /// Whether the entry is a TLS client certificate (`cert_file` and `key_file`).
+    pub fn is_client_certificate(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+
     /// Which shape the entry has, or why it has none.
     pub fn check(&self) -> Result<(), String> {
         if self.private_key_file.is_some() && self.ssh_user_ca {
@@ -105,7 +114,10 @@ impl Credential {
             // An SSH entry may name the upstream user; it holds nothing else.
             return match (
                 self.password.expose().is_empty(),
-                self.bearer.is_none() && self.header.is_none() && self.value.is_none(),
+                self.bearer.is_none()
+                    && self.header.is_none()
+                    && self.value.is_none()
+                    && !self.is_client_certificate(),
             ) {
                 (true, true) => Ok(()),
                 _ => {
@@ -118,8 +130,12 @@ impl Credential {
             login,
             self.bearer.is_some(),
             self.header.is_some() || self.value.is_some(),
+            self.is_client_certificate(),
         ];
         match shapes.iter().filter(|&&shape| shape).count() {
+            1 if self.cert_file.is_some() != self.key_file.is_some() => {
+                Err("`cert_file` and `key_file` go together".into())
+            }
             1 if self.header.is_some() != self.value.is_some() => {
                 Err("`header` and `value` go together".into())
             }
@@ -128,11 +144,11 @@ impl Credential {
             }
             1 => Ok(()),
             0 => Err(
-                "needs `user` and `password`, `bearer`, `header` and `value`, or (SSH) `private_key_file` or `ssh_user_ca = true`"
+                "needs `user` and `password`, `bearer`, `header` and `value`, `cert_file` and `key_file`, or (SSH) `private_key_file` or `ssh_user_ca = true`"
                     .into(),
             ),
             _ => Err(
-                "holds more than one of `user`/`password`, `bearer` and `header`/`value`".into(),
+                "holds more than one of `user`/`password`, `bearer`, `header`/`value` and `cert_file`/`key_file`".into(),
             ),
         }
     }
@@ -281,6 +297,26 @@ mod tests {
         assert_eq!(credentials.get("ca").unwrap().user, "deploy");
         let path = write(dir.path(), "[x]\npassword = \"p\"\n", 0o600);
         assert!(Credentials::load(&path).is_err());
+    }
+
+    #[test]
+    fn client_certificates_need_both_files_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "[bot]\ncert_file = \"/etc/sluice/bot.pem\"\nkey_file = \"/etc/sluice/bot.key\"\n",
+            0o600,
+        );
+        let credentials = Credentials::load(&path).unwrap();
+        assert!(credentials.get("bot").unwrap().is_client_certificate());
+        for bad in [
+            "[bot]\ncert_file = \"/etc/sluice/bot.pem\"\n",
+            "[bot]\ncert_file = \"/a\"\nkey_file = \"/b\"\nbearer = \"t0123456789\"\n",
+            "[bot]\ncert_file = \"/a\"\nkey_file = \"/b\"\nprivate_key_file = \"/c\"\n",
+        ] {
+            let path = write(dir.path(), bad, 0o600);
+            assert!(Credentials::load(&path).is_err(), "{bad}");
+        }
     }
 
     #[test]

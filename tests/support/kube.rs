@@ -57,7 +57,13 @@ pub struct Seen {
     pub authorization: Option<String>,
     pub impersonation: Vec<String>,
     pub accept: Option<String>,
+    /// The client presented a certificate the stand-in's client CA verified.
+    pub client_certificate: bool,
 }
+
+/// Whether the connection a request came on presented a verified client certificate.
+#[derive(Clone, Copy)]
+struct ClientCertificate(bool);
 
 struct State {
     /// (namespace or "", resource, name) → object.
@@ -112,6 +118,17 @@ impl KubeStandIn {
     /// Starts the stand-in with namespaces `shop` and `kube-system`, pod `shop/web`,
     /// secret `shop/db` (password `hunter2-sluice`), node `worker-1`.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Like [`Self::start`], but every request must come with a client certificate
+    /// signed by the CA `client_ca_pem` (else 401 `Unauthorized`), as an API server
+    /// with `--client-ca-file` and no other authenticator.
+    pub fn start_requiring_client_certificates(client_ca_pem: &str) -> Self {
+        Self::start_with(Some(client_ca_pem))
+    }
+
+    fn start_with(client_ca_pem: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::for_host(HOST);
         let (ca_file, _, _) = pki.write_to(dir.path());
@@ -154,7 +171,8 @@ impl KubeStandIn {
         let listener = std::net::TcpListener::bind((HOST, 0)).expect("bind the stand-in");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("address").port();
-        let config = server_config(&pki);
+        let config = server_config(&pki, client_ca_pem);
+        let require_client_certificate = client_ca_pem.is_some();
         let shared = Arc::clone(&state);
         let execs = Arc::new(Mutex::new(Vec::new()));
         let shared_execs = Arc::clone(&execs);
@@ -163,7 +181,13 @@ impl KubeStandIn {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            runtime.block_on(serve(listener, config, shared, shared_execs));
+            runtime.block_on(serve(
+                listener,
+                config,
+                shared,
+                shared_execs,
+                require_client_certificate,
+            ));
         });
         Self {
             port,
@@ -269,21 +293,41 @@ fn insert(state: &mut State, namespace: &str, resource: &str, mut object: Value)
         .insert((namespace.to_owned(), resource.to_owned(), name), object);
 }
 
-fn server_config(pki: &TestPki) -> Arc<rustls::ServerConfig> {
+fn server_config(pki: &TestPki, client_ca_pem: Option<&str>) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
     let certificates: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.certificate_pem.as_bytes())
             .collect::<Result<_, _>>()
             .expect("certificate");
     let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).expect("key");
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(certificates, key)
-    .expect("server config");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match client_ca_pem {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots
+                    .add(certificate.expect("client CA"))
+                    .expect("client CA");
+            }
+            // Unauthenticated clients get through the handshake and a 401, as from
+            // an API server.
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certificates, key)
+        .expect("server config");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
@@ -293,6 +337,7 @@ async fn serve(
     config: Arc<rustls::ServerConfig>,
     state: Arc<Mutex<State>>,
     execs: Arc<Mutex<Vec<ExecSeen>>>,
+    require_client_certificate: bool,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -307,10 +352,28 @@ async fn serve(
             let Ok(stream) = acceptor.accept(stream).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |request| {
+            let certified = ClientCertificate(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|chain| !chain.is_empty()),
+            );
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let state = Arc::clone(&state);
                 let execs = Arc::clone(&execs);
+                request.extensions_mut().insert(certified);
                 async move {
+                    if require_client_certificate && !certified.0 {
+                        record_seen(&request, &state);
+                        return Ok(status(
+                            StatusCode::UNAUTHORIZED,
+                            "Unauthorized",
+                            "Unauthorized".into(),
+                            json!({}),
+                        )
+                        .map(BodyExt::boxed));
+                    }
                     if let Some(watch) = watch(&request, &state) {
                         return Ok::<_, std::convert::Infallible>(watch);
                     }
@@ -444,11 +507,12 @@ async fn answer(
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
     };
-    state
-        .lock()
-        .expect("state")
-        .seen
-        .push(seen_of(&parts.method, &parts.uri, &parts.headers));
+    state.lock().expect("state").seen.push(seen_of(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &parts.extensions,
+    ));
     let content_type = header("content-type");
     let body = body
         .collect()
@@ -640,7 +704,12 @@ async fn answer(
     }
 }
 
-fn seen_of(method: &hyper::Method, uri: &hyper::Uri, headers: &hyper::HeaderMap) -> Seen {
+fn seen_of(
+    method: &hyper::Method,
+    uri: &hyper::Uri,
+    headers: &hyper::HeaderMap,
+    extensions: &hyper::http::Extensions,
+) -> Seen {
     let header = |name: &str| {
         headers
             .get(name)
@@ -660,6 +729,9 @@ fn seen_of(method: &hyper::Method, uri: &hyper::Uri, headers: &hyper::HeaderMap)
             .map(|name| name.as_str().to_owned())
             .collect(),
         accept: header("accept"),
+        client_certificate: extensions
+            .get::<ClientCertificate>()
+            .is_some_and(|certified| certified.0),
     }
 }
 
@@ -668,6 +740,7 @@ fn record_seen(request: &Request<Incoming>, state: &Mutex<State>) {
         request.method(),
         request.uri(),
         request.headers(),
+        request.extensions(),
     ));
 }
 

@@ -381,7 +381,28 @@ where
         Ok(roots) => roots,
         Err(error) => return format!("upstream_tls: {error}"),
     };
-    let client_config = match tls::client_config(roots, tls::usable_alpn(&offered)) {
+    // A client-certificate credential is presented in the upstream handshake itself.
+    let identity = match resource
+        .credential
+        .as_ref()
+        .and_then(|name| shared.session.credentials.get(name))
+        .filter(|credential| credential.is_client_certificate())
+    {
+        Some(credential) => match (&credential.cert_file, &credential.key_file) {
+            (Some(cert_file), Some(key_file)) => match tls::client_identity(cert_file, key_file) {
+                Ok(identity) => Some(identity),
+                Err(error) => {
+                    shared
+                        .record_refusal("", &format!("credential_invalid: {error}"))
+                        .await;
+                    return format!("upstream_tls: {error}");
+                }
+            },
+            _ => None,
+        },
+        None => None,
+    };
+    let client_config = match tls::client_config(roots, tls::usable_alpn(&offered), identity) {
         Ok(config) => config,
         Err(error) => return format!("upstream_tls: {error}"),
     };
@@ -1301,6 +1322,7 @@ impl Connection {
         // The credential, only now that the upstream's certificate has been verified.
         let mut scrubber = Scrubber::default();
         let mut injected: Option<(HeaderName, HeaderValue)> = None;
+        let mut strip_agent_credentials = false;
         if let Some(name) = &resource.credential {
             let Some(credential) = shared.session.credentials.get(name) else {
                 return self
@@ -1311,20 +1333,36 @@ impl Connection {
                     )
                     .await;
             };
-            match injection(credential) {
-                Ok((header_name, value, secrets)) => {
-                    scrubber = Scrubber::new(secrets.iter().map(String::as_str));
-                    injected = Some((header_name, value));
-                    facts.credential = Some(name.clone());
-                }
-                Err(problem) => {
+            if credential.is_client_certificate() {
+                // Presented in the upstream TLS handshake; the agent's own credentials
+                // are still stripped below.
+                if self.scheme != "https" {
                     return self
                         .refuse(
                             facts,
                             StatusCode::BAD_GATEWAY,
-                            &format!("credential `{name}`: {problem}"),
+                            &format!("credential `{name}` is a client certificate, which needs TLS upstream"),
                         )
                         .await;
+                }
+                strip_agent_credentials = true;
+                facts.credential = Some(name.clone());
+            } else {
+                match injection(credential) {
+                    Ok((header_name, value, secrets)) => {
+                        scrubber = Scrubber::new(secrets.iter().map(String::as_str));
+                        injected = Some((header_name, value));
+                        facts.credential = Some(name.clone());
+                    }
+                    Err(problem) => {
+                        return self
+                            .refuse(
+                                facts,
+                                StatusCode::BAD_GATEWAY,
+                                &format!("credential `{name}`: {problem}"),
+                            )
+                            .await;
+                    }
                 }
             }
         }
@@ -1353,7 +1391,7 @@ impl Connection {
             if name == header::HOST {
                 continue;
             }
-            if injected.is_some()
+            if (injected.is_some() || strip_agent_credentials)
                 && (name == header::AUTHORIZATION
                     || injected
                         .as_ref()

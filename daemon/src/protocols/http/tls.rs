@@ -29,6 +29,8 @@ pub const HTTP11: &[u8] = b"http/1.1";
 pub enum TlsSetupError {
     #[error("cannot read CA file {path}: {message}")]
     CaFile { path: PathBuf, message: String },
+    #[error("cannot read client certificate or key {path}: {message}")]
+    ClientCertificate { path: PathBuf, message: String },
     #[error("no trusted roots: the system store is empty and the resource names no ca_file")]
     NoRoots,
     #[error("{0}")]
@@ -86,15 +88,44 @@ pub fn roots_for(ca_file: Option<&Path>) -> Result<Arc<RootCertStore>, TlsSetupE
     Ok(store)
 }
 
-/// The client side towards the upstream, offering `alpn`.
+/// A client certificate chain and its key, presented upstream.
+pub type ClientIdentity = (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// Reads a client certificate (PEM chain) and its private key (PEM).
+pub fn client_identity(cert_file: &Path, key_file: &Path) -> Result<ClientIdentity, TlsSetupError> {
+    use rustls::pki_types::PrivateKeyDer;
+    let fail = |path: &Path, message: String| TlsSetupError::ClientCertificate {
+        path: path.to_owned(),
+        message,
+    };
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| fail(cert_file, error.to_string()))?;
+    if chain.is_empty() {
+        return Err(fail(cert_file, "it holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|error| fail(key_file, error.to_string()))?;
+    Ok((chain, key))
+}
+
+/// The client side towards the upstream, offering `alpn`, presenting `identity` when
+/// the resource's credential is a client certificate.
 pub fn client_config(
     roots: Arc<RootCertStore>,
     alpn: Vec<Vec<u8>>,
+    identity: Option<ClientIdentity>,
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
