@@ -518,6 +518,18 @@ fn an_ssh_recording_plays_in_the_browser_and_every_page_renders() {
         .daemon
         .closed_session(AGENT, &format!("{SSH_HOST}:{}", server.port));
     let session = session["id"].as_u64().expect("session id");
+    // The recording is stored as the channel ends; wait until the CLI replays it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let replay = console
+            .daemon
+            .sluice(&["replay", &session.to_string(), "--speed", "0"]);
+        if String::from_utf8_lossy(&replay.stdout).contains("hello-from-the-browser-test") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recording: {replay:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let replay = browser(
         "replay",
