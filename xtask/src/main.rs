@@ -71,7 +71,7 @@ enum Task {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Measure this sluice binary instead of building one (to compare two builds
-        /// side by side; the `internals` part still builds its example).
+        /// side by side; the `internals` part builds its example if it is missing).
         #[arg(long)]
         binary: Option<PathBuf>,
     },
