@@ -873,3 +873,50 @@ fn a_client_certificate_is_presented_for_kubectl_which_holds_none() {
         "{record:#}"
     );
 }
+
+#[test]
+fn server_side_apply_is_a_write_judged_per_namespace() {
+    sluice_tests::require_root();
+    let setup = setup("");
+    let manifest = setup.dir.path().join("settings.json");
+    std::fs::write(
+        &manifest,
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"settings"},"data":{"mode":"green"}}"#,
+    )
+    .expect("manifest");
+    let manifest = manifest.display().to_string();
+    let apply = |namespace: &str| {
+        setup.kubectl(&[
+            "apply",
+            "--server-side",
+            "--validate=false",
+            "-n",
+            namespace,
+            "-f",
+            &manifest,
+        ])
+    };
+    let (ok, stdout, stderr) = apply("shop");
+    assert!(ok, "{stderr}\n{}", setup.daemon.log());
+    assert!(
+        stdout.contains("configmap/settings serverside-applied"),
+        "{stdout}"
+    );
+    assert!(setup.stand_in.has("shop", "configmaps", "settings"));
+    assert_forbidden(&apply("kube-system"), "default-deny");
+    assert!(!setup.stand_in.has("kube-system", "configmaps", "settings"));
+    let allowed = setup.wait_for_record("patch configmaps -n shop settings");
+    assert_eq!(text(&allowed, "operation"), "write", "{allowed:#}");
+    assert_eq!(allowed["decision"]["rule"], "shop-write", "{allowed:#}");
+    let denied = setup.wait_for_record("patch configmaps -n kube-system settings");
+    assert_eq!(denied["decision"]["action"], "deny", "{denied:#}");
+    assert!(
+        setup
+            .stand_in
+            .seen()
+            .iter()
+            .all(|request| !(request.method == "PATCH"
+                && request.path_and_query.contains("kube-system"))),
+        "a denied apply reached the API"
+    );
+}

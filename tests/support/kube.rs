@@ -24,7 +24,10 @@
 //! - a request log (method, path, Authorization, Impersonate-* headers) as the witness
 //!   of what the upstream really received, and a log of the execs it served.
 //!
-//! Not served (the tests say so where it matters): server-side apply, attach and
+//! - server-side apply (`PATCH` with `application/apply-patch+yaml`, the body as JSON):
+//!   the applied configuration replaces the object; managed fields are not tracked.
+//!
+//! Not served (the tests say so where it matters): other patch types, attach and
 //! port-forward upgrades.
 
 use std::{
@@ -679,6 +682,44 @@ async fn answer(
             insert(&mut state, &namespace, &resource, object);
             let created = state.objects.get(&key(&name)).cloned().unwrap_or_default();
             respond(StatusCode::CREATED, &created)
+        }
+        // Server-side apply: the applied configuration (kubectl sends it as JSON, which
+        // is YAML too) becomes the object; field ownership is not tracked.
+        ("PATCH", Some(name))
+            if content_type
+                .as_deref()
+                .is_some_and(|value| value.starts_with("application/apply-patch+yaml")) =>
+        {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the stand-in reads applied configurations written as JSON".into(),
+                    json!({}),
+                );
+            };
+            if object["metadata"]["name"].as_str() != Some(name.as_str()) {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the name in the body does not match the name in the URL".into(),
+                    json!({}),
+                );
+            }
+            if kind.namespaced {
+                object["metadata"]["namespace"] = json!(namespace);
+            }
+            let existed = state.objects.contains_key(&key(&name));
+            insert(&mut state, &namespace, &resource, object);
+            let applied = state.objects.get(&key(&name)).cloned().unwrap_or_default();
+            respond(
+                if existed {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                },
+                &applied,
+            )
         }
         ("DELETE", Some(name)) => match state.objects.remove(&key(&name)) {
             Some(object) => {
