@@ -598,6 +598,88 @@ except Exception as error:
 }
 
 #[test]
+fn an_http_resource_named_by_host_checks_a_late_client_hello_too() {
+    let service = ByteWitness::start("127.0.55.3:0");
+    let upstream = Dnsmasq::start(
+        "127.0.54.11",
+        "127.0.55.3 api.internal\n127.0.55.3 other.internal\n",
+    );
+    let policy = format!(
+        r#"{POLICY}
+[[resource]]
+name = "internal-api"
+hostnames = ["api.internal"]
+ports = [{port}]
+protocol = "http"
+
+[[rule]]
+name = "resolver-user-reads-api"
+agent = "resolver-user"
+resource = "internal-api"
+operations = ["read"]
+action = "allow"
+"#,
+        port = service.addr.port()
+    );
+    let daemon = TestDaemon::start_with_dns(&policy, &[upstream.addr]);
+    for name in ["api.internal", "other.internal"] {
+        let answer = dig_as(&daemon, "resolver-user", &["@127.0.55.53", name, "A"]);
+        assert!(answer.contains("127.0.55.3"), "{answer}");
+    }
+    // The ClientHello comes after the daemon's first look at the connection is over:
+    // the HTTP handler, which would dial the upstream with the name asked for, checks it.
+    let script = format!(
+        r#"
+import socket, ssl, sys, time
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+s = socket.create_connection(("127.0.55.3", {port}), timeout=5)
+time.sleep(1.5)
+try:
+    context.wrap_socket(s, server_hostname=sys.argv[1])
+except Exception as error:
+    print(type(error).__name__)
+"#,
+        port = service.addr.port()
+    );
+    python_as_resolver_user(&daemon, &script, &["other.internal"]);
+    let sessions = daemon.wait_for_sessions(Some("resolver-user"), "the refusal", |s| {
+        s.iter().any(|s| {
+            text(s, "resource") == "internal-api"
+                && text(s, "state") == "closed"
+                && text(s, "close_reason").contains("other.internal")
+        })
+    });
+    let refused = sessions
+        .iter()
+        .find(|s| text(s, "close_reason").contains("other.internal"))
+        .expect("the refused session");
+    assert!(
+        text(refused, "close_reason").starts_with("denied: TLS asks for"),
+        "{refused}"
+    );
+    assert!(
+        service.received().is_empty(),
+        "the upstream was dialled for a refused name: {:?}",
+        service.received()
+    );
+
+    // The resource's own name passes the check, and the upstream is dialled (it is no
+    // TLS server, so the handshake goes no further).
+    python_as_resolver_user(&daemon, &script, &["api.internal"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.received().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the allowed name never reached the upstream: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn glibc_lookups_go_through_the_resolver_whatever_resolv_conf_names() {
     let (_upstream, daemon) = daemon_with_upstream("127.0.54.8", "10.53.0.12 glibc.internal\n");
     // The agent sees a resolv.conf naming a loopback server with nothing on it (in a

@@ -112,6 +112,15 @@ pub async fn serve(
             }
         }
     };
+    if kind == FirstBytes::TlsClientHello
+        && session.host_name.is_some()
+        && let Err(reason) = check_server_name(&session, &mut first, &mut agent).await
+    {
+        let shared = Shared::new(session, ca);
+        shared.record_refusal("", &reason).await;
+        tracing::warn!(%reason, "TLS server name refused");
+        return (format!("denied: {reason}"), None);
+    }
     let mut shared = Shared::new(session, ca);
     shared.dialect = dialect;
     let shared = Arc::new(shared);
@@ -151,6 +160,43 @@ pub async fn serve(
         .down
         .fetch_add(tally.down.load(Ordering::Relaxed), Ordering::Relaxed);
     (reason, upstream_local)
+}
+
+/// The most of a ClientHello read to find its server name: one full TLS record.
+const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
+
+/// For a resource matched by host name: reads the rest of the ClientHello into
+/// `first` and checks that it asks for one of the resource's names that this agent
+/// resolved to the address. The session's own look at the first bytes gives up after a
+/// moment (a server may speak first), so an agent that waits before its ClientHello is
+/// checked here, before the upstream is dialled with the name it asked for.
+async fn check_server_name(
+    session: &SessionInfo,
+    first: &mut Vec<u8>,
+    agent: &mut Box<dyn ByteStream>,
+) -> Result<(), String> {
+    loop {
+        if let Some(opening) = crate::dns::sni::parse(first) {
+            return match crate::dns::server_name_refusal(
+                &opening,
+                &session.resource,
+                &session.host_names,
+            ) {
+                None => Ok(()),
+                Some(reason) => Err(reason),
+            };
+        }
+        if first.len() >= MAX_CLIENT_HELLO {
+            return Err("the ClientHello is too large to read its server name".into());
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(FIRST_BYTES_TIMEOUT, agent.read(&mut chunk)).await {
+            Ok(Ok(0)) => return Err("the agent closed before its ClientHello was complete".into()),
+            Ok(Ok(read)) => first.extend_from_slice(chunk.get(..read).unwrap_or_default()),
+            Ok(Err(error)) => return Err(format!("agent i/o: {error}")),
+            Err(_) => return Err("the ClientHello did not complete in time".into()),
+        }
+    }
 }
 
 /// The most of a CONNECT request head read.
