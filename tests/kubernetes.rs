@@ -920,3 +920,66 @@ fn server_side_apply_is_a_write_judged_per_namespace() {
         "a denied apply reached the API"
     );
 }
+
+#[test]
+fn exec_stdin_is_recorded_and_closed_with_the_v5_signal() {
+    sluice_tests::require_root();
+    let setup = setup(EXEC_RULE);
+    let config = setup
+        .daemon
+        .control_socket
+        .parent()
+        .expect("daemon dir")
+        .join("sluice.toml");
+    let cache = setup.dir.path().join("cache");
+    let mut agent = std::process::Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--agent", "deployer", "--kubeconfig"])
+        .arg(&setup.kubeconfig)
+        .args(["--", KUBECTL_WEBSOCKET, "--cache-dir"])
+        .arg(&cache)
+        .args([
+            "--request-timeout=30s",
+            "exec",
+            "-i",
+            "web",
+            "-n",
+            "shop",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got $line",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kubectl");
+    {
+        use std::io::Write as _;
+        let mut stdin = agent.stdin.take().expect("stdin");
+        stdin.write_all(b"hello\n").expect("write stdin");
+        // Dropped: kubectl sees EOF and sends v5's close signal for stdin.
+    }
+    let output = agent.wait_with_output().expect("kubectl ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout, "got hello\n");
+    let execs = setup.stand_in.execs();
+    assert_eq!(execs.len(), 1, "{execs:#?}");
+    assert_eq!(execs[0].stdin, b"hello\n");
+    assert!(execs[0].stdin_closed, "{execs:#?}");
+    let record = setup.wait_for_record_with("get pods/exec -n shop web", |record| {
+        record["parameters"].to_string().contains("stream=")
+    });
+    let parameters = record["parameters"].to_string();
+    assert_eq!(text(&record, "tag"), "exit 0", "{record:#}");
+    for expected in ["stdin=6", "stdin=closed", "stdout=10", "exit=0"] {
+        assert!(parameters.contains(expected), "{expected}: {parameters}");
+    }
+}
