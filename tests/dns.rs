@@ -502,19 +502,82 @@ impl ByteWitness {
     }
 }
 
+/// A TLS service on `service_ip` behind a resource named `allowed`, which the agent's
+/// own lookups resolve along with `other.internal` to the same address (dnsmasq on
+/// `dnsmasq_ip`), and a Python agent that opens a TLS connection to it naming
+/// `argv[1]` after a pause of `argv[2]` seconds.
+struct NamedTls {
+    service: ByteWitness,
+    daemon: TestDaemon,
+    script: String,
+    _upstream: Dnsmasq,
+}
+
+impl NamedTls {
+    fn start(service_ip: &str, dnsmasq_ip: &str, allowed: &str, resource: &str) -> Self {
+        let service = ByteWitness::start(&format!("{service_ip}:0"));
+        let upstream = Dnsmasq::start(
+            dnsmasq_ip,
+            &format!("{service_ip} {allowed}\n{service_ip} other.internal\n"),
+        );
+        let port = service.addr.port();
+        let policy = format!(
+            "{POLICY}\n[[resource]]\nhostnames = [\"{allowed}\"]\nports = [{port}]\n{resource}"
+        );
+        let daemon = TestDaemon::start_with_dns(&policy, &[upstream.addr]);
+        for name in [allowed, "other.internal"] {
+            let answer = dig_as(&daemon, "resolver-user", &["@127.0.55.53", name, "A"]);
+            assert!(answer.contains(service_ip), "{answer}");
+        }
+        // The TLS handshake itself fails either way (the service is no TLS server):
+        // what matters is whether the ClientHello reached the service.
+        let script = format!(
+            r#"
+import socket, ssl, sys, time
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+s = socket.create_connection(("{service_ip}", {port}), timeout=5)
+time.sleep(float(sys.argv[2]))
+try:
+    context.wrap_socket(s, server_hostname=sys.argv[1])
+except Exception as error:
+    print(type(error).__name__)
+"#
+        );
+        Self {
+            service,
+            daemon,
+            script,
+            _upstream: upstream,
+        }
+    }
+
+    fn hello(&self, server_name: &str, pause: &str) {
+        python_as_resolver_user(&self.daemon, &self.script, &[server_name, pause]);
+    }
+
+    /// Waits until a ClientHello beyond the `before` already seen reaches the service.
+    fn wait_for_a_hello_after(&self, before: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.service.received().iter().filter(|b| **b > 0).count() == before {
+            assert!(
+                Instant::now() < deadline,
+                "{what} never reached the service: {}",
+                self.daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn tls_to_a_hostname_resource_must_ask_for_one_of_its_names() {
-    let service = ByteWitness::start("127.0.55.2:0");
-    let upstream = Dnsmasq::start(
+    let tls = NamedTls::start(
+        "127.0.55.2",
         "127.0.54.7",
-        "127.0.55.2 web.internal\n127.0.55.2 other.internal\n",
-    );
-    let policy = format!(
-        r#"{POLICY}
-[[resource]]
-name = "internal-web"
-hostnames = ["web.internal"]
-ports = [{port}]
+        "web.internal",
+        r#"name = "internal-web"
 
 [[rule]]
 name = "resolver-user-reaches-web"
@@ -523,35 +586,7 @@ resource = "internal-web"
 operations = ["connect"]
 action = "allow"
 "#,
-        port = service.addr.port()
     );
-    let daemon = TestDaemon::start_with_dns(&policy, &[upstream.addr]);
-    for name in ["web.internal", "other.internal"] {
-        let answer = dig_as(&daemon, "resolver-user", &["@127.0.55.53", name, "A"]);
-        assert!(answer.contains("127.0.55.2"), "{answer}");
-    }
-    // The TLS handshake itself fails either way (the service is no TLS server): what
-    // matters is whether the ClientHello reached the service. The pause before it
-    // outlasts the daemon's first look, as an agent waiting on purpose would (and as
-    // Python's handshake does under emulation): the first bytes are checked all the same.
-    let script = format!(
-        r#"
-import socket, ssl, sys, time
-context = ssl.create_default_context()
-context.check_hostname = False
-context.verify_mode = ssl.CERT_NONE
-s = socket.create_connection(("127.0.55.2", {port}), timeout=5)
-time.sleep(float(sys.argv[2]))
-try:
-    context.wrap_socket(s, server_hostname=sys.argv[1])
-except Exception as error:
-    print(type(error).__name__)
-"#,
-        port = service.addr.port()
-    );
-    let hello = |server_name: &str, pause: &str| {
-        python_as_resolver_user(&daemon, &script, &[server_name, pause])
-    };
     let denials = |sessions: &[Value]| -> Vec<Value> {
         sessions
             .iter()
@@ -563,53 +598,43 @@ except Exception as error:
     };
 
     // Resolved by this agent to this address, but not a name of the resource: refused
-    // whether the ClientHello comes at once or after a pause.
+    // whether the ClientHello comes at once or after a pause that outlasts the daemon's
+    // first look (as an agent waiting on purpose would, and as Python's handshake does
+    // under emulation): the first bytes are checked all the same.
     for (pause, seen) in [("0", 1), ("1.5", 2)] {
-        hello("other.internal", pause);
-        let sessions = daemon.wait_for_sessions(Some("resolver-user"), "the denial", |s| {
-            denials(s).len() >= seen
-        });
+        tls.hello("other.internal", pause);
+        let sessions = tls
+            .daemon
+            .wait_for_sessions(Some("resolver-user"), "the denial", |s| {
+                denials(s).len() >= seen
+            });
         for denied in denials(&sessions) {
             assert!(
                 text(&denied["decision"], "reason").contains("other.internal"),
                 "{denied}"
             );
         }
+        let received = tls.service.received();
         assert!(
-            service.received().iter().all(|bytes| *bytes == 0),
-            "a refused ClientHello reached the service: {:?}",
-            service.received()
+            received.iter().all(|bytes| *bytes == 0),
+            "a refused ClientHello reached the service: {received:?}"
         );
     }
 
     for pause in ["0", "1.5"] {
-        let before = service.received().iter().filter(|b| **b > 0).count();
-        hello("web.internal", pause);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while service.received().iter().filter(|b| **b > 0).count() == before {
-            assert!(
-                Instant::now() < deadline,
-                "the allowed ClientHello (pause {pause}) never reached the service: {}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let before = tls.service.received().iter().filter(|b| **b > 0).count();
+        tls.hello("web.internal", pause);
+        tls.wait_for_a_hello_after(before, &format!("the allowed ClientHello (pause {pause})"));
     }
 }
 
 #[test]
 fn an_http_resource_named_by_host_checks_a_late_client_hello_too() {
-    let service = ByteWitness::start("127.0.55.3:0");
-    let upstream = Dnsmasq::start(
+    let tls = NamedTls::start(
+        "127.0.55.3",
         "127.0.54.11",
-        "127.0.55.3 api.internal\n127.0.55.3 other.internal\n",
-    );
-    let policy = format!(
-        r#"{POLICY}
-[[resource]]
-name = "internal-api"
-hostnames = ["api.internal"]
-ports = [{port}]
+        "api.internal",
+        r#"name = "internal-api"
 protocol = "http"
 
 [[rule]]
@@ -619,64 +644,38 @@ resource = "internal-api"
 operations = ["read"]
 action = "allow"
 "#,
-        port = service.addr.port()
     );
-    let daemon = TestDaemon::start_with_dns(&policy, &[upstream.addr]);
-    for name in ["api.internal", "other.internal"] {
-        let answer = dig_as(&daemon, "resolver-user", &["@127.0.55.53", name, "A"]);
-        assert!(answer.contains("127.0.55.3"), "{answer}");
-    }
     // The ClientHello comes after the daemon's first look at the connection is over:
     // the HTTP handler, which would dial the upstream with the name asked for, checks it.
-    let script = format!(
-        r#"
-import socket, ssl, sys, time
-context = ssl.create_default_context()
-context.check_hostname = False
-context.verify_mode = ssl.CERT_NONE
-s = socket.create_connection(("127.0.55.3", {port}), timeout=5)
-time.sleep(1.5)
-try:
-    context.wrap_socket(s, server_hostname=sys.argv[1])
-except Exception as error:
-    print(type(error).__name__)
-"#,
-        port = service.addr.port()
-    );
-    python_as_resolver_user(&daemon, &script, &["other.internal"]);
-    let sessions = daemon.wait_for_sessions(Some("resolver-user"), "the refusal", |s| {
-        s.iter().any(|s| {
-            text(s, "resource") == "internal-api"
-                && text(s, "state") == "closed"
-                && text(s, "close_reason").contains("other.internal")
-        })
-    });
+    tls.hello("other.internal", "1.5");
+    let is_refused = |s: &Value| {
+        text(s, "resource") == "internal-api"
+            && text(s, "state") == "closed"
+            && text(s, "close_reason").contains("other.internal")
+    };
+    let sessions = tls
+        .daemon
+        .wait_for_sessions(Some("resolver-user"), "the refusal", |s| {
+            s.iter().any(is_refused)
+        });
     let refused = sessions
         .iter()
-        .find(|s| text(s, "close_reason").contains("other.internal"))
+        .find(|s| is_refused(s))
         .expect("the refused session");
     assert!(
         text(refused, "close_reason").starts_with("denied: TLS asks for"),
         "{refused}"
     );
+    let received = tls.service.received();
     assert!(
-        service.received().is_empty(),
-        "the upstream was dialled for a refused name: {:?}",
-        service.received()
+        received.is_empty(),
+        "the upstream was dialled for a refused name: {received:?}"
     );
 
     // The resource's own name passes the check, and the upstream is dialled (it is no
     // TLS server, so the handshake goes no further).
-    python_as_resolver_user(&daemon, &script, &["api.internal"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while service.received().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the allowed name never reached the upstream: {}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    tls.hello("api.internal", "1.5");
+    tls.wait_for_a_hello_after(0, "the allowed name");
 }
 
 #[test]
