@@ -753,7 +753,7 @@ fn a_large_download_streams_with_bounded_daemon_memory() {
     let nginx = Nginx::with_big_file(SIZE);
     let daemon = daemon(&policy(&nginx, None, READ_ALL));
     let pid = daemon_pid(&daemon);
-    let before = rss_kib(pid);
+    let before = sluice_tests::memory_kib(pid, "VmRSS:");
     let (ok, body, stderr) = curl(
         &daemon,
         None,
@@ -771,7 +771,7 @@ fn a_large_download_streams_with_bounded_daemon_memory() {
     );
     assert!(ok, "{stderr}");
     assert_eq!(body, SIZE.to_string());
-    let peak = hwm_kib(pid);
+    let peak = sluice_tests::memory_kib(pid, "VmHWM:");
     assert!(
         peak < before + 48 * 1024,
         "the daemon grew from {before} KiB to a peak of {peak} KiB while streaming {SIZE} bytes"
@@ -885,23 +885,6 @@ fn daemon_pid(daemon: &TestDaemon) -> u32 {
         }
     }
     panic!("no daemon process for {config}");
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .expect("field in /proc/PID/status")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
-fn hwm_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmHWM:")
 }
 
 #[test]

@@ -458,9 +458,22 @@ fn impersonation_is_refused() {
 fn a_thousand_secrets_are_masked_item_by_item() {
     sluice_tests::require_root();
     let setup = setup("");
-    setup.stand_in.add_secrets(1000);
+    // A first list warms the daemon's connection, TLS and discovery up.
+    let (ok, _, stderr) = setup.kubectl(&["get", "secrets", "-n", "shop"]);
+    assert!(ok, "{stderr}");
+    let pid = setup.daemon.pid();
+    let before = sluice_tests::memory_kib(pid, "VmRSS:");
+    // Each value padded to 16 KiB: the list is ~21 MiB of base64, well over the most a
+    // response body may be buffered whole for masking (8 MiB), so it only passes item
+    // by item, and over what the daemon may grow by.
+    setup.stand_in.add_secrets_of(1000, 16 * 1024);
     let (ok, stdout, stderr) = setup.kubectl(&["get", "secrets", "-n", "shop", "-o", "json"]);
     assert!(ok, "{stderr}\n{}", setup.daemon.log());
+    let peak = sluice_tests::memory_kib(pid, "VmHWM:");
+    assert!(
+        peak < before + 12 * 1024,
+        "the daemon grew from {before} KiB to a peak of {peak} KiB masking a 21 MiB list"
+    );
     let list: Value = serde_json::from_str(&stdout).expect("kubectl printed JSON");
     let items = list["items"].as_array().expect("items");
     assert_eq!(items.len(), 1001);

@@ -231,13 +231,20 @@ impl KubeStandIn {
 
     /// Adds `count` Secrets to namespace `shop`, each with a distinct value.
     pub fn add_secrets(&self, count: usize) {
+        self.add_secrets_of(count, 0);
+    }
+
+    /// `count` Secrets in `shop` whose values are `bulk-secret-value-NNNN` padded with
+    /// `padding` more bytes.
+    pub fn add_secrets_of(&self, count: usize, padding: usize) {
         let mut state = self.state.lock().expect("state");
+        let pad = "p".repeat(padding);
         for index in 0..count {
             insert(
                 &mut state,
                 "shop",
                 "secrets",
-                json!({"apiVersion":"v1","kind":"Secret","metadata":{"name":format!("bulk-{index:04}"),"namespace":"shop"},"type":"Opaque","data":{"token":base64(&format!("bulk-secret-value-{index:04}"))}}),
+                json!({"apiVersion":"v1","kind":"Secret","metadata":{"name":format!("bulk-{index:04}"),"namespace":"shop"},"type":"Opaque","data":{"token":base64(&format!("bulk-secret-value-{index:04}{pad}"))}}),
             );
         }
     }

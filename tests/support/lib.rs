@@ -234,6 +234,11 @@ impl TestDaemon {
         daemon
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("the daemon runs")
+    }
+
     fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -541,4 +546,15 @@ pub fn assert_probe_refused(report: &Value) {
 /// A field of a JSON object as a string, or "".
 pub fn text<'a>(value: &'a Value, field: &str) -> &'a str {
     value.get(field).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// A memory figure of process `pid` from `/proc/PID/status`, in KiB: `"VmRSS:"` (now)
+/// or `"VmHWM:"` (the peak so far).
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("field in /proc/PID/status")
 }
