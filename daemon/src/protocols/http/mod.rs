@@ -11,6 +11,7 @@
 
 pub mod ca;
 mod decode;
+mod guard_io;
 mod h1guard;
 mod h2guard;
 mod mask;
