@@ -109,12 +109,50 @@ pub fn require_root() {
     );
 }
 
-/// A free TCP port on loopback (bound, then released).
+/// The lowest port of the kernel's ephemeral range (source ports of outgoing
+/// connections and of sockets bound to port 0).
+fn ephemeral_ports_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A port nothing on loopback uses now (TCP and UDP, IPv4 and IPv6), for a server a
+/// test starts later. It is taken from below the kernel's ephemeral range: a port
+/// from that range, once released, can be taken by any outgoing connection of the
+/// tests running in parallel before the server binds it (seen as a daemon failing to
+/// start with "Address already in use").
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const FLOOR: u32 = 10_000;
+    let start = ephemeral_ports_start();
+    if start <= FLOOR + 1000 {
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on loopback");
+    }
+    let span = start - FLOOR;
+    // Processes running tests side by side start at different places and step by a
+    // prime, so they rarely try the same ports.
+    let seed = std::process::id().wrapping_mul(7919);
+    let free = |port: u16| {
+        TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && (TcpListener::bind(("::1", port)).is_ok() || TcpListener::bind(("::1", 0)).is_err())
+    };
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::SeqCst) as u32;
+        let port = FLOOR + seed.wrapping_add(step.wrapping_mul(7907)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if free(port) {
+            return port;
+        }
+    }
+    panic!("no free port on loopback below {start}");
 }
 
 /// The cgroup2 mount, from /proc/mounts.
