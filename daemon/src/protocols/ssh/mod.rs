@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod command;
 mod handler;
+pub mod pack;
 pub mod proxy;
 pub mod sftp;
 
