@@ -240,6 +240,197 @@ fn agents_cannot_reach_the_daemons_own_port() {
     assert_eq!(sessions[0]["decision"]["rule"], "kernel:daemon_port");
 }
 
+/// The daemon's listeners (redirect, resolver, metrics) by port, with the metrics
+/// endpoint on, for the daemon-port tests.
+fn daemon_with_metrics(policy: &str) -> (TestDaemon, u16) {
+    let metrics = sluice_tests::free_port();
+    let daemon = TestDaemon::start_with_config(
+        policy,
+        "",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+    );
+    (daemon, metrics)
+}
+
+/// Waits for `count` refusals recorded as `kernel:daemon_port` and returns their
+/// destinations.
+fn daemon_port_refusals(daemon: &TestDaemon, count: usize) -> Vec<String> {
+    let is_refusal = |s: &Value| s["decision"]["rule"] == "kernel:daemon_port";
+    daemon
+        .wait_for_sessions(Some("probe"), "the daemon-port refusals", |s| {
+            s.iter().filter(|s| is_refusal(s)).count() >= count
+        })
+        .iter()
+        .filter(|s| is_refusal(s))
+        .map(|s| text(s, "destination").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_daemons_ports_on_any_local_address_it_listens_on_are_refused() {
+    let (daemon, metrics) = daemon_with_metrics(POLICY);
+    // The redirect listener and the resolver are on 127.0.0.1 and ::1, metrics on
+    // 127.0.0.1 only. The unspecified address connects to a local one; v4-mapped is
+    // IPv4.
+    let v4 = [
+        "127.0.0.1",
+        "0.0.0.0",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:0.0.0.0]",
+        "[::]",
+    ];
+    let mut dials = Vec::new();
+    for port in [daemon.port, daemon.dns_port] {
+        for host in v4.iter().chain(&["[::1]"]) {
+            dials.push(format!("{host}:{port}"));
+        }
+    }
+    for host in v4 {
+        dials.push(format!("{host}:{metrics}"));
+    }
+    for dial in &dials {
+        let report = daemon.probe("probe", &["tcp", dial]);
+        assert_eq!(report["ok"], false, "{dial}: {report}");
+        assert!(
+            text(&report, "error").contains("PermissionDenied"),
+            "{dial}: {report}"
+        );
+    }
+    let mut refused = daemon_port_refusals(&daemon, dials.len());
+    assert_eq!(refused.len(), dials.len(), "{refused:?}");
+    // Recorded as dialled (v4-mapped as IPv4, the family the kernel folded it to).
+    refused.sort();
+    let mut expected: Vec<String> = dials
+        .iter()
+        .map(|dial| {
+            dial.replace("[::ffff:127.0.0.1]", "127.0.0.1")
+                .replace("[::ffff:0.0.0.0]", "0.0.0.0")
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(refused, expected);
+}
+
+#[test]
+fn a_service_on_another_loopback_address_with_the_daemons_port_is_reached() {
+    // The daemon listens on 127.0.0.1 and ::1 only, so its ports on 127.0.0.2 belong to
+    // whoever binds them there: a sink here, which the policy lets the agent reach.
+    let (daemon, metrics) = daemon_with_metrics(POLICY);
+    for port in [daemon.port, metrics, daemon.dns_port] {
+        let sink = Sink::start(&format!("127.0.0.2:{port}"));
+        let dial = sink.addr.to_string();
+        assert_redirected(&daemon, &sink, &dial, &dial);
+    }
+    // Still no way into the daemon itself next to them.
+    let report = daemon.probe("probe", &["tcp", &format!("127.0.0.1:{metrics}")]);
+    assert_probe_refused(&report);
+    assert_eq!(daemon_port_refusals(&daemon, 1).len(), 1);
+}
+
+/// A network namespace of the test's own, joined to this one by a veth pair: this side
+/// `198.18.N.1/30`, the namespace's side `198.18.N.2/30` (198.18.0.0/15 is reserved
+/// for benchmarks, so no real network uses it). Deleted on drop.
+struct PeerNamespace {
+    name: String,
+    peer: std::net::Ipv4Addr,
+}
+
+impl PeerNamespace {
+    fn create() -> Self {
+        let id = std::process::id() % 65_000;
+        let name = format!("sluice-test-{id}");
+        let (host_if, peer_if) = (format!("slh{id}"), format!("slp{id}"));
+        let subnet = id % 256;
+        let host = format!("198.18.{subnet}.1/30");
+        let peer = format!("198.18.{subnet}.2/30");
+        let run = |args: &[&str]| {
+            let output = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip");
+            assert!(
+                output.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &name])
+            .output();
+        run(&["netns", "add", &name]);
+        let namespace = Self {
+            name: name.clone(),
+            peer: format!("198.18.{subnet}.2").parse().expect("address"),
+        };
+        run(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", &name,
+        ]);
+        run(&["addr", "add", &host, "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        run(&["-n", &name, "addr", "add", &peer, "dev", &peer_if]);
+        run(&["-n", &name, "link", "set", &peer_if, "up"]);
+        run(&["-n", &name, "link", "set", "lo", "up"]);
+        namespace
+    }
+
+    /// A [`Sink`] listening on `port` of the namespace's address.
+    fn sink(&self, port: u16) -> Sink {
+        let path = format!("/run/netns/{}", self.name);
+        let address = format!("{}:{port}", self.peer);
+        // The listener belongs to the namespace it is created in: create it from a
+        // thread that joined the namespace (setns changes only the calling thread).
+        std::thread::spawn(move || {
+            let namespace = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: a valid namespace fd; only this short-lived thread moves.
+            let rc = unsafe {
+                libc::setns(
+                    std::os::fd::AsRawFd::as_raw_fd(&namespace),
+                    libc::CLONE_NEWNET,
+                )
+            };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            Sink::start(&address)
+        })
+        .join()
+        .expect("sink in the namespace")
+    }
+}
+
+impl Drop for PeerNamespace {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end, and with it this side's.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn a_remote_service_on_the_daemons_port_is_reached_and_recorded_normally() {
+    let namespace = PeerNamespace::create();
+    let policy = format!(
+        "{POLICY}\n[[resource]]\nname = \"netns-sink\"\naddresses = [\"{}\"]\n\
+         ports = [\"1-65535\"]\nprotocol = \"tcp\"\n\n[[rule]]\n\
+         name = \"probe-reaches-sinks-in-the-namespace\"\nagent = \"probe\"\n\
+         resource = \"netns-sink\"\noperations = [\"connect\"]\naction = \"allow\"\n",
+        namespace.peer
+    );
+    let (daemon, metrics) = daemon_with_metrics(&policy);
+    for port in [daemon.port, metrics] {
+        let sink = namespace.sink(port);
+        let dial = sink.addr.to_string();
+        assert_redirected(&daemon, &sink, &dial, &dial);
+    }
+    assert!(
+        !daemon
+            .sessions(Some("probe"))
+            .iter()
+            .any(|s| s["decision"]["rule"] == "kernel:daemon_port"),
+        "{}",
+        daemon.log()
+    );
+}
+
 #[test]
 fn sluice_run_refuses_when_the_interception_is_not_installed() {
     let mut daemon = TestDaemon::start(POLICY);

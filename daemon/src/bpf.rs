@@ -12,7 +12,7 @@
 use std::{
     ffi::CString,
     fs,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
     sync::Mutex,
@@ -27,7 +27,10 @@ use aya::{
         links::FdLink,
     },
 };
-use sluice_common::{ConnKey, MAX_DAEMON_PORTS, Origin, RedirectConfig, map_names};
+use sluice_common::{
+    AF_INET, AF_INET6, ConnKey, DaemonEndpoint, MAX_DAEMON_ENDPOINTS, Origin, RedirectConfig,
+    map_names,
+};
 
 use crate::containment::KernelSupport;
 
@@ -106,8 +109,13 @@ pub enum BpfError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("more than {MAX_DAEMON_PORTS} daemon ports to protect")]
-    TooManyDaemonPorts,
+    #[error("more than {MAX_DAEMON_ENDPOINTS} daemon listeners to protect")]
+    TooManyDaemonEndpoints,
+    #[error(
+        "the daemon listens on {0}, which is not a loopback address: the programs keep agents \
+         off the daemon's own listeners by address, and only loopback ones are protected"
+    )]
+    NonLoopbackListener(SocketAddr),
 }
 
 /// What the programs need to know about the daemon.
@@ -116,8 +124,9 @@ pub struct RedirectTarget {
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
     pub port: u16,
-    /// Other TCP ports of the daemon (metrics, ...) that agents must not reach.
-    pub other_daemon_ports: Vec<u16>,
+    /// Every address and port the daemon listens on (redirect, resolver, metrics,
+    /// console), which agents must not reach. Each must be a loopback address.
+    pub daemon_endpoints: Vec<SocketAddr>,
     /// The network namespace the daemon serves.
     pub netns_cookie: u64,
     /// The DNS resolver's UDP port on `ipv4`/`ipv6`; 0 refuses agents' DNS.
@@ -351,25 +360,17 @@ fn load(maps_dir: &Path) -> Result<Ebpf, aya::EbpfError> {
 }
 
 fn write_config(ebpf: &mut Ebpf, target: &RedirectTarget) -> Result<(), BpfError> {
-    if target.other_daemon_ports.len() > MAX_DAEMON_PORTS {
-        return Err(BpfError::TooManyDaemonPorts);
-    }
-    let mut daemon_ports = [0u16; MAX_DAEMON_PORTS];
-    for (slot, port) in daemon_ports.iter_mut().zip(&target.other_daemon_ports) {
-        *slot = *port;
-    }
-    let ip6 = target.ipv6.octets();
-    let word =
-        |i: usize| u32::from_ne_bytes([ip6[4 * i], ip6[4 * i + 1], ip6[4 * i + 2], ip6[4 * i + 3]]);
+    let daemon_endpoints = daemon_endpoints(&target.daemon_endpoints)?;
     let config = RedirectConfig {
         netns_cookie: target.netns_cookie,
         listen_ip4: u32::from_ne_bytes(target.ipv4.octets()),
-        listen_ip6: [word(0), word(1), word(2), word(3)],
+        listen_ip6: ip6_words(&target.ipv6),
         listen_port: target.port,
         enabled: 1,
-        daemon_ports,
         dns_port: target.dns_port,
-        _reserved: [0; 3],
+        _reserved: 0,
+        daemon_endpoints,
+        _reserved2: 0,
     };
     let map = ebpf
         .map_mut(map_names::CONFIG)
@@ -383,6 +384,50 @@ fn write_config(ebpf: &mut Ebpf, target: &RedirectTarget) -> Result<(), BpfError
         name: "SLUICE_CONFIG",
         source,
     })
+}
+
+/// An IPv6 address as the programs keep it: four words in network byte order.
+fn ip6_words(ip: &Ipv6Addr) -> [u32; 4] {
+    let octets = ip.octets();
+    let word = |i: usize| {
+        u32::from_ne_bytes([
+            octets[4 * i],
+            octets[4 * i + 1],
+            octets[4 * i + 2],
+            octets[4 * i + 3],
+        ])
+    };
+    [word(0), word(1), word(2), word(3)]
+}
+
+/// The daemon's listeners as the programs match them. Only loopback listeners can be
+/// protected by address (a wildcard one would be reachable on every address of the
+/// host), so any other refuses the whole installation: fail closed.
+fn daemon_endpoints(
+    listeners: &[SocketAddr],
+) -> Result<[DaemonEndpoint; MAX_DAEMON_ENDPOINTS], BpfError> {
+    if listeners.len() > MAX_DAEMON_ENDPOINTS {
+        return Err(BpfError::TooManyDaemonEndpoints);
+    }
+    let mut endpoints = [DaemonEndpoint::default(); MAX_DAEMON_ENDPOINTS];
+    for (slot, listener) in endpoints.iter_mut().zip(listeners) {
+        if !listener.ip().is_loopback() {
+            return Err(BpfError::NonLoopbackListener(*listener));
+        }
+        *slot = match listener.ip() {
+            IpAddr::V4(ip) => DaemonEndpoint {
+                ip: [u32::from_ne_bytes(ip.octets()), 0, 0, 0],
+                port: listener.port(),
+                family: AF_INET,
+            },
+            IpAddr::V6(ip) => DaemonEndpoint {
+                ip: ip6_words(&ip),
+                port: listener.port(),
+                family: AF_INET6,
+            },
+        };
+    }
+    Ok(endpoints)
 }
 
 fn pinned_links(links_dir: &Path) -> Vec<PathBuf> {
@@ -454,4 +499,51 @@ pub fn is_pinned(path: &Path) -> bool {
 /// Raw fd of the refusal ring buffer, for registering with tokio.
 pub fn ring_fd(ring: &RingBuf<MapData>) -> std::os::fd::RawFd {
     ring.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("socket address")
+    }
+
+    #[test]
+    fn loopback_listeners_become_endpoints_in_network_order() {
+        let endpoints = daemon_endpoints(&[
+            addr("127.0.0.1:15001"),
+            addr("[::1]:15001"),
+            addr("127.0.0.5:9"),
+        ])
+        .expect("loopback listeners");
+        assert_eq!(endpoints[0].family, AF_INET);
+        assert_eq!(
+            endpoints[0].ip,
+            [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0]
+        );
+        assert_eq!(endpoints[0].port, 15001);
+        assert_eq!(endpoints[1].family, AF_INET6);
+        assert_eq!(endpoints[1].ip, [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]);
+        assert_eq!(endpoints[2].port, 9);
+        assert!(endpoints[3..].iter().all(|e| e.port == 0));
+    }
+
+    #[test]
+    fn a_listener_off_loopback_refuses_the_installation() {
+        for listener in ["0.0.0.0:9", "[::]:9", "10.1.2.3:9", "[::ffff:127.0.0.1]:9"] {
+            assert!(
+                matches!(
+                    daemon_endpoints(&[addr("127.0.0.1:1"), addr(listener)]),
+                    Err(BpfError::NonLoopbackListener(_))
+                ),
+                "{listener}"
+            );
+        }
+        let too_many = vec![addr("127.0.0.1:1"); MAX_DAEMON_ENDPOINTS + 1];
+        assert!(matches!(
+            daemon_endpoints(&too_many),
+            Err(BpfError::TooManyDaemonEndpoints)
+        ));
+    }
 }

@@ -271,6 +271,15 @@ impl Config {
         if self.redirect.port == 0 {
             return Err("redirect.port must not be 0".into());
         }
+        // The programs keep agents off the daemon's listeners by address, which holds
+        // only for loopback ones (a wildcard listener is on every address of the host).
+        if !self.redirect.ipv4.is_loopback() || !self.redirect.ipv6.is_loopback() {
+            return Err(format!(
+                "redirect.ipv4 and redirect.ipv6 must be loopback addresses (127.0.0.0/8, ::1), \
+                 not {} and {}",
+                self.redirect.ipv4, self.redirect.ipv6
+            ));
+        }
         if self.store.flush_interval_ms == 0 {
             return Err("store.flush_interval_ms must be at least 1".into());
         }
@@ -319,6 +328,20 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redirect_listener_must_be_on_loopback() {
+        for text in [
+            "[redirect]\nipv4 = \"0.0.0.0\"\n",
+            "[redirect]\nipv4 = \"10.1.2.3\"\n",
+            "[redirect]\nipv6 = \"::\"\n",
+        ] {
+            let error = Config::parse(text).expect("parses").validate().unwrap_err();
+            assert!(error.contains("loopback"), "{text}: {error}");
+        }
+        let config = Config::parse("[redirect]\nipv4 = \"127.0.0.9\"\n").expect("parses");
+        assert!(config.validate().is_ok());
+    }
 
     #[test]
     fn empty_text_is_all_defaults() {

@@ -154,12 +154,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Some(addr) => Some(crate::ui::server::bind(addr).await?),
         None => None,
     };
-    let metrics_ports: Vec<u16> = metrics_listener
-        .iter()
-        .chain(ui_listener.iter())
-        .filter_map(|listener| listener.local_addr().ok())
-        .map(|addr| addr.port())
-        .collect();
+    // Every listener the daemon has, by address: agents are refused all of them. The
+    // redirect addresses as configured, so an IPv6 listener that failed to bind stays
+    // refused too.
+    let redirect = &config.redirect;
+    let daemon_endpoints: Vec<std::net::SocketAddr> = std::iter::once(std::net::SocketAddr::new(
+        redirect.ipv4.into(),
+        redirect.port,
+    ))
+    .chain(
+        redirect
+            .ipv6_enabled
+            .then(|| std::net::SocketAddr::new(redirect.ipv6.into(), redirect.port)),
+    )
+    .chain(dns_addrs.iter().copied())
+    .chain(
+        metrics_listener
+            .iter()
+            .chain(ui_listener.iter())
+            .filter_map(|listener| listener.local_addr().ok()),
+    )
+    .collect();
     let mut interception = Interception::install(
         root.path(),
         &config.cgroup.bpffs_dir,
@@ -167,7 +182,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             ipv4: config.redirect.ipv4,
             ipv6: config.redirect.ipv6,
             port: config.redirect.port,
-            other_daemon_ports: metrics_ports,
+            daemon_endpoints,
             netns_cookie,
             dns_port: if dns_addrs.is_empty() {
                 0

@@ -12,8 +12,9 @@ pub const AF_INET: u16 = 2;
 /// `AF_INET6` as the kernel numbers it.
 pub const AF_INET6: u16 = 10;
 
-/// How many of the daemon's own TCP ports the programs refuse to let agents reach.
-pub const MAX_DAEMON_PORTS: usize = 4;
+/// How many of the daemon's own listening endpoints (redirect, resolver, metrics,
+/// console, on both families) the programs refuse to let agents reach.
+pub const MAX_DAEMON_ENDPOINTS: usize = 8;
 
 /// Map names, shared so the daemon never spells them differently from the programs.
 pub mod map_names {
@@ -59,12 +60,31 @@ pub struct RedirectConfig {
     pub listen_port: u16,
     /// 1 once the daemon has written a valid config.
     pub enabled: u16,
-    /// The daemon's own TCP ports (host byte order, 0 = unused slot). Agents may not connect to them.
-    pub daemon_ports: [u16; MAX_DAEMON_PORTS],
     /// The DNS resolver's UDP port on `listen_ip4`/`listen_ip6`, host byte order. UDP
     /// to port 53 is sent there; 0 means no resolver, and such UDP is refused.
     pub dns_port: u16,
-    pub _reserved: [u16; 3],
+    pub _reserved: u16,
+    /// Every address and port the daemon listens on (all loopback: the daemon refuses
+    /// to start otherwise). Agents may not connect to them, nor to their ports on the
+    /// unspecified address, which the kernel sends to a local one.
+    pub daemon_endpoints: [DaemonEndpoint; MAX_DAEMON_ENDPOINTS],
+    pub _reserved2: u32,
+}
+
+// No padding anywhere (the sizes are the sums of the fields).
+const _: () = assert!(core::mem::size_of::<RedirectConfig>() == 200);
+const _: () = assert!(core::mem::size_of::<DaemonEndpoint>() == 20);
+
+/// One address and port the daemon listens on; a zero port marks an unused slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaemonEndpoint {
+    /// Network byte order words; for IPv4 only word 0 is used, the rest are 0.
+    pub ip: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
 }
 
 /// Where an agent's socket was going, and who opened it.
@@ -119,7 +139,8 @@ pub struct ConnKey {
 pub enum RefusalReason {
     /// The daemon has not written its config yet (or it was cleared).
     NotConfigured = 1,
-    /// The destination is one of the daemon's own ports.
+    /// The destination is one of the daemon's own listening endpoints (or its port on
+    /// the unspecified address).
     DaemonPort = 2,
     /// The socket lives in a network namespace the daemon does not serve.
     ForeignNetns = 3,
@@ -239,6 +260,7 @@ mod pod {
     // SAFETY: all of them are repr(C), Copy, have no padding-sensitive invariants and
     // every bit pattern is a valid value.
     unsafe impl aya::Pod for super::RedirectConfig {}
+    unsafe impl aya::Pod for super::DaemonEndpoint {}
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::Refusal {}

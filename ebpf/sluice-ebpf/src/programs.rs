@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 use sluice_common::{
-    AF_INET, AF_INET6, ConnKey, HOOK_CONNECT, HOOK_SENDMSG, MAX_DAEMON_PORTS, Origin,
+    AF_INET, AF_INET6, ConnKey, HOOK_CONNECT, HOOK_SENDMSG, MAX_DAEMON_ENDPOINTS, Origin,
     RedirectConfig, Refusal, RefusalReason,
 };
 
@@ -104,17 +104,31 @@ fn refuse(reason: RefusalReason, protocol: u32, hook: u32, origin: Origin) -> i3
     REFUSE
 }
 
+/// Whether a connect to `destination` would reach one of the daemon's own listeners:
+/// one of their exact addresses and ports, or their port on the unspecified address
+/// (0.0.0.0 and `::`, which the kernel sends to a local address). The daemon listens
+/// on loopback only, so the same port on any other address is somebody else's.
 #[inline(always)]
-fn is_daemon_port(config: &RedirectConfig, port: u16) -> bool {
+fn is_daemon_endpoint(config: &RedirectConfig, destination: &Destination) -> bool {
+    let ip = destination.ip;
+    let unspecified = ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == 0;
     let mut i = 0;
-    while i < MAX_DAEMON_PORTS {
-        let daemon_port = config.daemon_ports[i];
-        if daemon_port != 0 && daemon_port == port {
+    while i < MAX_DAEMON_ENDPOINTS {
+        let endpoint = &config.daemon_endpoints[i];
+        if endpoint.port != 0
+            && endpoint.port == destination.port
+            && (unspecified
+                || (endpoint.family == destination.family
+                    && endpoint.ip[0] == ip[0]
+                    && endpoint.ip[1] == ip[1]
+                    && endpoint.ip[2] == ip[2]
+                    && endpoint.ip[3] == ip[3]))
+        {
             return true;
         }
         i += 1;
     }
-    port == config.listen_port || (config.dns_port != 0 && port == config.dns_port)
+    false
 }
 
 #[inline(always)]
@@ -158,7 +172,7 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
     if !existing.is_null() && is_listener(config, &destination) {
         return ALLOW;
     }
-    if is_daemon_port(config, destination.port) {
+    if is_daemon_endpoint(config, &destination) {
         return refuse(RefusalReason::DaemonPort, protocol, HOOK_CONNECT, origin);
     }
 
