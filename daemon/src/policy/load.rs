@@ -152,7 +152,9 @@ struct RuleSpec {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SshSpec {
-    commands: Vec<String>,
+    commands: Option<Vec<String>>,
+    protected_refs: Option<Vec<String>>,
+    read_only_refs: Option<Vec<String>>,
 }
 
 struct ParsedFile<'a> {
@@ -828,20 +830,50 @@ impl Builder {
             }
             narrowing
         });
-        let ssh = match &spec.ssh {
-            None => None,
-            Some(narrowing) if narrowing.get_ref().commands.is_empty() => {
-                self.report(
-                    &file.locate(narrowing.span()),
-                    "`ssh.commands` must list at least one command glob",
-                );
-                valid = false;
-                None
+        let ssh = spec.ssh.as_ref().and_then(|narrowing| {
+            let at = file.locate(narrowing.span());
+            let table = narrowing.get_ref();
+            let mut problems = Vec::new();
+            if table.commands.as_ref().is_some_and(Vec::is_empty) {
+                problems.push("`ssh.commands` must list at least one command glob".to_owned());
             }
-            Some(narrowing) => Some(crate::policy::SshNarrowing {
-                commands: narrowing.get_ref().commands.clone(),
-            }),
-        };
+            let refs = [&table.protected_refs, &table.read_only_refs];
+            if table.commands.is_none() && refs.iter().all(|list| list.is_none()) {
+                problems.push(
+                    "`ssh` must name `commands`, `protected_refs` or `read_only_refs`".to_owned(),
+                );
+            }
+            for (key, list) in ["protected_refs", "read_only_refs"].iter().zip(refs) {
+                match list {
+                    Some(globs) if globs.is_empty() => {
+                        problems.push(format!("`ssh.{key}` must list at least one ref glob"));
+                    }
+                    Some(_) if spec.action == Action::Deny => problems.push(format!(
+                        "`ssh.{key}` limits what an allow or review rule lets through; a deny rule refuses every push anyway"
+                    )),
+                    Some(globs) => {
+                        for glob in globs.iter().filter(|glob| !glob.starts_with("refs/")) {
+                            problems.push(format!(
+                                "`ssh.{key}`: `{glob}` is not a full ref name (write `refs/heads/{glob}` for a branch, `refs/tags/...` for tags)"
+                            ));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            if !problems.is_empty() {
+                for problem in problems {
+                    self.report(&at, problem);
+                }
+                valid = false;
+                return None;
+            }
+            Some(crate::policy::SshNarrowing {
+                commands: table.commands.clone().unwrap_or_default(),
+                protected_refs: table.protected_refs.clone().unwrap_or_default(),
+                read_only_refs: table.read_only_refs.clone().unwrap_or_default(),
+            })
+        });
 
         if valid {
             self.rules.push(Rule {

@@ -35,6 +35,7 @@ pub use model::{
     Action, Agent, AgentTls, HostPattern, HttpNarrowing, KubernetesNarrowing, KubernetesRequest,
     Location, Operation, OperationSet, PortRange, Protocol, Resource, Rule, Selector, SshNarrowing,
     SupportedProtocols, TlsMode, UnknownOperation, UpstreamTls, command_glob_matches, glob_matches,
+    ref_glob_matches,
 };
 use model::{OperationMatch, Specificity};
 
@@ -441,13 +442,11 @@ impl Policy {
 
 /// Whether a rule's `ssh = { commands }` narrowing lets it judge `operation`: always
 /// for `connect` (it implies connecting), otherwise only an SSH request whose command
-/// matches. An unnarrowed rule always can.
+/// matches. An unnarrowed rule (or an `ssh` table without `commands`) always can.
 fn narrowing_admits(rule: &Rule, operation: Operation, command: Option<&str>) -> bool {
     match &rule.ssh {
         None => true,
-        Some(narrowing) => {
-            operation == Operation::Connect || command.is_some_and(|c| narrowing.matches(c))
-        }
+        Some(narrowing) => operation == Operation::Connect || narrowing.admits(command),
     }
 }
 

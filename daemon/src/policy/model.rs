@@ -608,25 +608,80 @@ pub struct Rule {
     /// resources, namespaces and names.
     pub kubernetes: Option<KubernetesNarrowing>,
     /// `ssh = { commands = [...] }`: the rule covers only SSH requests whose command
-    /// line matches one of these globs (it still implies `connect`).
+    /// line matches one of these globs (it still implies `connect`);
+    /// `protected_refs`/`read_only_refs` limit the git pushes it lets through.
     pub ssh: Option<SshNarrowing>,
     pub location: Location,
 }
 
-/// A rule's narrowing to SSH commands.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A rule's `ssh` table: its narrowing to SSH commands and the refs it protects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SshNarrowing {
     /// Globs over the command line as the agent sent it: `*` any run of characters,
-    /// `?` one; neither matches a shell separator or substitution.
+    /// `?` one; neither matches a shell separator or substitution. Empty: every
+    /// command (a table that only protects refs).
     pub commands: Vec<String>,
+    /// Ref globs a push under this rule may only move forward: a force-push (any
+    /// update not proven a fast-forward) or a deletion of one is refused, even where
+    /// the rule allows `dangerous`.
+    pub protected_refs: Vec<String>,
+    /// Ref globs no push under this rule may create, update or delete.
+    pub read_only_refs: Vec<String>,
 }
 
 impl SshNarrowing {
     pub fn matches(&self, command: &str) -> bool {
-        self.commands
-            .iter()
-            .any(|glob| command_glob_matches(glob, command))
+        self.commands.is_empty()
+            || self
+                .commands
+                .iter()
+                .any(|glob| command_glob_matches(glob, command))
     }
+
+    /// Whether the rule judges an SSH request with `command` (SFTP requests have
+    /// none): only a table without `commands` judges those.
+    pub fn admits(&self, command: Option<&str>) -> bool {
+        self.commands.is_empty() || command.is_some_and(|command| self.matches(command))
+    }
+
+    pub fn protects(&self, git_ref: &str) -> bool {
+        self.protected_refs
+            .iter()
+            .any(|glob| ref_glob_matches(glob, git_ref))
+    }
+
+    pub fn read_only(&self, git_ref: &str) -> bool {
+        self.read_only_refs
+            .iter()
+            .any(|glob| ref_glob_matches(glob, git_ref))
+    }
+}
+
+/// Whether the ref glob `glob` matches the full ref name `name`: `*` is any run of
+/// characters (`/` included: `refs/tags/*` covers `refs/tags/v1/rc`), `?` one,
+/// everything else itself. Unlike command globs, nothing is unmatchable: a ref name
+/// may hold `;` or `$`, and a protection must not miss it.
+pub fn ref_glob_matches(glob: &str, name: &str) -> bool {
+    let glob: Vec<char> = glob.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    let (mut g, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if g < glob.len() && (glob[g] == '?' || (glob[g] != '*' && glob[g] == name[n])) {
+            g += 1;
+            n += 1;
+        } else if g < glob.len() && glob[g] == '*' {
+            star = Some((g, n));
+            g += 1;
+        } else if let Some((star_g, star_n)) = star {
+            g = star_g + 1;
+            n = star_n + 1;
+            star = Some((star_g, n));
+        } else {
+            return false;
+        }
+    }
+    glob[g..].iter().all(|&c| c == '*')
 }
 
 /// Whether `glob` matches the command line `text`: `*` is any run of characters, `?`

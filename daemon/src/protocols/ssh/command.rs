@@ -250,6 +250,59 @@ impl RefUpdate {
     }
 }
 
+/// What one ref update of a push does, once judged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefChange {
+    Create,
+    /// An update the pushed pack proves to be a fast-forward.
+    FastForward,
+    /// An update not proven a fast-forward (a force-push, or unprovable): why.
+    Force(String),
+    Delete,
+}
+
+impl RefChange {
+    /// A force-push or a deletion loses history: `dangerous`; anything else `write`.
+    pub fn class(&self) -> Operation {
+        match self {
+            Self::Create | Self::FastForward => Operation::Write,
+            Self::Force(_) | Self::Delete => Operation::Dangerous,
+        }
+    }
+
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::FastForward => "update",
+            Self::Force(_) => "force-push",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// A ref a push changes, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushedRef {
+    pub name: String,
+    pub change: RefChange,
+}
+
+/// The command list at the start of a push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushCommands {
+    pub updates: Vec<RefUpdate>,
+    /// The capabilities the client asked for on its first command line.
+    pub capabilities: Vec<String>,
+    /// Bytes the list takes, up to and including its flush packet.
+    pub len: usize,
+}
+
+impl PushCommands {
+    pub fn has(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
+}
+
 /// Errors reading a push's command list.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PktLineError {
@@ -264,9 +317,10 @@ pub const MAX_COMMAND_LIST: usize = 4 * 1024 * 1024;
 
 /// Reads the ref updates at the start of what a `git push` sends to
 /// `git-receive-pack` (pkt-lines up to the first flush packet). `Ok(None)`: more bytes
-/// are needed. `Ok(Some((updates, n)))`: the list ends after `n` bytes.
-pub fn parse_ref_updates(buffer: &[u8]) -> Result<Option<(Vec<RefUpdate>, usize)>, PktLineError> {
+/// are needed.
+pub fn parse_ref_updates(buffer: &[u8]) -> Result<Option<PushCommands>, PktLineError> {
     let mut updates = Vec::new();
+    let mut capabilities = Vec::new();
     let mut at = 0;
     loop {
         let Some(header) = buffer.get(at..at + 4) else {
@@ -277,7 +331,11 @@ pub fn parse_ref_updates(buffer: &[u8]) -> Result<Option<(Vec<RefUpdate>, usize)
             .and_then(|hex| usize::from_str_radix(hex, 16).ok())
             .ok_or(PktLineError::Length)?;
         if length == 0 {
-            return Ok(Some((updates, at + 4)));
+            return Ok(Some(PushCommands {
+                updates,
+                capabilities,
+                len: at + 4,
+            }));
         }
         if length < 4 {
             return Err(PktLineError::Length);
@@ -285,8 +343,17 @@ pub fn parse_ref_updates(buffer: &[u8]) -> Result<Option<(Vec<RefUpdate>, usize)
         let Some(payload) = buffer.get(at + 4..at + length) else {
             return Ok(None);
         };
-        // The first line carries the capabilities after a NUL.
-        let line = payload.split(|&b| b == 0).next().unwrap_or_default();
+        // The first command line carries the capabilities after a NUL.
+        let mut parts = payload.splitn(2, |&b| b == 0);
+        let line = parts.next().unwrap_or_default();
+        if updates.is_empty()
+            && let Some(listed) = parts.next()
+        {
+            capabilities = String::from_utf8_lossy(listed)
+                .split_ascii_whitespace()
+                .map(str::to_owned)
+                .collect();
+        }
         let line = std::str::from_utf8(line).map_err(|_| PktLineError::Update)?;
         let line = line.trim_end_matches('\n');
         if line.starts_with("shallow ") {
@@ -310,6 +377,74 @@ pub fn parse_ref_updates(buffer: &[u8]) -> Result<Option<(Vec<RefUpdate>, usize)
         });
         at += length;
     }
+}
+
+/// The length of the pkt-lines at the start of `buffer` up to and including a flush
+/// packet (a push's options). `Ok(None)`: more bytes are needed.
+pub fn pkt_section_len(buffer: &[u8]) -> Result<Option<usize>, PktLineError> {
+    let mut at = 0;
+    loop {
+        let Some(header) = buffer.get(at..at + 4) else {
+            return Ok(None);
+        };
+        let length = std::str::from_utf8(header)
+            .ok()
+            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+            .ok_or(PktLineError::Length)?;
+        match length {
+            0 => return Ok(Some(at + 4)),
+            1..=3 => return Err(PktLineError::Length),
+            _ => at += length,
+        }
+    }
+}
+
+fn pkt_line(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{:04x}", payload.len() + 4).as_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// What `git-receive-pack` would answer when every update of a push is refused:
+/// report-status (`unpack ok`, then `ng REF REASON` per ref, a flush), inside side-band
+/// packets on band 1 when the client asked for side-band. `None`: the client asked for
+/// no report (it then reads only the stderr message and exit status).
+pub fn refused_push_report(commands: &PushCommands, reason: &str) -> Option<Vec<u8>> {
+    if !commands.has("report-status") && !commands.has("report-status-v2") {
+        return None;
+    }
+    let mut reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(400)
+        .collect();
+    if reason.is_empty() {
+        reason.push_str("refused by sluice");
+    }
+    let mut report = Vec::new();
+    pkt_line(b"unpack ok\n", &mut report);
+    for update in &commands.updates {
+        pkt_line(
+            format!("ng {} {reason}\n", update.name).as_bytes(),
+            &mut report,
+        );
+    }
+    report.extend_from_slice(b"0000");
+    let band_max = if commands.has("side-band-64k") {
+        65520
+    } else if commands.has("side-band") {
+        1000
+    } else {
+        return Some(report);
+    };
+    let mut wrapped = Vec::new();
+    for chunk in report.chunks(band_max - 5) {
+        let mut payload = Vec::with_capacity(chunk.len() + 1);
+        payload.push(1);
+        payload.extend_from_slice(chunk);
+        pkt_line(&payload, &mut wrapped);
+    }
+    wrapped.extend_from_slice(b"0000");
+    Some(wrapped)
 }
 
 #[cfg(test)]
@@ -434,14 +569,33 @@ mod tests {
             )),
             pkt(&format!("{a} {zero} refs/heads/old\n")),
         );
-        let (updates, used) = parse_ref_updates(text.as_bytes()).unwrap().unwrap();
-        assert_eq!(&text[used..], "PACK...");
+        let commands = parse_ref_updates(text.as_bytes()).unwrap().unwrap();
+        assert_eq!(&text[commands.len..], "PACK...");
+        assert!(commands.has("report-status") && commands.has("side-band-64k"));
+        let updates = commands.updates;
         assert_eq!(updates.len(), 2);
         assert_eq!(updates[0].name, "refs/heads/main");
         assert!(!updates[0].is_deletion());
         assert!(updates[1].is_deletion());
         assert_eq!(parse_ref_updates(&text.as_bytes()[..30]), Ok(None));
         assert_eq!(parse_ref_updates(b"zzzz"), Err(PktLineError::Length));
+        let commands = parse_ref_updates(text.as_bytes()).unwrap().unwrap();
+        let report = refused_push_report(&commands, "no\nway").unwrap();
+        let inner = format!(
+            "{}{}{}0000",
+            pkt("unpack ok\n"),
+            pkt("ng refs/heads/main no way\n"),
+            pkt("ng refs/heads/old no way\n")
+        );
+        assert_eq!(
+            report,
+            format!("{}0000", pkt(&format!("\u{1}{inner}"))).into_bytes()
+        );
+        assert_eq!(
+            pkt_section_len(format!("{}0000PACK", pkt("option")).as_bytes()),
+            Ok(Some(14))
+        );
+        assert_eq!(pkt_section_len(b"000"), Ok(None));
         assert_eq!(
             parse_ref_updates(pkt("not an update\n").as_bytes()),
             Err(PktLineError::Update)

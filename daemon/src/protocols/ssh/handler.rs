@@ -17,7 +17,10 @@ use tokio::{
     sync::oneshot,
 };
 
-use super::proxy::{self, Gate, Outcome, Request, Verdict};
+use super::{
+    command::{PushedRef, RefChange},
+    proxy::{self, Gate, Outcome, Request, Verdict},
+};
 use crate::{
     approvals::Outcome as HoldOutcome,
     pipeline::{
@@ -155,6 +158,84 @@ impl PipelineGate<'_> {
     }
 }
 
+impl PipelineGate<'_> {
+    /// The policy's answer for `request`, before any hold: the pipeline's judge with
+    /// the command line for `ssh = { commands }` narrowing; a mask profile refuses (SSH
+    /// output cannot be masked); a push must respect the deciding rule's protected and
+    /// read-only refs.
+    fn judge(&self, request: &Request) -> Decision {
+        let session = self.session;
+        let mut decision = session.policy.decide_command(
+            &session.facts(),
+            &session.resource.name,
+            request.class,
+            request.command.as_deref(),
+        );
+        if decision.action != Action::Deny
+            && let Some(profile) = &decision.mask
+        {
+            decision.action = Action::Deny;
+            decision.reason = format!(
+                "{}; but SSH channel data cannot be masked under mask profile `{profile}`",
+                decision.reason
+            );
+        }
+        if decision.action != Action::Deny
+            && !request.pushed.is_empty()
+            && let Some(why) = self.ref_protection(&decision, &request.pushed)
+        {
+            decision.action = Action::Deny;
+            decision.reason = why;
+        }
+        if let Some(why) = request.refused {
+            decision.action = Action::Deny;
+            decision.rule = "ssh".into();
+            decision.reason = format!("{why} by sluice");
+        }
+        decision
+    }
+
+    /// Why the rule that let a push through does not let these ref changes through
+    /// (`ssh.read_only_refs`, `ssh.protected_refs`), if it does not. A grant is a
+    /// person's explicit permission and protects nothing; a rule that is gone (a
+    /// reload in between) protects everything.
+    fn ref_protection(&self, decision: &Decision, pushed: &[PushedRef]) -> Option<String> {
+        if decision.rule.starts_with("grant:") {
+            return None;
+        }
+        let policy = self.session.policy.current();
+        let Some(rule) = policy.rule_named(&decision.rule) else {
+            return Some(format!(
+                "rule `{}` is no longer in the policy (reloaded); the push is refused",
+                decision.rule
+            ));
+        };
+        let narrowing = rule.ssh.as_ref()?;
+        for pushed in pushed {
+            if narrowing.read_only(&pushed.name) {
+                return Some(format!(
+                    "{} is read-only under rule `{}` (ssh.read_only_refs): {} refused",
+                    pushed.name,
+                    rule.name,
+                    pushed.change.verb()
+                ));
+            }
+            if narrowing.protects(&pushed.name) {
+                let why = match &pushed.change {
+                    RefChange::Delete => "deleting it".to_owned(),
+                    RefChange::Force(why) => format!("a force-push (not a fast-forward: {why})"),
+                    RefChange::Create | RefChange::FastForward => continue,
+                };
+                return Some(format!(
+                    "{} is protected by rule `{}` (ssh.protected_refs): {why} is refused",
+                    pushed.name, rule.name
+                ));
+            }
+        }
+        None
+    }
+}
+
 fn refused(decision: &Decision) -> String {
     format!(
         "denied by policy rule `{}`: {}",
@@ -173,29 +254,7 @@ impl Gate for PipelineGate<'_> {
         let operation = Self::operation(&request);
         let (decision, record) = {
             let mut pipeline = self.pipeline.lock().await;
-            // The pipeline's judge, with the command line for `ssh = { commands }`
-            // narrowing; SSH output cannot be masked, so a mask profile refuses.
-            let session = self.session;
-            let mut decision = session.policy.decide_command(
-                &session.facts(),
-                &session.resource.name,
-                operation.class,
-                request.command.as_deref(),
-            );
-            if decision.action != Action::Deny
-                && let Some(profile) = &decision.mask
-            {
-                decision.action = Action::Deny;
-                decision.reason = format!(
-                    "{}; but SSH channel data cannot be masked under mask profile `{profile}`",
-                    decision.reason
-                );
-            }
-            if let Some(why) = request.refused {
-                decision.action = Action::Deny;
-                decision.rule = "ssh".into();
-                decision.reason = format!("{why} by sluice");
-            }
+            let decision = self.judge(&request);
             let record = pipeline.record(&operation, &decision);
             if let Err(error) = pipeline.flush_audit().await {
                 tracing::error!(%error, "cannot record an ssh request: refusing it");
@@ -261,6 +320,10 @@ impl Gate for PipelineGate<'_> {
         }
     }
 
+    fn refuses(&self, request: &Request) -> bool {
+        self.judge(request).action == Action::Deny
+    }
+
     async fn finish(&self, ticket: Self::Ticket, outcome: Outcome) {
         let Some(mut record) = ticket else {
             return;
@@ -315,6 +378,7 @@ impl Gate for PipelineGate<'_> {
             command: Some(format!("{host}:{port}")),
             summary: format!("direct-tcpip {host}:{port}"),
             refused: None,
+            pushed: Vec::new(),
         };
         let operation = Self::operation(&request);
         let target = NestedTarget {

@@ -12,6 +12,7 @@ pub mod command;
 mod handler;
 pub mod pack;
 pub mod proxy;
+mod push;
 pub mod sftp;
 
 pub use handler::Handler;

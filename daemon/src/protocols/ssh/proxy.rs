@@ -34,7 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ca::HostIdentity,
-    command::{self, ExecCommand, RefUpdate},
+    command::{self, ExecCommand, PushedRef},
+    push::{PushGuard, Refused},
     sftp,
 };
 use crate::{
@@ -74,6 +75,9 @@ pub struct Request {
     /// Set for requests sluice refuses whatever the policy says (forwards it cannot
     /// follow, agent forwarding, X11): why.
     pub refused: Option<&'static str>,
+    /// A `git push`: the refs it changes, for the rule's `protected_refs` and
+    /// `read_only_refs`.
+    pub pushed: Vec<PushedRef>,
 }
 
 /// What the policy (and a human, for `review`) said.
@@ -110,6 +114,9 @@ pub trait Gate: Sync {
         agent_gone: oneshot::Receiver<()>,
     ) -> impl Future<Output = Verdict<Self::Ticket>> + Send;
     fn finish(&self, ticket: Self::Ticket, outcome: Outcome) -> impl Future<Output = ()> + Send;
+    /// Whether the policy would refuse `request` outright (a `review` is no refusal);
+    /// nothing is recorded.
+    fn refuses(&self, request: &Request) -> bool;
     /// Opens a `direct-tcpip` forward as a nested session and accepts the channel, or
     /// rejects it; `Err` says why not.
     fn forward(
@@ -573,6 +580,7 @@ impl AgentHandler {
             command: (!target.is_empty()).then(|| target.to_owned()),
             summary: format!("{request} {target}").trim_end().to_owned(),
             refused: Some(why),
+            pushed: Vec::new(),
         }));
     }
 }
@@ -758,6 +766,7 @@ async fn serve_channel<G: Gate>(
                         "shell (no pty)".into()
                     },
                     refused: None,
+                    pushed: Vec::new(),
                 };
                 let started = Started {
                     pty: pty.is_some(),
@@ -793,6 +802,7 @@ async fn serve_channel<G: Gate>(
                     command: Some(name.clone()),
                     summary: format!("subsystem {name}"),
                     refused: None,
+                    pushed: Vec::new(),
                 };
                 let started = Started {
                     pty: false,
@@ -837,6 +847,7 @@ async fn gate_refusal<G: Gate>(gate: &G, request: &'static str, why: &'static st
             command: None,
             summary: request.into(),
             refused: Some(why),
+            pushed: Vec::new(),
         },
     )
     .await;
@@ -850,6 +861,7 @@ fn exec_request(exec: &ExecCommand) -> Request {
         command: Some(exec.line.clone()),
         summary: exec.line.clone(),
         refused: None,
+        pushed: Vec::new(),
     }
 }
 
@@ -894,6 +906,7 @@ async fn run_started<G: Gate>(
     let id = agent.id();
     let begun = Instant::now();
     let is_exec = matches!(start, Start::Exec(_));
+    let line = request.command.clone().unwrap_or_default();
     if is_exec {
         // An exec is answered at once: whatever the verdict, the agent learns it as the
         // command's output and exit status. (A late answer would be lost: russh forgets
@@ -1001,7 +1014,7 @@ async fn run_started<G: Gate>(
         let (statuses, injected) = mpsc::channel(STATUSES_IN_FLIGHT);
         (Inspect::Sftp(statuses), Some(injected))
     } else if started.receive_pack {
-        (Inspect::ReceivePack, None)
+        (Inspect::ReceivePack(PushGuard::new(line)), None)
     } else {
         (Inspect::Nothing, None)
     };
@@ -1031,31 +1044,51 @@ async fn run_started<G: Gate>(
     let (cast, down_result, refused) = tokio::select! {
         (cast, result) = &mut down => {
             // The server closed: give the agent's side a moment to close too.
-            let refused = tokio::time::timeout(CLOSE_GRACE, &mut up).await.ok().flatten();
+            let refused = tokio::time::timeout(CLOSE_GRACE, &mut up)
+                .await
+                .ok()
+                .flatten()
+                .map(|refused| refused.message);
             (cast, result, refused)
         }
-        refused = &mut up => {
-            if let Some(refused) = &refused {
-                // A refused push: say why, fail, and close, whatever the server does.
-                let message = format!("sluice: {refused}\r\n");
+        refused = &mut up => match refused {
+            Some(refused) => {
+                // A refused push (or SFTP stream): the server's side is already closed
+                // and what it still says is only receive-pack's complaint about the
+                // pack it never got whole, so it is not waited for. The agent gets
+                // receive-pack's report (`ng REF REASON`) if its git asked for one,
+                // why on stderr, and exit status 1, at once.
+                if let Some(report) = refused.report {
+                    let _ = server.data(id, Bytes::from(report)).await;
+                }
+                let message = format!("sluice: {}\r\n", refused.message);
                 let _ = server.extended_data(id, 1, Bytes::from(message.into_bytes())).await;
                 let _ = server.exit_status_request(id, 1).await;
                 let _ = server.eof(id).await;
                 let _ = server.close(id).await;
+                let result = DownResult {
+                    bytes_out: 0,
+                    bytes_err: 0,
+                    exit_status: Some(1),
+                    exit_signal: None,
+                };
+                (Vec::new(), result, Some(refused.message))
             }
-            let finished = tokio::time::timeout(CLOSE_GRACE, &mut down).await;
-            let (cast, result) = finished.unwrap_or_else(|_| {
-                (
-                    Vec::new(),
-                    DownResult {
-                        bytes_out: 0,
-                        bytes_err: 0,
-                        exit_status: Some(1),
-                        exit_signal: None,
-                    },
-                )
-            });
-            (cast, result, refused)
+            None => {
+                let finished = tokio::time::timeout(CLOSE_GRACE, &mut down).await;
+                let (cast, result) = finished.unwrap_or_else(|_| {
+                    (
+                        Vec::new(),
+                        DownResult {
+                            bytes_out: 0,
+                            bytes_err: 0,
+                            exit_status: Some(1),
+                            exit_signal: None,
+                        },
+                    )
+                });
+                (cast, result, None)
+            }
         }
     };
     let counts = counts
@@ -1104,8 +1137,8 @@ const STATUSES_IN_FLIGHT: usize = 64;
 /// What the agent → server pump reads in the stream, beyond counting it.
 enum Inspect {
     Nothing,
-    /// `git-receive-pack`: the push's ref updates.
-    ReceivePack,
+    /// `git-receive-pack`: the push, judged by ref.
+    ReceivePack(PushGuard),
     /// The SFTP subsystem: every request; refusals are answered through the sender.
     Sftp(mpsc::Sender<Bytes>),
 }
@@ -1121,7 +1154,7 @@ async fn pump_up<G: Gate>(
     inspect: Inspect,
     counts: Arc<Mutex<Counts>>,
     resized: mpsc::Sender<(u32, u32)>,
-) -> Option<String> {
+) -> Option<Refused> {
     let (ahead, mut queued) = mpsc::channel(READ_AHEAD);
     let read = async move {
         let mut agent = agent;
@@ -1139,9 +1172,9 @@ async fn pump_up<G: Gate>(
         }
     };
     let write = async move {
-        let (mut push_commands, mut sftp) = match inspect {
+        let (mut push, mut sftp) = match inspect {
             Inspect::Nothing => (None, None),
-            Inspect::ReceivePack => (Some(Vec::new()), None),
+            Inspect::ReceivePack(guard) => (Some(guard), None),
             Inspect::Sftp(statuses) => (None, Some((sftp::Framer::default(), statuses))),
         };
         loop {
@@ -1158,43 +1191,29 @@ async fn pump_up<G: Gate>(
                         framer.push(&data);
                         if let Err(refused) = relay_sftp(gate, framer, statuses, &upstream).await {
                             let _ = upstream.close().await;
+                            return Some(Refused {
+                                message: refused,
+                                report: None,
+                            });
+                        }
+                        continue;
+                    }
+                    if let Some(guard) = push.as_mut() {
+                        // Unreadable or refused pushes go no further.
+                        if let Err(refused) = guard.relay(gate, &data, &upstream).await {
+                            let _ = upstream.close().await;
                             return Some(refused);
                         }
                         continue;
                     }
-                    let data = match push_commands.as_mut() {
-                        None => data,
-                        Some(buffer) => {
-                            buffer.extend_from_slice(&data);
-                            match command::parse_ref_updates(buffer) {
-                                Ok(None) if buffer.len() <= command::MAX_COMMAND_LIST => continue,
-                                Ok(Some((updates, _))) => {
-                                    if let Some(refused) = judge_push(gate, &updates).await {
-                                        let _ = upstream.close().await;
-                                        return Some(refused);
-                                    }
-                                    let all = Bytes::from(std::mem::take(buffer));
-                                    push_commands = None;
-                                    all
-                                }
-                                Ok(None) | Err(_) => {
-                                    // Unreadable ref updates are not forwarded.
-                                    let _ = upstream.close().await;
-                                    return Some("protocol_error: unreadable push commands".into());
-                                }
-                            }
-                        }
-                    };
                     if upstream.data_bytes(data).await.is_err() {
                         return None;
                     }
                 }
                 ChannelMsg::Eof => {
-                    if let Some(buffer) = push_commands.take()
-                        && !buffer.is_empty()
-                    {
+                    if let Some(Err(refused)) = push.as_ref().map(PushGuard::at_eof) {
                         let _ = upstream.close().await;
-                        return Some("protocol_error: push commands cut short".into());
+                        return Some(refused);
                     }
                     let _ = upstream.eof().await;
                 }
@@ -1265,6 +1284,7 @@ async fn relay_sftp<G: Gate>(
             command: None,
             summary: format!("sftp {summary}"),
             refused: None,
+            pushed: Vec::new(),
         };
         let (_gone, agent_gone) = oneshot::channel();
         let verdict = gate.decide(request, agent_gone).await;
@@ -1295,54 +1315,6 @@ async fn relay_sftp<G: Gate>(
             .map_err(|_| "the server closed the channel".to_owned())?;
     }
     Ok(())
-}
-
-/// Judges a push by its ref updates: deleting a branch is `dangerous`, anything else
-/// a `write`. Returns the refusal, if any.
-async fn judge_push<G: Gate>(gate: &G, updates: &[RefUpdate]) -> Option<String> {
-    let deletes: Vec<&str> = updates
-        .iter()
-        .filter(|update| update.is_deletion())
-        .map(|update| update.name.as_str())
-        .collect();
-    let summary = updates
-        .iter()
-        .map(|update| {
-            let what = if update.is_deletion() {
-                "delete"
-            } else if update.is_creation() {
-                "create"
-            } else {
-                "update"
-            };
-            format!("{what} {}", update.name)
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let request = Request {
-        request: "git-push",
-        class: if deletes.is_empty() {
-            Operation::Write
-        } else {
-            Operation::Dangerous
-        },
-        verb: "git-push".into(),
-        command: Some(summary.clone()),
-        summary: format!("git push: {summary}"),
-        refused: None,
-    };
-    let (_gone, agent_gone) = oneshot::channel();
-    let verdict = gate.decide(request, agent_gone).await;
-    let refused = (!verdict.allowed).then(|| verdict.message.clone());
-    gate.finish(
-        verdict.ticket,
-        Outcome {
-            error: refused.clone(),
-            ..Outcome::default()
-        },
-    )
-    .await;
-    refused
 }
 
 /// Server → agent, in order: data, stderr, exit status or signal, EOF, close.
