@@ -345,7 +345,6 @@ fn load(maps_dir: &Path) -> Result<Ebpf, aya::EbpfError> {
     for name in [
         map_names::CONFIG,
         map_names::SOCKET_ORIGIN,
-        map_names::PENDING,
         map_names::CONNECTIONS,
         map_names::REFUSALS,
         map_names::SCOPE,

@@ -22,8 +22,6 @@ pub mod map_names {
     pub const CONFIG: &str = "SLUICE_CONFIG";
     /// `SkStorage<Origin>`: the original destination of each redirected socket.
     pub const SOCKET_ORIGIN: &str = "SLUICE_SOCKET_ORIGIN";
-    /// `LruHashMap<u64, Origin>`: connect → sock_ops hand-off, keyed by socket cookie.
-    pub const PENDING: &str = "SLUICE_PENDING";
     /// `LruHashMap<ConnKey, Origin>`: what the daemon looks up for an accepted stream.
     pub const CONNECTIONS: &str = "SLUICE_CONNECTIONS";
     /// `RingBuf`: one `Refusal` for every connect or send the programs refused.
@@ -109,10 +107,12 @@ pub struct Origin {
     /// cgroup v2 id of the connecting task (the inode number of its cgroup directory).
     pub cgroup_id: u64,
     pub netns_cookie: u64,
+    /// Filled for DNS sends and for refusals only (0 on redirected TCP connects).
     pub socket_cookie: u64,
-    /// `bpf_ktime_get_ns()` at connect.
+    /// `bpf_ktime_get_ns()` at connect; filled like `socket_cookie`.
     pub connect_ns: u64,
-    /// The task's comm, NUL padded.
+    /// The task's comm, NUL padded; filled like `socket_cookie` (the daemon reads a
+    /// redirected connection's from `/proc`).
     pub comm: [u8; 16],
 }
 

@@ -4,11 +4,11 @@
 //! redirect listener, and leave behind where it was going and who asked:
 //!
 //! 1. `sluice_connect4`/`sluice_connect6` (cgroup/connect4, cgroup/connect6) record the
-//!    original destination and the task's identity in socket-local storage and in a
-//!    cookie-keyed hand-off map, then rewrite the destination to the listener.
-//! 2. `sluice_sock_ops` (sock_ops, `TCP_CONNECT_CB`) moves the record to a map keyed by
-//!    the connection's full 4-tuple, which the daemon looks up with the accepted stream's
-//!    peer and local addresses.
+//!    original destination and the task's identity in socket-local storage, then
+//!    rewrite the destination to the listener.
+//! 2. `sluice_sock_ops` (sock_ops, `TCP_CONNECT_CB`) copies the socket's record to a map
+//!    keyed by the connection's full 4-tuple, which the daemon looks up with the
+//!    accepted stream's peer and local addresses.
 //! 3. `sluice_getpeername4`/`sluice_getpeername6` show the agent its original peer.
 //! 4. `sluice_sendmsg4`/`sluice_sendmsg6` refuse unconnected UDP other than DNS.
 //! 5. DNS: UDP to port 53, connected (connect4/6) or not (sendmsg4/6), is rewritten to

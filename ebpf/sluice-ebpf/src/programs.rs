@@ -11,6 +11,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_sk_storage_get,
     },
     macros::{btf_map, cgroup_skb, cgroup_sock_addr, sock_ops},
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
@@ -34,9 +35,6 @@ pub(crate) static SLUICE_CONFIG: Array<RedirectConfig, 1> = Array::new();
 
 #[btf_map]
 static SLUICE_SOCKET_ORIGIN: SkStorage<Origin> = SkStorage::new();
-
-#[btf_map]
-static SLUICE_PENDING: LruHashMap<u64, Origin, 16384> = LruHashMap::new();
 
 #[btf_map]
 static SLUICE_CONNECTIONS: LruHashMap<ConnKey, Origin, 65536> = LruHashMap::new();
@@ -65,12 +63,13 @@ pub(crate) fn enabled_config() -> Option<&'static RedirectConfig> {
     (config.enabled == 1).then_some(config)
 }
 
-/// The identity of the calling task, plus the socket's cookies.
+/// What a redirected connection's record carries from the kernel: the destination, who
+/// connected (pid, tid, uid, gid, cgroup) and the namespace. The rest (comm, exe) the
+/// daemon reads from `/proc` once per connection; the fast path leaves it out.
 #[inline(always)]
-fn origin_for(ctx: &SockAddrContext, destination: &Destination) -> Origin {
+fn origin_for(destination: &Destination, netns_cookie: u64) -> Origin {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    let ctx_ptr = ctx.sock_addr.cast::<c_void>();
     Origin {
         dst_ip: destination.ip,
         dst_port: destination.port,
@@ -81,11 +80,27 @@ fn origin_for(ctx: &SockAddrContext, destination: &Destination) -> Origin {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        netns_cookie: unsafe { bpf_get_netns_cookie(ctx_ptr) },
-        socket_cookie: unsafe { bpf_get_socket_cookie(ctx_ptr) },
-        connect_ns: unsafe { bpf_ktime_get_ns() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        netns_cookie,
+        socket_cookie: 0,
+        connect_ns: 0,
+        comm: [0; 16],
     }
+}
+
+/// A refused connect or send is reported with everything, as the task may be gone by
+/// the time the daemon reads the report.
+#[inline(always)]
+fn refuse_with(
+    reason: RefusalReason,
+    protocol: u32,
+    hook: u32,
+    ctx: &SockAddrContext,
+    mut origin: Origin,
+) -> i32 {
+    origin.socket_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast::<c_void>()) };
+    origin.connect_ns = unsafe { bpf_ktime_get_ns() };
+    origin.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    refuse(reason, protocol, hook, origin)
 }
 
 #[inline(always)]
@@ -149,100 +164,123 @@ fn is_listener(config: &RedirectConfig, destination: &Destination) -> bool {
 fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
     let sock_addr = unsafe { &*ctx.sock_addr };
     let protocol = sock_addr.protocol;
-    let origin = origin_for(ctx, &destination);
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast::<c_void>()) };
+    let origin = origin_for(&destination, netns_cookie);
 
     let Some(config) = enabled_config() else {
-        return refuse(RefusalReason::NotConfigured, protocol, HOOK_CONNECT, origin);
+        return refuse_with(
+            RefusalReason::NotConfigured,
+            protocol,
+            HOOK_CONNECT,
+            ctx,
+            origin,
+        );
     };
-    if origin.netns_cookie != config.netns_cookie {
-        return refuse(RefusalReason::ForeignNetns, protocol, HOOK_CONNECT, origin);
+    if netns_cookie != config.netns_cookie {
+        return refuse_with(
+            RefusalReason::ForeignNetns,
+            protocol,
+            HOOK_CONNECT,
+            ctx,
+            origin,
+        );
     }
     match protocol {
         IPPROTO_TCP => {}
         IPPROTO_UDP if destination.port == DNS_PORT => {
             return redirect_dns(ctx, config, &destination, origin, HOOK_CONNECT);
         }
-        IPPROTO_UDP => return refuse(RefusalReason::Udp, protocol, HOOK_CONNECT, origin),
-        _ => return refuse(RefusalReason::Protocol, protocol, HOOK_CONNECT, origin),
+        IPPROTO_UDP => return refuse_with(RefusalReason::Udp, protocol, HOOK_CONNECT, ctx, origin),
+        _ => return refuse_with(RefusalReason::Protocol, protocol, HOOK_CONNECT, ctx, origin),
     }
 
     // Another instance of these programs (the previous daemon's, while a restarted one
-    // takes over) already redirected this socket: leave it as it is.
-    let existing = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(ctx) };
-    if !existing.is_null() && is_listener(config, &destination) {
+    // takes over) already redirected this socket: leave it as it is. Only a connect to
+    // the listener itself can be one, so only then is the socket's record looked up.
+    if is_listener(config, &destination)
+        && !unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(ctx) }.is_null()
+    {
         return ALLOW;
     }
     if is_daemon_endpoint(config, &destination) {
-        return refuse(RefusalReason::DaemonPort, protocol, HOOK_CONNECT, origin);
+        return refuse_with(
+            RefusalReason::DaemonPort,
+            protocol,
+            HOOK_CONNECT,
+            ctx,
+            origin,
+        );
     }
 
-    hand_off(
-        ctx,
-        config,
-        &destination,
-        origin,
-        &SLUICE_PENDING,
-        config.listen_port,
-        protocol,
-        HOOK_CONNECT,
-    )
-}
-
-/// Sends a UDP DNS connect or datagram to the daemon's resolver instead. The socket
-/// keeps its original destination (for recvmsg and getpeername) and the cookie map
-/// keeps who sent it, for the egress program to file under the datagram's 4-tuple.
-#[inline(always)]
-fn redirect_dns(
-    ctx: &SockAddrContext,
-    config: &RedirectConfig,
-    destination: &Destination,
-    origin: Origin,
-    hook: u32,
-) -> i32 {
-    if config.dns_port == 0 {
-        return refuse(RefusalReason::Udp, IPPROTO_UDP, hook, origin);
+    // The record on the socket is all: sock_ops files it under the 4-tuple from there.
+    if !store_origin(ctx, origin) {
+        return refuse_with(
+            RefusalReason::NotConfigured,
+            protocol,
+            HOOK_CONNECT,
+            ctx,
+            origin,
+        );
     }
-    hand_off(
-        ctx,
-        config,
-        destination,
-        origin,
-        &SLUICE_DNS_SOCKETS,
-        config.dns_port,
-        IPPROTO_UDP,
-        hook,
-    )
+    point_at_daemon(ctx, config, &destination, config.listen_port);
+    ALLOW
 }
 
-/// Records `origin` on the socket (for getpeername and recvmsg) and in `handoff`, keyed
-/// by socket cookie, for the daemon (or the egress program) to find, then points the
-/// connect or send at the daemon's `port`. Without both records the daemon could not
-/// tell where this was going, so it is refused.
-#[allow(clippy::too_many_arguments)]
+/// Records `origin` on the socket, for sock_ops, getpeername and recvmsg. `false` when
+/// the kernel could not store it (out of memory): without it the daemon could not tell
+/// where the connection was going, so the caller refuses.
 #[inline(always)]
-fn hand_off(
-    ctx: &SockAddrContext,
-    config: &RedirectConfig,
-    destination: &Destination,
-    origin: Origin,
-    handoff: &LruHashMap<u64, Origin, 16384>,
-    port: u16,
-    protocol: u32,
-    hook: u32,
-) -> i32 {
+fn store_origin(ctx: &SockAddrContext, origin: Origin) -> bool {
     let stored = unsafe { SLUICE_SOCKET_ORIGIN.get_or_insert_ptr_mut(ctx, None) };
     if stored.is_null() {
-        return refuse(RefusalReason::NotConfigured, protocol, hook, origin);
+        return false;
     }
     unsafe { *stored = origin };
-    if handoff.insert(origin.socket_cookie, origin, 0).is_err() {
-        return refuse(RefusalReason::NotConfigured, protocol, hook, origin);
-    }
+    true
+}
+
+/// Points the connect or send at the daemon's `port` on the listener's address of the
+/// socket's family (v4-mapped for v4-mapped destinations).
+#[inline(always)]
+fn point_at_daemon(
+    ctx: &SockAddrContext,
+    config: &RedirectConfig,
+    destination: &Destination,
+    port: u16,
+) {
     if destination.family == AF_INET && !destination.v4_mapped {
         rewrite4(ctx, config, port);
     } else {
         rewrite6(ctx, config, destination.v4_mapped, port);
     }
+}
+
+/// Sends a UDP DNS connect or datagram to the daemon's resolver instead. The socket
+/// keeps its original destination (for recvmsg and getpeername) and the cookie map
+/// keeps who sent it, for the egress program to file under the datagram's 4-tuple.
+/// Without both records the resolver could not tell who asked, so it is refused.
+#[inline(always)]
+fn redirect_dns(
+    ctx: &SockAddrContext,
+    config: &RedirectConfig,
+    destination: &Destination,
+    mut origin: Origin,
+    hook: u32,
+) -> i32 {
+    if config.dns_port == 0 {
+        return refuse_with(RefusalReason::Udp, IPPROTO_UDP, hook, ctx, origin);
+    }
+    origin.socket_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast::<c_void>()) };
+    origin.connect_ns = unsafe { bpf_ktime_get_ns() };
+    origin.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if !store_origin(ctx, origin)
+        || SLUICE_DNS_SOCKETS
+            .insert(origin.socket_cookie, origin, 0)
+            .is_err()
+    {
+        return refuse(RefusalReason::NotConfigured, IPPROTO_UDP, hook, origin);
+    }
+    point_at_daemon(ctx, config, destination, config.dns_port);
     ALLOW
 }
 
@@ -346,17 +384,30 @@ pub fn sluice_connect6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn handle_sendmsg(ctx: &SockAddrContext, destination: Destination) -> i32 {
     let protocol = unsafe { (*ctx.sock_addr).protocol };
-    let origin = origin_for(ctx, &destination);
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast::<c_void>()) };
+    let origin = origin_for(&destination, netns_cookie);
     let Some(config) = enabled_config() else {
-        return refuse(RefusalReason::NotConfigured, protocol, HOOK_SENDMSG, origin);
+        return refuse_with(
+            RefusalReason::NotConfigured,
+            protocol,
+            HOOK_SENDMSG,
+            ctx,
+            origin,
+        );
     };
-    if origin.netns_cookie != config.netns_cookie {
-        return refuse(RefusalReason::ForeignNetns, protocol, HOOK_SENDMSG, origin);
+    if netns_cookie != config.netns_cookie {
+        return refuse_with(
+            RefusalReason::ForeignNetns,
+            protocol,
+            HOOK_SENDMSG,
+            ctx,
+            origin,
+        );
     }
     if protocol == IPPROTO_UDP && destination.port == DNS_PORT {
         return redirect_dns(ctx, config, &destination, origin, HOOK_SENDMSG);
     }
-    refuse(RefusalReason::Udp, protocol, HOOK_SENDMSG, origin)
+    refuse_with(RefusalReason::Udp, protocol, HOOK_SENDMSG, ctx, origin)
 }
 
 /// Sends unconnected IPv4 UDP to port 53 to the daemon's resolver and refuses other
@@ -539,17 +590,32 @@ fn is_v4_mapped(ip: &[u32; 4]) -> bool {
 }
 
 /// Files each redirected connection's record under its 4-tuple, just before the SYN
-/// leaves. Minimum kernel: 5.0 (socket cookie in sock_ops).
+/// leaves. It runs for every base callback (timeout and window init, ECN, connect,
+/// established; no optional callback is turned on): all but the connect return at
+/// once. Minimum kernel: 5.3 (socket-local storage in sock_ops).
 #[sock_ops]
 pub fn sluice_sock_ops(ctx: SockOpsContext) -> u32 {
     if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
         return 1;
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast::<c_void>()) };
-    let Some(origin) = (unsafe { SLUICE_PENDING.get(cookie) }) else {
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
         return 1;
-    };
-    let origin = *origin;
+    }
+    // The record connect4/6 left on the socket; a socket without one was not redirected.
+    let origin = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&SLUICE_SOCKET_ORIGIN).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<Origin>();
+    if origin.is_null() {
+        return 1;
+    }
+    let origin = unsafe { *origin };
 
     // sock_ops keeps the remote port in network order in the upper half on little endian.
     let remote_port = ctx.remote_port();
@@ -581,7 +647,6 @@ pub fn sluice_sock_ops(ctx: SockOpsContext) -> u32 {
         }
     }
     let _ = SLUICE_CONNECTIONS.insert(key, origin, 0);
-    let _ = SLUICE_PENDING.remove(cookie);
     1
 }
 
