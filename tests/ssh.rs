@@ -488,6 +488,120 @@ fn a_pinned_host_key_mismatch_is_refused_and_says_why() {
     );
 }
 
+/// Runs `git args` in `dir` (as the test, not through sluice); it must succeed.
+fn git_in(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        text(&output.stderr)
+    );
+    text(&output.stdout).trim().to_owned()
+}
+
+/// A bare repository on the test's sshd, seeded with one commit on `main` and `old`,
+/// and the agent's clone of it made through sluice.
+struct GitRepos {
+    bare: std::path::PathBuf,
+    work: std::path::PathBuf,
+    ssh_command: String,
+}
+
+impl GitRepos {
+    fn clone_through(server: &SshServer, daemon: &TestDaemon, client: &SshClient) -> Self {
+        let bare = server.dir.path().join("app.git");
+        git_in(
+            server.dir.path(),
+            &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+        );
+        let seed = server.dir.path().join("seed");
+        std::fs::create_dir(&seed).unwrap();
+        git_in(&seed, &["init", "-q", "-b", "main"]);
+        std::fs::write(seed.join("README"), "hello\n").unwrap();
+        git_in(&seed, &["add", "README"]);
+        git_in(&seed, &["commit", "-qm", "one"]);
+        git_in(
+            &seed,
+            &["push", "-q", bare.to_str().unwrap(), "main", "main:old"],
+        );
+        let repos = Self {
+            bare,
+            work: client.dir.path().join("work"),
+            ssh_command: client.git_ssh_command(),
+        };
+        let url = format!("ssh://root@{HOST}:{}{}", server.port, repos.bare.display());
+        let cloned = repos.agent_git(
+            daemon,
+            client,
+            &["clone", "-q", &url, repos.work.to_str().unwrap()],
+        );
+        assert!(
+            cloned.status.success(),
+            "{}",
+            explain(&cloned, daemon, server)
+        );
+        assert_eq!(
+            std::fs::read_to_string(repos.work.join("README")).unwrap(),
+            "hello\n"
+        );
+        repos
+    }
+
+    /// `git args` run by the agent through sluice.
+    fn agent_git(&self, daemon: &TestDaemon, client: &SshClient, args: &[&str]) -> Output {
+        let env = [("GIT_SSH_COMMAND", self.ssh_command.as_str())];
+        let mut all = vec![
+            "-c".to_owned(),
+            "user.name=t".to_owned(),
+            "-c".to_owned(),
+            "user.email=t@t".to_owned(),
+        ];
+        if self.work.exists() {
+            all.extend(["-C".to_owned(), self.work.display().to_string()]);
+        }
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        client.run_with_env(daemon, AGENT, "git", &all, None, &env)
+    }
+
+    /// A commit in the agent's clone; returns its id.
+    fn commit(&self, file: &str, content: &str, message: &str) -> String {
+        std::fs::write(self.work.join(file), content).unwrap();
+        git_in(&self.work, &["add", file]);
+        git_in(&self.work, &["commit", "-qm", message]);
+        git_in(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// What `rev` is on the server; empty when it does not exist.
+    fn on_server(&self, rev: &str) -> String {
+        let output = std::process::Command::new("git")
+            .args(["--git-dir", self.bare.to_str().unwrap(), "rev-parse", "-q"])
+            .args(["--verify", rev])
+            .output()
+            .unwrap();
+        text(&output.stdout).trim().to_owned()
+    }
+}
+
+/// The `git-push` records of the agent, once `count` of them are there.
+fn push_records(daemon: &TestDaemon, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let pushes: Vec<Value> = requests(daemon, 0)
+            .into_iter()
+            .filter(|r| r["kind"] == "git-push")
+            .collect();
+        if pushes.len() >= count || std::time::Instant::now() > deadline {
+            return pushes;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn git_clone_and_push_are_judged_and_a_branch_deletion_refused() {
     let server = SshServer::start();
@@ -495,113 +609,34 @@ fn git_clone_and_push_are_judged_and_a_branch_deletion_refused() {
         &server,
         &(rule("\"read\", \"write\"", "allow") + &rule("\"dangerous\"", "deny")),
     );
-    let bare = server.dir.path().join("app.git");
-    let git = |dir: &std::path::Path, args: &[&str]| {
-        let output = std::process::Command::new("git")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            text(&output.stderr)
-        );
-    };
-    git(
-        server.dir.path(),
-        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
-    );
-    let seed = server.dir.path().join("seed");
-    std::fs::create_dir(&seed).unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    std::fs::write(seed.join("README"), "hello\n").unwrap();
-    git(&seed, &["add", "README"]);
-    git(
-        &seed,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "one",
-        ],
-    );
-    git(
-        &seed,
-        &["push", "-q", bare.to_str().unwrap(), "main", "main:old"],
-    );
-
-    let url = format!("ssh://root@{HOST}:{}{}", server.port, bare.display());
-    let ssh_command = client.git_ssh_command();
-    let env = [("GIT_SSH_COMMAND", ssh_command.as_str())];
-    let work = client.dir.path().join("work");
-    let cloned = client.run_with_env(
-        &daemon,
-        AGENT,
-        "git",
-        &[
-            "clone".into(),
-            "-q".into(),
-            url.clone(),
-            work.display().to_string(),
-        ],
-        None,
-        &env,
-    );
-    assert!(
-        cloned.status.success(),
-        "{}",
-        explain(&cloned, &daemon, &server)
-    );
-    assert_eq!(
-        std::fs::read_to_string(work.join("README")).unwrap(),
-        "hello\n"
-    );
-
-    std::fs::write(work.join("README"), "hello again\n").unwrap();
-    git(
-        &work,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qam",
-            "two",
-        ],
-    );
-    let git_agent = |args: &[&str]| {
-        let mut all = vec!["-C".to_owned(), work.display().to_string()];
-        all.extend(args.iter().map(|s| (*s).to_owned()));
-        client.run_with_env(&daemon, AGENT, "git", &all, None, &env)
-    };
-    let pushed = git_agent(&["push", "-q", "origin", "main"]);
+    let repos = GitRepos::clone_through(&server, &daemon, &client);
+    let two = repos.commit("README", "hello again\n", "two");
+    let pushed = repos.agent_git(&daemon, &client, &["push", "-q", "origin", "main"]);
     assert!(
         pushed.status.success(),
         "{}",
         explain(&pushed, &daemon, &server)
     );
+    assert_eq!(repos.on_server("refs/heads/main"), two);
 
-    let deleted = git_agent(&["push", "-q", "origin", ":old"]);
+    let deleted = repos.agent_git(&daemon, &client, &["push", "-q", "origin", ":old"]);
     assert!(!deleted.status.success(), "a branch deletion is refused");
-    let branches = std::process::Command::new("git")
-        .args(["--git-dir", bare.to_str().unwrap(), "branch", "--list"])
-        .output()
-        .unwrap();
     assert!(
-        text(&branches.stdout).contains("old"),
+        text(&deleted.stderr)
+            .contains("[remote rejected] old (sluice: delete: denied by policy rule"),
+        "{}",
+        text(&deleted.stderr)
+    );
+    assert!(
+        !repos.on_server("refs/heads/old").is_empty(),
         "the branch is still there"
     );
 
-    let records = requests(&daemon, 5);
-    let push = records
+    let pushes = push_records(&daemon, 2);
+    let push = pushes
         .iter()
-        .find(|r| r["kind"] == "git-push" && r["decision"]["action"] == "deny")
-        .unwrap_or_else(|| panic!("{records:#?}"));
+        .find(|r| r["decision"]["action"] == "deny")
+        .unwrap_or_else(|| panic!("{pushes:#?}"));
     assert_eq!(push["operation"], "dangerous");
     assert!(
         push["sql"]
@@ -609,6 +644,210 @@ fn git_clone_and_push_are_judged_and_a_branch_deletion_refused() {
             .unwrap()
             .contains("delete refs/heads/old")
     );
+    let allowed = pushes
+        .iter()
+        .find(|r| r["decision"]["action"] == "allow")
+        .unwrap_or_else(|| panic!("{pushes:#?}"));
+    assert_eq!(allowed["operation"], "write");
+    assert_eq!(allowed["sql"], "git push: update refs/heads/main");
+}
+
+#[test]
+fn a_force_push_is_refused_while_fast_forwards_and_merges_pass() {
+    let server = SshServer::start();
+    let (daemon, client) = start(
+        &server,
+        &(rule("\"read\", \"write\"", "allow") + &rule("\"dangerous\"", "deny")),
+    );
+    let repos = GitRepos::clone_through(&server, &daemon, &client);
+    let push = |args: &[&str]| {
+        let mut all = vec!["push", "origin"];
+        all.extend_from_slice(args);
+        repos.agent_git(&daemon, &client, &all)
+    };
+
+    // A fast-forward of two commits, one of them a 2 MB file.
+    repos.commit("big.bin", &"0123456789abcdef".repeat(128 * 1024), "big");
+    let ahead = repos.commit("README", "two\n", "two");
+    let pushed = push(&["main"]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        explain(&pushed, &daemon, &server)
+    );
+    assert_eq!(repos.on_server("refs/heads/main"), ahead);
+
+    // A merge: two parents, one of them a side branch's commit the server never saw.
+    git_in(&repos.work, &["checkout", "-q", "-b", "side", "HEAD~1"]);
+    repos.commit("side.txt", "side\n", "side");
+    git_in(&repos.work, &["checkout", "-q", "main"]);
+    repos.commit("main.txt", "main\n", "main");
+    git_in(&repos.work, &["merge", "-q", "--no-edit", "side"]);
+    let merge = git_in(&repos.work, &["rev-parse", "HEAD"]);
+    assert_eq!(
+        git_in(&repos.work, &["rev-list", "--parents", "-n1", "HEAD"])
+            .split(' ')
+            .count(),
+        3,
+        "a merge commit"
+    );
+    let pushed = push(&["main"]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        explain(&pushed, &daemon, &server)
+    );
+    assert_eq!(repos.on_server("refs/heads/main"), merge);
+
+    // Rewritten history: the merge replaced by another commit, force-pushed.
+    git_in(&repos.work, &["reset", "-q", "--hard", "HEAD~1"]);
+    let rewritten = repos.commit("README", "rewritten\n", "rewritten");
+    let started = std::time::Instant::now();
+    let forced = push(&["--force", "main"]);
+    let took = started.elapsed();
+    assert!(!forced.status.success(), "a force-push is refused");
+    let stderr = text(&forced.stderr);
+    assert!(
+        stderr.contains(
+            "[remote rejected] main -> main (sluice: force-push (not a fast-forward: the old commit is not an ancestor"
+        ),
+        "{}",
+        explain(&forced, &daemon, &server)
+    );
+    assert_eq!(
+        repos.on_server("refs/heads/main"),
+        merge,
+        "the server's main is unchanged"
+    );
+    // Objects of a refused pack may be left unreferenced, never referenced.
+    assert!(!git_in(&repos.bare, &["for-each-ref"]).contains(&rewritten));
+    // A rewind to a commit the server already has sends no commit: not provable, refused.
+    git_in(&repos.work, &["reset", "-q", "--hard", &ahead]);
+    let rewound = push(&["--force", "main"]);
+    assert!(!rewound.status.success(), "a rewind is refused");
+    assert_eq!(repos.on_server("refs/heads/main"), merge);
+
+    let pushes = push_records(&daemon, 4);
+    let refused: Vec<&Value> = pushes
+        .iter()
+        .filter(|r| r["decision"]["action"] == "deny")
+        .collect();
+    assert_eq!(refused.len(), 2, "{pushes:#?}");
+    for record in &refused {
+        assert_eq!(record["operation"], "dangerous");
+        let summary = record["sql"].as_str().unwrap();
+        assert!(
+            summary.starts_with("git push: force-push refs/heads/main (not a fast-forward: "),
+            "{summary}"
+        );
+        assert!(
+            record["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("denied by policy rule"),
+            "{record:#?}"
+        );
+    }
+    for why in ["not an ancestor", "not in the pack"] {
+        assert!(
+            refused
+                .iter()
+                .any(|r| r["sql"].as_str().unwrap().contains(why)),
+            "{why}: {refused:#?}"
+        );
+    }
+    let allowed = pushes
+        .iter()
+        .filter(|r| r["decision"]["action"] == "allow")
+        .count();
+    assert_eq!(allowed, 2, "{pushes:#?}");
+    eprintln!("the refused force-push took {took:?}");
+}
+
+#[test]
+fn protected_and_read_only_refs_hold_while_other_refs_move() {
+    let server = SshServer::start();
+    let rules = format!(
+        "[[rule]]\nagent = {AGENT:?}\nresource = \"hosts\"\noperations = [\"read\", \"write\", \"dangerous\"]\n\
+         ssh = {{ protected_refs = [\"refs/heads/main\"], read_only_refs = [\"refs/tags/*\"] }}\naction = \"allow\"\n"
+    );
+    let (daemon, client) = start(&server, &rules);
+    let repos = GitRepos::clone_through(&server, &daemon, &client);
+    let push = |args: &[&str]| {
+        let mut all = vec!["push", "origin"];
+        all.extend_from_slice(args);
+        repos.agent_git(&daemon, &client, &all)
+    };
+    let main = repos.on_server("refs/heads/main");
+
+    // Another branch may be force-pushed (the rule allows `dangerous`).
+    git_in(&repos.work, &["checkout", "-q", "-b", "feature"]);
+    let feature = repos.commit("f.txt", "one\n", "feature");
+    assert!(push(&["feature"]).status.success());
+    git_in(&repos.work, &["reset", "-q", "--hard", "main"]);
+    let rewritten = repos.commit("f.txt", "rewritten\n", "feature, rewritten");
+    let forced = push(&["--force", "feature"]);
+    assert!(
+        forced.status.success(),
+        "{}",
+        explain(&forced, &daemon, &server)
+    );
+    assert_eq!(repos.on_server("refs/heads/feature"), rewritten);
+    assert_ne!(feature, rewritten);
+
+    // main moves forward...
+    git_in(&repos.work, &["checkout", "-q", "main"]);
+    let ahead = repos.commit("README", "ahead\n", "ahead");
+    let pushed = push(&["main"]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        explain(&pushed, &daemon, &server)
+    );
+    assert_eq!(repos.on_server("refs/heads/main"), ahead);
+    assert_ne!(ahead, main);
+
+    // ...but may not be force-pushed or deleted.
+    let forced = push(&["--force", "feature:main"]);
+    assert!(!forced.status.success());
+    assert!(
+        text(&forced.stderr).contains("refs/heads/main is protected by rule"),
+        "{}",
+        text(&forced.stderr)
+    );
+    assert_eq!(repos.on_server("refs/heads/main"), ahead);
+    let deleted = push(&[":main"]);
+    assert!(!deleted.status.success());
+    assert_eq!(repos.on_server("refs/heads/main"), ahead);
+
+    // Tags are read-only: none may be created.
+    git_in(&repos.work, &["tag", "v1"]);
+    let tagged = push(&["v1"]);
+    assert!(!tagged.status.success());
+    assert!(
+        text(&tagged.stderr).contains("refs/tags/v1 is read-only under rule"),
+        "{}",
+        text(&tagged.stderr)
+    );
+    assert!(repos.on_server("refs/tags/v1").is_empty());
+
+    let pushes = push_records(&daemon, 6);
+    let reasons: Vec<&str> = pushes
+        .iter()
+        .filter(|r| r["decision"]["action"] == "deny")
+        .map(|r| r["decision"]["reason"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{pushes:#?}");
+    for why in [
+        "refs/heads/main is protected by rule `test.toml:12` (ssh.protected_refs): a force-push (not a fast-forward",
+        "refs/heads/main is protected by rule `test.toml:12` (ssh.protected_refs): deleting it is refused",
+        "refs/tags/v1 is read-only under rule `test.toml:12` (ssh.read_only_refs): create refused",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(why)),
+            "{why}: {reasons:?}"
+        );
+    }
 }
 
 #[test]

@@ -406,23 +406,27 @@ fn pkt_line(payload: &[u8], out: &mut Vec<u8>) {
 
 /// What `git-receive-pack` would answer when every update of a push is refused:
 /// report-status (`unpack ok`, then `ng REF REASON` per ref, a flush), inside side-band
-/// packets on band 1 when the client asked for side-band. `None`: the client asked for
-/// no report (it then reads only the stderr message and exit status).
-pub fn refused_push_report(commands: &PushCommands, reason: &str) -> Option<Vec<u8>> {
+/// packets on band 1 when the client asked for side-band. `reason` gives each ref's
+/// reason. `None`: the client asked for no report (it then reads only the stderr
+/// message and exit status).
+pub fn refused_push_report(
+    commands: &PushCommands,
+    reason: impl Fn(&str) -> String,
+) -> Option<Vec<u8>> {
     if !commands.has("report-status") && !commands.has("report-status-v2") {
         return None;
-    }
-    let mut reason: String = reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(400)
-        .collect();
-    if reason.is_empty() {
-        reason.push_str("refused by sluice");
     }
     let mut report = Vec::new();
     pkt_line(b"unpack ok\n", &mut report);
     for update in &commands.updates {
+        let mut reason: String = reason(&update.name)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(400)
+            .collect();
+        if reason.is_empty() {
+            reason.push_str("refused by sluice");
+        }
         pkt_line(
             format!("ng {} {reason}\n", update.name).as_bytes(),
             &mut report,
@@ -580,7 +584,7 @@ mod tests {
         assert_eq!(parse_ref_updates(&text.as_bytes()[..30]), Ok(None));
         assert_eq!(parse_ref_updates(b"zzzz"), Err(PktLineError::Length));
         let commands = parse_ref_updates(text.as_bytes()).unwrap().unwrap();
-        let report = refused_push_report(&commands, "no\nway").unwrap();
+        let report = refused_push_report(&commands, |_| "no\nway".into()).unwrap();
         let inner = format!(
             "{}{}{}0000",
             pkt("unpack ok\n"),

@@ -291,12 +291,25 @@ fn push_request(line: &str, pushed: Vec<PushedRef>) -> Request {
     }
 }
 
-/// Judges and records the push; `Err` with the refusal (and the report for `git`).
+/// Judges and records the push; `Err` with the refusal (and the report for `git`,
+/// which says of each ref what it would have been: `force-push (not a fast-forward:
+/// ...)`, `delete`...).
 async fn judge<G: Gate>(
     gate: &G,
     request: Request,
     commands: &PushCommands,
 ) -> Result<(), Refused> {
+    let changes: Vec<(String, String)> = request
+        .pushed
+        .iter()
+        .map(|pushed| {
+            let what = match &pushed.change {
+                RefChange::Force(why) => format!("force-push (not a fast-forward: {why})"),
+                change => change.verb().to_owned(),
+            };
+            (pushed.name.clone(), what)
+        })
+        .collect();
     let (_gone, agent_gone) = oneshot::channel();
     let verdict = gate.decide(request, agent_gone).await;
     let refused = (!verdict.allowed).then(|| verdict.message.clone());
@@ -311,7 +324,14 @@ async fn judge<G: Gate>(
     match refused {
         None => Ok(()),
         Some(message) => Err(Refused {
-            report: command::refused_push_report(commands, &format!("sluice: {message}")),
+            report: command::refused_push_report(commands, |name| {
+                let what = changes
+                    .iter()
+                    .find(|(changed, _)| changed == name)
+                    .map(|(_, what)| what.as_str())
+                    .unwrap_or("update");
+                format!("sluice: {what}: {message}")
+            }),
             message,
         }),
     }
