@@ -32,6 +32,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+use bytes::BufMut;
 use thiserror::Error;
 
 pub use detect::{Detector, DetectorSet, Span};
@@ -229,6 +230,24 @@ impl fmt::Debug for MaskOutcome<'_> {
     }
 }
 
+/// What [`Masker::mask_into`] did with a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Nothing appended: send the original.
+    Unchanged,
+    /// The masked value was appended. `detector` as in [`MaskOutcome::Masked`].
+    Masked { detector: Option<&'static str> },
+    /// Nothing appended: send NULL.
+    Nulled,
+}
+
+/// Working memory of [`Masker::mask_into`], kept by the caller between values so the
+/// byte path does not allocate.
+#[derive(Default)]
+pub struct MaskScratch {
+    spans: Vec<Span>,
+}
+
 /// A compiled profile with its HMAC key: built once, shared by every connection.
 pub struct Masker {
     profile: String,
@@ -331,68 +350,81 @@ impl Masker {
         column: usize,
         value: &'a [u8],
     ) -> MaskOutcome<'a> {
-        let outcome = match plan.entries.get(column) {
-            Some(Entry::Keep) => return MaskOutcome::Unchanged,
-            Some(Entry::Null) | None => MaskOutcome::Nulled,
+        let mut out = Vec::new();
+        match self.mask_into(plan, column, value, &mut MaskScratch::default(), &mut out) {
+            Written::Unchanged => MaskOutcome::Unchanged,
+            Written::Nulled => MaskOutcome::Nulled,
+            Written::Masked { detector } => MaskOutcome::Masked {
+                value: Cow::Owned(out),
+                detector,
+            },
+        }
+    }
+
+    /// [`Masker::mask_value`] for a proxy's byte path: a masked value is appended to
+    /// `out` (the proxy's output buffer) and nothing is allocated once `scratch` and
+    /// `out` have grown to size. Nothing is appended for [`Written::Unchanged`] (send
+    /// the original) and [`Written::Nulled`] (send NULL).
+    pub fn mask_into<B: BufMut>(
+        &self,
+        plan: &ColumnPlan,
+        column: usize,
+        value: &[u8],
+        scratch: &mut MaskScratch,
+        out: &mut B,
+    ) -> Written {
+        let written = match plan.entries.get(column) {
+            Some(Entry::Keep) => return Written::Unchanged,
+            Some(Entry::Null) | None => Written::Nulled,
             Some(Entry::Whole(strategy)) => {
-                let mut out = Vec::with_capacity(value.len().min(64) + 34);
-                self.apply(*strategy, None, value, &mut out);
-                MaskOutcome::Masked {
-                    value: Cow::Owned(out),
-                    detector: None,
+                self.apply(*strategy, None, value, out);
+                Written::Masked { detector: None }
+            }
+            Some(Entry::Detect(detect)) => {
+                let spans = &mut scratch.spans;
+                spans.clear();
+                detect::scan(value, detect.set, spans);
+                if spans.is_empty() {
+                    return Written::Unchanged;
+                }
+                detect::merge(spans);
+                let mut pos = 0;
+                for span in spans.iter() {
+                    out.put_slice(value.get(pos..span.start).unwrap_or_default());
+                    let strategy = detect
+                        .strategies
+                        .get(span.detector.index())
+                        .copied()
+                        .unwrap_or(Strategy::Redact);
+                    let text = value.get(span.range()).unwrap_or_default();
+                    self.apply(strategy, Some(span.detector), text, out);
+                    pos = span.end;
+                }
+                out.put_slice(value.get(pos..).unwrap_or_default());
+                Written::Masked {
+                    detector: spans.first().map(|s| s.detector.name()),
                 }
             }
-            Some(Entry::Detect(detect)) => match self.mask_spans(detect, value) {
-                Some(outcome) => outcome,
-                None => return MaskOutcome::Unchanged,
-            },
         };
         plan.count(column);
-        outcome
+        written
     }
 
-    fn mask_spans<'a>(&self, plan: &DetectPlan, value: &'a [u8]) -> Option<MaskOutcome<'a>> {
-        let mut spans = Vec::new();
-        detect::scan(value, plan.set, &mut spans);
-        if spans.is_empty() {
-            return None;
-        }
-        detect::merge(&mut spans);
-        let mut out = Vec::with_capacity(value.len() + 16 * spans.len());
-        let mut pos = 0;
-        for span in &spans {
-            out.extend_from_slice(value.get(pos..span.start).unwrap_or_default());
-            let strategy = plan
-                .strategies
-                .get(span.detector.index())
-                .copied()
-                .unwrap_or(Strategy::Redact);
-            let text = value.get(span.range()).unwrap_or_default();
-            self.apply(strategy, Some(span.detector), text, &mut out);
-            pos = span.end;
-        }
-        out.extend_from_slice(value.get(pos..).unwrap_or_default());
-        Some(MaskOutcome::Masked {
-            value: Cow::Owned(out),
-            detector: spans.first().map(|s| s.detector.name()),
-        })
-    }
-
-    fn apply(
+    fn apply<B: BufMut>(
         &self,
         strategy: Strategy,
         detector: Option<Detector>,
         text: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut B,
     ) {
         let marker = || detector.map_or(REDACTED, Detector::marker).as_bytes();
         match strategy {
-            Strategy::Redact => out.extend_from_slice(marker()),
+            Strategy::Redact => out.put_slice(marker()),
             Strategy::Partial { keep_last } => strategy::partial(text, keep_last, out),
             // `new` made a hasher for every profile with a hash rule; redact otherwise.
             Strategy::Hash => match &self.hasher {
                 Some(hasher) => hasher.write(text, out),
-                None => out.extend_from_slice(marker()),
+                None => out.put_slice(marker()),
             },
         }
     }

@@ -525,3 +525,98 @@ fn throughput() {
     );
     assert!(changed > 0);
 }
+
+/// The hasher is HMAC-SHA-256 exactly: compared with the `hmac` crate for keys shorter
+/// than, as long as and longer than a block, and values across the padding boundaries.
+#[test]
+fn the_hasher_is_hmac_sha256() {
+    use hmac::{Hmac, KeyInit, Mac};
+    let keys: Vec<Vec<u8>> = [16usize, 32, 55, 63, 64, 65, 100, 200]
+        .iter()
+        .map(|&len| (0..len).map(|i| (i * 7 + len) as u8).collect())
+        .collect();
+    for key in &keys {
+        let Some(hasher) = strategy::Hasher::new(key) else {
+            panic!("no hasher for a {}-byte key", key.len());
+        };
+        for len in 0..300usize {
+            let value: Vec<u8> = (0..len).map(|i| (i * 31 + 5) as u8).collect();
+            let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(key) {
+                Ok(mac) => mac,
+                Err(e) => panic!("{e}"),
+            };
+            mac.update(&value);
+            let tag = mac.finalize().into_bytes();
+            let expected: String = HASH_PREFIX.to_owned()
+                + &tag
+                    .iter()
+                    .take(HASH_BYTES)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>();
+            let mut out = Vec::new();
+            hasher.write(&value, &mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                expected,
+                "key {} bytes, value {len} bytes",
+                key.len()
+            );
+        }
+    }
+}
+
+/// `mask_into` appends exactly what `mask_value` returns, after whatever the buffer
+/// held, and reports the same outcome.
+#[test]
+fn mask_into_appends_what_mask_value_returns() {
+    let m = masker(PII);
+    let columns = [
+        ColumnInfo {
+            name: "ssn",
+            table: Some("customers"),
+            text_like: true,
+        },
+        text_col("email"),
+        text_col("my_secret"),
+        text_col("note"),
+        ColumnInfo {
+            name: "amount",
+            table: None,
+            text_like: false,
+        },
+    ];
+    let plan = m.plan(&columns);
+    let values: [&[u8]; 6] = [
+        b"123-45-6789",
+        b"no pii here",
+        b"card 4111 1111 1111 1111 and jane@example.com, ip 10.1.2.3",
+        b"",
+        b"\xff\xfe\x00",
+        b"AKIAIOSFODNN7EXAMPLE",
+    ];
+    let mut scratch = MaskScratch::default();
+    let mut out = b"before".to_vec();
+    for column in 0..columns.len() + 1 {
+        for value in values {
+            let expected = m.mask_value(&plan, column, value);
+            let kept = out.len();
+            let written = m.mask_into(&plan, column, value, &mut scratch, &mut out);
+            let appended = out.get(kept..).unwrap_or_default().to_vec();
+            match expected {
+                MaskOutcome::Unchanged => {
+                    assert_eq!(written, Written::Unchanged);
+                    assert!(appended.is_empty());
+                }
+                MaskOutcome::Nulled => {
+                    assert_eq!(written, Written::Nulled);
+                    assert!(appended.is_empty());
+                }
+                MaskOutcome::Masked { value, detector } => {
+                    assert_eq!(written, Written::Masked { detector });
+                    assert_eq!(appended, value.into_owned());
+                }
+            }
+        }
+    }
+    assert!(out.starts_with(b"before"));
+}
