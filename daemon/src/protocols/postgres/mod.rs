@@ -14,6 +14,7 @@
 
 pub mod cancel;
 pub mod codec;
+mod mask;
 mod startup;
 mod tls;
 
@@ -35,16 +36,15 @@ use self::{
     codec::{
         BackendMessage, DecodeError, Diagnostic, EncodeError, Format, Frame, FrameDecoder,
         FrameError, FrontendMessage, Severity, TransactionStatus,
-        backend::{
-            encode_backend_key_data, encode_data_row, encode_error_response, encode_ready_for_query,
-        },
+        backend::{encode_backend_key_data, encode_error_response, encode_ready_for_query},
         frontend::{Target, encode_cancel_request},
     },
+    mask::ActiveMask,
     startup::{Opening, authenticate_upstream, brokered_parameters, read_opening},
 };
 use crate::{
     approvals::{Outcome, Resolution},
-    masking::{ColumnAction, ColumnInfo, ColumnPlan, MaskOutcome, Masker},
+    masking::Masker,
     pipeline::{
         BoxFuture, ByteStream, Closed, Details, HeldRecords, Operation, Pipeline, SessionInfo,
         Upstream, approval_record, refusal_text,
@@ -1085,136 +1085,6 @@ struct Column {
     table_oid: u32,
     type_oid: u32,
     format: Format,
-}
-
-/// A result set being masked.
-///
-/// RowDescription gives a column's table only as an OID. When the statement reads one
-/// table, that is the table; when it reads several, the column is planned as if from
-/// each of them and the strictest outcome is used: over-masking, never a leak.
-struct ActiveMask {
-    masker: Arc<Masker>,
-    /// One plan per candidate table; empty when the columns are unknown, and then every
-    /// value is sent as NULL.
-    plans: Vec<ColumnPlan>,
-    /// For each column, the plan that masks it most.
-    strictest: Vec<usize>,
-    names: Vec<String>,
-    nulled: u64,
-}
-
-fn strictness(action: ColumnAction) -> u8 {
-    match action {
-        ColumnAction::Keep => 0,
-        ColumnAction::Detectors => 1,
-        ColumnAction::WholeValue => 2,
-        ColumnAction::Null => 3,
-    }
-}
-
-/// Types whose binary format is their text: text, varchar, bpchar, name, json, xml,
-/// unknown, char.
-const TEXT_LIKE_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 142, 705, 18];
-
-impl ActiveMask {
-    fn new(mask: &ResultMask, columns: Option<&[Column]>) -> Self {
-        let Some(columns) = columns else {
-            return Self {
-                masker: Arc::clone(&mask.masker),
-                plans: Vec::new(),
-                strictest: Vec::new(),
-                names: Vec::new(),
-                nulled: 0,
-            };
-        };
-        let candidates: Vec<Option<&str>> = if mask.tables.is_empty() {
-            vec![None]
-        } else {
-            mask.tables.iter().map(|t| Some(t.as_str())).collect()
-        };
-        let plans: Vec<ColumnPlan> = candidates
-            .iter()
-            .map(|candidate| {
-                let infos: Vec<ColumnInfo<'_>> = columns
-                    .iter()
-                    .map(|column| ColumnInfo {
-                        name: &column.name,
-                        table: candidate.filter(|_| column.table_oid != 0),
-                        text_like: column.format == Format::Text
-                            || TEXT_LIKE_TYPES.contains(&column.type_oid),
-                    })
-                    .collect();
-                mask.masker.plan(&infos)
-            })
-            .collect();
-        let strictest = (0..columns.len())
-            .map(|column| {
-                (0..plans.len())
-                    .max_by_key(|&p| {
-                        plans
-                            .get(p)
-                            .map_or(0, |plan| strictness(plan.action(column)))
-                    })
-                    .unwrap_or(0)
-            })
-            .collect();
-        Self {
-            plans,
-            strictest,
-            masker: Arc::clone(&mask.masker),
-            names: columns.iter().map(|c| c.name.clone()).collect(),
-            nulled: 0,
-        }
-    }
-
-    /// The plan that decides `column`; `None` when the columns are unknown.
-    fn plan_for(&self, column: usize) -> Option<&ColumnPlan> {
-        self.plans
-            .get(self.strictest.get(column).copied().unwrap_or(0))
-    }
-
-    /// Rewrites a DataRow into `out`, masking what the plan says.
-    fn mask_row(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), ProxyError> {
-        if !self.plans.is_empty() && self.plans.iter().all(|plan| !plan.masks_anything()) {
-            out.extend_from_slice(frame.as_bytes());
-            return Ok(());
-        }
-        let BackendMessage::DataRow { values } =
-            BackendMessage::decode(frame).map_err(ProxyError::ServerMessage)?
-        else {
-            out.extend_from_slice(frame.as_bytes());
-            return Ok(());
-        };
-        let mut masked: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::with_capacity(values.len());
-        for (column, value) in values.iter().enumerate() {
-            let Some(value) = value else {
-                masked.push(None);
-                continue;
-            };
-            let outcome = match self.plan_for(column) {
-                Some(plan) => self.masker.mask_value(plan, column, value),
-                None => MaskOutcome::Nulled,
-            };
-            if matches!(outcome, MaskOutcome::Nulled) {
-                self.nulled += 1;
-            }
-            masked.push(outcome.into_wire(value));
-        }
-        let refs: Vec<Option<&[u8]>> = masked.iter().map(|v| v.as_deref()).collect();
-        encode_data_row(&refs, out).map_err(ProxyError::Encode)
-    }
-
-    /// Values masked per column name, and values nulled.
-    fn counts(&self) -> (std::collections::BTreeMap<String, u64>, u64) {
-        let mut by_column = std::collections::BTreeMap::new();
-        for (column, name) in self.names.iter().enumerate() {
-            let count = self.plan_for(column).map_or(0, |plan| plan.masked(column));
-            if count > 0 {
-                *by_column.entry(name.clone()).or_insert(0) += count;
-            }
-        }
-        (by_column, self.nulled)
-    }
 }
 
 fn columns_of(frame: &Frame) -> Result<Vec<Column>, ProxyError> {
