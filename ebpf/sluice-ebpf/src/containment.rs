@@ -78,8 +78,20 @@ pub struct SocketOwner {
     comm: [u8; 16],
 }
 
+/// Everything sluice keeps on an inet socket created in the managed cgroup, in one
+/// storage element: who created it (its presence marks the socket as made inside) and,
+/// once connect4/6 or sendmsg4/6 redirected it, where it was going (`origin.dst_family`
+/// is 0 until then). One element, not two: each costs an allocation per socket.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct ManagedSocket {
+    pub owner: SocketOwner,
+    _reserved: u32,
+    pub origin: Origin,
+}
+
 #[btf_map]
-static SLUICE_MANAGED_SOCKETS: SkStorage<SocketOwner> = SkStorage::new();
+pub(crate) static SLUICE_MANAGED_SOCKETS: SkStorage<ManagedSocket> = SkStorage::new();
 
 #[btf_map]
 static SLUICE_BACKSTOP_DROPS: PerCpuArray<u64, 1> = PerCpuArray::new();
@@ -156,7 +168,7 @@ pub fn sluice_sock_create(ctx: SockContext) -> i32 {
             BPF_SK_STORAGE_GET_F_CREATE.into(),
         )
     }
-    .cast::<SocketOwner>();
+    .cast::<ManagedSocket>();
     if marker.is_null() {
         // Unmarked, the LSM would refuse the socket's every use: refuse it now, loudly.
         report(
@@ -168,14 +180,16 @@ pub fn sluice_sock_create(ctx: SockContext) -> i32 {
         );
         return REFUSE;
     }
-    let origin = task_origin(sock.family as u16);
+    // A new element is zeroed: no origin yet.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
     unsafe {
-        *marker = SocketOwner {
-            tgid: origin.tgid,
-            tid: origin.tid,
-            uid: origin.uid,
-            gid: origin.gid,
-            comm: origin.comm,
+        (*marker).owner = SocketOwner {
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
         };
     }
     ALLOW
@@ -490,11 +504,11 @@ fn socket_owner(ctx: &SkBuffContext) -> SocketOwner {
             0,
         )
     }
-    .cast::<SocketOwner>();
+    .cast::<ManagedSocket>();
     if owner.is_null() {
         unknown
     } else {
-        unsafe { *owner }
+        unsafe { (*owner).owner }
     }
 }
 

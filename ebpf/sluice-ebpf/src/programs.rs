@@ -6,6 +6,7 @@
 
 use core::ffi::c_void;
 
+use crate::containment::{ManagedSocket, SLUICE_MANAGED_SOCKETS};
 use aya_ebpf::{
     btf_maps::{Array, LruHashMap, RingBuf, SkStorage},
     helpers::{
@@ -33,6 +34,9 @@ const V4_MAPPED_WORD: u32 = 0xffffu32.to_be();
 #[btf_map]
 pub(crate) static SLUICE_CONFIG: Array<RedirectConfig, 1> = Array::new();
 
+/// Where a redirected socket was going, for sockets without a [`ManagedSocket`]
+/// element (created before cgroup/sock_create was attached): every other socket keeps
+/// its origin in that element.
 #[btf_map]
 static SLUICE_SOCKET_ORIGIN: SkStorage<Origin> = SkStorage::new();
 
@@ -197,9 +201,7 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
     // Another instance of these programs (the previous daemon's, while a restarted one
     // takes over) already redirected this socket: leave it as it is. Only a connect to
     // the listener itself can be one, so only then is the socket's record looked up.
-    if is_listener(config, &destination)
-        && !unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(ctx) }.is_null()
-    {
+    if is_listener(config, &destination) && !redirected_origin(socket_of(ctx)).is_null() {
         return ALLOW;
     }
     if is_daemon_endpoint(config, &destination) {
@@ -226,17 +228,55 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
     ALLOW
 }
 
-/// Records `origin` on the socket, for sock_ops, getpeername and recvmsg. `false` when
-/// the kernel could not store it (out of memory): without it the daemon could not tell
-/// where the connection was going, so the caller refuses.
+/// Records `origin` on the socket, for sock_ops, getpeername and recvmsg: in its
+/// [`ManagedSocket`] element, or in an element of its own for a socket that has none.
+/// `false` when the kernel could not store it (out of memory): without it the daemon
+/// could not tell where the connection was going, so the caller refuses.
 #[inline(always)]
 fn store_origin(ctx: &SockAddrContext, origin: Origin) -> bool {
+    let sk = socket_of(ctx);
+    let managed = unsafe { storage_of(&SLUICE_MANAGED_SOCKETS, sk) }.cast::<ManagedSocket>();
+    if !managed.is_null() {
+        unsafe { (*managed).origin = origin };
+        return true;
+    }
     let stored = unsafe { SLUICE_SOCKET_ORIGIN.get_or_insert_ptr_mut(ctx, None) };
     if stored.is_null() {
         return false;
     }
     unsafe { *stored = origin };
     true
+}
+
+/// The hook's socket.
+#[inline(always)]
+fn socket_of(ctx: &SockAddrContext) -> *mut c_void {
+    unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }.cast()
+}
+
+/// `map`'s element on socket `sk` (which must be a socket pointer the verifier
+/// accepts), or null. Never creates one.
+#[inline(always)]
+unsafe fn storage_of<T>(map: &T, sk: *mut c_void) -> *mut c_void {
+    unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(map).cast_mut().cast(),
+            sk,
+            core::ptr::null_mut(),
+            0,
+        )
+    }
+}
+
+/// The origin connect4/6 or sendmsg4/6 recorded on socket `sk`, or null when they did
+/// not redirect it.
+#[inline(always)]
+fn redirected_origin(sk: *mut c_void) -> *const Origin {
+    let managed = unsafe { storage_of(&SLUICE_MANAGED_SOCKETS, sk) }.cast::<ManagedSocket>();
+    if !managed.is_null() && unsafe { (*managed).origin.dst_family } != 0 {
+        return unsafe { &raw const (*managed).origin };
+    }
+    unsafe { storage_of(&SLUICE_SOCKET_ORIGIN, sk) }.cast::<Origin>()
 }
 
 /// Points the connect or send at the daemon's `port` on the listener's address of the
@@ -427,7 +467,7 @@ pub fn sluice_sendmsg6(ctx: SockAddrContext) -> i32 {
 /// Shows the agent the destination it asked for. Minimum kernel: 5.8.
 #[cgroup_sock_addr(getpeername4)]
 pub fn sluice_getpeername4(ctx: SockAddrContext) -> i32 {
-    let origin = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(&ctx) };
+    let origin = redirected_origin(socket_of(&ctx));
     if origin.is_null() {
         return ALLOW;
     }
@@ -440,7 +480,7 @@ pub fn sluice_getpeername4(ctx: SockAddrContext) -> i32 {
 /// Minimum kernel: 5.8.
 #[cgroup_sock_addr(getpeername6)]
 pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
-    let origin = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(&ctx) };
+    let origin = redirected_origin(socket_of(&ctx));
     if origin.is_null() {
         return ALLOW;
     }
@@ -469,7 +509,7 @@ pub fn sluice_recvmsg4(ctx: SockAddrContext) -> i32 {
     {
         return ALLOW;
     }
-    let origin = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(&ctx) };
+    let origin = redirected_origin(socket_of(&ctx));
     if origin.is_null() {
         return ALLOW;
     }
@@ -505,7 +545,7 @@ pub fn sluice_recvmsg6(ctx: SockAddrContext) -> i32 {
     {
         return ALLOW;
     }
-    let origin = unsafe { SLUICE_SOCKET_ORIGIN.get_ptr_mut(&ctx) };
+    let origin = redirected_origin(socket_of(&ctx));
     if origin.is_null() {
         return ALLOW;
     }
@@ -603,15 +643,7 @@ pub fn sluice_sock_ops(ctx: SockOpsContext) -> u32 {
         return 1;
     }
     // The record connect4/6 left on the socket; a socket without one was not redirected.
-    let origin = unsafe {
-        bpf_sk_storage_get(
-            core::ptr::from_ref(&SLUICE_SOCKET_ORIGIN).cast_mut().cast(),
-            sk.cast(),
-            core::ptr::null_mut(),
-            0,
-        )
-    }
-    .cast::<Origin>();
+    let origin = redirected_origin(sk.cast());
     if origin.is_null() {
         return 1;
     }
