@@ -1197,3 +1197,67 @@ fn a_protocol_no_handler_decodes_is_refused_where_its_resource_is_defined() {
         );
     }
 }
+
+fn ssh_rule(ssh: &str, action: &str) -> String {
+    // Any regular file will do as known_hosts here.
+    let known_hosts = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    format!(
+        "[[agent]]\nname = \"a\"\n\n[[resource]]\nname = \"git\"\naddresses = [\"10.0.0.1\"]\nports = [22]\n\
+         protocol = \"ssh\"\ncredential = \"k\"\nknown_hosts = {known_hosts:?}\n\n\
+         [[rule]]\nname = \"r\"\nagent = \"a\"\nresource = \"git\"\noperations = [\"write\"]\nssh = {ssh}\naction = \"{action}\"\n"
+    )
+}
+
+#[test]
+fn ssh_ref_protections_load_and_match_whole_ref_names() {
+    let loaded = policy(&ssh_rule(
+        r#"{ protected_refs = ["refs/heads/main"], read_only_refs = ["refs/tags/*"] }"#,
+        "allow",
+    ));
+    let ssh = loaded.rule_named("r").unwrap().ssh.clone().unwrap();
+    assert!(ssh.protects("refs/heads/main"));
+    assert!(!ssh.protects("refs/heads/main2"));
+    assert!(!ssh.protects("refs/heads/feature"));
+    assert!(ssh.read_only("refs/tags/v1"));
+    assert!(
+        ssh.read_only("refs/tags/v1/rc;$(x)"),
+        "`*` spans `/` and shell characters"
+    );
+    assert!(!ssh.read_only("refs/heads/tags/x"));
+    // Without `commands` the table narrows nothing, SFTP requests included.
+    assert!(ssh.admits(None) && ssh.admits(Some("git-receive-pack 'x'")));
+
+    for (table, action, needle) in [
+        (
+            r#"{ protected = ["refs/heads/main"] }"#,
+            "allow",
+            "unknown field `protected`",
+        ),
+        (
+            r#"{ protected_refs = ["main"] }"#,
+            "allow",
+            "`main` is not a full ref name",
+        ),
+        (
+            r#"{ protected_refs = ["refs/heads/main"] }"#,
+            "deny",
+            "a deny rule",
+        ),
+        (
+            r#"{ read_only_refs = [] }"#,
+            "allow",
+            "at least one ref glob",
+        ),
+        (
+            "{}",
+            "allow",
+            "must name `commands`, `protected_refs` or `read_only_refs`",
+        ),
+    ] {
+        let errors = errors(&ssh_rule(table, action));
+        assert!(
+            errors.iter().any(|error| error.contains(needle)),
+            "{table}: {errors:#?}"
+        );
+    }
+}
