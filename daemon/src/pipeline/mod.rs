@@ -134,7 +134,21 @@ impl<'s> Pipeline<'s> {
     pub fn record(&mut self, operation: &Operation, decision: &Decision) -> OperationRecord {
         crate::metrics::global().decision("statement", decision.action);
         self.seq += 1;
-        let record = OperationRecord {
+        let record = self.operation_record(operation, decision, self.seq);
+        self.requeue(&record);
+        record
+    }
+
+    /// The record of a judged operation numbered `seq`, and nothing else: no event
+    /// queued, no decision counted (for protocols that number and announce operations
+    /// themselves).
+    pub fn operation_record(
+        &self,
+        operation: &Operation,
+        decision: &Decision,
+        seq: u64,
+    ) -> OperationRecord {
+        OperationRecord {
             protocol: operation.protocol.to_string(),
             tables: operation.targets.clone(),
             details: operation.details.clone(),
@@ -148,15 +162,13 @@ impl<'s> Pipeline<'s> {
                 .map(|workload| workload.record.clone()),
             ..OperationRecord::begun(
                 self.session.session_id,
-                self.seq,
+                seq,
                 operation.summary.clone(),
                 operation.class.to_string(),
                 operation.verb.clone(),
                 decision.record(),
             )
-        };
-        self.requeue(&record);
-        record
+        }
     }
 
     /// Queues the `statement` event of `record` again, replacing the one queued for the

@@ -692,6 +692,7 @@ impl Shared {
     /// Records a finished request: its result alone when its `statement` event was
     /// already written, else both.
     async fn finish(&self, facts: &RequestFacts, decision: &Decision) {
+        crate::metrics::global().decision("statement", decision.action);
         let record = facts.record(self, decision);
         if facts.announced {
             self.session.store_result(record).await;
@@ -873,8 +874,8 @@ impl RequestFacts {
     /// The request's operation record (the pipeline's shape), numbered in the
     /// connection's order.
     fn record(&self, shared: &Shared, decision: &Decision) -> StatementRecord {
-        let mut record = Pipeline::new(&shared.session).record(&self.operation(), decision);
-        record.seq = self.seq;
+        let mut record =
+            Pipeline::new(&shared.session).operation_record(&self.operation(), decision, self.seq);
         record.started_at = self.started_at;
         record.params = self.query_names.len();
         record.duration_us =
@@ -1536,17 +1537,20 @@ impl Connection {
                     .await;
             }
         };
-        // The `statement` event is in the audit log (durably in strict mode) before the
-        // request goes upstream; the daemon fails closed when it cannot be written.
+        // The `statement` event is handed to the audit log before the request goes
+        // upstream (durably written first in strict mode; batched, it is queued with the
+        // writer and committed within the flush interval, as for SQL statements), and
+        // the daemon fails closed when it cannot be. Batched, the request does not wait
+        // for the writer (waiting for its commit per request cost 40-50 % of the requests/s).
         let announcement = facts.record(shared, &decision);
         let session = &shared.session;
         if let Err(error) = session
             .store
-            .append(
-                Event::now(
+            .append_all(
+                vec![Event::now(
                     session.audit_context.clone(),
                     Activity::statement(&announcement),
-                ),
+                )],
                 session.store.audit_durability(),
             )
             .await
@@ -2023,6 +2027,7 @@ impl<B> Drop for Recorded<B> {
             facts.error =
                 Some("the response did not finish (the agent or upstream went away)".into());
         }
+        crate::metrics::global().decision("statement", self.decision.action);
         let record = facts.record(&self.shared, &self.decision);
         let announced = facts.announced;
         let shared = Arc::clone(&self.shared);
