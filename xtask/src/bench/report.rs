@@ -309,7 +309,7 @@ pub fn render(results: &Results, previous: &Path) -> Result<String> {
     if let Some(rate) = results.masking_mb_s {
         writeln!(
             out,
-            "| masking engine, PII profile over a generated customer-row corpus | {rate:.1} MB/s |"
+            "| masking engine, PII profile over a generated customer-row corpus | {rate:.1} MB per CPU-second |"
         )?;
     }
     for (mode, rate) in &results.recording {
