@@ -80,8 +80,13 @@ fn activity_type(event: &Value) -> &str {
     event["activity"]["type"].as_str().unwrap_or_default()
 }
 
+/// Kills the daemon (SIGKILL, as a crash would), then lets the offline `sluice verify`
+/// apply the store's journal to sled, as the daemon's next start would: durable
+/// writes may be in the journal only until sled's next flush, and these tests read
+/// sled directly.
 fn stop(daemon: &mut TestDaemon) {
     daemon.kill();
+    let _ = daemon.sluice(&["verify"]);
 }
 
 #[test]
@@ -369,6 +374,114 @@ fn after_kill_9_every_row_the_server_holds_has_its_statement_event() {
         &missing[..missing.len().min(10)]
     );
     restart_and_verify(&mut daemon, rows.len());
+}
+
+/// Strict mode after SIGKILL mid-load: every statement psql printed an answer for is in
+/// `sluice sessions show` once the daemon is back (its record reached the store's journal
+/// before the answer reached the agent).
+#[test]
+fn after_kill_9_in_strict_mode_every_answered_statement_is_in_sessions_show() {
+    let (pg, mut daemon) = setup("[store]\ndurability = \"strict\"\n");
+    let output = psql(&daemon, &pg)
+        .args(["-c", "CREATE TABLE answered (n int PRIMARY KEY)"])
+        .output();
+    assert!(output.status.success(), "{output:?}\n{}", daemon.log());
+    let script: String = (1..=LOAD_ROWS)
+        .map(|n| format!("INSERT INTO answered VALUES ({n});\n"))
+        .collect();
+    // Not quiet: psql prints `INSERT 0 1` for each answer it gets.
+    let mut load = PgCommand::agent(&daemon, AGENT, "psql")
+        .password(PASSWORD)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(pg.conninfo(AGENT, "audit"))
+        .timeout(Duration::from_secs(600))
+        .spawn();
+    {
+        use std::io::Write as _;
+        let mut stdin = load.stdin.take().expect("psql stdin");
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(script.as_bytes());
+        });
+    }
+    let stdout = load.stdout.take().expect("psql stdout");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stdout }, &mut text);
+        text
+    });
+    let count = || -> usize {
+        pg.psql_local("postgres", "audit", "SELECT count(*) FROM answered")
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count() < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "the load did not start:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.kill();
+    // psql loses its connection and exits, printing what it was answered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.try_wait().expect("wait for psql").is_none() {
+        assert!(Instant::now() < deadline, "psql did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let printed = reader.join().expect("stdout reader");
+    let answered = printed.lines().filter(|line| *line == "INSERT 0 1").count() as u64;
+    assert!(
+        answered >= 500 && answered < LOAD_ROWS as u64,
+        "{answered} answers"
+    );
+
+    daemon.restart();
+    let listed = daemon.sluice(&["sessions", "list", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let sessions: Value = serde_json::from_slice(&listed.stdout).expect("list JSON");
+    let load_session = sessions
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|session| session["id"].as_u64())
+        .max()
+        .expect("the load's session");
+    let shown = daemon.sluice(&["sessions", "show", &load_session.to_string(), "--json"]);
+    assert!(shown.status.success(), "{shown:?}");
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("show JSON");
+    let recorded: BTreeSet<u64> = shown["statements"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .filter(|statement| statement["sql"] == "INSERT INTO answered VALUES (?);")
+        .filter_map(|statement| statement["seq"].as_u64())
+        .collect();
+    let missing: Vec<u64> = (1..=answered)
+        .filter(|seq| !recorded.contains(seq))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {answered} answered statements are not in session {load_session}, first {:?}; it shows {} statements, the first {:#}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        shown["statements"].as_array().map_or(0, Vec::len),
+        shown["statements"][0]
+    );
+    // The answered ones carry their results.
+    let results = shown["statements"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .filter(|statement| {
+            statement["seq"].as_u64().is_some_and(|seq| seq <= answered)
+                && statement["tag"] == "INSERT 0 1"
+        })
+        .count() as u64;
+    assert_eq!(results, answered);
+    restart_and_verify(&mut daemon, answered as usize);
 }
 
 #[test]

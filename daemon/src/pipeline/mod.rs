@@ -293,19 +293,25 @@ impl SessionInfo {
         }
     }
 
-    /// Stores a finished operation's record with its `statement_result` event. Batched
-    /// even in strict mode: the result goes to the agent, not upstream, and the next
-    /// operation's durable write flushes it anyway.
+    /// Stores a finished operation's record with its `statement_result` event. Batched;
+    /// in strict mode it waits until the record is in the store's journal (no disk
+    /// sync: the result goes to the agent, not upstream), so an agent never sees an
+    /// answer whose record a daemon crash could lose.
     pub async fn store_result(&self, record: OperationRecord) {
         let writing = Instant::now();
         let result = Event::now(
             self.audit_context.clone(),
             Activity::statement_result(&record),
         );
-        let written = self
-            .store
-            .put_statement_with_events(&record, &[result], Durability::Batched)
-            .await;
+        let written = if self.store.audit_durability() == Durability::Durable {
+            self.store
+                .put_statement_with_events_committed(&record, &[result])
+                .await
+        } else {
+            self.store
+                .put_statement_with_events(&record, &[result], Durability::Batched)
+                .await
+        };
         crate::metrics::global().store_write(
             "statement",
             false,

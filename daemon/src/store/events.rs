@@ -128,12 +128,37 @@ impl Store {
             events: events.iter().map(encode_event).collect::<Result<_, _>>()?,
             queued_at: Instant::now(),
             reply: None,
+            committed_only: false,
         };
         self.send_waiting(durability, |reply| {
             put.reply = reply;
             Command::PutStatement(put)
         })
         .await
+    }
+
+    /// Writes a statement record and appends `events` in one atomic commit, returning
+    /// once that commit is in the store's journal: it then survives the daemon's death
+    /// (kill -9), and is made durable against power loss by the next group sync, at
+    /// most the flush interval later. For strict mode's results: an agent never sees an
+    /// answer whose record a daemon crash could lose, at the cost of one writer round
+    /// trip rather than a disk sync.
+    pub async fn put_statement_with_events_committed(
+        &self,
+        record: &StatementRecord,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::PutStatement(StatementPut {
+            key: super::statement_key(record.session_id, record.seq),
+            encoded: super::encode_statement(record)?,
+            events: events.iter().map(encode_event).collect::<Result<_, _>>()?,
+            queued_at: Instant::now(),
+            reply: Some(reply),
+            committed_only: true,
+        }))
+        .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn send_waiting(
@@ -243,6 +268,20 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
         .map_err(open_error)?;
     let events = db.open_tree(EVENTS_TREE).map_err(open_error)?;
     let meta = db.open_tree(super::META_TREE).map_err(open_error)?;
+    // A daemon killed mid-write left its newest groups in the journal only: they are
+    // applied first (as the daemon's next start would), then the chain is walked.
+    let sessions = db.open_tree(super::SESSIONS_TREE).map_err(open_error)?;
+    let statements = db.open_tree(super::STATEMENTS_TREE).map_err(open_error)?;
+    super::journal::recover(
+        dir,
+        &super::journal::Trees {
+            db: &db,
+            sessions: &sessions,
+            statements: &statements,
+            meta: &meta,
+            events: &events,
+        },
+    )?;
     verify(&events, &meta, read_head_file(dir)?)
 }
 

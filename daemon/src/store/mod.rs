@@ -70,11 +70,15 @@
 
 pub mod events;
 mod grants;
+mod journal;
 pub mod record;
+mod segment;
 mod writer;
 
 #[cfg(test)]
 mod event_tests;
+#[cfg(test)]
+mod journal_tests;
 #[cfg(test)]
 mod tests;
 
@@ -193,6 +197,8 @@ pub enum StoreError {
     LostEvents { flushed_seq: u64, stored_seq: u64 },
     #[error("cannot encode grant {id}: {source}")]
     EncodeGrant { id: u64, source: serde_json::Error },
+    #[error("store journal failed: {0}")]
+    Journal(String),
 }
 
 /// When a write call may return.
@@ -330,18 +336,25 @@ impl Store {
             source,
         };
         // sled's own periodic flush is off: the writer decides when data is durable.
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .flush_every_ms(None)
-            .open()
-            .map_err(open_error)?;
+        let db = open_sled(dir).map_err(open_error)?;
         let sessions = db.open_tree(SESSIONS_TREE).map_err(open_error)?;
         let statements = db.open_tree(STATEMENTS_TREE).map_err(open_error)?;
         let meta = db.open_tree(META_TREE).map_err(open_error)?;
         let grants = db.open_tree(GRANTS_TREE).map_err(open_error)?;
         let events = db.open_tree(events::EVENTS_TREE).map_err(open_error)?;
         let recordings = db.open_tree(RECORDINGS_TREE).map_err(open_error)?;
+        // What the journal holds beyond sled's last flush (a crash) goes in first.
+        let (journal, _replayed) = journal::recover(
+            dir,
+            &journal::Trees {
+                db: &db,
+                sessions: &sessions,
+                statements: &statements,
+                meta: &meta,
+                events: &events,
+            },
+        )?;
+        let journal_applied = journal::read_applied(&meta)?;
         let event_log = events::EventLogState::read(&meta)?;
         events::check_flushed_head(dir, event_log.head)?;
         let (durable_sender, durable_events) = tokio::sync::watch::channel(event_log.head.seq);
@@ -383,6 +396,10 @@ impl Store {
                 durable: durable_sender,
             },
             Arc::clone(&gate),
+            writer::Journal {
+                log: journal,
+                applied: journal_applied,
+            },
         );
         let writer = writer::spawn(writer, receiver)?;
 
@@ -520,6 +537,7 @@ impl Store {
             events: Vec::new(),
             queued_at: Instant::now(),
             reply: None,
+            committed_only: false,
         };
         match durability {
             Durability::Batched => self.send(Command::PutStatement(put)).await,
@@ -670,6 +688,29 @@ impl Drop for Inner {
             && writer.join().is_err()
         {
             tracing::error!(dir = %self.dir.display(), "store writer thread panicked");
+        }
+    }
+}
+
+/// Opens sled in `dir`. A store dropped just before (a restart in the same process)
+/// may still hold sled's lock for a moment while sled's I/O threads let go of the
+/// files: a lock held by someone else is retried for up to a second.
+fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
         }
     }
 }

@@ -590,7 +590,10 @@ async fn a_full_disk_is_reported_and_the_writer_keeps_serving() {
     }
     let error = first_error.expect("the disk fills up");
     assert!(
-        matches!(error, StoreError::Commit(_) | StoreError::Flush(_)),
+        matches!(
+            error,
+            StoreError::Commit(_) | StoreError::Flush(_) | StoreError::Journal(_)
+        ),
         "{error}"
     );
     let stats = store.stats();
@@ -604,11 +607,17 @@ async fn a_full_disk_is_reported_and_the_writer_keeps_serving() {
         )
         .await;
     assert!(
-        matches!(again, Err(StoreError::Commit(_) | StoreError::Flush(_))),
+        matches!(
+            again,
+            Err(StoreError::Commit(_) | StoreError::Flush(_) | StoreError::Journal(_))
+        ),
         "{again:?}"
     );
     let flushed = store.flush().await;
-    assert!(matches!(flushed, Err(StoreError::Flush(_))), "{flushed:?}");
+    assert!(
+        matches!(flushed, Err(StoreError::Flush(_) | StoreError::Journal(_))),
+        "{flushed:?}"
+    );
     assert_eq!(store.get_session(1).expect("reads still work"), Some(saved));
     drop(store);
 }

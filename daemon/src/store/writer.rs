@@ -49,6 +49,8 @@ use super::{
         ChainLink, EVENT_LOG_KEY, EventLogState, chain_hash, decode_seq, encode_value, event_time,
         split_value, to_hex, write_head_file,
     },
+    journal::{JOURNAL_APPLIED_KEY, push_event, push_session, push_statement},
+    segment::SegmentLog,
     session_key,
 };
 use crate::events::{Activity, Context, Event};
@@ -229,6 +231,9 @@ pub(super) struct StatementPut {
     pub queued_at: std::time::Instant,
     /// `Some` for a durable write: answered after the flush.
     pub reply: Option<Reply<()>>,
+    /// With a reply: answered once committed (journaled: it survives the daemon's
+    /// death), without waiting for a sync.
+    pub committed_only: bool,
 }
 
 /// One event to append, its JSON already encoded by the caller.
@@ -362,6 +367,8 @@ struct Group {
     removed_event_bytes: u64,
     removed_sessions: Vec<RecordSummary>,
     removed_statements: u64,
+    /// Everything staged, as the journal records it (see `journal.rs`).
+    journal: Vec<u8>,
 }
 
 impl Group {
@@ -372,6 +379,7 @@ impl Group {
         previous: Option<RecordSummary>,
         current: RecordSummary,
     ) {
+        push_session(&mut self.journal, id, &encoded);
         self.sessions.insert(&session_key(id), encoded);
         self.staged_summaries.insert(id, current);
         self.transitions.push((previous, current));
@@ -380,6 +388,7 @@ impl Group {
 
     /// Stages a statement; `stored` says whether its key is already in the tree.
     fn stage_statement(&mut self, key: [u8; 16], encoded: Vec<u8>, stored: bool) {
+        push_statement(&mut self.journal, &key, &encoded);
         self.statements.insert(&key, encoded);
         if self.staged_statements.insert(key) && !stored {
             self.new_statements += 1;
@@ -410,6 +419,7 @@ impl Group {
         let hash = chain_hash(seq, &previous.hash, json);
         let value = encode_value(&previous.hash, &hash, json);
         self.new_event_bytes += (8 + value.len()) as u64;
+        push_event(&mut self.journal, seq, &value);
         self.events.insert(&seq.to_be_bytes(), value);
         self.event_head = Some(ChainLink { seq, hash });
         self.new_events += 1;
@@ -425,6 +435,8 @@ struct StagedPuts {
     /// Appends answered with their seq after the flush, and after the commit.
     durable_appends: Vec<(Reply<u64>, u64)>,
     committed_appends: Vec<(Reply<u64>, u64)>,
+    /// Puts answered once committed (in the journal), before any sync.
+    committed_puts: Vec<Reply<()>>,
     batched: usize,
     oldest_batched: Option<std::time::Instant>,
     /// Writes staged and their encoded bytes, for the staged size cap.
@@ -476,9 +488,9 @@ enum PendingReply {
 }
 
 impl PendingReply {
-    fn answer(self, flush: Option<&Result<(), sled::Error>>) {
+    fn answer(self, flush: Option<&Result<(), StoreError>>) {
         let flush_result = || match flush {
-            Some(Err(error)) => Err(StoreError::Flush(error.clone())),
+            Some(Err(error)) => Err(error.clone_for_waiter()),
             _ => Ok(()),
         };
         // A caller that went away no longer needs its answer.
@@ -515,14 +527,24 @@ pub(super) struct Writer {
     /// Most commands applied in one group.
     max_group: usize,
     log: EventLog,
-    /// The newest seq known flushed.
+    /// The newest seq known flushed (journal or sled).
     flushed_seq: u64,
+    /// The newest seq the head file names (flushed in sled).
+    head_file_seq: u64,
     /// Batched writes staged but not committed yet (only batched waiters: anything with
     /// a waiter that needs a commit is committed in the drain it arrived in).
     staged: StagedPuts,
     gate: Arc<ReadGate>,
     /// Commands received so far, for the [`ReadGate`].
     received: u64,
+    journal: Journal,
+}
+
+/// The writer's journal: each group is appended to it before it is applied to sled.
+pub(super) struct Journal {
+    pub log: SegmentLog,
+    /// The newest journal LSN applied to sled (committed, maybe not flushed).
+    pub applied: u64,
 }
 
 /// Starts `writer` on its own thread, serving `commands` until the queue closes.
@@ -579,6 +601,7 @@ impl Writer {
         max_group: usize,
         log: EventLog,
         gate: Arc<ReadGate>,
+        journal: Journal,
     ) -> Self {
         let flushed_seq = log.state.head.seq;
         Self {
@@ -595,9 +618,11 @@ impl Writer {
             max_group: max_group.max(1),
             log,
             flushed_seq,
+            head_file_seq: flushed_seq,
             staged: StagedPuts::default(),
             gate,
             received: 0,
+            journal,
         }
     }
 
@@ -695,21 +720,25 @@ impl Writer {
     fn apply(&mut self, drained: Vec<Command>, shutdown_replies: &mut Vec<Reply<()>>) -> bool {
         let mut staged = std::mem::take(&mut self.staged);
         let mut replies = Vec::new();
+        // A durable waiter needs the journal synced; flushes, retention, closing
+        // interrupted sessions and shutdown flush sled itself.
+        let mut must_sync = false;
         let mut must_flush = false;
         let mut must_commit = false;
         let mut shutting_down = false;
         for command in drained {
             match command {
                 Command::Put(put) => {
-                    must_flush |= put.reply.is_some();
+                    must_sync |= put.reply.is_some();
                     self.stage_put(&mut staged, put);
                 }
                 Command::PutStatement(put) => {
-                    must_flush |= put.reply.is_some();
+                    must_sync |= put.reply.is_some() && !put.committed_only;
+                    must_commit |= put.committed_only;
                     self.stage_statement(&mut staged, put);
                 }
                 Command::Append(append) => {
-                    must_flush |= append.durable;
+                    must_sync |= append.durable;
                     let seq = staged
                         .group
                         .stage_event(self.log.state.head, &append.encoded);
@@ -761,6 +790,7 @@ impl Writer {
             .deadline(self.flush_interval)
             .is_some_and(|deadline| deadline <= now);
         let commit = must_flush
+            || must_sync
             || must_commit
             || shutting_down
             || staged_due
@@ -775,7 +805,19 @@ impl Writer {
         // latest when the oldest of them is due on disk.
 
         let deadline_passed = self.flush_deadline.is_some_and(|deadline| deadline <= now);
-        let flushed = (must_flush || deadline_passed).then(|| self.flush());
+        // Anyone waiting for durability gets the journal's sync (which also refuses on
+        // a full disk, even when sled's preallocated files could still take the write);
+        // sled's own flush follows on its schedule or when asked for.
+        let synced = (must_sync || must_flush).then(|| self.sync_journal());
+        let flushed = if must_flush || deadline_passed {
+            let flushed = self.flush();
+            Some(match synced {
+                Some(Err(error)) => Err(error),
+                _ => flushed,
+            })
+        } else {
+            synced
+        };
         for reply in replies {
             reply.answer(flushed.as_ref());
         }
@@ -831,7 +873,13 @@ impl Writer {
                 for event in &put.events {
                     staged.group.stage_event(self.log.state.head, event);
                 }
-                staged.wait(put.reply, put.queued_at);
+                match put.reply {
+                    Some(reply) if put.committed_only => {
+                        staged.committed_puts.push(reply);
+                        staged.wait(None, put.queued_at);
+                    }
+                    reply => staged.wait(reply, put.queued_at),
+                }
             }
             Err(error) => match put.reply {
                 Some(reply) => {
@@ -875,6 +923,9 @@ impl Writer {
                 for (reply, seq) in staged.committed_appends {
                     let _ = reply.send(Ok(seq));
                 }
+                for reply in staged.committed_puts {
+                    let _ = reply.send(Ok(()));
+                }
                 for (reply, seq) in staged.durable_appends {
                     replies.push(PendingReply::Seq(reply, Ok(seq)));
                 }
@@ -893,6 +944,9 @@ impl Writer {
                     replies.push(PendingReply::Unit(reply, Err(error.clone_for_waiter())));
                 }
                 for (reply, _) in staged.committed_appends {
+                    let _ = reply.send(Err(error.clone_for_waiter()));
+                }
+                for reply in staged.committed_puts {
                     let _ = reply.send(Err(error.clone_for_waiter()));
                 }
                 for (reply, _) in staged.durable_appends {
@@ -936,6 +990,21 @@ impl Writer {
             (log_state.bytes + group.new_event_bytes).saturating_sub(group.removed_event_bytes);
         let log_changed = log_state != self.log.state;
         let log_state_encoded = log_state.encode()?;
+        // The group goes to the journal first. Retention (which removes) is not
+        // journaled: its commit is flushed to sled before anything else is written.
+        let journaled = if group.journal.is_empty() || group.new_base.is_some() {
+            None
+        } else {
+            match self.journal.log.append(&group.journal) {
+                Ok(lsn) => Some(lsn),
+                Err(error) => {
+                    self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, "store journal write failed");
+                    return Err(StoreError::Journal(error.to_string()));
+                }
+            }
+        };
+        let journaled_encoded = journaled.map(u64::to_be_bytes);
 
         let result: sled::transaction::TransactionResult<(), std::convert::Infallible> = (
             &self.sessions,
@@ -952,10 +1021,16 @@ impl Writer {
                 if log_changed {
                     meta.insert(EVENT_LOG_KEY, log_state_encoded.as_slice())?;
                 }
+                if let Some(lsn) = &journaled_encoded {
+                    meta.insert(JOURNAL_APPLIED_KEY, &lsn[..])?;
+                }
                 Ok(())
             });
         match result {
             Ok(()) => {
+                if let Some(lsn) = journaled {
+                    self.journal.applied = lsn;
+                }
                 self.counts = counts;
                 self.log.state = log_state;
                 self.persisted_last_session_id = last_session_id;
@@ -970,6 +1045,14 @@ impl Writer {
             }
             Err(sled::transaction::TransactionError::Abort(never)) => match never {},
             Err(sled::transaction::TransactionError::Storage(error)) => {
+                if journaled.is_some() {
+                    // The journal holds a group sled refused: nothing may follow it
+                    // there (its events' numbers are handed out again), so the journal
+                    // takes no more writes until restart, which replays the group.
+                    self.journal
+                        .log
+                        .fail(format!("sled refused group: {error}"));
+                }
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     records = group.records(),
@@ -1015,16 +1098,20 @@ impl Writer {
         Ok(closed)
     }
 
-    /// Tells subscribers and the head file that everything committed is on disk.
-    fn publish_flushed(&mut self) {
+    /// Tells subscribers that everything committed is on disk, and (after a sled
+    /// flush, `in_sled`) the head file.
+    fn publish_flushed(&mut self, in_sled: bool) {
         let head = self.log.state.head;
+        if in_sled && head.seq > self.head_file_seq {
+            self.head_file_seq = head.seq;
+            if let Err(error) = write_head_file(&self.log.dir, head) {
+                tracing::warn!(%error, seq = head.seq, "cannot update events.head");
+            }
+        }
         if head.seq <= self.flushed_seq {
             return;
         }
         self.flushed_seq = head.seq;
-        if let Err(error) = write_head_file(&self.log.dir, head) {
-            tracing::warn!(%error, seq = head.seq, "cannot update events.head");
-        }
         self.log.durable.send_replace(head.seq);
     }
 
@@ -1117,6 +1204,9 @@ impl Writer {
             retention_seq,
         };
         self.commit(group)?;
+        // Not journaled (it removes): on disk before any later group is journaled,
+        // so a replay never follows a chain this commit changed.
+        self.flush()?;
         tracing::info!(
             first_dropped_seq = outcome.first_dropped_seq,
             last_dropped_seq = outcome.last_dropped_seq,
@@ -1128,13 +1218,17 @@ impl Writer {
         Ok(Some(outcome))
     }
 
-    /// One fsync for everything committed so far.
-    fn flush(&mut self) -> Result<(), sled::Error> {
+    /// One sled flush for everything committed so far; the journal's segments sled
+    /// now holds for good are removed.
+    fn flush(&mut self) -> Result<(), StoreError> {
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         match self.db.flush() {
             Ok(_bytes) => {
                 self.flush_deadline = None;
-                self.publish_flushed();
+                self.publish_flushed(true);
+                if let Err(error) = self.journal.log.remove_through(self.journal.applied) {
+                    tracing::warn!(%error, "cannot remove applied journal segments");
+                }
                 Ok(())
             }
             Err(error) => {
@@ -1142,7 +1236,26 @@ impl Writer {
                 tracing::error!(%error, "store flush failed");
                 // Retried after an interval rather than in a tight loop.
                 self.flush_deadline = Some(Instant::now() + self.flush_interval);
-                Err(error)
+                Err(StoreError::Flush(error))
+            }
+        }
+    }
+
+    /// Group commit for durable waiters: one fdatasync of the journal makes every
+    /// group committed so far durable. sled catches up within the flush interval.
+    fn sync_journal(&mut self) -> Result<(), StoreError> {
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        match self.journal.log.sync() {
+            Ok(()) => {
+                self.publish_flushed(false);
+                let due = Instant::now() + self.flush_interval;
+                self.flush_deadline = Some(self.flush_deadline.map_or(due, |d| d.min(due)));
+                Ok(())
+            }
+            Err(error) => {
+                self.stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "store journal sync failed");
+                Err(StoreError::Journal(error.to_string()))
             }
         }
     }
@@ -1155,6 +1268,7 @@ impl StoreError {
             StoreError::Commit(error) => StoreError::Commit(error.clone()),
             StoreError::Flush(error) => StoreError::Flush(error.clone()),
             StoreError::Read(error) => StoreError::Read(error.clone()),
+            StoreError::Journal(error) => StoreError::Journal(error.clone()),
             other => StoreError::Commit(sled::Error::Unsupported(other.to_string())),
         }
     }
