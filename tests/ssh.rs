@@ -1599,3 +1599,139 @@ fn a_login_with_a_certificate_from_sluices_user_ca() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_force_push_held_for_review_lands_once_approved() {
+    let server = SshServer::start();
+    let (daemon, client) = start(
+        &server,
+        &(rule("\"read\", \"write\"", "allow") + &rule("\"dangerous\"", "review")),
+    );
+    let repos = GitRepos::clone_through(&server, &daemon, &client);
+    let before = repos.on_server("refs/heads/main");
+    git_in(
+        &repos.work,
+        &["commit", "-q", "--amend", "-m", "one, rewritten"],
+    );
+    let rewritten = git_in(&repos.work, &["rev-parse", "HEAD"]);
+    // The approver (root) may not be the agent: the push runs as nobody.
+    let chmod = std::process::Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(&repos.work)
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    let pushing = std::process::Command::new(sluice_tests::sluice_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(["run", "--agent", AGENT, "--user", "nobody", "--", "git"])
+        .args(["-c", "safe.directory=*", "-C"])
+        .arg(&repos.work)
+        .args(["push", "--force", "origin", "main"])
+        .env("SLUICE_LOG", "warn")
+        .env("GIT_SSH_COMMAND", &repos.ssh_command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hold = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = daemon.sluice(&["approvals", "list", "--json"]);
+            let list: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            if let Some(hold) = list.into_iter().next() {
+                break hold;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no hold: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Held with the whole pack but its trailer at the server: nothing changed yet.
+    assert_eq!(repos.on_server("refs/heads/main"), before);
+    let approved = daemon.sluice(&[
+        "approve",
+        &hold["id"].as_u64().unwrap().to_string(),
+        "--reason",
+        "history cleanup",
+    ]);
+    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let pushed = sluice_tests::ssh::wait_with_timeout(pushing, Duration::from_secs(60));
+    assert!(
+        pushed.status.success(),
+        "{}",
+        explain(&pushed, &daemon, &server)
+    );
+    assert_eq!(repos.on_server("refs/heads/main"), rewritten);
+    let pushes = push_records(&daemon, 1);
+    let forced = pushes
+        .iter()
+        .find(|r| r["operation"] == "dangerous")
+        .unwrap_or_else(|| panic!("{pushes:#?}"));
+    assert_eq!(forced["approval"]["outcome"], "approved");
+    assert!(
+        forced["sql"]
+            .as_str()
+            .unwrap()
+            .starts_with("git push: force-push refs/heads/main (not a fast-forward")
+    );
+}
+
+#[test]
+fn a_push_with_a_broken_pack_is_refused_and_changes_nothing() {
+    let server = SshServer::start();
+    let (daemon, client) = start(&server, &rule("\"read\", \"write\"", "allow"));
+    let repos = GitRepos::clone_through(&server, &daemon, &client);
+    let main = repos.on_server("refs/heads/main");
+    // An update of main announced by hand, then a pack whose only object is no zlib
+    // stream.
+    let line = format!(
+        "{main} {} refs/heads/main\0report-status side-band-64k\n",
+        "1".repeat(40)
+    );
+    let mut input = format!("{:04x}{line}0000", line.len() + 4).into_bytes();
+    input.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x01");
+    input.extend_from_slice(&[0x95, 0x0a]);
+    input.extend_from_slice(&[0x42; 64]);
+    let stdin = write_file(client.dir.path(), "broken-push", &input);
+    let mut args = client.options();
+    args.extend([
+        "-p".into(),
+        server.port.to_string(),
+        format!("root@{HOST}"),
+        format!("git-receive-pack '{}'", repos.bare.display()),
+    ]);
+    let pushed = client.run(&daemon, AGENT, "ssh", &args, Some(&stdin));
+    assert_eq!(
+        pushed.status.code(),
+        Some(1),
+        "{}",
+        explain(&pushed, &daemon, &server)
+    );
+    assert!(
+        text(&pushed.stderr).contains("sluice: protocol_error: unreadable pack"),
+        "{}",
+        text(&pushed.stderr)
+    );
+    assert_eq!(repos.on_server("refs/heads/main"), main);
+    // The daemon goes on serving.
+    let again = repos.agent_git(&daemon, &client, &["fetch", "-q", "origin"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        explain(&again, &daemon, &server)
+    );
+    let records = requests(&daemon, 3);
+    assert!(
+        records.iter().any(|r| r["kind"] == "git-receive-pack"
+            && r["error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("protocol_error: unreadable pack")),
+        "{records:#?}"
+    );
+}
