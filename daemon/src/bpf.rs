@@ -50,7 +50,6 @@ pub const PROGRAMS: &[(&str, ProgramKind)] = &[
     ("sluice_skb_egress", ProgramKind::SkbEgress),
     ("sluice_recvmsg4", ProgramKind::SockAddr),
     ("sluice_recvmsg6", ProgramKind::SockAddr),
-    ("sluice_dns_egress", ProgramKind::SkbEgress),
 ];
 
 /// The attach families the programs belong to.

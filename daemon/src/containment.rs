@@ -356,7 +356,7 @@ pub fn matrix(
         row(
             "dns",
             "answered by the daemon's resolver and recorded; the named server is never reached",
-            "UDP port 53: cgroup/connect4, connect6, sendmsg4, sendmsg6 rewrite to the resolver, cgroup_skb/egress files the sender (4.12), recvmsg4, recvmsg6 restore the source (5.2); TCP port 53 through the redirect listener",
+            "UDP port 53: cgroup/connect4, connect6, sendmsg4, sendmsg6 rewrite to the resolver, cgroup_skb/egress files the sender, recvmsg4, recvmsg6 restore the source (5.2); TCP port 53 through the redirect listener",
             &[
                 "sluice_connect4",
                 "sluice_connect6",
@@ -364,7 +364,7 @@ pub fn matrix(
                 "sluice_sendmsg6",
                 "sluice_recvmsg4",
                 "sluice_recvmsg6",
-                "sluice_dns_egress",
+                "sluice_skb_egress",
             ],
             "",
         ),

@@ -18,7 +18,9 @@
 //! - `sluice_lsm_socket_connect`/`sluice_lsm_socket_sendmsg` (BPF LSM): the same check
 //!   for connect and for every send, so also on a socket connected outside.
 //! - `sluice_skb_egress` (cgroup_skb/egress): the backstop. It drops every packet of the
-//!   cgroup's sockets that is not bound for the daemon, counts it and reports it.
+//!   cgroup's sockets that is not bound for the daemon, counts it and reports it; of
+//!   the DNS datagrams it lets through to the resolver it files the sender (see
+//!   `programs::file_dns_query`).
 //!
 //! BPF LSM programs are global, so they first check that the calling task is inside
 //! the managed tree (`SLUICE_SCOPE`); a zeroed scope manages nothing. They read three
@@ -529,6 +531,9 @@ pub fn sluice_skb_egress(ctx: SkBuffContext) -> i32 {
         dst_port: 0,
     });
     if packet.family != 0 && is_for_daemon(&packet) {
+        if packet.protocol == IPPROTO_UDP {
+            let _ = crate::programs::file_dns_query(&ctx);
+        }
         return 1;
     }
     if let Some(drops) = SLUICE_BACKSTOP_DROPS.get_ptr_mut(0) {

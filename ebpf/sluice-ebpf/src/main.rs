@@ -12,7 +12,7 @@
 //! 3. `sluice_getpeername4`/`sluice_getpeername6` show the agent its original peer.
 //! 4. `sluice_sendmsg4`/`sluice_sendmsg6` refuse unconnected UDP other than DNS.
 //! 5. DNS: UDP to port 53, connected (connect4/6) or not (sendmsg4/6), is rewritten to
-//!    the daemon's resolver port; `sluice_dns_egress` (cgroup_skb/egress, 4.12) files
+//!    the daemon's resolver port; the egress backstop (cgroup_skb/egress) files
 //!    the sender under each query's 4-tuple, and `sluice_recvmsg4`/`sluice_recvmsg6`
 //!    (5.2) make the replies appear to come from the server the agent asked. TCP to
 //!    port 53 is redirected like any TCP; the daemon hands it to its resolver.

@@ -14,7 +14,7 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_sk_storage_get,
     },
-    macros::{btf_map, cgroup_skb, cgroup_sock_addr, sock_ops},
+    macros::{btf_map, cgroup_sock_addr, sock_ops},
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 use sluice_common::{
@@ -562,22 +562,17 @@ pub fn sluice_recvmsg6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Files who sent each DNS datagram bound for the daemon's resolver under the
-/// datagram's 4-tuple, which the resolver looks up with its `recv_from` address. The
-/// connect hook runs before a UDP socket has a port, so only the packet carries the
-/// source port. Never drops anything. Minimum kernel: 4.12 (socket cookie on skbs).
-#[cgroup_skb(egress)]
-pub fn sluice_dns_egress(ctx: SkBuffContext) -> i32 {
-    let _ = file_dns_query(&ctx);
-    1
-}
-
 const IP_HEADER_PROTOCOL: usize = 9;
 const IP6_HEADER_NEXT: usize = 6;
 const IP6_HEADER_LEN: usize = 40;
 
+/// Files who sent a DNS datagram bound for the daemon's resolver under the datagram's
+/// 4-tuple, which the resolver looks up with its `recv_from` address. The connect hook
+/// runs before a UDP socket has a port, so only the packet carries the source port.
+/// Called by the egress backstop (`containment`) for the packets it lets through to the
+/// resolver: one program per packet, not two.
 #[inline(always)]
-fn file_dns_query(ctx: &SkBuffContext) -> Option<()> {
+pub(crate) fn file_dns_query(ctx: &SkBuffContext) -> Option<()> {
     let config = enabled_config()?;
     if config.dns_port == 0 {
         return None;
