@@ -474,26 +474,24 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The parents a commit's text names (its header lines before the first blank line);
-/// `None` when it is no commit.
+/// The parents a commit's text names, read as git reads them: the `tree` line first,
+/// then the `parent` lines right after it; a `parent` line anywhere else is not a
+/// parent to git, so it is none here either (else a crafted commit could "prove" a
+/// fast-forward git would not see). `None` when it is no commit.
 fn commit_parents(text: &[u8], format: ObjectFormat) -> Option<Vec<Vec<u8>>> {
+    let id = |hex: &[u8]| {
+        decode_hex(std::str::from_utf8(hex).ok()?).filter(|id| id.len() == format.id_len())
+    };
+    let mut lines = text.split(|&b| b == b'\n');
+    id(lines.next()?.strip_prefix(b"tree ")?)?;
     let mut parents = Vec::new();
-    let mut saw_tree = false;
-    for line in text.split(|&b| b == b'\n') {
-        if line.is_empty() {
-            break;
-        }
-        if line.starts_with(b"tree ") {
-            saw_tree = true;
-        } else if let Some(id) = line.strip_prefix(b"parent ") {
-            let id = decode_hex(std::str::from_utf8(id).ok()?)?;
-            if id.len() != format.id_len() {
-                return None;
-            }
-            parents.push(id);
+    for line in lines {
+        match line.strip_prefix(b"parent ") {
+            Some(hex) => parents.push(id(hex)?),
+            None => break,
         }
     }
-    saw_tree.then_some(parents)
+    Some(parents)
 }
 
 /// Reads a delta's little-endian base-128 size.
@@ -811,6 +809,24 @@ mod tests {
         scanner.feed(&short).unwrap();
         assert!(!scanner.complete());
         assert!(apply_delta(b"abc", &[3, 3, 0]).is_none());
+        let tree = "a".repeat(40);
+        let (one, two) = ("1".repeat(40), "2".repeat(40));
+        assert_eq!(
+            commit_parents(
+                format!("tree {tree}\nparent {one}\nauthor x\nparent {two}\n\nmsg\nparent {two}\n")
+                    .as_bytes(),
+                ObjectFormat::Sha1
+            ),
+            Some(vec![vec![0x11; 20]]),
+            "only the parent lines right after the tree line count, as in git"
+        );
+        assert_eq!(
+            commit_parents(
+                format!("author x\ntree {tree}\n").as_bytes(),
+                ObjectFormat::Sha1
+            ),
+            None
+        );
         assert_eq!(
             apply_delta(b"abc", &[3, 3, 0x91, 1, 2, 1, b'z']).unwrap(),
             b"bcz"
