@@ -507,6 +507,11 @@ pub fn from_hex(hex: &str) -> Option<[u8; 32]> {
 /// Records `head` as flushed, atomically (write then rename). Not fsynced: it must only
 /// survive the daemon's death, and it never names more than sled has flushed.
 pub(super) fn write_head_file(dir: &Path, head: ChainLink) -> std::io::Result<()> {
+    // The writer and the checkpoint thread both write it: one at a time.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _writing = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let temporary = dir.join(format!("{HEAD_FILE}.tmp"));
     std::fs::write(&temporary, format!("{} {}\n", head.seq, to_hex(&head.hash)))?;
     std::fs::rename(&temporary, dir.join(HEAD_FILE))

@@ -309,3 +309,55 @@ async fn flushed_groups_leave_the_journal() {
         seq
     );
 }
+
+#[tokio::test]
+async fn sled_catches_up_in_the_background_and_the_journal_shrinks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let store = Store::open(
+        &path,
+        StoreOptions {
+            flush_interval: Duration::from_millis(50),
+            ..options(Durability::Durable)
+        },
+    )
+    .expect("open");
+    store
+        .put_session(&session(1), Durability::Durable)
+        .await
+        .expect("session");
+    let big = "x".repeat(60_000);
+    for seq in 1..=(3 * SEGMENT_BYTES / 60_000) {
+        let record = StatementRecord {
+            sql: big.clone(),
+            ..statement(1, seq)
+        };
+        store
+            .put_statement_with_events(&record, &[], Durability::Durable)
+            .await
+            .expect("put");
+    }
+    // No flush asked for: the checkpoint thread flushes sled after the deadline, and
+    // the writer then drops the segments sled holds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while segments(&path).len() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "journal never shrank: {:?}",
+            segments(&path)
+        );
+        store
+            .put_session(&session(1), Durability::Durable)
+            .await
+            .expect("put");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // sled alone (the journal emptied) has everything.
+    let copy = crash_copy(&store, dir.path(), "crash");
+    std::fs::remove_dir_all(copy.join(JOURNAL_DIR)).expect("remove the journal");
+    let crashed = Store::open(&copy, options(Durability::Durable)).expect("open the copy");
+    assert_eq!(
+        crashed.statements(1).expect("statements").len() as u64,
+        3 * SEGMENT_BYTES / 60_000
+    );
+}

@@ -400,7 +400,7 @@ impl Store {
                 log: journal,
                 applied: journal_applied,
             },
-        );
+        )?;
         let writer = writer::spawn(writer, receiver)?;
 
         Ok(Store {

@@ -538,6 +538,88 @@ pub(super) struct Writer {
     /// Commands received so far, for the [`ReadGate`].
     received: u64,
     journal: Journal,
+    checkpointer: Checkpointer,
+    /// Journal segments at or below this LSN are removed.
+    removed_through: u64,
+}
+
+/// sled's flushes, off the writer's thread: the journal already holds every committed
+/// group durably, so sled's flush (which hands its writes to sled's I/O threads and
+/// waits) never holds up a group commit. Requests coalesce; each successful flush
+/// names the journal LSN sled now holds on disk, and the writer then removes the
+/// journal segments at or below it.
+struct Checkpointer {
+    requests: Option<std::sync::mpsc::Sender<(u64, ChainLink)>>,
+    /// The newest journal LSN sled holds on disk.
+    durable_lsn: Arc<AtomicU64>,
+    /// The newest LSN asked for (or flushed in the foreground).
+    requested: u64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(
+        db: sled::Db,
+        dir: PathBuf,
+        stats: Arc<WriterStats>,
+        applied: u64,
+    ) -> Result<Self, StoreError> {
+        let (requests, received) = std::sync::mpsc::channel::<(u64, ChainLink)>();
+        let durable_lsn = Arc::new(AtomicU64::new(applied));
+        let durable = Arc::clone(&durable_lsn);
+        let thread = std::thread::Builder::new()
+            .name("sluice-store-ckpt".into())
+            .spawn(move || {
+                while let Ok(mut request) = received.recv() {
+                    while let Ok(newer) = received.try_recv() {
+                        request = newer;
+                    }
+                    let (lsn, head) = request;
+                    match db.flush() {
+                        Ok(_) => {
+                            if let Err(error) = write_head_file(&dir, head) {
+                                tracing::warn!(%error, seq = head.seq, "cannot update events.head");
+                            }
+                            durable.fetch_max(lsn, Ordering::AcqRel);
+                        }
+                        Err(error) => {
+                            stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(%error, "store flush (checkpoint) failed");
+                        }
+                    }
+                }
+            })
+            .map_err(StoreError::Spawn)?;
+        Ok(Self {
+            requests: Some(requests),
+            durable_lsn,
+            requested: applied,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a sled flush covering everything committed up to journal LSN `lsn`.
+    fn request(&mut self, lsn: u64, head: ChainLink) {
+        if lsn <= self.requested {
+            return;
+        }
+        self.requested = lsn;
+        if let Some(requests) = &self.requests {
+            let _ = requests.send((lsn, head));
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Lets the thread finish its flush and release sled before the store's drop ends.
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("store checkpoint thread panicked");
+        }
+    }
 }
 
 /// The writer's journal: each group is appended to it before it is applied to sled.
@@ -602,9 +684,16 @@ impl Writer {
         log: EventLog,
         gate: Arc<ReadGate>,
         journal: Journal,
-    ) -> Self {
+    ) -> Result<Self, StoreError> {
         let flushed_seq = log.state.head.seq;
-        Self {
+        let checkpointer = Checkpointer::start(
+            db.clone(),
+            log.dir.clone(),
+            Arc::clone(&stats),
+            journal.applied,
+        )?;
+        let removed_through = journal.applied;
+        Ok(Self {
             db,
             sessions,
             statements,
@@ -623,7 +712,9 @@ impl Writer {
             gate,
             received: 0,
             journal,
-        }
+            checkpointer,
+            removed_through,
+        })
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -672,7 +763,7 @@ impl Writer {
                 // Nothing queued: commit what is staged, flush on schedule.
                 let mut replies = Vec::new();
                 self.commit_staged(&mut replies);
-                let flushed = on_deadline.then(|| self.flush());
+                let flushed = on_deadline.then(|| self.tick());
                 for reply in replies {
                     reply.answer(flushed.as_ref());
                 }
@@ -809,15 +900,19 @@ impl Writer {
         // a full disk, even when sled's preallocated files could still take the write);
         // sled's own flush follows on its schedule or when asked for.
         let synced = (must_sync || must_flush).then(|| self.sync_journal());
-        let flushed = if must_flush || deadline_passed {
+        let flushed = if must_flush {
             let flushed = self.flush();
             Some(match synced {
                 Some(Err(error)) => Err(error),
                 _ => flushed,
             })
+        } else if deadline_passed {
+            let ticked = self.tick();
+            Some(synced.unwrap_or(ticked))
         } else {
             synced
         };
+        self.remove_checkpointed();
         for reply in replies {
             reply.answer(flushed.as_ref());
         }
@@ -1226,9 +1321,11 @@ impl Writer {
             Ok(_bytes) => {
                 self.flush_deadline = None;
                 self.publish_flushed(true);
-                if let Err(error) = self.journal.log.remove_through(self.journal.applied) {
-                    tracing::warn!(%error, "cannot remove applied journal segments");
-                }
+                self.checkpointer.requested = self.checkpointer.requested.max(self.journal.applied);
+                self.checkpointer
+                    .durable_lsn
+                    .fetch_max(self.journal.applied, Ordering::AcqRel);
+                self.remove_checkpointed();
                 Ok(())
             }
             Err(error) => {
@@ -1241,15 +1338,40 @@ impl Writer {
         }
     }
 
+    /// At the flush deadline: batched writes become durable through the journal, and
+    /// sled is asked to flush in the background.
+    fn tick(&mut self) -> Result<(), StoreError> {
+        let synced = self.sync_journal();
+        self.checkpointer
+            .request(self.journal.applied, self.log.state.head);
+        self.flush_deadline = None;
+        synced
+    }
+
+    /// Removes the journal segments sled now holds on disk.
+    fn remove_checkpointed(&mut self) {
+        let durable = self.checkpointer.durable_lsn.load(Ordering::Acquire);
+        if durable <= self.removed_through {
+            return;
+        }
+        match self.journal.log.remove_through(durable) {
+            Ok(_) => self.removed_through = durable,
+            Err(error) => tracing::warn!(%error, "cannot remove applied journal segments"),
+        }
+    }
+
     /// Group commit for durable waiters: one fdatasync of the journal makes every
-    /// group committed so far durable. sled catches up within the flush interval.
+    /// group committed so far durable. sled catches up in the background, asked at the
+    /// next flush deadline.
     fn sync_journal(&mut self) -> Result<(), StoreError> {
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         match self.journal.log.sync() {
             Ok(()) => {
                 self.publish_flushed(false);
-                let due = Instant::now() + self.flush_interval;
-                self.flush_deadline = Some(self.flush_deadline.map_or(due, |d| d.min(due)));
+                if self.journal.applied > self.checkpointer.requested {
+                    let due = Instant::now() + self.flush_interval;
+                    self.flush_deadline = Some(self.flush_deadline.map_or(due, |d| d.min(due)));
+                }
                 Ok(())
             }
             Err(error) => {
