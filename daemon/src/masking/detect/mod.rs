@@ -235,7 +235,14 @@ pub(crate) fn scan(value: &[u8], set: DetectorSet, out: &mut Vec<Span>) {
         let word_end = word_end(v, i);
         let mut next = word_end;
         if after_gap {
-            let hit = if kind & DIGIT != 0 {
+            // Digits glued to a letter (`3c59dc04...`, `12th`) end no number and no
+            // address: both need a non-alphanumeric byte after their last digit.
+            let glued_digits = kind & DIGIT != 0
+                && v.get(i..word_end)
+                    .is_some_and(|word| word.iter().any(|&b| class(b) & DIGIT == 0));
+            let hit = if glued_digits {
+                None
+            } else if kind & DIGIT != 0 {
                 // An IPv4 address starts with 1-3 digits and a dot.
                 let ip = if set.contains(Detector::Ipv4)
                     && word_end - i <= 3
