@@ -18,6 +18,10 @@
 //! | `events`     | event seq, `u64` big-endian           | prev hash, hash, event JSON (see [`events`]) |
 //! | `meta`       | `event_log`                           | the event log's head, base and size    |
 //!
+//! Next to sled, `journal/` holds the writer's journal (see `journal.rs` and
+//! `segment.rs`): every group commit, appended and (for durable waiters) fdatasync'ed
+//! before sled applies it, replayed into sled at open after a crash.
+//!
 //! Big-endian keys make sled's byte order the id order, so scans run oldest to newest,
 //! and a session's statements are one contiguous prefix range in seq order.
 //! The event log goes through the same writer as the records, so a record and the
@@ -27,14 +31,17 @@
 //!
 //! All mutations are commands sent over a bounded queue (callers wait for room: that is
 //! the backpressure) to a single writer thread (see `writer.rs`). The writer drains
-//! whatever is queued, applies it as one sled transaction over the trees, calls `flush`
-//! (fsync) once for the lot, then answers the waiters. Under load, hundreds of durable
-//! writes share one fsync.
+//! whatever is queued, appends it to the journal as one record, applies it as one sled
+//! transaction over the trees, fdatasyncs the journal once for the lot, then answers
+//! the waiters. Under load, many durable writes share one fdatasync. sled itself is
+//! flushed in the background (a checkpoint thread) at most `flush_interval` after a
+//! write; the journal segments it then holds are removed.
 //!
-//! * [`Durability::Durable`]: the call returns once the write has been flushed.
+//! * [`Durability::Durable`]: the call returns once the write is durable (journal
+//!   synced).
 //! * [`Durability::Batched`]: the call returns once the write is queued; the writer
 //!   keeps batched writes staged in memory (bounded by count and bytes) and commits and
-//!   flushes them together at most `flush_interval` after they were queued, or sooner
+//!   syncs them together at most `flush_interval` after they were queued, or sooner
 //!   when a durable write, a read or the size cap needs it. If a batched write later
 //!   fails, the caller has already moved on: the failure is logged and counted in
 //!   [`StoreStats::failed_commits`].
@@ -42,8 +49,10 @@
 //! A failed commit or flush is reported (as [`StoreError`]) to every waiter of that
 //! group; the writer itself never stops on an error and keeps serving. Note that sled
 //! 0.34 keeps the first I/O error it meets (a full disk, say) and fails every later
-//! write with it: the store then refuses writes, and the daemon fails closed, until it
-//! is restarted. Reads keep working.
+//! write with it, and the journal refuses writes after a failed sync (the kernel may
+//! have dropped the unsynced pages) and durable writes while its disk has under 1 MiB
+//! free: the store then refuses writes, and the daemon fails closed. Reads keep
+//! working.
 //!
 //! # Reads
 //!

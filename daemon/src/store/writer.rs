@@ -7,11 +7,13 @@
 //! a batched `append_all` is not answered and stays staged), retention, a scan, a flush
 //! or shutdown, the staged size cap, a reader of the records (see [`ReadGate`]) or the
 //! flush deadline of the oldest staged write. Then everything
-//! staged is applied as one sled transaction, flushed once if any waiter needs
-//! durability (or the deadline passed), and the waiters are answered. A batched write is
-//! therefore committed and flushed together at most the flush interval after it was
-//! queued, as before, but a lone client's statements share one commit instead of paying
-//! one each. Errors are answered, logged and counted; the loop itself only ends when
+//! staged is appended to the journal as one record and applied as one sled
+//! transaction; the journal is fdatasync'ed once if any waiter needs durability (or
+//! the deadline passed), and the waiters are answered. A batched write is therefore
+//! committed and made durable at most the flush interval after it was queued, as
+//! before, but a lone client's statements share one commit instead of paying one each.
+//! sled's own flush runs on a checkpoint thread (see [`Checkpointer`]), never between
+//! a group and its waiters. Errors are answered, logged and counted; the loop itself only ends when
 //! the queue is closed (every [`super::Store`] dropped, or a shutdown).
 //!
 //! While it holds batched writes staged the writer does not listen to the queue, so
