@@ -126,6 +126,93 @@ fn a_brokered_agent_reads_and_is_refused_a_drop_that_never_reaches_the_server() 
     assert!(!daemon.log().contains(APP_PASSWORD));
 }
 
+/// The classification cache shares a statement's class between statements of the same
+/// shape (only their literals differ), except where a literal decides what the statement
+/// does: `WHERE 1 = 1` changes every row (dangerous), `WHERE 1 = 0` none (a write).
+#[test]
+fn same_shape_statements_whose_literals_carry_meaning_are_judged_apart() {
+    let server = shop();
+    let daemon = brokered(
+        &server,
+        &["bot"],
+        &[MyRule::allow("bot", &["read", "write"])],
+    );
+    // One session, one statement per COM_QUERY; --force goes on past each refusal.
+    let script = "SELECT item FROM orders WHERE id = 1; \
+         SELECT item FROM orders WHERE id = 2; \
+         UPDATE orders SET item = 'none' WHERE 1 = 0; \
+         UPDATE orders SET item = 'every-row-1' WHERE 1 = 1; \
+         UPDATE orders SET item = 'none' WHERE 2 = 0; \
+         DELETE FROM orders WHERE '0abc'; \
+         DELETE FROM orders WHERE '1abc'; \
+         UPDATE orders SET item = 'every-row-2' WHERE 7 = 7; \
+         UPDATE orders SET item = 'biscuit' WHERE id = 3";
+    let mut client = agent_command(&daemon, "bot", std::path::Path::new("/usr/bin/mariadb"));
+    client
+        .args(server.client_args("agent-user", "shop"))
+        .args(["--force", "-N", "-B"]);
+    let output = run_with_timeout(client, Some(script.replace("; ", ";\n").into_bytes()));
+    let out = stdout(&output);
+    assert!(
+        out.contains("tea") && out.contains("cake"),
+        "{out}\n{}",
+        stderr(&output)
+    );
+    let refusals = stderr(&output)
+        .matches("sluice: UPDATE denied by policy rule")
+        .count()
+        + stderr(&output)
+            .matches("sluice: DELETE denied by policy rule")
+            .count();
+    assert_eq!(refusals, 3, "{}", stderr(&output));
+    // No tautology reached the server; the bounded writes did.
+    let log = server.general_log();
+    assert!(
+        !log.contains("every-row") && !log.contains("'1abc'"),
+        "{log}"
+    );
+    assert!(
+        log.contains("WHERE 2 = 0") && log.contains("'0abc'"),
+        "{log}"
+    );
+    assert_eq!(
+        server
+            .admin("SELECT GROUP_CONCAT(item ORDER BY id) FROM shop.orders")
+            .trim(),
+        "tea,cake,biscuit"
+    );
+
+    let all = wait_for_statement(&daemon, "bot", "for the last UPDATE", |s| {
+        text(s, "sql").contains("id = ?") && text(s, "kind") == "UPDATE"
+    });
+    assert_eq!(all["decision"]["action"], "allow", "{all:#}");
+    let recorded = statements(&daemon, "bot");
+    let judged: Vec<(String, String, String)> = recorded
+        .iter()
+        .filter(|s| matches!(text(s, "kind"), "UPDATE" | "DELETE"))
+        .map(|s| {
+            (
+                text(s, "kind").to_owned(),
+                text(s, "operation").to_owned(),
+                text(&s["decision"], "action").to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("UPDATE", "write", "allow"),
+        ("UPDATE", "dangerous", "deny"),
+        ("UPDATE", "write", "allow"),
+        ("DELETE", "write", "allow"),
+        ("DELETE", "dangerous", "deny"),
+        ("UPDATE", "dangerous", "deny"),
+        ("UPDATE", "write", "allow"),
+    ]
+    .iter()
+    .map(|(kind, class, action)| ((*kind).into(), (*class).into(), (*action).into()))
+    .collect();
+    assert_eq!(judged, expected, "{recorded:#?}");
+}
+
 /// Runs the raw client (tests/mysql/raw_client.py) as `agent` with `commands` (hex);
 /// returns its JSON lines.
 fn raw_client(

@@ -40,9 +40,9 @@ use sqlparser::{
 use super::{Classified, MAX_SQL_BYTES, classify, classify_or_unparsed, functions, mask};
 
 /// Shapes kept; past it the cache starts over (a client rarely has this many).
-const MAX_SHAPES: usize = 4096;
+pub(super) const MAX_SHAPES: usize = 4096;
 /// Longest key kept: long statements are rare and cost more to hold than to parse.
-const MAX_KEY_BYTES: usize = 4096;
+pub(super) const MAX_KEY_BYTES: usize = 4096;
 
 /// The statements that start a shareable statement (lower case).
 const SHAREABLE_STARTS: &[&str] = &[

@@ -859,7 +859,7 @@ pub(super) fn reading_literals<T>(classify: impl FnOnce() -> T) -> (T, bool) {
     (result, LITERAL_READ.with(std::cell::Cell::get))
 }
 
-fn note_literal_read() {
+pub(super) fn note_literal_read() {
     LITERAL_READ.with(|read| read.set(true));
 }
 

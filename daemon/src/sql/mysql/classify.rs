@@ -18,7 +18,7 @@ use sqlparser::ast::{
 
 /// Shared with the PostgreSQL classifier; the other MySQL modules reach them here.
 pub(super) use super::super::classify::most_sensitive;
-use super::super::classify::{address, is_show};
+use super::super::classify::{address, is_show, note_literal_read};
 use super::super::{Classified, Flag};
 use crate::policy::Operation;
 
@@ -424,25 +424,29 @@ fn is_tautology(expr: &Expr, depth: usize) -> bool {
         return false;
     }
     match expr {
-        Expr::Value(value) => match &value.value {
-            Value::Boolean(true) => true,
-            // MySQL reads a non-zero number as true, and a string by its numeric prefix
-            // (`'1'`, `'1abc'`).
-            Value::Number(number, _) => number.parse::<f64>().is_ok_and(|n| n != 0.0),
-            Value::SingleQuotedString(text) => {
-                let text = text.trim_start();
-                let prefix = text
-                    .char_indices()
-                    .take_while(|&(index, c)| {
-                        c.is_ascii_digit() || c == '.' || (index == 0 && matches!(c, '-' | '+'))
-                    })
-                    .count();
-                text.get(..prefix)
-                    .and_then(|number| number.parse::<f64>().ok())
-                    .is_some_and(|n| n != 0.0)
+        Expr::Value(value) => {
+            // The value decides: such a classification is not shared by shape.
+            note_literal_read();
+            match &value.value {
+                Value::Boolean(true) => true,
+                // MySQL reads a non-zero number as true, and a string by its numeric prefix
+                // (`'1'`, `'1abc'`).
+                Value::Number(number, _) => number.parse::<f64>().is_ok_and(|n| n != 0.0),
+                Value::SingleQuotedString(text) => {
+                    let text = text.trim_start();
+                    let prefix = text
+                        .char_indices()
+                        .take_while(|&(index, c)| {
+                            c.is_ascii_digit() || c == '.' || (index == 0 && matches!(c, '-' | '+'))
+                        })
+                        .count();
+                    text.get(..prefix)
+                        .and_then(|number| number.parse::<f64>().ok())
+                        .is_some_and(|n| n != 0.0)
+                }
+                _ => false,
             }
-            _ => false,
-        },
+        }
         Expr::Nested(inner) | Expr::IsTrue(inner) | Expr::IsNotFalse(inner) => {
             is_tautology(inner, depth + 1)
         }
@@ -450,6 +454,12 @@ fn is_tautology(expr: &Expr, depth: usize) -> bool {
             BinaryOperator::Or => is_tautology(left, depth + 1) || is_tautology(right, depth + 1),
             BinaryOperator::And => is_tautology(left, depth + 1) && is_tautology(right, depth + 1),
             BinaryOperator::Eq | BinaryOperator::LtEq | BinaryOperator::GtEq => {
+                // `1 = 1` against `1 = 2`; a literal against a column is never equal.
+                if matches!(left.as_ref(), Expr::Value(_))
+                    && matches!(right.as_ref(), Expr::Value(_))
+                {
+                    note_literal_read();
+                }
                 left == right
                     && matches!(
                         left.as_ref(),

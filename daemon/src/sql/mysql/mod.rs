@@ -84,6 +84,7 @@
 //! - Text in a character set other than UTF-8 must be valid UTF-8 to be classified
 //!   (plain ASCII always is); anything else is unparsed.
 
+mod cache;
 mod classify;
 mod lexer;
 mod statement;

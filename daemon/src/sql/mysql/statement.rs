@@ -4,7 +4,7 @@
 use sqlparser::{dialect::MySqlDialect, parser::Parser, tokenizer::Tokenizer};
 
 use super::{
-    MysqlContext, MysqlStatement, SessionChange, classify, classify_mysql,
+    MysqlContext, MysqlStatement, SessionChange, cache, classify, classify_mysql,
     lexer::{Kind, Token},
     merge, parse_sql_mode, summary,
 };
@@ -622,9 +622,11 @@ fn parse(tokens: &[Token]) -> Option<sqlparser::ast::Statement> {
 
 /// The statement as sqlparser reads it, or unparsed.
 fn parsed(tokens: &[Token], kind: Option<&str>) -> MysqlStatement {
-    match parse(tokens) {
-        Some(statement) => {
-            let mut classified = classify::statement(&statement);
+    let classified = cache::classified(tokens, || {
+        parse(tokens).map(|statement| classify::statement(&statement))
+    });
+    match classified {
+        Some(mut classified) => {
             if let Some(kind) = kind {
                 classified.kind = kind.to_owned();
             }
