@@ -1194,15 +1194,21 @@ async fn pump_up<G: Gate>(
                             return Some(Refused {
                                 message: refused,
                                 report: None,
+                                server_gone: false,
                             });
                         }
                         continue;
                     }
                     if let Some(guard) = push.as_mut() {
                         // Unreadable or refused pushes go no further.
-                        if let Err(refused) = guard.relay(gate, &data, &upstream).await {
-                            let _ = upstream.close().await;
-                            return Some(refused);
+                        match guard.relay(gate, &data, &upstream).await {
+                            Ok(()) => {}
+                            // receive-pack ended on its own: its end reaches the agent.
+                            Err(stop) if stop.server_gone => return None,
+                            Err(refused) => {
+                                let _ = upstream.close().await;
+                                return Some(refused);
+                            }
                         }
                         continue;
                     }

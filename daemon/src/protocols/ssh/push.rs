@@ -33,6 +33,9 @@ pub struct Refused {
     pub message: String,
     /// receive-pack's report for a client that asked for one.
     pub report: Option<Vec<u8>>,
+    /// Not refused: the server closed the channel (receive-pack failed on its own),
+    /// and what it said is the agent's to read.
+    pub server_gone: bool,
 }
 
 impl Refused {
@@ -40,6 +43,7 @@ impl Refused {
         Self {
             message: message.into(),
             report: None,
+            server_gone: false,
         }
     }
 }
@@ -224,7 +228,10 @@ async fn forward(
     upstream
         .data_bytes(Bytes::from(data))
         .await
-        .map_err(|_| Refused::plain("the server closed the channel"))
+        .map_err(|_| Refused {
+            server_gone: true,
+            ..Refused::plain("the server closed the channel")
+        })
 }
 
 /// What the command list alone says about an update: `None` for an update of an
@@ -324,6 +331,7 @@ async fn judge<G: Gate>(
     match refused {
         None => Ok(()),
         Some(message) => Err(Refused {
+            server_gone: false,
             report: command::refused_push_report(commands, |name| {
                 let what = changes
                     .iter()
