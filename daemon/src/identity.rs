@@ -104,16 +104,7 @@ pub fn identity_of(root: &ManagedRoot, origin: &Origin) -> Result<Identity, Iden
         tid: origin.tid,
         uid: origin.uid,
         gid: origin.gid,
-        // The programs leave comm out of a redirected connection's record (the connect
-        // path's cost): read once here, like exe.
-        comm: if origin.comm[0] == 0 {
-            std::fs::read_to_string(format!("/proc/{}/task/{}/comm", origin.tgid, origin.tid))
-                .or_else(|_| std::fs::read_to_string(format!("/proc/{}/comm", origin.tgid)))
-                .map(|comm| comm.trim_end_matches('\n').to_owned())
-                .unwrap_or_default()
-        } else {
-            comm_string(&origin.comm)
-        },
+        comm: comm_string(&origin.comm),
         exe,
         cgroup,
         cgroup_id: origin.cgroup_id,

@@ -111,8 +111,7 @@ pub struct Origin {
     pub socket_cookie: u64,
     /// `bpf_ktime_get_ns()` at connect; filled like `socket_cookie`.
     pub connect_ns: u64,
-    /// The task's comm, NUL padded; filled like `socket_cookie` (the daemon reads a
-    /// redirected connection's from `/proc`).
+    /// The task's comm, NUL padded.
     pub comm: [u8; 16],
 }
 

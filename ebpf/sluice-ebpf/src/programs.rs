@@ -68,8 +68,9 @@ pub(crate) fn enabled_config() -> Option<&'static RedirectConfig> {
 }
 
 /// What a redirected connection's record carries from the kernel: the destination, who
-/// connected (pid, tid, uid, gid, cgroup) and the namespace. The rest (comm, exe) the
-/// daemon reads from `/proc` once per connection; the fast path leaves it out.
+/// connected (pid, tid, uid, gid, comm, cgroup) and the namespace. The socket cookie
+/// and the time, which the daemon does not use, are left to refusals and DNS; comm
+/// stays (a 16-byte copy here against a `/proc` read per connection in the daemon).
 #[inline(always)]
 fn origin_for(destination: &Destination, netns_cookie: u64) -> Origin {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -87,12 +88,11 @@ fn origin_for(destination: &Destination, netns_cookie: u64) -> Origin {
         netns_cookie,
         socket_cookie: 0,
         connect_ns: 0,
-        comm: [0; 16],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
 }
 
-/// A refused connect or send is reported with everything, as the task may be gone by
-/// the time the daemon reads the report.
+/// A refused connect or send is reported with the socket cookie and the time too.
 #[inline(always)]
 fn refuse_with(
     reason: RefusalReason,
@@ -103,7 +103,6 @@ fn refuse_with(
 ) -> i32 {
     origin.socket_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast::<c_void>()) };
     origin.connect_ns = unsafe { bpf_ktime_get_ns() };
-    origin.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     refuse(reason, protocol, hook, origin)
 }
 
@@ -312,7 +311,6 @@ fn redirect_dns(
     }
     origin.socket_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast::<c_void>()) };
     origin.connect_ns = unsafe { bpf_ktime_get_ns() };
-    origin.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     if !store_origin(ctx, origin)
         || SLUICE_DNS_SOCKETS
             .insert(origin.socket_cookie, origin, 0)
