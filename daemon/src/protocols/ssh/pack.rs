@@ -27,7 +27,7 @@
 //! and checks the trailer itself, while the proxy gets the stream as SSH channel
 //! messages in an async task and must know exactly where the objects end to hold the
 //! trailer back; its streaming reader also pulls in tempfile/fs/hashing crates that
-//! this ~400-line reader does not need. flate2 (already a dependency) inflates.
+//! this ~550-line reader does not need. flate2 (already a dependency) inflates.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
