@@ -1,5 +1,7 @@
 //! sysbench against MariaDB, directly and through sluice: `oltp_read_only` and
-//! `oltp_point_select` at 1 and 8 threads.
+//! `oltp_point_select` at 1 and 8 threads with prepared statements, and at 1 thread over
+//! the text protocol (`--db-ps-mode=disable`: values inlined in each statement, as most
+//! connectors send them, so each is classified anew).
 //!
 //! The part starts its own MariaDB (a data directory in the scratch directory, a free
 //! port on 127.0.0.2), fills it with `sysbench prepare` directly, and runs a sluice
@@ -31,12 +33,14 @@ const PASSWORD: &str = "bench-mysql-pw";
 const TABLES: u32 = 4;
 const TABLE_SIZE: u32 = 10_000;
 
-/// The workloads and thread counts the part measures.
-pub const WORKLOADS: &[(&str, u32)] = &[
-    ("oltp_read_only", 1),
-    ("oltp_read_only", 8),
-    ("oltp_point_select", 1),
-    ("oltp_point_select", 8),
+/// The workloads, thread counts and sysbench `--db-ps-mode`s the part measures.
+pub const WORKLOADS: &[(&str, u32, &str)] = &[
+    ("oltp_read_only", 1, "auto"),
+    ("oltp_read_only", 8, "auto"),
+    ("oltp_point_select", 1, "auto"),
+    ("oltp_point_select", 8, "auto"),
+    ("oltp_read_only", 1, "disable"),
+    ("oltp_point_select", 1, "disable"),
 ];
 
 /// What one sysbench run measured.
@@ -48,8 +52,14 @@ pub struct SysbenchResult {
     pub errors: u64,
 }
 
-/// Per workload: (name, threads, direct runs, sluice runs).
-pub type Measured = Vec<(String, u32, Vec<SysbenchResult>, Vec<SysbenchResult>)>;
+/// Per workload: (name, threads, `--db-ps-mode`, direct runs, sluice runs).
+pub type Measured = Vec<(
+    String,
+    u32,
+    &'static str,
+    Vec<SysbenchResult>,
+    Vec<SysbenchResult>,
+)>;
 
 struct MariaDb {
     child: Child,
@@ -202,10 +212,10 @@ pub fn run(scratch: &Scratch, binary: &Path, options: &Options) -> Result<Measur
     )?;
     let mut measured: Measured = WORKLOADS
         .iter()
-        .map(|(lua, threads)| ((*lua).to_owned(), *threads, Vec::new(), Vec::new()))
+        .map(|(lua, threads, mode)| ((*lua).to_owned(), *threads, *mode, Vec::new(), Vec::new()))
         .collect();
     for round in 1..=options.rounds {
-        for (lua, threads, direct, through) in &mut measured {
+        for (lua, threads, mode, direct, through) in &mut measured {
             for via_sluice in [false, true] {
                 let mut command = if via_sluice {
                     daemon.agent_command("bench", "sysbench")
@@ -216,13 +226,14 @@ pub fn run(scratch: &Scratch, binary: &Path, options: &Options) -> Result<Measur
                     .args(sysbench_args(&server, lua, !via_sluice))
                     .arg(format!("--threads={threads}"))
                     .arg(format!("--time={}", options.seconds))
-                    .args(["--db-ps-mode=auto", "run"]);
+                    .arg(format!("--db-ps-mode={mode}"))
+                    .arg("run");
                 let output = capture(&mut command)
                     .with_context(|| format!("sysbench {lua} ({threads} threads)"))?;
                 let result =
                     parse(&output).with_context(|| format!("sysbench {lua} printed:\n{output}"))?;
                 note(&format!(
-                    "round {round}: {lua} x{threads} {}: {:.0} QPS, p95 {:.2} ms",
+                    "round {round}: {lua} x{threads} ps-mode {mode} {}: {:.0} QPS, p95 {:.2} ms",
                     if via_sluice { "sluice" } else { "direct" },
                     result.qps,
                     result.p95_ms
@@ -290,18 +301,23 @@ pub fn render(measured: &Measured) -> String {
     let mut out = String::from(
         "## MySQL/MariaDB (sysbench)\n\n\
          sysbench 1.0 against a private MariaDB on loopback (4 tables of 10,000 rows, \
-         prepared statements where sysbench uses them), directly and as an agent whose \
-         sluice resource brokers the login and judges and records every statement \
-         (batched store).\n\n\
+         prepared statements where sysbench uses them, or the text protocol where the \
+         workload says so), directly and as an agent whose sluice resource brokers the \
+         login and judges and records every statement (batched store).\n\n\
          | workload | threads | direct QPS | sluice QPS | sluice / direct | direct p95 ms | sluice p95 ms | errors |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for (lua, threads, direct, through) in measured {
+    for (lua, threads, mode, direct, through) in measured {
         let direct_qps = median(direct, |r| r.qps);
         let sluice_qps = median(through, |r| r.qps);
         let errors: u64 = direct.iter().chain(through).map(|r| r.errors).sum();
         out.push_str(&format!(
-            "| {lua} | {threads} | {direct_qps:.0} | {sluice_qps:.0} | {:.2} | {:.2} | {:.2} | {errors} |\n",
+            "| {lua}{} | {threads} | {direct_qps:.0} | {sluice_qps:.0} | {:.2} | {:.2} | {:.2} | {errors} |\n",
+            if *mode == "disable" {
+                " (text protocol)"
+            } else {
+                ""
+            },
             if direct_qps > 0.0 { sluice_qps / direct_qps } else { 0.0 },
             median(direct, |r| r.p95_ms),
             median(through, |r| r.p95_ms),
