@@ -402,7 +402,7 @@ impl Store {
                 events: events.clone(),
                 state: event_log,
                 dir: dir.to_owned(),
-                durable: durable_sender,
+                durable: Arc::new(durable_sender),
             },
             Arc::clone(&gate),
             writer::Journal {

@@ -43,6 +43,7 @@ use std::{
     io::{Read, Seek, SeekFrom, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 /// Bytes of a record's frame before its payload.
@@ -114,11 +115,11 @@ impl Segment {
 pub struct SegmentLog {
     dir: PathBuf,
     segments: Vec<Segment>,
-    active: File,
+    active: Arc<File>,
     max_segment_bytes: u64,
     /// Set after a failed sync: the kernel may have dropped the unsynced pages, so
     /// nothing written since the last good sync can be trusted to be on disk.
-    failed: Option<String>,
+    failed: Arc<Mutex<Option<String>>>,
     /// Frame buffer reused across appends.
     frame: Vec<u8>,
 }
@@ -159,6 +160,56 @@ fn read_frame(bytes: &[u8], offset: usize) -> Result<(u64, std::ops::Range<usize
         return Err("checksum mismatch".into());
     }
     Ok((lsn, start..start + len))
+}
+
+fn check_failed(failed: &Mutex<Option<String>>) -> Result<(), LogError> {
+    match &*failed.lock().unwrap_or_else(PoisonError::into_inner) {
+        Some(why) => Err(LogError::Failed(why.clone())),
+        None => Ok(()),
+    }
+}
+
+fn set_failed(failed: &Mutex<Option<String>>, why: String) {
+    failed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert(why);
+}
+
+/// Syncs the segment being appended to, from any thread (see [`SegmentLog::sync_handle`]).
+pub struct SyncHandle {
+    file: Arc<File>,
+    failed: Arc<Mutex<Option<String>>>,
+    path: PathBuf,
+}
+
+impl SyncHandle {
+    /// Makes every record appended before the handle was taken durable (one
+    /// `fdatasync`; sealed segments were synced when sealed). Refuses while the disk
+    /// has under [`MIN_FREE_BYTES`] free. After a failed sync the log refuses every
+    /// later append and sync: the kernel may have dropped the unsynced pages.
+    pub fn sync(&self) -> Result<(), LogError> {
+        check_failed(&self.failed)?;
+        if let Ok(stats) = nix::sys::statvfs::fstatvfs(&*self.file) {
+            let available = stats
+                .blocks_available()
+                .saturating_mul(stats.fragment_size());
+            if available < MIN_FREE_BYTES {
+                return Err(LogError::DiskFull {
+                    available,
+                    needed: MIN_FREE_BYTES,
+                });
+            }
+        }
+        if let Err(source) = self.file.sync_data() {
+            set_failed(&self.failed, source.to_string());
+            return Err(LogError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), LogError> {
@@ -250,9 +301,9 @@ impl SegmentLog {
             SegmentLog {
                 dir: dir.to_owned(),
                 segments,
-                active,
+                active: Arc::new(active),
                 max_segment_bytes: max_segment_bytes.max(FRAME_HEADER as u64 + 1),
-                failed: None,
+                failed: Arc::default(),
                 frame: Vec::new(),
             },
             recovery,
@@ -356,9 +407,7 @@ impl SegmentLog {
     /// full; returns its LSN. Not durable until [`Self::sync`]. A failed write is cut
     /// off again, so the log stays a sequence of whole records.
     pub fn append(&mut self, payload: &[u8]) -> Result<u64, LogError> {
-        if let Some(failed) = &self.failed {
-            return Err(LogError::Failed(failed.clone()));
-        }
+        check_failed(&self.failed)?;
         if payload.len() > MAX_PAYLOAD {
             return Err(LogError::TooLarge(payload.len()));
         }
@@ -375,7 +424,7 @@ impl SegmentLog {
             .extend_from_slice(&crc(lsn, payload).to_le_bytes());
         self.frame.extend_from_slice(&lsn.to_le_bytes());
         self.frame.extend_from_slice(payload);
-        let written = self.active.write_all(&self.frame);
+        let written = (&*self.active).write_all(&self.frame);
         let active = self
             .segments
             .last_mut()
@@ -387,9 +436,9 @@ impl SegmentLog {
             let cut = self
                 .active
                 .set_len(offset)
-                .and_then(|()| self.active.seek(SeekFrom::Start(offset)).map(|_| ()));
+                .and_then(|()| (&*self.active).seek(SeekFrom::Start(offset)).map(|_| ()));
             if let Err(cut_error) = cut {
-                self.failed = Some(format!("{source}; then {cut_error}"));
+                set_failed(&self.failed, format!("{source}; then {cut_error}"));
             }
             return Err(LogError::Io {
                 path: active.path.clone(),
@@ -404,30 +453,21 @@ impl SegmentLog {
     /// sealed segments were synced when sealed). After a failed sync the log refuses
     /// every later append and sync: the kernel may have dropped the unsynced pages.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        if let Some(failed) = &self.failed {
-            return Err(LogError::Failed(failed.clone()));
-        }
-        if let Ok(stats) = nix::sys::statvfs::fstatvfs(&self.active) {
-            let available = stats
-                .blocks_available()
-                .saturating_mul(stats.fragment_size());
-            if available < MIN_FREE_BYTES {
-                return Err(LogError::DiskFull {
-                    available,
-                    needed: MIN_FREE_BYTES,
-                });
-            }
-        }
-        if let Err(source) = self.active.sync_data() {
-            self.failed = Some(source.to_string());
-            let path = self
+        self.sync_handle().sync()
+    }
+
+    /// A handle that syncs what was appended so far from another thread (the writer's
+    /// syncer), sharing the log's failed state.
+    pub fn sync_handle(&self) -> SyncHandle {
+        SyncHandle {
+            file: Arc::clone(&self.active),
+            failed: Arc::clone(&self.failed),
+            path: self
                 .segments
                 .last()
-                .map(|s| s.path.clone())
-                .unwrap_or_default();
-            return Err(LogError::Io { path, source });
+                .map(|segment| segment.path.clone())
+                .unwrap_or_default(),
         }
-        Ok(())
     }
 
     /// Seals the active segment (synced) and starts a new one after it.
@@ -442,7 +482,7 @@ impl SegmentLog {
             .open(&path)
             .map_err(io_error(&path))?;
         fsync_dir(&self.dir)?;
-        self.active = file;
+        self.active = Arc::new(file);
         self.segments.push(Segment {
             first_lsn,
             last_lsn: first_lsn - 1,
@@ -455,7 +495,7 @@ impl SegmentLog {
 
     /// Refuses every later append and sync, saying `why`.
     pub fn fail(&mut self, why: String) {
-        self.failed.get_or_insert(why);
+        set_failed(&self.failed, why);
     }
 
     /// Deletes sealed segments whose every record is at or below `lsn` (stored

@@ -279,7 +279,7 @@ pub(super) struct EventLog {
     /// The store directory, for the head file.
     pub dir: PathBuf,
     /// Publishes the newest flushed seq.
-    pub durable: watch::Sender<u64>,
+    pub durable: Arc<watch::Sender<u64>>,
 }
 
 /// The parts of a record that [`StoreCounts`] depends on.
@@ -543,6 +543,7 @@ pub(super) struct Writer {
     checkpointer: Checkpointer,
     /// Journal segments at or below this LSN are removed.
     removed_through: u64,
+    syncer: Syncer,
 }
 
 /// sled's flushes, off the writer's thread: the journal already holds every committed
@@ -624,6 +625,85 @@ impl Drop for Checkpointer {
     }
 }
 
+/// Durable waiters' fdatasyncs, off the writer's thread: while the disk syncs one
+/// group the writer goes on committing the next (and answering commits nobody syncs
+/// for, such as strict mode's results), so a sync never holds up a commit. Requests
+/// that queue up during a sync share the next one. Each request is answered only
+/// after a sync that began after its group was appended.
+struct Syncer {
+    requests: Option<std::sync::mpsc::Sender<SyncRequest>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct SyncRequest {
+    handle: super::segment::SyncHandle,
+    /// The newest event seq appended before the request: durable once synced.
+    head_seq: u64,
+    replies: Vec<PendingReply>,
+}
+
+impl Syncer {
+    fn start(
+        stats: Arc<WriterStats>,
+        durable: Arc<watch::Sender<u64>>,
+    ) -> Result<Self, StoreError> {
+        let (requests, received) = std::sync::mpsc::channel::<SyncRequest>();
+        let thread = std::thread::Builder::new()
+            .name("sluice-store-sync".into())
+            .spawn(move || {
+                while let Ok(first) = received.recv() {
+                    let mut batch = vec![first];
+                    while let Ok(more) = received.try_recv() {
+                        batch.push(more);
+                    }
+                    let Some(newest) = batch.last() else {
+                        continue;
+                    };
+                    stats.flushes.fetch_add(1, Ordering::Relaxed);
+                    let synced = newest.handle.sync().map_err(|error| {
+                        stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%error, "store journal sync failed");
+                        StoreError::Journal(error.to_string())
+                    });
+                    if synced.is_ok() {
+                        let head = batch.iter().map(|request| request.head_seq).max();
+                        if let Some(head) = head {
+                            durable.send_if_modified(|published| {
+                                let newer = head > *published;
+                                if newer {
+                                    *published = head;
+                                }
+                                newer
+                            });
+                        }
+                    }
+                    for request in batch {
+                        for reply in request.replies {
+                            reply.answer(Some(&synced));
+                        }
+                    }
+                }
+            })
+            .map_err(StoreError::Spawn)?;
+        Ok(Self {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Syncer {
+    /// Answers what is queued (after its sync) before the writer goes.
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("store sync thread panicked");
+        }
+    }
+}
+
 /// The writer's journal: each group is appended to it before it is applied to sled.
 pub(super) struct Journal {
     pub log: SegmentLog,
@@ -695,6 +775,7 @@ impl Writer {
             journal.applied,
         )?;
         let removed_through = journal.applied;
+        let syncer = Syncer::start(Arc::clone(&stats), Arc::clone(&log.durable))?;
         Ok(Self {
             db,
             sessions,
@@ -716,6 +797,7 @@ impl Writer {
             journal,
             checkpointer,
             removed_through,
+            syncer,
         })
     }
 
@@ -765,9 +847,12 @@ impl Writer {
                 // Nothing queued: commit what is staged, flush on schedule.
                 let mut replies = Vec::new();
                 self.commit_staged(&mut replies);
-                let flushed = on_deadline.then(|| self.tick());
-                for reply in replies {
-                    reply.answer(flushed.as_ref());
+                if on_deadline {
+                    self.tick(replies);
+                } else {
+                    for reply in replies {
+                        reply.answer(None);
+                    }
                 }
                 continue;
             }
@@ -901,22 +986,25 @@ impl Writer {
         // Anyone waiting for durability gets the journal's sync (which also refuses on
         // a full disk, even when sled's preallocated files could still take the write);
         // sled's own flush follows on its schedule or when asked for.
-        let synced = (must_sync || must_flush).then(|| self.sync_journal());
-        let flushed = if must_flush {
-            let flushed = self.flush();
-            Some(match synced {
-                Some(Err(error)) => Err(error),
-                _ => flushed,
-            })
-        } else if deadline_passed {
-            let ticked = self.tick();
-            Some(synced.unwrap_or(ticked))
-        } else {
-            synced
-        };
         self.remove_checkpointed();
-        for reply in replies {
-            reply.answer(flushed.as_ref());
+        if must_flush {
+            let synced = self.sync_journal();
+            let flushed = self.flush();
+            let flushed = synced.and(flushed);
+            for reply in replies {
+                reply.answer(Some(&flushed));
+            }
+        } else if must_sync || deadline_passed {
+            // The durable waiters are answered by the syncer once the journal is synced.
+            if deadline_passed {
+                self.tick(replies);
+            } else {
+                self.request_sync(replies);
+            }
+        } else {
+            for reply in replies {
+                reply.answer(None);
+            }
         }
         shutting_down
     }
@@ -1342,12 +1430,37 @@ impl Writer {
 
     /// At the flush deadline: batched writes become durable through the journal, and
     /// sled is asked to flush in the background.
-    fn tick(&mut self) -> Result<(), StoreError> {
-        let synced = self.sync_journal();
+    fn tick(&mut self, replies: Vec<PendingReply>) {
+        self.request_sync(replies);
         self.checkpointer
             .request(self.journal.applied, self.log.state.head);
         self.flush_deadline = None;
-        synced
+    }
+
+    /// Hands `replies` to the syncer, to be answered after the journal's next sync.
+    fn request_sync(&mut self, replies: Vec<PendingReply>) {
+        let request = SyncRequest {
+            handle: self.journal.log.sync_handle(),
+            head_seq: self.log.state.head.seq,
+            replies,
+        };
+        if let Some(requests) = &self.syncer.requests
+            && let Err(unsent) = requests.send(request)
+        {
+            // The sync thread is gone (it panicked): answer here.
+            let synced = unsent
+                .0
+                .handle
+                .sync()
+                .map_err(|e| StoreError::Journal(e.to_string()));
+            for reply in unsent.0.replies {
+                reply.answer(Some(&synced));
+            }
+        }
+        if self.journal.applied > self.checkpointer.requested {
+            let due = Instant::now() + self.flush_interval;
+            self.flush_deadline = Some(self.flush_deadline.map_or(due, |d| d.min(due)));
+        }
     }
 
     /// Removes the journal segments sled now holds on disk.
