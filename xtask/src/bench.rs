@@ -603,10 +603,21 @@ impl Bench<'_> {
                     .arg(&script)
                     .args(["-c", "1", "-t", "1"])
                     .arg(DATABASE);
+                let proxy = self.proxy_pid(*way)?;
+                let cpu_before = proxy.map(probes::cpu_seconds).transpose()?;
                 let result = pgbench::run(cmd, &self.log_dir()?, false)?;
                 let rate = bytes as f64 / 1e6 / (result.latency_avg_ms / 1e3);
+                // The daemon's CPU per MB of rows, which the machine's load moves less
+                // than MB/s.
+                let cpu = match (proxy, cpu_before) {
+                    (Some(pid), Some(before)) => format!(
+                        "  daemon CPU {:.1} ms per MB",
+                        (probes::cpu_seconds(pid)? - before) * 1e3 / (bytes as f64 / 1e6)
+                    ),
+                    _ => String::new(),
+                };
                 note(&format!(
-                    "round {round}: {:<24} {rate:>7.1} MB/s",
+                    "round {round}: {:<24} {rate:>7.1} MB/s{cpu}",
                     way.label()
                 ));
                 rates.push(rate);
