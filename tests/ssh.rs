@@ -1735,3 +1735,69 @@ fn a_push_with_a_broken_pack_is_refused_and_changes_nothing() {
         "{records:#?}"
     );
 }
+
+#[test]
+fn a_sha256_repository_is_judged_by_ref_too() {
+    let server = SshServer::start();
+    let (daemon, client) = start(
+        &server,
+        &(rule("\"read\", \"write\"", "allow") + &rule("\"dangerous\"", "deny")),
+    );
+    let bare = server.dir.path().join("sha256.git");
+    git_in(
+        server.dir.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            "--object-format=sha256",
+            bare.to_str().unwrap(),
+        ],
+    );
+    let repos = GitRepos {
+        bare,
+        work: client.dir.path().join("work256"),
+        ssh_command: client.git_ssh_command(),
+    };
+    let url = format!("ssh://root@{HOST}:{}{}", server.port, repos.bare.display());
+    let cloned = repos.agent_git(
+        &daemon,
+        &client,
+        &["clone", "-q", &url, repos.work.to_str().unwrap()],
+    );
+    assert!(
+        cloned.status.success(),
+        "{}",
+        explain(&cloned, &daemon, &server)
+    );
+    let push = |args: &[&str]| {
+        let mut all = vec!["push", "origin"];
+        all.extend_from_slice(args);
+        repos.agent_git(&daemon, &client, &all)
+    };
+    repos.commit("a.txt", "one\n", "one");
+    assert!(push(&["main"]).status.success(), "a creation");
+    let two = repos.commit("a.txt", "two\n", "two");
+    assert_eq!(two.len(), 64);
+    let pushed = push(&["main"]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        explain(&pushed, &daemon, &server)
+    );
+    assert_eq!(repos.on_server("refs/heads/main"), two);
+    git_in(
+        &repos.work,
+        &["commit", "-q", "--amend", "-m", "two, rewritten"],
+    );
+    let forced = push(&["--force", "main"]);
+    assert!(!forced.status.success());
+    assert!(
+        text(&forced.stderr).contains("not an ancestor"),
+        "{}",
+        explain(&forced, &daemon, &server)
+    );
+    assert_eq!(repos.on_server("refs/heads/main"), two);
+}
