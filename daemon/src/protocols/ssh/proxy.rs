@@ -1119,13 +1119,17 @@ struct DownResult {
     exit_signal: Option<String>,
 }
 
-/// How many agent messages (up to 32 KiB each) a channel reads ahead of what the
-/// server accepted. russh grants the agent more window as soon as data arrives and
-/// pushes back only by blocking the connection's loop, which would also stop the
-/// server's output from reaching the agent (and so the server from reading more): a
-/// deadlock for full-duplex streams such as `cat`. Reading ahead breaks that cycle for
-/// everything up to this much in flight (64 MiB).
-const READ_AHEAD: usize = 2048;
+/// How many bytes of agent data a channel reads ahead of what the server accepted.
+/// russh grants the agent more window as soon as data arrives and pushes back only by
+/// blocking the connection's loop, which would also stop the server's output from
+/// reaching the agent (and so the server from reading more): a deadlock for full-duplex
+/// streams such as `cat`. Reading ahead breaks that cycle for everything up to this
+/// much in flight. Counted in bytes, not messages: OpenSSH sends stdin in 16 KiB
+/// packets, so a count of messages held half of what it promised and a 50 MB `cat`
+/// deadlocked whenever the server side lagged by more than 32 MiB (a loaded host).
+/// Beyond this, the agent's connection waits (and a full-duplex stream can stall): the
+/// price of bounded memory until russh lets a server withhold window.
+const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
 
 /// How many terminal resizes may wait for the recording; more are left out of it.
 const RESIZES_IN_FLIGHT: usize = 64;
@@ -1155,18 +1159,28 @@ async fn pump_up<G: Gate>(
     counts: Arc<Mutex<Counts>>,
     resized: mpsc::Sender<(u32, u32)>,
 ) -> Option<Refused> {
-    let (ahead, mut queued) = mpsc::channel(READ_AHEAD);
+    // Each queued message holds permits for its bytes until it is written upstream.
+    let budget = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES));
+    let (ahead, mut queued) = mpsc::unbounded_channel();
     let read = async move {
         let mut agent = agent;
-        for message in early {
-            if ahead.send(Some(message)).await.is_err() {
-                return;
-            }
-        }
+        let mut pending = early.into_iter();
         loop {
-            let message = agent.wait().await;
+            let message = match pending.next() {
+                Some(message) => Some(message),
+                None => agent.wait().await,
+            };
             let last = matches!(message, None | Some(ChannelMsg::Close));
-            if ahead.send(message).await.is_err() || last {
+            let size = match &message {
+                Some(ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }) => {
+                    u32::try_from(data.len().min(READ_AHEAD_BYTES)).unwrap_or(u32::MAX)
+                }
+                _ => 0,
+            };
+            let Ok(permit) = budget.clone().acquire_many_owned(size).await else {
+                return;
+            };
+            if ahead.send((message, permit)).is_err() || last {
                 return;
             }
         }
@@ -1178,7 +1192,8 @@ async fn pump_up<G: Gate>(
             Inspect::Sftp(statuses) => (None, Some((sftp::Framer::default(), statuses))),
         };
         loop {
-            let Some(Some(message)) = queued.recv().await else {
+            // The permit goes when this iteration has written the message upstream.
+            let Some((Some(message), _permit)) = queued.recv().await else {
                 let _ = upstream.close().await;
                 return None;
             };
