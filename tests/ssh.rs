@@ -1123,22 +1123,7 @@ fn a_held_command_waits_for_approval_while_other_channels_work() {
         &mux,
         &format!("touch {}", marker.display()),
     );
-    let hold = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let output = daemon.sluice(&["approvals", "list", "--json"]);
-            let list: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
-            if let Some(hold) = list.into_iter().next() {
-                break hold;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no hold: {}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let hold = daemon.wait_for_hold(Duration::from_secs(20), |_| true);
     assert!(!marker.exists(), "held, not run");
     // Meanwhile another channel of the same connection runs.
     let other = spawn_ssh_as_nobody(&daemon, &client, &server, &mux, "uname -s");
@@ -1635,22 +1620,7 @@ fn a_force_push_held_for_review_lands_once_approved() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let hold = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let output = daemon.sluice(&["approvals", "list", "--json"]);
-            let list: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
-            if let Some(hold) = list.into_iter().next() {
-                break hold;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no hold: {}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let hold = daemon.wait_for_hold(Duration::from_secs(30), |_| true);
     // Held with the whole pack but its trailer at the server: nothing changed yet.
     assert_eq!(repos.on_server("refs/heads/main"), before);
     let approved = daemon.sluice(&[

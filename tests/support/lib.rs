@@ -347,6 +347,21 @@ impl TestDaemon {
             .expect("run sluice")
     }
 
+    /// Waits up to `within` for a pending approval that `wanted` picks, listed by
+    /// `sluice approvals list --json`; panics with the daemon's log if none comes.
+    pub fn wait_for_hold(&self, within: Duration, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let output = self.sluice(&["approvals", "list", "--json"]);
+            let list: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            if let Some(hold) = list.into_iter().find(|hold| wanted(hold)) {
+                return hold;
+            }
+            assert!(Instant::now() < deadline, "no hold: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs `program args` as agent `agent` through `sluice run`.
     pub fn run_agent(&self, agent: &str, program: &str, args: &[&str]) -> Output {
         let mut all = vec!["run", "--agent", agent, "--", program];

@@ -289,6 +289,23 @@ async fn refuse_outright<G: Gate>(gate: &G, request: Request) {
     gate.finish(verdict.ticket, Outcome::default()).await;
 }
 
+/// Judges a request that has no stream of its own to wait on (an SFTP request, a
+/// push's ref updates) and records its end at once. `Some`: why it was refused.
+pub(super) async fn judge_and_record<G: Gate>(gate: &G, request: Request) -> Option<String> {
+    let (_gone, agent_gone) = oneshot::channel();
+    let verdict = gate.decide(request, agent_gone).await;
+    let refused = (!verdict.allowed).then(|| verdict.message.clone());
+    gate.finish(
+        verdict.ticket,
+        Outcome {
+            error: refused.clone(),
+            ..Outcome::default()
+        },
+    )
+    .await;
+    refused
+}
+
 /// A `direct-tcpip` channel: judged as a new connection to its target and dispatched
 /// like one, so a forward to PostgreSQL is decoded and a jump to another SSH server is
 /// intercepted again.
@@ -1307,18 +1324,7 @@ async fn relay_sftp<G: Gate>(
             refused: None,
             pushed: Vec::new(),
         };
-        let (_gone, agent_gone) = oneshot::channel();
-        let verdict = gate.decide(request, agent_gone).await;
-        let refused = (!verdict.allowed).then(|| verdict.message.clone());
-        gate.finish(
-            verdict.ticket,
-            Outcome {
-                error: refused.clone(),
-                ..Outcome::default()
-            },
-        )
-        .await;
-        match refused {
+        match judge_and_record(gate, request).await {
             None => upstream
                 .data_bytes(packet)
                 .await

@@ -18,12 +18,11 @@
 //! when the client asked for one, so `git push` prints `[remote rejected]` with why.
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use super::{
     command::{self, PushCommands, PushedRef, RefChange},
     pack::{Ancestry, ObjectFormat, PackScanner},
-    proxy::{Gate, Outcome, Request},
+    proxy::{Gate, Request, judge_and_record},
 };
 use crate::policy::Operation;
 
@@ -317,18 +316,7 @@ async fn judge<G: Gate>(
             (pushed.name.clone(), what)
         })
         .collect();
-    let (_gone, agent_gone) = oneshot::channel();
-    let verdict = gate.decide(request, agent_gone).await;
-    let refused = (!verdict.allowed).then(|| verdict.message.clone());
-    gate.finish(
-        verdict.ticket,
-        Outcome {
-            error: refused.clone(),
-            ..Outcome::default()
-        },
-    )
-    .await;
-    match refused {
+    match judge_and_record(gate, request).await {
         None => Ok(()),
         Some(message) => Err(Refused {
             server_gone: false,
