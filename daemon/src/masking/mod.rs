@@ -109,6 +109,31 @@ pub enum ColumnAction {
     Null,
 }
 
+impl ColumnAction {
+    /// How much of a value the action may take away: keep < detectors < whole < null.
+    fn strictness(self) -> u8 {
+        match self {
+            ColumnAction::Keep => 0,
+            ColumnAction::Detectors => 1,
+            ColumnAction::WholeValue => 2,
+            ColumnAction::Null => 3,
+        }
+    }
+}
+
+/// For each of `columns` columns, the index of the plan that treats it most strictly.
+/// When a result set could come from several tables, each gets a plan and a column
+/// follows the strictest, since the proxy cannot tell which table it came from.
+pub fn strictest_plan_per_column(plans: &[ColumnPlan], columns: usize) -> Vec<usize> {
+    (0..columns)
+        .map(|column| {
+            (0..plans.len())
+                .max_by_key(|&p| plans[p].action(column).strictness())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
 #[derive(Clone, Copy)]
 enum Entry {
     Keep,

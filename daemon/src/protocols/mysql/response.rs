@@ -16,7 +16,9 @@ use super::{
     Proxy, ProxyError,
     wire::{self, Column, ErrPacket, OkPacket, Reader, caps, status},
 };
-use crate::masking::{ColumnAction, ColumnInfo, ColumnPlan, MaskOutcome, Masker};
+use crate::masking::{
+    ColumnAction, ColumnInfo, ColumnPlan, MaskOutcome, Masker, strictest_plan_per_column,
+};
 
 /// What answer a command gets.
 #[derive(Clone, Debug)]
@@ -355,15 +357,6 @@ struct ActiveMask {
     nulled: u64,
 }
 
-fn strictness(action: ColumnAction) -> u8 {
-    match action {
-        ColumnAction::Keep => 0,
-        ColumnAction::Detectors => 1,
-        ColumnAction::WholeValue => 2,
-        ColumnAction::Null => 3,
-    }
-}
-
 impl ActiveMask {
     fn new(spec: &MaskSpec, columns: &[Column], binary: bool) -> Self {
         let candidates: Vec<Option<&str>> = if spec.tables.is_empty() {
@@ -414,17 +407,7 @@ impl ActiveMask {
                 spec.masker.plan(&infos)
             })
             .collect();
-        let strictest = (0..columns.len())
-            .map(|column| {
-                (0..plans.len())
-                    .max_by_key(|&p| {
-                        plans
-                            .get(p)
-                            .map_or(0, |plan| strictness(plan.action(column)))
-                    })
-                    .unwrap_or(0)
-            })
-            .collect();
+        let strictest = strictest_plan_per_column(&plans, columns.len());
         Self {
             masker: Arc::clone(&spec.masker),
             plans,

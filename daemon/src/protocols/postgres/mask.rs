@@ -21,6 +21,7 @@ use super::{
 };
 use crate::masking::{
     ColumnAction, ColumnInfo, ColumnPlan, MaskOutcome, MaskScratch, Masker, Written,
+    strictest_plan_per_column,
 };
 
 /// A result set being masked.
@@ -42,15 +43,6 @@ pub(super) struct ActiveMask {
     names: Vec<String>,
     nulled: u64,
     scratch: MaskScratch,
-}
-
-fn strictness(action: ColumnAction) -> u8 {
-    match action {
-        ColumnAction::Keep => 0,
-        ColumnAction::Detectors => 1,
-        ColumnAction::WholeValue => 2,
-        ColumnAction::Null => 3,
-    }
 }
 
 /// Types whose binary format is their text: text, varchar, bpchar, name, json, xml,
@@ -109,17 +101,7 @@ impl ActiveMask {
                 mask.masker.plan(&infos)
             })
             .collect();
-        let strictest: Vec<usize> = (0..columns.len())
-            .map(|column| {
-                (0..plans.len())
-                    .max_by_key(|&p| {
-                        plans
-                            .get(p)
-                            .map_or(0, |plan| strictness(plan.action(column)))
-                    })
-                    .unwrap_or(0)
-            })
-            .collect();
+        let strictest = strictest_plan_per_column(&plans, columns.len());
         let copied: Vec<bool> = columns
             .iter()
             .zip(&strictest)
