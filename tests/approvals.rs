@@ -68,25 +68,6 @@ fn held(daemon: &TestDaemon) -> Vec<Value> {
     serde_json::from_slice(&output.stdout).expect("approvals list JSON")
 }
 
-/// Waits until a statement of `agent` whose SQL contains `sql` is held, and returns it.
-fn wait_for_hold(daemon: &TestDaemon, agent: &str, sql: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(hold) = held(daemon)
-            .into_iter()
-            .find(|h| text(h, "agent") == agent && text(h, "sql").contains(sql))
-        {
-            return hold;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no hold of {agent} for {sql:?}; log:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn id_of(hold: &Value) -> String {
     hold["id"].as_u64().expect("approval id").to_string()
 }
@@ -147,7 +128,7 @@ fn an_approved_statement_runs_and_the_approver_is_recorded() {
         &["SELECT item FROM orders WHERE id < 10 ORDER BY id"],
     );
     let pid = psql.id();
-    let hold = wait_for_hold(&daemon, "reviewed", "SELECT item FROM orders");
+    let hold = daemon.wait_for_statement_hold("reviewed", "SELECT item FROM orders");
     assert_eq!(hold["pid"], pid, "{hold:#}");
     assert_eq!(hold["uid"], 65534, "{hold:#}");
     assert_eq!(text(&hold, "resource"), "pg");
@@ -273,7 +254,7 @@ fn a_denied_statement_gets_42501_with_the_reason_the_session_goes_on_and_webhook
             "SELECT count(*) AS after_denial FROM orders",
         ],
     );
-    let hold = wait_for_hold(&daemon, "reviewed", "DELETE FROM orders");
+    let hold = daemon.wait_for_statement_hold("reviewed", "DELETE FROM orders");
 
     let (request_line, body) = webhook
         .recv_timeout(Duration::from_secs(15))
@@ -347,7 +328,7 @@ fn a_rule_timeout_denies_the_statement() {
         &["--user", AGENT_USER],
         &["UPDATE orders SET item = 'gone' WHERE id = 2"],
     );
-    let hold = wait_for_hold(&daemon, "reviewed", "UPDATE orders");
+    let hold = daemon.wait_for_statement_hold("reviewed", "UPDATE orders");
     assert_eq!(hold["timeout_seconds"], 2);
     let output = finish(psql);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -398,7 +379,7 @@ fn two_held_agents_do_not_block_each_other() {
         &["--user", AGENT_USER],
         &["SELECT item AS first_item FROM orders WHERE id = 1"],
     );
-    let first_hold = wait_for_hold(&daemon, "first", "first_item");
+    let first_hold = daemon.wait_for_statement_hold("first", "first_item");
     let second = spawn_psql(
         &daemon,
         &server,
@@ -406,7 +387,7 @@ fn two_held_agents_do_not_block_each_other() {
         &["--user", AGENT_USER],
         &["SELECT item AS second_item FROM orders WHERE id = 2"],
     );
-    let second_hold = wait_for_hold(&daemon, "second", "second_item");
+    let second_hold = daemon.wait_for_statement_hold("second", "second_item");
     assert_ne!(first_hold["id"], second_hold["id"]);
     assert!(
         scrape(metrics_port).contains("sluice_approvals_held 2"),
@@ -458,7 +439,7 @@ fn nobody_approves_their_own_statement() {
         &[],
         &["SELECT item FROM orders WHERE id = 3"],
     );
-    let hold = wait_for_hold(&daemon, "root-agent", "SELECT item");
+    let hold = daemon.wait_for_statement_hold("root-agent", "SELECT item");
     assert_eq!(hold["uid"], 0);
 
     let refused = daemon.sluice(&["approve", &id_of(&hold), "--reason", "it is mine"]);
@@ -534,13 +515,13 @@ fn extended_protocol_statements_are_held_at_execute() {
          DELETE FROM orders WHERE id = 3\n\
          SELECT item FROM orders ORDER BY id\n",
     );
-    let update = wait_for_hold(&daemon, "driver", "UPDATE orders");
+    let update = daemon.wait_for_statement_hold("driver", "UPDATE orders");
     assert_eq!(
         text(&update, "sql"),
         "UPDATE orders SET item = $1 WHERE id = ?"
     );
     decide(&daemon, "approve", &update, "price change OPS-7");
-    let delete = wait_for_hold(&daemon, "driver", "DELETE FROM orders");
+    let delete = daemon.wait_for_statement_hold("driver", "DELETE FROM orders");
     decide(&daemon, "deny", &delete, "keep the jam");
 
     let output = finish(probe);
@@ -640,7 +621,7 @@ fn an_agent_that_goes_away_withdraws_its_hold() {
         &["--user", AGENT_USER],
         &["DELETE FROM orders WHERE id = 2"],
     );
-    let hold = wait_for_hold(&daemon, "quitter", "DELETE FROM orders");
+    let hold = daemon.wait_for_statement_hold("quitter", "DELETE FROM orders");
     psql.kill().expect("kill psql");
     let _ = psql.wait();
 
@@ -680,7 +661,7 @@ fn a_held_statement_is_recorded_when_the_server_goes_away() {
         &["--user", AGENT_USER],
         &["DELETE FROM orders WHERE id = 2"],
     );
-    wait_for_hold(&daemon, "stranded", "DELETE FROM orders");
+    daemon.wait_for_statement_hold("stranded", "DELETE FROM orders");
     server.stop();
     let output = finish(psql);
     assert!(!output.status.success(), "{output:?}");

@@ -192,26 +192,9 @@ fn spawn_psql(console: &Console, server: &PgServer, agent: &str, statements: &[&
     child
 }
 
-/// Waits until a statement of `agent` containing `sql` is held; returns its approval id.
-fn wait_for_hold(daemon: &TestDaemon, agent: &str, sql: &str) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let output = daemon.sluice(&["approvals", "list", "--json"]);
-        assert!(output.status.success(), "{output:?}");
-        let held: Vec<Value> = serde_json::from_slice(&output.stdout).expect("approvals JSON");
-        if let Some(hold) = held
-            .iter()
-            .find(|h| text(h, "agent") == agent && text(h, "sql").contains(sql))
-        {
-            return hold["id"].as_u64().expect("approval id");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no hold of {agent} for {sql:?}; log:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The approval id of a hold as `sluice approvals list --json` shows it.
+fn hold_id(hold: &Value) -> u64 {
+    hold["id"].as_u64().expect("approval id")
 }
 
 fn review_policy(server: &PgServer, agent: &str) -> String {
@@ -353,7 +336,11 @@ fn viewers_and_requests_without_csrf_cannot_decide_and_a_denials_reason_reaches_
         "reviewed",
         &["DELETE FROM orders WHERE id = 3"],
     );
-    let id = wait_for_hold(&console.daemon, "reviewed", "DELETE FROM orders");
+    let id = hold_id(
+        &console
+            .daemon
+            .wait_for_statement_hold("reviewed", "DELETE FROM orders"),
+    );
 
     let viewer = browser(
         "viewer",
@@ -380,7 +367,11 @@ fn viewers_and_requests_without_csrf_cannot_decide_and_a_denials_reason_reaches_
     }
     // Nothing was decided: still held.
     assert_eq!(
-        wait_for_hold(&console.daemon, "reviewed", "DELETE FROM orders"),
+        hold_id(
+            &console
+                .daemon
+                .wait_for_statement_hold("reviewed", "DELETE FROM orders")
+        ),
         id
     );
 
@@ -639,7 +630,11 @@ fn approvers_sign_in_through_the_identity_provider_and_their_identity_is_recorde
         "reviewed",
         &["UPDATE orders SET item = 'bun' WHERE id = 1"],
     );
-    let id = wait_for_hold(&console.daemon, "reviewed", "UPDATE orders");
+    let id = hold_id(
+        &console
+            .daemon
+            .wait_for_statement_hold("reviewed", "UPDATE orders"),
+    );
 
     // bob is in no approver group: a viewer.
     let bob = browser(

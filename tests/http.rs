@@ -16,7 +16,7 @@ use sluice_tests::{
     http::{
         API_NAME, HOST, Nginx, OTHER_NAME, PYTHON, TOKEN, curl, daemon, policy, wait_for_requests,
     },
-    sluice_bin, text,
+    slowdown, sluice_bin, text,
 };
 
 const READ_ALL: &str = r#"
@@ -366,7 +366,11 @@ timeout = "60s"
         .stderr(Stdio::piped())
         .spawn()
         .expect("start curl");
-    let hold = wait_for_hold(&daemon, "POST api.test/api/repos/acme/api/issues");
+    let hold = daemon.wait_for_hold(Duration::from_secs(30) * slowdown(), |hold| {
+        hold["sql"]
+            .as_str()
+            .is_some_and(|sql| sql.contains("POST api.test/api/repos/acme/api/issues"))
+    });
     assert!(
         nginx.access_log().is_empty(),
         "nothing went upstream while held"
@@ -831,30 +835,6 @@ fn daemon_config(daemon: &TestDaemon) -> std::path::PathBuf {
         .parent()
         .expect("daemon dir")
         .join("sluice.toml")
-}
-
-fn wait_hold_list(daemon: &TestDaemon) -> Vec<Value> {
-    let output = daemon.sluice(&["approvals", "list", "--json"]);
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).expect("approvals JSON")
-}
-
-fn wait_for_hold(daemon: &TestDaemon, needle: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(hold) = wait_hold_list(daemon)
-            .into_iter()
-            .find(|hold| text(hold, "sql").contains(needle))
-        {
-            return hold;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no hold for {needle}:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn wait_child(child: &mut std::process::Child) -> std::process::ExitStatus {
@@ -1502,7 +1482,11 @@ print("final:", rest.split(b"\r\n")[0].decode())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the agent");
-    let hold = wait_for_hold(&daemon, "POST api.test/api/held");
+    let hold = daemon.wait_for_hold(Duration::from_secs(30) * slowdown(), |hold| {
+        hold["sql"]
+            .as_str()
+            .is_some_and(|sql| sql.contains("POST api.test/api/held"))
+    });
     assert!(nginx.access_log().is_empty(), "nothing upstream while held");
     std::fs::write(&marker_path, "approved").expect("marker");
     let id = hold["id"].as_u64().expect("hold id").to_string();

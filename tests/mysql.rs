@@ -1320,28 +1320,6 @@ impl Drop for PySession {
     }
 }
 
-/// `sluice approvals list --json`, waiting for a hold of `agent` whose SQL has `sql`.
-fn wait_for_hold(daemon: &TestDaemon, agent: &str, sql: &str) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let output = daemon.sluice(&["approvals", "list", "--json"]);
-        assert!(output.status.success(), "{}", stderr(&output));
-        let held: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
-        if let Some(hold) = held
-            .into_iter()
-            .find(|h| text(h, "agent") == agent && text(h, "sql").contains(sql))
-        {
-            return hold;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no hold for {sql}:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_statement_under_review_waits_for_a_human_and_runs_or_is_refused() {
     let server = shop();
@@ -1360,7 +1338,7 @@ fn a_statement_under_review_waits_for_a_human_and_runs_or_is_refused() {
     );
 
     session.send("INSERT INTO orders VALUES (4, 'bread')");
-    let hold = wait_for_hold(&daemon, "bot", "INSERT INTO orders");
+    let hold = daemon.wait_for_statement_hold("bot", "INSERT INTO orders");
     assert_eq!(text(&hold, "resource"), "db");
     assert_eq!(
         text(&hold, "sql"),
@@ -1383,7 +1361,7 @@ fn a_statement_under_review_waits_for_a_human_and_runs_or_is_refused() {
     );
 
     session.send("DELETE FROM orders WHERE id = 4");
-    let hold = wait_for_hold(&daemon, "bot", "DELETE FROM orders");
+    let hold = daemon.wait_for_statement_hold("bot", "DELETE FROM orders");
     let id = hold["id"].as_u64().expect("id").to_string();
     let deny = daemon.sluice(&["deny", &id, "--reason", "not today"]);
     assert!(deny.status.success(), "{}", stderr(&deny));

@@ -347,6 +347,15 @@ impl TestDaemon {
             .expect("run sluice")
     }
 
+    /// Waits until a statement of `agent` whose SQL contains `sql` is held, and returns
+    /// the hold as `sluice approvals list --json` shows it.
+    pub fn wait_for_statement_hold(&self, agent: &str, sql: &str) -> Value {
+        self.wait_for_hold(Duration::from_secs(20) * slowdown(), |hold| {
+            hold["agent"].as_str() == Some(agent)
+                && hold["sql"].as_str().is_some_and(|text| text.contains(sql))
+        })
+    }
+
     /// Waits up to `within` for a pending approval that `wanted` picks, listed by
     /// `sluice approvals list --json`; panics with the daemon's log if none comes.
     pub fn wait_for_hold(&self, within: Duration, wanted: impl Fn(&Value) -> bool) -> Value {
