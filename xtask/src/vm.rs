@@ -788,29 +788,13 @@ fn run_guest(
         // Captured separately: one file for both lost output (field notes).
         .stdout(fs::File::create(results.join("vng.out"))?)
         .stderr(fs::File::create(results.join("vng.err"))?);
-    println!("$ {}", crate::shell::display(&command));
-    note(&format!(
+    let what = format!(
         "{} under TCG; output in {}",
         kernel.package,
         results.display()
-    ));
-    let started = Instant::now();
-    let status = command
-        .status()
-        .context("could not start vng (timeout from coreutils)")?;
-    let elapsed = started.elapsed();
-    if status.code() == Some(124) {
-        note(&format!(
-            "the guest hit the {} s limit and was stopped",
-            options.guest_timeout.as_secs()
-        ));
-    }
-    let read = |name: &str| {
-        fs::read_to_string(results.join(name))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
+    );
+    let (status, elapsed) = run_timed_guest(&mut command, &what, "vng", options)?;
+    let read = |name: &str| read_result(&results, name);
     let names: Vec<&str> = binaries
         .suites
         .iter()
@@ -851,6 +835,37 @@ fn run_guest(
     };
     print!("{}", report.render());
     Ok(report)
+}
+
+/// Runs a guest `command` (wrapped in coreutils' `timeout`), saying what runs and
+/// whether the guest hit the time limit; returns its status and how long it ran.
+fn run_timed_guest(
+    command: &mut Command,
+    what: &str,
+    program: &str,
+    options: &Options,
+) -> Result<(std::process::ExitStatus, std::time::Duration)> {
+    println!("$ {}", crate::shell::display(command));
+    note(what);
+    let started = Instant::now();
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {program} (timeout from coreutils)"))?;
+    if status.code() == Some(124) {
+        note(&format!(
+            "the guest hit the {} s limit and was stopped",
+            options.guest_timeout.as_secs()
+        ));
+    }
+    Ok((status, started.elapsed()))
+}
+
+/// A file the guest wrote into its results folder, trimmed; empty when missing.
+fn read_result(dir: &Path, name: &str) -> String {
+    fs::read_to_string(dir.join(name))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
-    Cache, GUEST_LSM, GuestReport, KernelSeries, Options, SuiteReport, parse_smoke,
-    resolve_kernel_package,
+    Cache, GUEST_LSM, GuestReport, KernelSeries, Options, SuiteReport, parse_smoke, read_result,
+    resolve_kernel_package, run_timed_guest,
 };
 use crate::shell::{note, part, run};
 
@@ -255,28 +255,9 @@ pub(super) fn run_guest(
         .stdin(Stdio::null())
         .stdout(fs::File::create(share.join("qemu.out"))?)
         .stderr(fs::File::create(share.join("qemu.err"))?);
-    println!("$ {}", crate::shell::display(&command));
-    note(&format!(
-        "systemd guest under TCG; output in {}",
-        share.display()
-    ));
-    let started = Instant::now();
-    let status = command
-        .status()
-        .context("could not start qemu-system-x86_64 (timeout from coreutils)")?;
-    let elapsed = started.elapsed();
-    if status.code() == Some(124) {
-        note(&format!(
-            "the guest hit the {} s limit and was stopped",
-            options.guest_timeout.as_secs()
-        ));
-    }
-    let read = |name: &str| {
-        fs::read_to_string(share.join(name))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
+    let what = format!("systemd guest under TCG; output in {}", share.display());
+    let (status, elapsed) = run_timed_guest(&mut command, &what, "qemu-system-x86_64", options)?;
+    let read = |name: &str| read_result(&share, name);
     let rc = read("systemd.rc");
     let mut fields = rc.split_whitespace().map(|f| f.parse::<u64>().ok());
     let exit = fields.next().flatten().map(|c| c as i32);
