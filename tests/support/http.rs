@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{TestDaemon, free_port};
+use crate::{TestDaemon, free_port, pki::TestPki};
 
 /// The address nginx listens on: not 127.0.0.1, so agents' connections are redirected.
 pub const HOST: &str = "127.0.0.2";
@@ -78,13 +78,8 @@ impl Nginx {
         let big = std::fs::File::create(www.join("big.bin")).expect("big.bin");
         big.set_len(big_bytes).expect("size big.bin");
 
-        let pki = Pki::new();
-        let ca_file = root.join("ca.pem");
-        let cert_file = root.join("server.pem");
-        let key_file = root.join("server.key");
-        std::fs::write(&ca_file, &pki.ca_pem).expect("ca");
-        std::fs::write(&cert_file, &pki.cert_pem).expect("cert");
-        std::fs::write(&key_file, &pki.key_pem).expect("key");
+        let (ca_file, cert_file, key_file) =
+            TestPki::for_hosts(&[API_NAME, OTHER_NAME, HOST]).write_to(root);
 
         let tls_port = free_port();
         let plain_port = free_port();
@@ -329,46 +324,6 @@ fn nginx_bin() -> PathBuf {
         .map(PathBuf::from)
         .find(|path| path.exists())
         .unwrap_or_else(|| PathBuf::from("nginx"))
-}
-
-/// A CA and a certificate for [`API_NAME`], [`OTHER_NAME`] and [`HOST`], as PEM.
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "nginx test CA");
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let mut params = rcgen::CertificateParams::new(vec![
-            API_NAME.to_owned(),
-            OTHER_NAME.to_owned(),
-            HOST.to_owned(),
-        ])
-        .expect("server params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, API_NAME);
-        let cert = params.signed_by(&key, &issuer).expect("server certificate");
-        Self {
-            ca_pem: ca.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
 }
 
 /// A policy with agent `ci-bot`, resource `api` (nginx's HTTPS port, protocol http,

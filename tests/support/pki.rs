@@ -14,6 +14,12 @@ impl TestPki {
     /// A new CA and a certificate for `host` (subject alternative name and common name)
     /// signed by it.
     pub fn for_host(host: &str) -> Self {
+        Self::for_hosts(&[host])
+    }
+
+    /// A new CA and a certificate for every name in `hosts` (subject alternative names;
+    /// the first is also the common name) signed by it.
+    pub fn for_hosts(hosts: &[&str]) -> Self {
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -27,11 +33,13 @@ impl TestPki {
         let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().expect("server key");
-        let mut params =
-            rcgen::CertificateParams::new(vec![host.to_owned()]).expect("server params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, host);
+        let names: Vec<String> = hosts.iter().map(|host| (*host).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("server params");
+        if let Some(first) = hosts.first() {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *first);
+        }
         let certificate = params.signed_by(&key, &issuer).expect("server certificate");
         Self {
             ca_pem: ca.pem(),
