@@ -23,8 +23,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
-        links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, links::FdLink,
     },
 };
 use sluice_common::{
@@ -45,7 +44,6 @@ pub const PROGRAMS: &[(&str, ProgramKind)] = &[
     ("sluice_sendmsg6", ProgramKind::SockAddr),
     ("sluice_getpeername4", ProgramKind::SockAddr),
     ("sluice_getpeername6", ProgramKind::SockAddr),
-    ("sluice_sock_ops", ProgramKind::SockOps),
     ("sluice_sock_create", ProgramKind::SockCreate),
     ("sluice_skb_egress", ProgramKind::SkbEgress),
     ("sluice_recvmsg4", ProgramKind::SockAddr),
@@ -56,7 +54,6 @@ pub const PROGRAMS: &[(&str, ProgramKind)] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgramKind {
     SockAddr,
-    SockOps,
     /// cgroup/sock_create.
     SockCreate,
     /// cgroup_skb on egress.
@@ -193,7 +190,7 @@ impl Interception {
             let program_error = |source| BpfError::Program { name, source };
             // Only bpf_link attachments (kernel 5.7+) can be pinned.
             let link_error = |source| BpfError::Link { name, source };
-            // The two program types share no attach trait in aya, hence the macro.
+            // The program types share no attach trait in aya, hence the macro.
             macro_rules! load_attach_take {
                 ($program_type:ty) => {{
                     let program: &mut $program_type = program.try_into().map_err(program_error)?;
@@ -210,7 +207,6 @@ impl Interception {
             }
             let link: FdLink = match kind {
                 ProgramKind::SockAddr => load_attach_take!(CgroupSockAddr),
-                ProgramKind::SockOps => load_attach_take!(SockOps),
                 ProgramKind::SockCreate => load_attach_take!(CgroupSock),
                 ProgramKind::SkbEgress => {
                     let program: &mut CgroupSkb = program.try_into().map_err(program_error)?;

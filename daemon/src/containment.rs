@@ -324,7 +324,7 @@ pub fn matrix(
         }
         r
     };
-    const CONNECT: &[&str] = &["sluice_connect4", "sluice_connect6", "sluice_sock_ops"];
+    const CONNECT: &[&str] = &["sluice_connect4", "sluice_connect6", "sluice_skb_egress"];
     const UDP: &[&str] = &[
         "sluice_connect4",
         "sluice_connect6",
@@ -335,7 +335,7 @@ pub fn matrix(
         row(
             "tcp",
             "redirected",
-            "cgroup/connect4, connect6 (4.17), sock_ops (4.13); v4-mapped IPv6 folded to IPv4",
+            "cgroup/connect4, connect6 (4.17) rewrite; cgroup_skb/egress files the origin from the SYN (5.2); v4-mapped IPv6 folded to IPv4",
             CONNECT,
             "",
         ),

@@ -115,8 +115,8 @@ pub struct Origin {
     pub comm: [u8; 16],
 }
 
-/// The key under which sock_ops files an [`Origin`] for the daemon: the redirected
-/// connection's full 4-tuple as the agent's side sees it.
+/// The key under which the egress program files an [`Origin`] for the daemon, from the
+/// connection's SYN: the redirected connection's full 4-tuple as the agent's side sees it.
 ///
 /// `src` is the agent's address, `dst` the daemon listener's. v4-mapped IPv6 is folded
 /// to IPv4 so that the key matches what the daemon's IPv4 listener sees.

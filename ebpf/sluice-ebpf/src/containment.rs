@@ -19,8 +19,9 @@
 //!   for connect and for every send, so also on a socket connected outside.
 //! - `sluice_skb_egress` (cgroup_skb/egress): the backstop. It drops every packet of the
 //!   cgroup's sockets that is not bound for the daemon, counts it and reports it; of
-//!   the DNS datagrams it lets through to the resolver it files the sender (see
-//!   `programs::file_dns_query`).
+//!   the packets it lets through it files, for the daemon, the record of each
+//!   redirected connection as its SYN leaves (`programs::file_connection`) and the
+//!   sender of each DNS datagram (`programs::file_dns_query`).
 //!
 //! BPF LSM programs are global, so they first check that the calling task is inside
 //! the managed tree (`SLUICE_SCOPE`); a zeroed scope manages nothing. They read three
@@ -518,8 +519,11 @@ fn socket_owner(ctx: &SkBuffContext) -> SocketOwner {
 /// daemon, counts it and reports it. Outbound connects and sends never reach it; what
 /// does is traffic no sock_addr hook sees, such as the replies on a connection a peer
 /// outside made to an agent's listening socket (accept and sends on an accepted
-/// socket run no hook). Packets of an unconfigured daemon are dropped too.
-/// Minimum kernel: 5.8 (ring buffer; cgroup_skb itself is 4.10).
+/// socket run no hook). Packets of an unconfigured daemon are dropped too. Of the
+/// packets it lets through, a redirected connection's SYN files the connection's record
+/// for the daemon and a DNS datagram its sender.
+/// Minimum kernel: 5.8 (ring buffer; cgroup_skb itself is 4.10, socket-local storage
+/// and `bpf_sk_fullsock` in it 5.2).
 #[cgroup_skb(egress)]
 pub fn sluice_skb_egress(ctx: SkBuffContext) -> i32 {
     // Every field defined on every path: the verifier refuses a copy of an undefined
@@ -533,6 +537,8 @@ pub fn sluice_skb_egress(ctx: SkBuffContext) -> i32 {
     if packet.family != 0 && is_for_daemon(&packet) {
         if packet.protocol == IPPROTO_UDP {
             let _ = crate::programs::file_dns_query(&ctx);
+        } else {
+            let _ = crate::programs::file_connection(&ctx);
         }
         return 1;
     }

@@ -6,9 +6,10 @@
 //! 1. `sluice_connect4`/`sluice_connect6` (cgroup/connect4, cgroup/connect6) record the
 //!    original destination and the task's identity in socket-local storage, then
 //!    rewrite the destination to the listener.
-//! 2. `sluice_sock_ops` (sock_ops, `TCP_CONNECT_CB`) copies the socket's record to a map
-//!    keyed by the connection's full 4-tuple, which the daemon looks up with the
-//!    accepted stream's peer and local addresses.
+//! 2. The egress backstop (cgroup_skb/egress, see `containment`) copies the socket's
+//!    record, as the connection's SYN leaves, to a map keyed by the connection's full
+//!    4-tuple, which the daemon looks up with the accepted stream's peer and local
+//!    addresses. (sock_ops did this until 2026-12: it ran five times per connection.)
 //! 3. `sluice_getpeername4`/`sluice_getpeername6` show the agent its original peer.
 //! 4. `sluice_sendmsg4`/`sluice_sendmsg6` refuse unconnected UDP other than DNS.
 //! 5. DNS: UDP to port 53, connected (connect4/6) or not (sendmsg4/6), is rewritten to

@@ -12,10 +12,10 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_sk_storage_get,
+        bpf_sk_fullsock, bpf_sk_storage_get,
     },
-    macros::{btf_map, cgroup_sock_addr, sock_ops},
-    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+    macros::{btf_map, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
 };
 use sluice_common::{
     AF_INET, AF_INET6, ConnKey, HOOK_CONNECT, HOOK_SENDMSG, MAX_DAEMON_ENDPOINTS, Origin,
@@ -27,7 +27,6 @@ pub(crate) const REFUSE: i32 = 0;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 const DNS_PORT: u16 = 53;
-const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 /// `::ffff:0:0/96`, the third word of a v4-mapped address in network byte order.
 const V4_MAPPED_WORD: u32 = 0xffffu32.to_be();
 
@@ -213,7 +212,8 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
         );
     }
 
-    // The record on the socket is all: sock_ops files it under the 4-tuple from there.
+    // The record on the socket is all: the egress program files it under the 4-tuple
+    // when the SYN leaves.
     if !store_origin(ctx, origin) {
         return refuse_with(
             RefusalReason::NotConfigured,
@@ -227,7 +227,7 @@ fn handle_connect(ctx: &SockAddrContext, destination: Destination) -> i32 {
     ALLOW
 }
 
-/// Records `origin` on the socket, for sock_ops, getpeername and recvmsg: in its
+/// Records `origin` on the socket, for the SYN's filing, getpeername and recvmsg: in its
 /// [`ManagedSocket`] element, or in an element of its own for a socket that has none.
 /// `false` when the kernel could not store it (out of memory): without it the daemon
 /// could not tell where the connection was going, so the caller refuses.
@@ -622,57 +622,69 @@ fn is_v4_mapped(ip: &[u32; 4]) -> bool {
     ip[0] == 0 && ip[1] == 0 && ip[2] == V4_MAPPED_WORD
 }
 
-/// Files each redirected connection's record under its 4-tuple, just before the SYN
-/// leaves. It runs for every base callback (timeout and window init, ECN, connect,
-/// established; no optional callback is turned on): all but the connect return at
-/// once. Minimum kernel: 5.3 (socket-local storage in sock_ops).
-#[sock_ops]
-pub fn sluice_sock_ops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
-        return 1;
-    }
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return 1;
-    }
-    // The record connect4/6 left on the socket; a socket without one was not redirected.
-    let origin = redirected_origin(sk.cast());
-    if origin.is_null() {
-        return 1;
-    }
-    let origin = unsafe { *origin };
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
-    // sock_ops keeps the remote port in network order in the upper half on little endian.
-    let remote_port = ctx.remote_port();
-    let remote_port_be = if remote_port > 0xffff {
-        (remote_port >> 16) as u16
+/// Files a redirected connection's record under its 4-tuple as its SYN leaves, for the
+/// daemon to look up with the accepted stream's peer and local addresses. Called by the
+/// egress backstop (`containment`) for the TCP packets it lets through to the listener,
+/// so a connection costs no program run of its own here: sock_ops, which did this
+/// before, ran for five callbacks per connection (four of them useless, none can be
+/// turned off). Each SYN (a retransmitted one too) files the record again, before the
+/// daemon can accept the connection; none is sent after the handshake. The record is
+/// the one connect4/6 left on the socket; a socket without one was not redirected.
+/// The packet is the kernel's own SYN (agents cannot craft packets: raw and packet
+/// sockets are refused), and IPv6 extension headers never reach here (the backstop
+/// drops such packets), so the TCP header follows the fixed IPv6 header.
+#[inline(always)]
+pub(crate) fn file_connection(ctx: &SkBuffContext) -> Option<()> {
+    let first = ctx.load::<u8>(0).ok()?;
+    let version = first >> 4;
+    let tcp_offset = if version == 4 {
+        usize::from(first & 0x0f) * 4
     } else {
-        remote_port as u16
+        IP6_HEADER_LEN
     };
-    let mut key = ConnKey {
-        family: AF_INET as u32,
-        src_ip: [0; 4],
-        dst_ip: [0; 4],
-        src_port: ctx.local_port() as u16,
-        dst_port: u16::from_be(remote_port_be),
-    };
-    if ctx.family() == AF_INET as u32 {
-        key.src_ip[0] = ctx.local_ip4();
-        key.dst_ip[0] = ctx.remote_ip4();
-    } else {
-        let local = ctx.local_ip6();
-        let remote = ctx.remote_ip6();
-        if is_v4_mapped(&local) && is_v4_mapped(&remote) {
-            key.src_ip[0] = local[3];
-            key.dst_ip[0] = remote[3];
-        } else {
-            key.family = AF_INET6 as u32;
-            key.src_ip = local;
-            key.dst_ip = remote;
-        }
+    let flags = ctx.load::<u8>(tcp_offset + TCP_FLAGS_OFFSET).ok()?;
+    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return None;
     }
-    let _ = SLUICE_CONNECTIONS.insert(key, origin, 0);
-    1
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return None;
+    }
+    let origin = redirected_origin(full.cast());
+    if origin.is_null() {
+        return None;
+    }
+    let mut key = ConnKey::default();
+    if version == 4 {
+        key.family = AF_INET as u32;
+        key.src_ip[0] = ctx.load::<u32>(12).ok()?;
+        key.dst_ip[0] = ctx.load::<u32>(16).ok()?;
+    } else {
+        key.family = AF_INET6 as u32;
+        key.src_ip = [
+            ctx.load::<u32>(8).ok()?,
+            ctx.load::<u32>(12).ok()?,
+            ctx.load::<u32>(16).ok()?,
+            ctx.load::<u32>(20).ok()?,
+        ];
+        key.dst_ip = [
+            ctx.load::<u32>(24).ok()?,
+            ctx.load::<u32>(28).ok()?,
+            ctx.load::<u32>(32).ok()?,
+            ctx.load::<u32>(36).ok()?,
+        ];
+    }
+    key.src_port = u16::from_be(ctx.load::<u16>(tcp_offset).ok()?);
+    key.dst_port = u16::from_be(ctx.load::<u16>(tcp_offset + 2).ok()?);
+    SLUICE_CONNECTIONS.insert(key, unsafe { *origin }, 0).ok()
 }
 
 #[panic_handler]
