@@ -13,15 +13,21 @@ use std::{
     ffi::CString,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, IterableMap as _, MapData, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, links::FdLink,
     },
@@ -134,6 +140,10 @@ pub struct Interception {
     // Keeps the programs and map fds alive for the daemon's lifetime.
     _ebpf: Ebpf,
     connections: Mutex<BpfHashMap<MapData, ConnKey, Origin>>,
+    /// The same map's fd, for taking a record in one system call (see [`take_record`]).
+    connections_fd: OwnedFd,
+    /// Set once the kernel said it cannot look up and delete in one call (before 5.14).
+    lookup_and_delete_unsupported: AtomicBool,
     dns_queries: BpfHashMap<MapData, ConnKey, Origin>,
     refusals: Option<RingBuf<MapData>>,
     bpffs_dir: PathBuf,
@@ -241,12 +251,24 @@ impl Interception {
             }
         }
 
-        let connections = take_map(&mut ebpf, map_names::CONNECTIONS)?;
+        let connections: BpfHashMap<MapData, ConnKey, Origin> =
+            take_map(&mut ebpf, map_names::CONNECTIONS)?;
+        let connections_fd = connections
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| BpfError::Bpffs {
+                path: maps_dir.join(map_names::CONNECTIONS),
+                source,
+            })?;
         let dns_queries = take_map(&mut ebpf, map_names::DNS_QUERIES)?;
         let refusals = take_map(&mut ebpf, map_names::REFUSALS)?;
         Ok(Self {
             _ebpf: ebpf,
             connections: Mutex::new(connections),
+            connections_fd,
+            lookup_and_delete_unsupported: AtomicBool::new(false),
             dns_queries,
             refusals: Some(refusals),
             bpffs_dir: bpffs_dir.to_owned(),
@@ -257,6 +279,19 @@ impl Interception {
     /// Takes the record the programs filed for a redirected connection, by its 4-tuple
     /// as the agent's side sees it. The record is removed: each is used once.
     pub fn take_origin(&self, key: &ConnKey) -> Option<Origin> {
+        if !self.lookup_and_delete_unsupported.load(Ordering::Relaxed) {
+            match take_record(self.connections_fd.as_fd(), key) {
+                Ok(origin) => return origin,
+                Err(error) if lookup_and_delete_unsupported(&error) => {
+                    self.lookup_and_delete_unsupported
+                        .store(true, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot take a connection record");
+                    return None;
+                }
+            }
+        }
         let mut connections = self
             .connections
             .lock()
@@ -288,6 +323,60 @@ impl Interception {
     pub fn attached_programs(&self) -> Vec<(String, bool)> {
         attached_programs(&self.bpffs_dir)
     }
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which hash maps take from kernel 5.14 on: one
+/// system call per accepted connection instead of a lookup and a delete. aya 0.14 offers
+/// it for queues and stacks only, hence the raw call. `None` when there is no record.
+fn take_record(map: BorrowedFd<'_>, key: &ConnKey) -> std::io::Result<Option<Origin>> {
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    /// The part of `union bpf_attr` the map element commands read.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut origin = Origin::default();
+    let attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: (&raw mut origin) as u64,
+        flags: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr prefix of the size given; key and value point
+    // at a ConnKey and an Origin, the map's key and value types, which outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &raw const attr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(origin));
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::ENOENT) {
+        Ok(None)
+    } else {
+        Err(error)
+    }
+}
+
+/// Whether `error` says the kernel cannot look up and delete a hash map element in one
+/// call (EINVAL or ENOTSUPP before 5.14).
+fn lookup_and_delete_unsupported(error: &std::io::Error) -> bool {
+    /// The kernel-internal ENOTSUPP, which the bpf syscall can leak to user space.
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
 }
 
 /// Which of [`PROGRAMS`] have a pinned link under `bpffs_dir`.
