@@ -6,8 +6,8 @@ use tempfile::TempDir;
 
 use super::{
     events::{
-        ChainBreak, ChainLink, EVENT_LOG_KEY, EVENTS_TREE, EventLogState, GENESIS_HASH, chain_hash,
-        encode_value, split_value, to_hex, verify_dir,
+        ChainBreak, EventLogState, GENESIS_HASH, HEAD_FILE, chain_hash, encode_value, split_value,
+        to_hex, verify_dir,
     },
     *,
 };
@@ -47,18 +47,34 @@ fn dns_event(name: &str) -> Event {
     )
 }
 
-/// Rewrites one stored event's JSON through sled itself, keeping sled's checksums valid.
-fn rewrite_event(store: &Store, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
-    let key = seq.to_be_bytes();
-    let mut value = store
-        .inner
-        .events
-        .get(key)
-        .expect("read")
-        .expect("stored")
-        .to_vec();
-    edit(&mut value);
-    store.inner.events.insert(key, value).expect("rewrite");
+/// Rewrites one stored event in the closed store's log files, keeping the log's
+/// checksums valid.
+fn rewrite_event(dir: &std::path::Path, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
+    let mut edit = Some(edit);
+    super::log::tamper_events(dir, |at, value| {
+        if at == seq
+            && let (Some(value), Some(edit)) = (value.as_mut(), edit.take())
+        {
+            edit(value);
+        }
+    });
+}
+
+/// Removes one stored event from the closed store's log files.
+fn remove_event(dir: &std::path::Path, seq: u64) {
+    super::log::tamper_events(dir, |at, value| {
+        if at == seq {
+            *value = None;
+        }
+    });
+}
+
+/// The first break the offline `verify` reports (the test expects one).
+fn first_offline_break(dir: &std::path::Path) -> ChainBreak {
+    verify_dir(dir)
+        .expect("verify")
+        .chain_break
+        .expect("a break")
 }
 
 /// The first break `verify` reports on a live store (the test expects one).
@@ -161,46 +177,43 @@ async fn verify_reports_the_first_break_exactly() {
             .await
             .expect("append");
     }
-    // A changed value: the hash no longer matches.
-    rewrite_event(&store, 3, |value| {
+    drop(store);
+    // A changed value: the hash no longer matches, online and offline.
+    rewrite_event(dir.path(), 3, |value| {
         let at = value.len() - 5;
         value[at] ^= 0x01;
     });
+    let store = Store::open(dir.path(), options()).expect("reopen");
     let report = store.verify_events().expect("verify");
     let found = report.chain_break.expect("a break");
     assert_eq!((found.seq, found.kind), (3, BreakKind::HashMismatch));
     assert_eq!(report.events, 2);
+    drop(store);
+    let found = first_offline_break(dir.path());
+    assert_eq!((found.seq, found.kind), (3, BreakKind::HashMismatch));
 
     // A rewritten event with a recomputed hash: the next one no longer links to it.
-    rewrite_event(&store, 3, |value| {
+    rewrite_event(dir.path(), 3, |value| {
         let (prev, _, json) = split_value(value).expect("split");
         let mut json = json.to_vec();
         let at = json.len() - 5;
         json[at] ^= 0x02;
         *value = encode_value(&prev, &chain_hash(3, &prev, &json), &json);
     });
-    let found = first_break(&store);
+    let found = first_offline_break(dir.path());
     assert_eq!((found.seq, found.kind), (4, BreakKind::PrevLinkBroken));
 
-    // A removed event: a gap.
-    store
-        .inner
-        .events
-        .remove(3u64.to_be_bytes())
-        .expect("remove");
-    let found = first_break(&store);
-    assert_eq!((found.seq, found.kind), (3, BreakKind::SeqGap));
-
     // Garbage: undecodable.
-    store
-        .inner
-        .events
-        .insert(3u64.to_be_bytes(), &b"short"[..])
-        .expect("insert");
-    let found = first_break(&store);
+    rewrite_event(dir.path(), 3, |value| *value = b"short".to_vec());
+    let found = first_offline_break(dir.path());
     assert_eq!((found.seq, found.kind), (3, BreakKind::Undecodable));
 
-    // The newest event removed: truncated.
+    // A removed event: a gap.
+    remove_event(dir.path(), 3);
+    let found = first_offline_break(dir.path());
+    assert_eq!((found.seq, found.kind), (3, BreakKind::SeqGap));
+
+    // The newest event removed: truncated (the head file names it).
     let dir = TempDir::new().expect("tempdir");
     let store = Store::open(dir.path(), options()).expect("open");
     for index in 0..3 {
@@ -209,12 +222,9 @@ async fn verify_reports_the_first_break_exactly() {
             .await
             .expect("append");
     }
-    store
-        .inner
-        .events
-        .remove(3u64.to_be_bytes())
-        .expect("remove");
-    let found = first_break(&store);
+    drop(store);
+    remove_event(dir.path(), 3);
+    let found = first_offline_break(dir.path());
     assert_eq!((found.seq, found.kind), (3, BreakKind::Truncated));
 }
 
@@ -230,25 +240,10 @@ async fn offline_verify_notices_flushed_events_gone_and_open_refuses() {
     }
     drop(store);
     assert_eq!(verify_dir(dir.path()).expect("verify").chain_break, None);
-    // Pretend sled lost the last two events and their bookkeeping, as recovery from a
-    // damaged log does.
-    {
-        let db = sled::open(dir.path()).expect("sled");
-        let events = db.open_tree(EVENTS_TREE).expect("tree");
-        let meta = db.open_tree(META_TREE).expect("tree");
-        let mut state = EventLogState::read(&meta).expect("state");
-        let head = events
-            .get(2u64.to_be_bytes())
-            .expect("read")
-            .expect("stored");
-        let (_, hash, _) = split_value(&head).expect("split");
-        state.head = ChainLink { seq: 2, hash };
-        events.remove(3u64.to_be_bytes()).expect("remove");
-        events.remove(4u64.to_be_bytes()).expect("remove");
-        meta.insert(EVENT_LOG_KEY, state.encode().expect("encode"))
-            .expect("insert");
-        db.flush().expect("flush");
-    }
+    // The log lost its last two events (a root attacker cut them out, checksums
+    // recomputed).
+    remove_event(dir.path(), 3);
+    remove_event(dir.path(), 4);
     let found = verify_dir(dir.path())
         .expect("verify")
         .chain_break
@@ -282,11 +277,12 @@ async fn retention_by_size_drops_the_oldest_and_keeps_the_chain_verifiable() {
             .expect("append");
     }
     store.flush().await.expect("flush");
-    let before = EventLogState::read(&store.inner.meta).expect("state");
-    assert_eq!(before.events, 41);
+    assert_eq!(store.events_after(0, 100).expect("read").len(), 41);
+    let log_bytes = |store: &Store| store.inner.records.lock().log.total_bytes();
+    let before = log_bytes(&store);
     let rule = RetentionRule {
         max_age: None,
-        max_bytes: Some(before.bytes / 2),
+        max_bytes: Some(before / 2),
     };
     let outcome = store
         .retain(rule)
@@ -298,14 +294,19 @@ async fn retention_by_size_drops_the_oldest_and_keeps_the_chain_verifiable() {
     assert_eq!(outcome.sessions_dropped, 1);
     assert!(store.get_session(1).expect("read").is_none());
     assert_eq!(store.counts().expect("counts").sessions, 0);
-    let after = EventLogState::read(&store.inner.meta).expect("state");
-    assert!(
-        after.bytes <= before.bytes / 2,
-        "{} > {}",
-        after.bytes,
-        before.bytes / 2
+    let after = log_bytes(&store);
+    assert!(after <= before / 2, "{after} > {}", before / 2);
+    assert_eq!(
+        store.inner.records.lock().base.seq,
+        outcome.last_dropped_seq
     );
-    assert_eq!(after.base.seq, outcome.last_dropped_seq);
+    assert_eq!(
+        EventLogState::read(&store.inner.meta)
+            .expect("state")
+            .base
+            .seq,
+        outcome.last_dropped_seq
+    );
 
     let first = store.first_event_seq().expect("first").expect("some left");
     assert_eq!(first, outcome.last_dropped_seq + 1);
@@ -347,6 +348,8 @@ async fn retention_by_age_drops_only_old_events() {
         .append(old, Durability::Durable)
         .await
         .expect("append");
+    // Retention drops whole segments of the log: the old event's is sealed.
+    seal(&store);
     store
         .append(dns_event("new.example"), Durability::Durable)
         .await
@@ -379,6 +382,7 @@ async fn a_removed_retention_record_is_a_break() {
             .append(event, Durability::Durable)
             .await
             .expect("append");
+        seal(&store);
     }
     let rule = RetentionRule {
         max_age: Some(Duration::from_secs(86_400 * 8 + 43_200)),
@@ -386,33 +390,25 @@ async fn a_removed_retention_record_is_a_break() {
     };
     let outcome = store.retain(rule).await.expect("retain").expect("dropped");
     assert_eq!(outcome.last_dropped_seq, 2);
-    // The retention event (seq 5) is the head: drop it and move the head back.
-    store
-        .inner
-        .events
-        .remove(5u64.to_be_bytes())
-        .expect("remove");
-    let mut state = EventLogState::read(&store.inner.meta).expect("state");
-    let value = store
-        .inner
-        .events
-        .get(4u64.to_be_bytes())
-        .expect("read")
-        .expect("stored");
-    state.head = ChainLink {
-        seq: 4,
-        hash: split_value(&value).expect("split").1,
-    };
-    store
-        .inner
-        .meta
-        .insert(EVENT_LOG_KEY, state.encode().expect("encode"))
-        .expect("insert");
-    let found = first_break(&store);
+    // The retention event (seq 5) is the head: drop it, and the head file with it.
+    drop(store);
+    remove_event(dir.path(), 5);
+    std::fs::remove_file(dir.path().join(HEAD_FILE)).expect("remove events.head");
+    let found = first_offline_break(dir.path());
     assert_eq!(
         (found.seq, found.kind),
         (2, BreakKind::MissingRetentionRecord)
     );
+    let found = first_break(&Store::open(dir.path(), options()).expect("reopen"));
+    assert_eq!(
+        (found.seq, found.kind),
+        (2, BreakKind::MissingRetentionRecord)
+    );
+}
+
+/// Seals the log's active segment (the writer is idle between awaited appends).
+fn seal(store: &Store) {
+    store.inner.records.lock().log.seal().expect("seal");
 }
 
 #[tokio::test]

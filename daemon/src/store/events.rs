@@ -187,18 +187,7 @@ impl Store {
         let Some(first) = after_seq.checked_add(1) else {
             return Ok(Vec::new());
         };
-        if first > durable {
-            return Ok(Vec::new());
-        }
-        self.inner
-            .events
-            .range(first.to_be_bytes()..=durable.to_be_bytes())
-            .take(limit)
-            .map(|entry| {
-                let (key, value) = entry.map_err(StoreError::Read)?;
-                decode_stored(decode_seq(&key)?, &value)
-            })
-            .collect()
+        self.inner.records.events(first, durable, limit)
     }
 
     /// The newest flushed seq, updated after every flush: wait on it for new events.
@@ -208,22 +197,19 @@ impl Store {
 
     /// The oldest stored seq (after retention), or `None` when the log is empty.
     pub fn first_event_seq(&self) -> Result<Option<u64>, StoreError> {
-        match self.inner.events.first().map_err(StoreError::Read)? {
-            Some((key, _)) => decode_seq(&key).map(Some),
-            None => Ok(None),
-        }
+        Ok(self.inner.records.lock().index.first_event)
     }
 
     /// Walks the chain of the live store (see `verify`); events appended meanwhile
     /// are left for the next run.
     pub fn verify_events(&self) -> Result<VerifyReport, StoreError> {
         // A retention pass during the walk moves the base: walk again.
-        let mut report = verify(&self.inner.events, &self.inner.meta, None)?;
+        let mut report = verify_log(&self.inner.records, None)?;
         for _ in 0..3 {
             if report.chain_break.is_none() {
                 break;
             }
-            let again = verify(&self.inner.events, &self.inner.meta, None)?;
+            let again = verify_log(&self.inner.records, None)?;
             if again.chain_break == report.chain_break {
                 break;
             }
@@ -249,7 +235,8 @@ impl Store {
 }
 
 /// Verifies the store in `dir` without a daemon: opens sled directly (it allows one
-/// process at a time), walks the chain and checks it against `events.head`.
+/// process at a time) and the record log, walks the chain and checks it against
+/// `events.head`.
 pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
     let open_error = |source| StoreError::Open {
         path: dir.to_owned(),
@@ -266,23 +253,38 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
         .flush_every_ms(None)
         .open()
         .map_err(open_error)?;
-    let events = db.open_tree(EVENTS_TREE).map_err(open_error)?;
     let meta = db.open_tree(super::META_TREE).map_err(open_error)?;
-    // A daemon killed mid-write left its newest groups in the journal only: they are
-    // applied first (as the daemon's next start would), then the chain is walked.
     let sessions = db.open_tree(super::SESSIONS_TREE).map_err(open_error)?;
-    let statements = db.open_tree(super::STATEMENTS_TREE).map_err(open_error)?;
-    super::journal::recover(
+    // As the daemon's next start would: an older store is migrated, and the sessions
+    // of groups a crash kept from sled are applied.
+    let records = super::log::open(
         dir,
-        &super::journal::Trees {
+        &super::log::Trees {
             db: &db,
             sessions: &sessions,
-            statements: &statements,
             meta: &meta,
-            events: &events,
         },
     )?;
-    verify(&events, &meta, read_head_file(dir)?)
+    verify_log(&super::log::LogShared::new(records), read_head_file(dir)?)
+}
+
+/// Walks the record log's events (see [`ChainWalk`]).
+fn verify_log(
+    records: &super::log::LogShared,
+    flushed_head: Option<ChainLink>,
+) -> Result<VerifyReport, StoreError> {
+    let state = {
+        let inner = records.lock();
+        EventLogState {
+            head: inner.index.head.unwrap_or(inner.base),
+            base: inner.base,
+            events: 0,
+            bytes: 0,
+        }
+    };
+    let mut chain = ChainWalk::new(state, flushed_head);
+    records.walk_events(|seq, value| chain.visit(seq, value))?;
+    Ok(chain.finish())
 }
 
 /// Refuses to open a store whose log ends before the head file's event: sled lost
@@ -596,120 +598,98 @@ impl std::fmt::Display for BreakKind {
 }
 
 /// Walks the log from the oldest stored event to the recorded head and reports the
-/// first break. `flushed_head` is the head file's link, when there is one.
-pub(super) fn verify(
-    events: &sled::Tree,
-    meta: &sled::Tree,
+/// first break: events are handed to [`ChainWalk::visit`] in log order, then
+/// [`ChainWalk::finish`] checks the end.
+pub(super) struct ChainWalk {
+    state: EventLogState,
     flushed_head: Option<ChainLink>,
-) -> Result<VerifyReport, StoreError> {
-    let state = match meta.get(EVENT_LOG_KEY).map_err(StoreError::Read)? {
-        None => EventLogState::default(),
-        Some(value) => match EventLogState::decode(&value) {
-            Ok(state) => state,
-            Err(reason) => {
-                return Ok(VerifyReport {
-                    events: 0,
-                    first_seq: None,
-                    last_seq: None,
-                    dropped_before: 0,
-                    chain_break: Some(ChainBreak {
-                        seq: 0,
-                        kind: BreakKind::Undecodable,
-                        detail: format!("the event log's bookkeeping is unreadable: {reason}"),
-                    }),
-                });
-            }
-        },
-    };
-    let mut report = VerifyReport {
-        events: 0,
-        first_seq: None,
-        last_seq: None,
-        dropped_before: state.base.seq,
-        chain_break: None,
-    };
-    let mut previous = state.base;
-    let mut retention_recorded = state.base.seq == 0;
-    let mut flushed_head_seen = flushed_head.is_none_or(|head| head.seq == 0);
-    let fail = |report: &mut VerifyReport, seq, kind, detail: String| {
-        report.chain_break = Some(ChainBreak { seq, kind, detail });
-    };
-    for entry in events.iter() {
-        let (key, value) = entry.map_err(StoreError::Read)?;
-        let seq = match decode_seq(&key) {
-            Ok(seq) => seq,
-            Err(error) => {
-                fail(
-                    &mut report,
-                    previous.seq + 1,
-                    BreakKind::Undecodable,
-                    format!("after event {}: {error}", previous.seq),
-                );
-                return Ok(report);
-            }
-        };
-        // Appended after the bookkeeping was read.
-        if seq > state.head.seq {
-            break;
+    report: VerifyReport,
+    previous: ChainLink,
+    retention_recorded: bool,
+    flushed_head_seen: bool,
+    /// A break was found: the report is final.
+    done: bool,
+}
+
+impl ChainWalk {
+    /// `state` holds the head and base to walk between; `flushed_head` is the head
+    /// file's link, when there is one.
+    pub fn new(state: EventLogState, flushed_head: Option<ChainLink>) -> Self {
+        Self {
+            state,
+            flushed_head,
+            report: VerifyReport {
+                events: 0,
+                first_seq: None,
+                last_seq: None,
+                dropped_before: state.base.seq,
+                chain_break: None,
+            },
+            previous: state.base,
+            retention_recorded: state.base.seq == 0,
+            flushed_head_seen: flushed_head.is_none_or(|head| head.seq == 0),
+            done: false,
         }
-        report.first_seq.get_or_insert(seq);
-        let expected = previous.seq + 1;
+    }
+
+    fn fail(&mut self, seq: u64, kind: BreakKind, detail: String) -> bool {
+        self.report.chain_break = Some(ChainBreak { seq, kind, detail });
+        self.done = true;
+        false
+    }
+
+    /// Checks one stored event; `false` once the walk is over.
+    pub fn visit(&mut self, seq: u64, value: &[u8]) -> bool {
+        // Appended after the bookkeeping was read.
+        if self.done || seq > self.state.head.seq {
+            return false;
+        }
+        self.report.first_seq.get_or_insert(seq);
+        let expected = self.previous.seq + 1;
         if seq != expected {
             let detail = if seq > expected {
                 format!("expected event {expected}, found event {seq}: events are missing")
             } else {
-                format!("event {seq} is older than the log's base {}", previous.seq)
+                format!(
+                    "event {seq} is older than the log's base {}",
+                    self.previous.seq
+                )
             };
-            fail(&mut report, expected, BreakKind::SeqGap, detail);
-            return Ok(report);
+            return self.fail(expected, BreakKind::SeqGap, detail);
         }
-        let Some((prev, hash, json)) = split_value(&value) else {
-            fail(
-                &mut report,
+        let Some((prev, hash, json)) = split_value(value) else {
+            return self.fail(
                 seq,
                 BreakKind::Undecodable,
                 format!("{} bytes, shorter than an event's header", value.len()),
             );
-            return Ok(report);
         };
-        if prev != previous.hash {
-            fail(
-                &mut report,
-                seq,
-                BreakKind::PrevLinkBroken,
-                format!(
-                    "prev_hash {} is not the hash {} of event {}: that event was rewritten or replaced",
-                    to_hex(&prev),
-                    to_hex(&previous.hash),
-                    previous.seq
-                ),
+        if prev != self.previous.hash {
+            let detail = format!(
+                "prev_hash {} is not the hash {} of event {}: that event was rewritten or replaced",
+                to_hex(&prev),
+                to_hex(&self.previous.hash),
+                self.previous.seq
             );
-            return Ok(report);
+            return self.fail(seq, BreakKind::PrevLinkBroken, detail);
         }
         let computed = chain_hash(seq, &prev, json);
         if computed != hash {
-            fail(
-                &mut report,
-                seq,
-                BreakKind::HashMismatch,
-                format!(
-                    "stored hash {} but the event hashes to {}: the event was changed",
-                    to_hex(&hash),
-                    to_hex(&computed)
-                ),
+            let detail = format!(
+                "stored hash {} but the event hashes to {}: the event was changed",
+                to_hex(&hash),
+                to_hex(&computed)
             );
-            return Ok(report);
+            return self.fail(seq, BreakKind::HashMismatch, detail);
         }
         let event: Event = match serde_json::from_slice(json) {
             Ok(event) => event,
             Err(error) => {
-                fail(
-                    &mut report,
+                return self.fail(
                     seq,
                     BreakKind::Undecodable,
                     format!("not an event: {error}"),
                 );
-                return Ok(report);
             }
         };
         if let Activity::Retention {
@@ -717,71 +697,70 @@ pub(super) fn verify(
             last_dropped_hash,
             ..
         } = &event.activity
-            && *last_dropped_seq == state.base.seq
-            && from_hex(last_dropped_hash) == Some(state.base.hash)
+            && *last_dropped_seq == self.state.base.seq
+            && from_hex(last_dropped_hash) == Some(self.state.base.hash)
         {
-            retention_recorded = true;
+            self.retention_recorded = true;
         }
-        if let Some(head) = flushed_head
+        if let Some(head) = self.flushed_head
             && head.seq == seq
         {
             if head.hash != hash {
-                fail(
-                    &mut report,
-                    seq,
-                    BreakKind::PrevLinkBroken,
-                    format!(
-                        "event {seq} was flushed with hash {} but the store holds {}: the log was rewritten from here",
-                        to_hex(&head.hash),
-                        to_hex(&hash)
-                    ),
+                let detail = format!(
+                    "event {seq} was flushed with hash {} but the store holds {}: the log was rewritten from here",
+                    to_hex(&head.hash),
+                    to_hex(&hash)
                 );
-                return Ok(report);
+                return self.fail(seq, BreakKind::PrevLinkBroken, detail);
             }
-            flushed_head_seen = true;
+            self.flushed_head_seen = true;
         }
-        report.events += 1;
-        report.last_seq = Some(seq);
-        previous = ChainLink { seq, hash };
+        self.report.events += 1;
+        self.report.last_seq = Some(seq);
+        self.previous = ChainLink { seq, hash };
+        true
     }
-    if previous.seq != state.head.seq || previous.hash != state.head.hash {
-        fail(
-            &mut report,
-            previous.seq + 1,
-            BreakKind::Truncated,
-            format!(
-                "the log ends at event {} but its head is event {}",
-                previous.seq, state.head.seq
-            ),
-        );
-        return Ok(report);
-    }
-    if let Some(head) = flushed_head
-        && !flushed_head_seen
-        && head.seq > previous.seq
-    {
-        fail(
-            &mut report,
-            previous.seq + 1,
-            BreakKind::Truncated,
-            format!(
-                "events {}..={} were flushed but are gone from the store (damaged files?)",
+
+    /// The report, once every event was visited.
+    pub fn finish(mut self) -> VerifyReport {
+        if self.done {
+            return self.report;
+        }
+        let previous = self.previous;
+        if previous.seq != self.state.head.seq || previous.hash != self.state.head.hash {
+            self.fail(
                 previous.seq + 1,
-                head.seq
-            ),
-        );
-        return Ok(report);
+                BreakKind::Truncated,
+                format!(
+                    "the log ends at event {} but its head is event {}",
+                    previous.seq, self.state.head.seq
+                ),
+            );
+            return self.report;
+        }
+        if let Some(head) = self.flushed_head
+            && !self.flushed_head_seen
+            && head.seq > previous.seq
+        {
+            self.fail(
+                previous.seq + 1,
+                BreakKind::Truncated,
+                format!(
+                    "events {}..={} were flushed but are gone from the store (damaged files?)",
+                    previous.seq + 1,
+                    head.seq
+                ),
+            );
+            return self.report;
+        }
+        if !self.retention_recorded {
+            let base = self.state.base.seq;
+            self.fail(
+                base,
+                BreakKind::MissingRetentionRecord,
+                format!("events up to {base} were dropped but no retention event records it"),
+            );
+        }
+        self.report
     }
-    if !retention_recorded {
-        fail(
-            &mut report,
-            state.base.seq,
-            BreakKind::MissingRetentionRecord,
-            format!(
-                "events up to {} were dropped but no retention event records it",
-                state.base.seq
-            ),
-        );
-    }
-    Ok(report)
 }

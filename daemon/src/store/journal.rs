@@ -1,19 +1,16 @@
-//! The store's journal: every group commit of the writer, appended to a
-//! [`SegmentLog`](super::segment::SegmentLog) in `journal/` before it is applied to
-//! sled, so that a durable write waits for one `fdatasync` of the journal (shared by
-//! every session in the group) instead of for sled's flush.
+//! The format of a group commit's payload, and the journal of older stores.
 //!
-//! sled stays the store users query (sessions, statements, events, grants, counts);
-//! it is flushed on the batched schedule (`flush_interval`) and records, in the same
-//! transaction as each group, the journal LSN it applied (`meta` `journal_applied`).
-//! After a crash, [`recover`] replays every journaled group sled has not got, in order,
-//! each as one sled transaction, then flushes; segments sled holds for good are removed
-//! after its flushes. Groups carry the session, statement and event values exactly as
-//! stored (events with their seq, prev hash and hash), so replay rebuilds the same
-//! chain; a replayed event that does not link to the stored head fails the open.
+//! Every group commit of the writer is one record of the store's record log (see
+//! `log.rs`); its payload is a sequence of entries, each
+//! `kind (1 byte) ‖ key (8 or 16 bytes) ‖ value length (u32 LE) ‖ value`: sessions
+//! (key: id), statements (key: session id, seq) and events (key: seq; value as
+//! stored: prev hash, hash, JSON), so a replay rebuilds the same chain.
 //!
-//! A group's payload is a sequence of entries, each
-//! `kind (1 byte) ‖ key (8 or 16 bytes) ‖ value length (u32 LE) ‖ value`.
+//! Before statements and events moved into the record log, the same groups were
+//! appended to a journal (`journal/`) in front of sled, which held everything, and
+//! sled recorded the journal LSN it applied (`meta` `journal_applied`). [`recover`]
+//! still replays such a journal into sled, once, when an older store is migrated
+//! (see `log.rs`).
 
 use std::path::Path;
 

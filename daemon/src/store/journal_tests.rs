@@ -10,6 +10,7 @@ use time::macros::datetime;
 use super::{
     events::verify_dir,
     journal::{JOURNAL_DIR, SEGMENT_BYTES},
+    log::LOG_DIR,
     *,
 };
 use crate::events::{Activity, Context, Event};
@@ -87,10 +88,10 @@ fn statement_event(record: &StatementRecord) -> Event {
     )
 }
 
-/// The journal's segment files.
+/// The record log's segment files.
 fn segments(store: &Path) -> Vec<std::path::PathBuf> {
-    let mut paths: Vec<_> = std::fs::read_dir(store.join(JOURNAL_DIR))
-        .expect("journal dir")
+    let mut paths: Vec<_> = std::fs::read_dir(store.join(LOG_DIR))
+        .expect("log dir")
         .map(|entry| entry.expect("entry").path())
         .collect();
     paths.sort();
@@ -275,7 +276,7 @@ async fn a_damaged_journal_group_fails_the_open_instead_of_losing_records() {
 }
 
 #[tokio::test]
-async fn flushed_groups_leave_the_journal() {
+async fn statements_and_events_stay_in_the_log_across_segments_and_flushes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store");
     let store = Store::open(&path, options(Durability::Durable)).expect("open");
@@ -286,78 +287,131 @@ async fn flushed_groups_leave_the_journal() {
     // Enough statement text for a few segments.
     let big = "x".repeat(60_000);
     let mut seq = 0;
-    let mut journaled = 0;
-    while journaled < 3 * SEGMENT_BYTES as usize {
+    let mut logged = 0;
+    while logged < 3 * SEGMENT_BYTES as usize {
         seq += 1;
         let record = StatementRecord {
             sql: big.clone(),
             ..statement(1, seq)
         };
+        let event = statement_event(&record);
         store
-            .put_statement_with_events_committed(&record, &[])
+            .put_statement_with_events_committed(&record, &[event])
             .await
             .expect("put");
-        journaled += big.len();
+        logged += 2 * big.len();
     }
     assert!(segments(&path).len() >= 3, "{:?}", segments(&path));
     store.flush().await.expect("flush");
-    assert_eq!(segments(&path).len(), 1, "{:?}", segments(&path));
+    // The log is where they live: flushing sled removes nothing.
+    assert!(segments(&path).len() >= 3, "{:?}", segments(&path));
+    // Events are found by seq in any segment, through the sparse marks.
+    for first in [1, seq / 2, seq] {
+        let found = store.events_after(first - 1, 2).expect("events");
+        assert_eq!(found[0].seq, first);
+        assert!(found.len() <= 2);
+    }
     drop(store);
     let reopened = Store::open(&path, options(Durability::Durable)).expect("reopen");
-    assert_eq!(
-        reopened.statements(1).expect("statements").len() as u64,
-        seq
+    let statements = reopened.statements(1).expect("statements");
+    assert_eq!(statements.len() as u64, seq);
+    assert!(
+        statements
+            .iter()
+            .zip(1..)
+            .all(|(statement, n)| statement.seq == n)
     );
+    assert_eq!(reopened.counts().expect("counts").statements, seq);
+    assert_eq!(reopened.events_after(seq - 3, 10).expect("events").len(), 3);
+    assert_eq!(reopened.verify_events().expect("verify").chain_break, None);
 }
 
+/// A store written before statements and events moved to the log: sled's trees hold
+/// them, and its journal holds a group sled never applied.
 #[tokio::test]
-async fn sled_catches_up_in_the_background_and_the_journal_shrinks() {
+async fn an_older_store_is_migrated_into_the_log() {
+    use super::{
+        events::{EVENT_LOG_KEY, EVENTS_TREE, EventLogState, chain_hash, encode_value},
+        journal::{JOURNAL_APPLIED_KEY, push_event, push_statement},
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store");
-    let store = Store::open(
-        &path,
-        StoreOptions {
-            flush_interval: Duration::from_millis(50),
-            ..options(Durability::Durable)
-        },
-    )
-    .expect("open");
-    store
-        .put_session(&session(1), Durability::Durable)
-        .await
-        .expect("session");
-    let big = "x".repeat(60_000);
-    for seq in 1..=(3 * SEGMENT_BYTES / 60_000) {
-        let record = StatementRecord {
-            sql: big.clone(),
-            ..statement(1, seq)
+    let mut head = events::ChainLink::GENESIS;
+    let event_value = |head: &mut events::ChainLink, seq: u64| {
+        let record = statement(1, seq);
+        let json = serde_json::to_vec(&statement_event(&record)).expect("json");
+        let hash = chain_hash(seq, &head.hash, &json);
+        let value = encode_value(&head.hash, &hash, &json);
+        *head = events::ChainLink { seq, hash };
+        value
+    };
+    {
+        let db = sled::open(&path).expect("sled");
+        let sessions = db.open_tree(SESSIONS_TREE).expect("tree");
+        let statements = db.open_tree(STATEMENTS_TREE).expect("tree");
+        let events = db.open_tree(EVENTS_TREE).expect("tree");
+        let meta = db.open_tree(META_TREE).expect("tree");
+        sessions
+            .insert(session_key(1), encode_record(&session(1)).expect("encode"))
+            .expect("insert");
+        for seq in 1..=3 {
+            statements
+                .insert(
+                    statement_key(1, seq),
+                    encode_statement(&statement(1, seq)).expect("encode"),
+                )
+                .expect("insert");
+            events
+                .insert(seq.to_be_bytes(), event_value(&mut head, seq))
+                .expect("insert");
+        }
+        let state = EventLogState {
+            head,
+            events: 3,
+            ..EventLogState::default()
         };
-        store
-            .put_statement_with_events(&record, &[], Durability::Durable)
-            .await
-            .expect("put");
-    }
-    // No flush asked for: the checkpoint thread flushes sled after the deadline, and
-    // the writer then drops the segments sled holds.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while segments(&path).len() > 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "journal never shrank: {:?}",
-            segments(&path)
+        meta.insert(EVENT_LOG_KEY, state.encode().expect("encode"))
+            .expect("insert");
+        meta.insert(JOURNAL_APPLIED_KEY, &5u64.to_be_bytes()[..])
+            .expect("insert");
+        db.flush().expect("flush");
+        // The journal's group 6: statement 4 and its event, never applied to sled.
+        let (mut journal, _) =
+            segment::SegmentLog::open(&path.join(JOURNAL_DIR), SEGMENT_BYTES, 6).expect("journal");
+        let mut payload = Vec::new();
+        push_statement(
+            &mut payload,
+            &statement_key(1, 4),
+            &encode_statement(&statement(1, 4)).expect("encode"),
         );
-        store
-            .put_session(&session(1), Durability::Durable)
-            .await
-            .expect("put");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        push_event(&mut payload, 4, &event_value(&mut head, 4));
+        assert_eq!(journal.append(&payload).expect("append"), 6);
+        journal.sync().expect("sync");
     }
-    // sled alone (the journal emptied) has everything.
-    let copy = crash_copy(&store, dir.path(), "crash");
-    std::fs::remove_dir_all(copy.join(JOURNAL_DIR)).expect("remove the journal");
-    let crashed = Store::open(&copy, options(Durability::Durable)).expect("open the copy");
+    let report = verify_dir(&path).expect("offline verify migrates");
+    assert_eq!(report.chain_break, None, "{report:?}");
+    assert_eq!(report.last_seq, Some(4));
+    let store = Store::open(&path, options(Durability::Durable)).expect("open");
+    assert!(!path.join(JOURNAL_DIR).exists(), "the old journal is gone");
     assert_eq!(
-        crashed.statements(1).expect("statements").len() as u64,
-        3 * SEGMENT_BYTES / 60_000
+        store
+            .statements(1)
+            .expect("statements")
+            .iter()
+            .map(|statement| statement.seq)
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4]
     );
+    assert_eq!(store.counts().expect("counts").statements, 4);
+    assert_eq!(store.events_after(0, 10).expect("events").len(), 4);
+    // New events continue the migrated chain.
+    store
+        .append(statement_event(&statement(1, 5)), Durability::Durable)
+        .await
+        .expect("append");
+    assert_eq!(store.verify_events().expect("verify").chain_break, None);
+    drop(store);
+    let db = sled::open(&path).expect("sled");
+    assert!(db.open_tree(EVENTS_TREE).expect("tree").is_empty());
+    assert!(db.open_tree(STATEMENTS_TREE).expect("tree").is_empty());
 }

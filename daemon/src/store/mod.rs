@@ -2,28 +2,35 @@
 //!
 //! Every connection an agent makes (allowed or not) gets one [`SessionRecord`], kept in a
 //! sled database in the daemon's store directory; every statement decoded inside a
-//! session (a PostgreSQL query, say) gets one [`StatementRecord`] next to it. The daemon writes a session's open
-//! record *durably* before it sends the first byte upstream, so no traffic ever leaves
-//! the host without a record of it surviving a crash.
+//! session (a PostgreSQL query, say) gets one [`StatementRecord`], kept with the audit
+//! events in the store's own append-only record log (`log/`, see `log.rs` and
+//! `segment.rs`). The daemon writes a session's open record *durably* before it sends
+//! the first byte upstream, so no traffic ever leaves the host without a record of it
+//! surviving a crash.
 //!
 //! # Layout
+//!
+//! sled:
 //!
 //! | tree         | key                                   | value                                  |
 //! |--------------|---------------------------------------|----------------------------------------|
 //! | `sessions`   | session id, `u64` big-endian          | the [`SessionRecord`] as JSON          |
-//! | `statements` | session id BE, then seq `u64` BE      | the [`StatementRecord`] as JSON        |
 //! | `meta`       | `counts`                              | [`StoreCounts`] as JSON                |
 //! | `meta`       | `last_session_id`                     | highest session id ever handed out, BE |
 //! | `grants`     | grant id, `u64` big-endian            | the [`Grant`](crate::policy::Grant) as JSON |
-//! | `events`     | event seq, `u64` big-endian           | prev hash, hash, event JSON (see [`events`]) |
-//! | `meta`       | `event_log`                           | the event log's head, base and size    |
+//! | `recordings` | session id BE, then seq `u64` BE      | an asciicast v3 terminal recording     |
+//! | `meta`       | `event_log`                           | the event log's retention base         |
+//! | `meta`       | `log_applied`, `log_format`, `log_dropped_through` | the record log's bookkeeping |
 //!
-//! Next to sled, `journal/` holds the writer's journal (see `journal.rs` and
-//! `segment.rs`): every group commit, appended and (for durable waiters) fdatasync'ed
-//! before sled applies it, replayed into sled at open after a crash.
+//! The record log, `log/`: one checksummed record per group commit of the writer,
+//! holding the group's sessions (replayed into sled after a crash), statements (key:
+//! session id BE, seq BE; value: the [`StatementRecord`] as JSON) and events (key: seq;
+//! value: prev hash, hash, event JSON, see [`events`]). sled never sees a statement or
+//! an event: the high-rate path costs one `write` per group instead of three sled
+//! inserts per statement. An in-memory index (per session: the segments holding its
+//! statements; sparse event marks by seq) is built at open.
 //!
-//! Big-endian keys make sled's byte order the id order, so scans run oldest to newest,
-//! and a session's statements are one contiguous prefix range in seq order.
+//! Big-endian keys make sled's byte order the id order, so scans run oldest to newest.
 //! The event log goes through the same writer as the records, so a record and the
 //! events describing it land in one atomic commit; retention runs there too.
 //!
@@ -31,14 +38,13 @@
 //!
 //! All mutations are commands sent over a bounded queue (callers wait for room: that is
 //! the backpressure) to a single writer thread (see `writer.rs`). The writer drains
-//! whatever is queued, appends it to the journal as one record, applies it as one sled
-//! transaction over the trees, fdatasyncs the journal once for the lot, then answers
-//! the waiters. Under load, many durable writes share one fdatasync. sled itself is
-//! flushed in the background (a checkpoint thread) at most `flush_interval` after a
-//! write; the journal segments it then holds are removed.
+//! whatever is queued, appends it to the record log as one record (one `write`), applies
+//! its sessions (if any) as one sled transaction, fdatasyncs the log once for the lot
+//! (on a sync thread), then answers the waiters. Under load, many durable writes share
+//! one fdatasync. sled itself is flushed in the background (a checkpoint thread) at most
+//! `flush_interval` after a session changed.
 //!
-//! * [`Durability::Durable`]: the call returns once the write is durable (journal
-//!   synced).
+//! * [`Durability::Durable`]: the call returns once the write is durable (log synced).
 //! * [`Durability::Batched`]: the call returns once the write is queued; the writer
 //!   keeps batched writes staged in memory (bounded by count and bytes) and commits and
 //!   syncs them together at most `flush_interval` after they were queued, or sooner
@@ -49,37 +55,39 @@
 //! A failed commit or flush is reported (as [`StoreError`]) to every waiter of that
 //! group; the writer itself never stops on an error and keeps serving. Note that sled
 //! 0.34 keeps the first I/O error it meets (a full disk, say) and fails every later
-//! write with it, and the journal refuses writes after a failed sync (the kernel may
-//! have dropped the unsynced pages) and durable writes while its disk has under 1 MiB
-//! free: the store then refuses writes, and the daemon fails closed. Reads keep
-//! working.
+//! write with it, and the log refuses writes after a failed sync (the kernel may have
+//! dropped the unsynced pages) and durable writes while its disk has under 1 MiB free:
+//! the store then refuses writes, and the daemon fails closed. Reads keep working.
 //!
 //! # Reads
 //!
-//! Reads go straight to sled from the caller's thread: they are in-memory lookups or
-//! short scans, fast enough to call from async code. They see every committed write,
-//! flushed or not. Reads of sessions, statements and counts first make the writer commit
-//! every write queued before them (blocking for one commit when it holds any staged),
-//! so they see everything written before the read, as if batched writes were committed
-//! at once. The event log's readers see flushed events only, and so never wait.
+//! Sessions are read from sled, statements and events from the log's files (through
+//! the index), from the caller's thread: in-memory lookups or short scans, fast enough
+//! to call from async code. They see every committed write, flushed or not. Reads of
+//! sessions, statements and counts first make the writer commit every write queued
+//! before them (blocking for one commit when it holds any staged), so they see
+//! everything written before the read, as if batched writes were committed at once.
+//! The event log's readers see flushed events only, and so never wait.
 //!
 //! # Counts
 //!
-//! [`StoreCounts`] is maintained by the writer in the same transaction as the records
-//! it counts, so [`Store::counts`] is one key lookup, never a scan. A store without the
-//! counts key (created before it existed) is counted once at open.
+//! [`StoreCounts`] is maintained by the writer: sessions in the same sled transaction
+//! as the records it counts, statements in the log's index; [`Store::counts`] is one
+//! key lookup, never a scan. A store without the counts key (created before it
+//! existed) is counted once at open.
 //!
 //! # Session ids
 //!
-//! [`Store::next_session_id`] is an in-memory counter, starting at 1. Every commit
-//! persists the highest id handed out so far, and at open the counter resumes after the
-//! larger of that and the highest stored session id. Ids therefore never repeat across
-//! restarts; the one exception is an id handed out after the last commit before a
-//! crash, which no stored record can mention.
+//! [`Store::next_session_id`] is an in-memory counter, starting at 1. Every commit that
+//! touches sled persists the highest id handed out so far, and at open the counter
+//! resumes after the larger of that and the highest stored session id. Ids therefore
+//! never repeat across restarts; the one exception is an id handed out after the last
+//! such commit before a crash, which no stored record can mention.
 
 pub mod events;
 mod grants;
 mod journal;
+mod log;
 pub mod record;
 mod segment;
 mod writer;
@@ -306,12 +314,11 @@ pub struct Store {
 struct Inner {
     dir: PathBuf,
     sessions: sled::Tree,
-    statements: sled::Tree,
     meta: sled::Tree,
     /// Written directly (rare, administrator-driven), not through the writer.
     grants: sled::Tree,
-    /// The audit event log; appended only by the writer.
-    events: sled::Tree,
+    /// Statements and the audit event log (see `log.rs`); appended only by the writer.
+    records: Arc<log::LogShared>,
     /// Terminal recordings (asciicast v3) of SSH channels, by session id and operation
     /// seq; written directly (once per channel, at its end).
     recordings: sled::Tree,
@@ -347,39 +354,45 @@ impl Store {
         // sled's own periodic flush is off: the writer decides when data is durable.
         let db = open_sled(dir).map_err(open_error)?;
         let sessions = db.open_tree(SESSIONS_TREE).map_err(open_error)?;
-        let statements = db.open_tree(STATEMENTS_TREE).map_err(open_error)?;
         let meta = db.open_tree(META_TREE).map_err(open_error)?;
         let grants = db.open_tree(GRANTS_TREE).map_err(open_error)?;
-        let events = db.open_tree(events::EVENTS_TREE).map_err(open_error)?;
         let recordings = db.open_tree(RECORDINGS_TREE).map_err(open_error)?;
-        // What the journal holds beyond sled's last flush (a crash) goes in first.
-        let (journal, _replayed) = journal::recover(
+        // The record log (migrated from an older store first); the sessions of what it
+        // holds beyond sled's last flush (a crash) go into sled.
+        let records = log::open(
             dir,
-            &journal::Trees {
+            &log::Trees {
                 db: &db,
                 sessions: &sessions,
-                statements: &statements,
                 meta: &meta,
-                events: &events,
             },
         )?;
-        let journal_applied = journal::read_applied(&meta)?;
-        let event_log = events::EventLogState::read(&meta)?;
+        let applied = log::read_u64(&meta, log::LOG_APPLIED_KEY)?;
+        let head = records.index.head.unwrap_or(records.base);
+        let event_log = events::EventLogState {
+            head,
+            base: records.base,
+            events: 0,
+            bytes: 0,
+        };
         events::check_flushed_head(dir, event_log.head)?;
         let (durable_sender, durable_events) = tokio::sync::watch::channel(event_log.head.seq);
 
-        let counts = match read_counts(&meta)? {
+        let mut counts = match read_counts(&meta)? {
             Some(counts) => counts,
             None => {
                 // Stored at once, so that `counts` (which reads the key) is right
                 // before the first write.
-                let counts = count_records(&sessions, &statements)?;
+                let counts = count_records(&sessions)?;
                 meta.insert(COUNTS_KEY, encode_counts(&counts)?)
                     .map_err(StoreError::Commit)?;
                 db.flush().map_err(StoreError::Flush)?;
                 counts
             }
         };
+        // Statements are counted in the log's index.
+        counts.statements = records.index.statements;
+        let records = Arc::new(log::LogShared::new(records));
         let last_session_id = last_session_id(&sessions, &meta)?;
         let next_session_id = Arc::new(AtomicU64::new(last_session_id.saturating_add(1)));
         let stats = Arc::new(WriterStats::default());
@@ -390,7 +403,6 @@ impl Store {
         let writer = Writer::new(
             db,
             sessions.clone(),
-            statements.clone(),
             meta.clone(),
             counts,
             last_session_id,
@@ -399,16 +411,13 @@ impl Store {
             options.flush_interval,
             queue_capacity,
             writer::EventLog {
-                events: events.clone(),
                 state: event_log,
                 dir: dir.to_owned(),
                 durable: Arc::new(durable_sender),
             },
             Arc::clone(&gate),
-            writer::Journal {
-                log: journal,
-                applied: journal_applied,
-            },
+            Arc::clone(&records),
+            applied,
         )?;
         let writer = writer::spawn(writer, receiver)?;
 
@@ -416,10 +425,9 @@ impl Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 sessions,
-                statements,
                 meta,
                 grants,
-                events,
+                records,
                 recordings,
                 durable_events,
                 audit_durability: options.audit_durability,
@@ -595,15 +603,7 @@ impl Store {
     /// none (or there is no such session: ask [`Store::get_session`] to tell them apart).
     pub fn statements(&self, session_id: u64) -> Result<Vec<StatementRecord>, StoreError> {
         self.inner.gate.commit_staged();
-        self.inner
-            .statements
-            .scan_prefix(session_key(session_id))
-            .map(|entry| {
-                let (key, value) = entry.map_err(StoreError::Read)?;
-                let (session_id, seq) = decode_statement_key(&key)?;
-                decode_statement(session_id, seq, &value)
-            })
-            .collect()
+        self.inner.records.statements(session_id)
     }
 
     /// The statements of session `session_id`, or `None` when there is no such session
@@ -621,7 +621,9 @@ impl Store {
     /// Totals over all committed records; one key lookup.
     pub fn counts(&self) -> Result<StoreCounts, StoreError> {
         self.inner.gate.commit_staged();
-        Ok(read_counts(&self.inner.meta)?.unwrap_or_default())
+        let mut counts = read_counts(&self.inner.meta)?.unwrap_or_default();
+        counts.statements = self.inner.records.lock().index.statements;
+        Ok(counts)
     }
 
     /// What the writer has done since open: commits, flushes, failures.
@@ -767,6 +769,7 @@ fn statement_key(session_id: u64, seq: u64) -> [u8; 16] {
     key
 }
 
+#[cfg(test)]
 fn decode_statement_key(key: &[u8]) -> Result<(u64, u64), StoreError> {
     let corrupt = || StoreError::CorruptStatementKey { len: key.len() };
     let (session_id, seq) = key.split_at_checked(8).ok_or_else(corrupt)?;
@@ -819,20 +822,13 @@ fn read_counts(meta: &sled::Tree) -> Result<Option<StoreCounts>, StoreError> {
         })
 }
 
-/// Counts by scanning every record: only for stores without a counts key.
-fn count_records(
-    sessions: &sled::Tree,
-    statements: &sled::Tree,
-) -> Result<StoreCounts, StoreError> {
+/// Counts the sessions by scanning them: only for stores without a counts key.
+fn count_records(sessions: &sled::Tree) -> Result<StoreCounts, StoreError> {
     let mut counts = StoreCounts::default();
     for entry in sessions.iter() {
         let (key, value) = entry.map_err(StoreError::Read)?;
         let id = decode_session_key(&key)?;
         counts.record_transition(None, RecordSummary::decode(id, &value)?);
-    }
-    for entry in statements.iter() {
-        entry.map_err(StoreError::Read)?;
-        counts.statements = counts.statements.saturating_add(1);
     }
     Ok(counts)
 }

@@ -135,7 +135,7 @@ fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(format!("{first_lsn:020}.seg"))
 }
 
-fn crc(lsn: u64, payload: &[u8]) -> u32 {
+pub(super) fn crc(lsn: u64, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&lsn.to_le_bytes());
     hasher.update(&(payload.len() as u32).to_le_bytes());
@@ -210,6 +210,73 @@ impl SyncHandle {
         }
         Ok(())
     }
+}
+
+/// A stretch of one segment to read: records `lsn..=last_lsn` at bytes `offset..end`.
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub path: PathBuf,
+    pub segment_first_lsn: u64,
+    pub lsn: u64,
+    pub offset: u64,
+    pub end: u64,
+    pub last_lsn: u64,
+}
+
+/// Reads the records of `span` in order, handing those numbered `from` or above to
+/// `visit` until it returns `false` (then `Ok(false)`). Streams through a buffer: a
+/// segment is never read whole. A record that does not check out is corruption.
+pub fn scan_span(
+    span: &Span,
+    from: u64,
+    mut visit: impl FnMut(u64, &[u8]) -> Result<bool, LogError>,
+) -> Result<bool, LogError> {
+    let file = File::open(&span.path).map_err(io_error(&span.path))?;
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    reader
+        .seek(SeekFrom::Start(span.offset))
+        .map_err(io_error(&span.path))?;
+    let mut offset = span.offset;
+    let mut payload = Vec::new();
+    let mut header = [0u8; FRAME_HEADER];
+    let corrupt = |offset: u64, reason: String| LogError::Corrupt {
+        path: span.path.clone(),
+        offset,
+        reason,
+    };
+    let mut lsn = span.lsn;
+    while lsn <= span.last_lsn && offset < span.end {
+        reader
+            .read_exact(&mut header)
+            .map_err(|error| corrupt(offset, format!("short frame header: {error}")))?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let stored_crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let mut found = [0u8; 8];
+        found.copy_from_slice(&header[8..16]);
+        let found = u64::from_le_bytes(found);
+        if len > MAX_PAYLOAD || offset + (FRAME_HEADER + len) as u64 > span.end {
+            return Err(corrupt(offset, format!("length {len} is implausible")));
+        }
+        payload.resize(len, 0);
+        reader
+            .read_exact(&mut payload)
+            .map_err(|error| corrupt(offset, format!("short payload: {error}")))?;
+        if crc(found, &payload) != stored_crc {
+            return Err(corrupt(offset, "checksum mismatch".into()));
+        }
+        if found != lsn {
+            return Err(corrupt(
+                offset,
+                format!("record {found} where {lsn} was expected"),
+            ));
+        }
+        if lsn >= from && !visit(lsn, &payload)? {
+            return Ok(false);
+        }
+        offset += (FRAME_HEADER + len) as u64;
+        lsn += 1;
+    }
+    Ok(true)
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), LogError> {
@@ -558,6 +625,78 @@ impl SegmentLog {
             }
         }
         Ok(records)
+    }
+
+    /// Where to read every record from `from` on: one span per segment, starting at
+    /// the sparse index entry at or before `from`. A snapshot: records appended later
+    /// are not in it, and the files may be read without holding the log.
+    pub fn spans_from(&self, from: u64) -> Vec<Span> {
+        let start = self
+            .segments
+            .partition_point(|segment| segment.last_lsn < from);
+        self.segments[start..]
+            .iter()
+            .filter(|segment| segment.last_lsn >= segment.first_lsn)
+            .map(|segment| {
+                let at = segment.index.partition_point(|(lsn, _)| *lsn <= from);
+                let (lsn, offset) = match at {
+                    0 => (segment.first_lsn, 0),
+                    at => segment.index[at - 1],
+                };
+                Span {
+                    path: segment.path.clone(),
+                    segment_first_lsn: segment.first_lsn,
+                    lsn,
+                    offset,
+                    end: segment.len,
+                    last_lsn: segment.last_lsn,
+                }
+            })
+            .collect()
+    }
+
+    /// Every record of the segment whose first record is `segment_first_lsn`.
+    pub fn segment_span(&self, segment_first_lsn: u64) -> Option<Span> {
+        self.segments
+            .iter()
+            .find(|segment| segment.first_lsn == segment_first_lsn)
+            .filter(|segment| segment.last_lsn >= segment.first_lsn)
+            .map(|segment| Span {
+                path: segment.path.clone(),
+                segment_first_lsn: segment.first_lsn,
+                lsn: segment.first_lsn,
+                offset: 0,
+                end: segment.len,
+                last_lsn: segment.last_lsn,
+            })
+    }
+
+    /// `(first LSN, last LSN, bytes)` of every segment kept, oldest first.
+    pub fn segment_bounds(&self) -> Vec<(u64, u64, u64)> {
+        self.segments
+            .iter()
+            .map(|segment| (segment.first_lsn, segment.last_lsn, segment.len))
+            .collect()
+    }
+
+    /// The first LSN of the segment being appended to.
+    pub fn active_first_lsn(&self) -> u64 {
+        self.segments.last().map_or(1, |segment| segment.first_lsn)
+    }
+
+    /// Bytes of every segment kept.
+    pub fn total_bytes(&self) -> u64 {
+        self.segments.iter().map(|segment| segment.len).sum()
+    }
+
+    /// Seals the active segment now (when it holds anything), so that everything
+    /// appended so far can be removed segment by segment.
+    pub fn seal(&mut self) -> Result<(), LogError> {
+        check_failed(&self.failed)?;
+        if self.active_segment()?.len > 0 {
+            self.rotate()?;
+        }
+        Ok(())
     }
 
     /// The record numbered `lsn`, if kept.

@@ -7,9 +7,10 @@
 //! a batched `append_all` is not answered and stays staged), retention, a scan, a flush
 //! or shutdown, the staged size cap, a reader of the records (see [`ReadGate`]) or the
 //! flush deadline of the oldest staged write. Then everything
-//! staged is appended to the journal as one record and applied as one sled
-//! transaction; the journal is fdatasync'ed once if any waiter needs durability (or
-//! the deadline passed), and the waiters are answered. A batched write is therefore
+//! staged is appended to the record log as one record (statements and events live
+//! there only) and its sessions, if any, are applied as one sled transaction; the log
+//! is fdatasync'ed once if any waiter needs durability (or the deadline passed), and
+//! the waiters are answered. A batched write is therefore
 //! committed and made durable at most the flush interval after it was queued, as
 //! before, but a lone client's statements share one commit instead of paying one each.
 //! sled's own flush runs on a checkpoint thread (see [`Checkpointer`]), never between
@@ -48,11 +49,12 @@ use super::{
     COUNTS_KEY, LAST_SESSION_ID_KEY, SessionRecord, SessionState, StoreCounts, StoreError,
     StoreStats, decode_record, decode_session_key, encode_counts, encode_record,
     events::{
-        ChainLink, EVENT_LOG_KEY, EventLogState, chain_hash, decode_seq, encode_value, event_time,
-        split_value, to_hex, write_head_file,
+        ChainLink, EVENT_LOG_KEY, EventLogState, chain_hash, encode_value, event_time, split_value,
+        to_hex, write_head_file,
     },
-    journal::{JOURNAL_APPLIED_KEY, push_event, push_session, push_statement},
-    segment::SegmentLog,
+    journal::{Entry, entries, push_event, push_session, push_statement},
+    log::{LOG_APPLIED_KEY, LOG_DROPPED_KEY, LogShared, log_error, reindex},
+    segment::scan_span,
     session_key,
 };
 use crate::events::{Activity, Context, Event};
@@ -274,7 +276,6 @@ pub struct RetentionOutcome {
 
 /// The event log's part of the writer.
 pub(super) struct EventLog {
-    pub events: sled::Tree,
     pub state: EventLogState,
     /// The store directory, for the head file.
     pub dir: PathBuf,
@@ -353,22 +354,16 @@ struct Group {
     staged_summaries: HashMap<u64, RecordSummary>,
     transitions: Vec<(Option<RecordSummary>, RecordSummary)>,
     highest_id: u64,
-    statements: sled::Batch,
-    /// Statement keys staged in this group, so a second write of one is not counted.
+    /// Statement keys staged in this group (each once).
     staged_statements: HashSet<[u8; 16]>,
-    /// Staged statements whose key is not stored yet: what the count grows by.
-    new_statements: u64,
-    events: sled::Batch,
     /// The newest event staged, which the next one links to.
     event_head: Option<ChainLink>,
     new_events: u64,
-    new_event_bytes: u64,
-    /// Retention: events and records removed, and the new base of the chain.
+    /// Retention: the records removed, and the new base of the chain.
     new_base: Option<ChainLink>,
-    removed_events: u64,
-    removed_event_bytes: u64,
     removed_sessions: Vec<RecordSummary>,
-    removed_statements: u64,
+    /// Retention: the log's segments up to this LSN are removed after the commit.
+    dropped_through: Option<u64>,
     /// Everything staged, as the journal records it (see `journal.rs`).
     journal: Vec<u8>,
 }
@@ -388,13 +383,10 @@ impl Group {
         self.highest_id = self.highest_id.max(id);
     }
 
-    /// Stages a statement; `stored` says whether its key is already in the tree.
-    fn stage_statement(&mut self, key: [u8; 16], encoded: Vec<u8>, stored: bool) {
-        push_statement(&mut self.journal, &key, &encoded);
-        self.statements.insert(&key, encoded);
-        if self.staged_statements.insert(key) && !stored {
-            self.new_statements += 1;
-        }
+    /// Stages a statement (counted when the log notes it, if its key is new).
+    fn stage_statement(&mut self, key: [u8; 16], encoded: &[u8]) {
+        push_statement(&mut self.journal, &key, encoded);
+        self.staged_statements.insert(key);
     }
 
     /// Session records staged.
@@ -420,9 +412,7 @@ impl Group {
         let seq = previous.seq + 1;
         let hash = chain_hash(seq, &previous.hash, json);
         let value = encode_value(&previous.hash, &hash, json);
-        self.new_event_bytes += (8 + value.len()) as u64;
         push_event(&mut self.journal, seq, &value);
-        self.events.insert(&seq.to_be_bytes(), value);
         self.event_head = Some(ChainLink { seq, hash });
         self.new_events += 1;
         seq
@@ -516,7 +506,6 @@ impl PendingReply {
 pub(super) struct Writer {
     db: sled::Db,
     sessions: sled::Tree,
-    statements: sled::Tree,
     meta: sled::Tree,
     /// The counts as committed; the next commit stores them updated.
     counts: StoreCounts,
@@ -539,20 +528,20 @@ pub(super) struct Writer {
     gate: Arc<ReadGate>,
     /// Commands received so far, for the [`ReadGate`].
     received: u64,
-    journal: Journal,
+    /// The record log: statements and events live there only (see `log.rs`).
+    records: Arc<LogShared>,
+    /// The newest log LSN whose sessions sled holds (committed, maybe not flushed).
+    applied: u64,
     checkpointer: Checkpointer,
-    /// Journal segments at or below this LSN are removed.
-    removed_through: u64,
     syncer: Syncer,
 }
 
-/// sled's flushes, off the writer's thread: the journal already holds every committed
+/// sled's flushes, off the writer's thread: the log already holds every committed
 /// group durably, so sled's flush (which hands its writes to sled's I/O threads and
-/// waits) never holds up a group commit. Requests coalesce; each successful flush
-/// names the journal LSN sled now holds on disk, and the writer then removes the
-/// journal segments at or below it.
+/// waits) never holds up a group commit. Requests coalesce. sled holds sessions only,
+/// so it is asked to flush only after groups that changed sessions.
 struct Checkpointer {
-    requests: Option<std::sync::mpsc::Sender<(u64, ChainLink)>>,
+    requests: Option<std::sync::mpsc::Sender<u64>>,
     /// The newest journal LSN sled holds on disk.
     durable_lsn: Arc<AtomicU64>,
     /// The newest LSN asked for (or flushed in the foreground).
@@ -561,28 +550,19 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(
-        db: sled::Db,
-        dir: PathBuf,
-        stats: Arc<WriterStats>,
-        applied: u64,
-    ) -> Result<Self, StoreError> {
-        let (requests, received) = std::sync::mpsc::channel::<(u64, ChainLink)>();
+    fn start(db: sled::Db, stats: Arc<WriterStats>, applied: u64) -> Result<Self, StoreError> {
+        let (requests, received) = std::sync::mpsc::channel::<u64>();
         let durable_lsn = Arc::new(AtomicU64::new(applied));
         let durable = Arc::clone(&durable_lsn);
         let thread = std::thread::Builder::new()
             .name("sluice-store-ckpt".into())
             .spawn(move || {
-                while let Ok(mut request) = received.recv() {
+                while let Ok(mut lsn) = received.recv() {
                     while let Ok(newer) = received.try_recv() {
-                        request = newer;
+                        lsn = newer;
                     }
-                    let (lsn, head) = request;
                     match db.flush() {
                         Ok(_) => {
-                            if let Err(error) = write_head_file(&dir, head) {
-                                tracing::warn!(%error, seq = head.seq, "cannot update events.head");
-                            }
                             durable.fetch_max(lsn, Ordering::AcqRel);
                         }
                         Err(error) => {
@@ -601,14 +581,14 @@ impl Checkpointer {
         })
     }
 
-    /// Asks for a sled flush covering everything committed up to journal LSN `lsn`.
-    fn request(&mut self, lsn: u64, head: ChainLink) {
+    /// Asks for a sled flush covering everything committed up to log LSN `lsn`.
+    fn request(&mut self, lsn: u64) {
         if lsn <= self.requested {
             return;
         }
         self.requested = lsn;
         if let Some(requests) = &self.requests {
-            let _ = requests.send((lsn, head));
+            let _ = requests.send(lsn);
         }
     }
 }
@@ -637,20 +617,25 @@ struct Syncer {
 
 struct SyncRequest {
     handle: super::segment::SyncHandle,
-    /// The newest event seq appended before the request: durable once synced.
-    head_seq: u64,
+    /// The newest event appended before the request: durable once synced.
+    head: ChainLink,
     replies: Vec<PendingReply>,
 }
+
+/// How often, at most, the sync thread rewrites `events.head`.
+const HEAD_FILE_EVERY: Duration = Duration::from_secs(1);
 
 impl Syncer {
     fn start(
         stats: Arc<WriterStats>,
         durable: Arc<watch::Sender<u64>>,
+        dir: PathBuf,
     ) -> Result<Self, StoreError> {
         let (requests, received) = std::sync::mpsc::channel::<SyncRequest>();
         let thread = std::thread::Builder::new()
             .name("sluice-store-sync".into())
             .spawn(move || {
+                let mut head_written = (0u64, std::time::Instant::now());
                 while let Ok(first) = received.recv() {
                     let mut batch = vec![first];
                     while let Ok(more) = received.try_recv() {
@@ -666,15 +651,26 @@ impl Syncer {
                         StoreError::Journal(error.to_string())
                     });
                     if synced.is_ok() {
-                        let head = batch.iter().map(|request| request.head_seq).max();
+                        let head = batch.iter().map(|request| request.head).max_by_key(|head| head.seq);
                         if let Some(head) = head {
                             durable.send_if_modified(|published| {
-                                let newer = head > *published;
+                                let newer = head.seq > *published;
                                 if newer {
-                                    *published = head;
+                                    *published = head.seq;
                                 }
                                 newer
                             });
+                            // The newest synced event, for `verify` and the next open
+                            // to notice a log that lost it (not more often than this:
+                            // a rename per sync would cost strict mode).
+                            if head.seq > head_written.0
+                                && head_written.1.elapsed() >= HEAD_FILE_EVERY
+                            {
+                                match write_head_file(&dir, head) {
+                                    Ok(()) => head_written = (head.seq, std::time::Instant::now()),
+                                    Err(error) => tracing::warn!(%error, seq = head.seq, "cannot update events.head"),
+                                }
+                            }
                         }
                     }
                     for request in batch {
@@ -702,13 +698,6 @@ impl Drop for Syncer {
             tracing::error!("store sync thread panicked");
         }
     }
-}
-
-/// The writer's journal: each group is appended to it before it is applied to sled.
-pub(super) struct Journal {
-    pub log: SegmentLog,
-    /// The newest journal LSN applied to sled (committed, maybe not flushed).
-    pub applied: u64,
 }
 
 /// Starts `writer` on its own thread, serving `commands` until the queue closes.
@@ -755,7 +744,6 @@ impl Writer {
     pub fn new(
         db: sled::Db,
         sessions: sled::Tree,
-        statements: sled::Tree,
         meta: sled::Tree,
         counts: StoreCounts,
         persisted_last_session_id: u64,
@@ -765,21 +753,19 @@ impl Writer {
         max_group: usize,
         log: EventLog,
         gate: Arc<ReadGate>,
-        journal: Journal,
+        records: Arc<LogShared>,
+        applied: u64,
     ) -> Result<Self, StoreError> {
         let flushed_seq = log.state.head.seq;
-        let checkpointer = Checkpointer::start(
-            db.clone(),
-            log.dir.clone(),
+        let checkpointer = Checkpointer::start(db.clone(), Arc::clone(&stats), applied)?;
+        let syncer = Syncer::start(
             Arc::clone(&stats),
-            journal.applied,
+            Arc::clone(&log.durable),
+            log.dir.clone(),
         )?;
-        let removed_through = journal.applied;
-        let syncer = Syncer::start(Arc::clone(&stats), Arc::clone(&log.durable))?;
         Ok(Self {
             db,
             sessions,
-            statements,
             meta,
             counts,
             persisted_last_session_id,
@@ -794,9 +780,9 @@ impl Writer {
             staged: StagedPuts::default(),
             gate,
             received: 0,
-            journal,
+            records,
+            applied,
             checkpointer,
-            removed_through,
             syncer,
         })
     }
@@ -983,14 +969,11 @@ impl Writer {
         // latest when the oldest of them is due on disk.
 
         let deadline_passed = self.flush_deadline.is_some_and(|deadline| deadline <= now);
-        // Anyone waiting for durability gets the journal's sync (which also refuses on
-        // a full disk, even when sled's preallocated files could still take the write);
+        // Anyone waiting for durability gets the log's sync (which also refuses on a
+        // full disk, even when sled's preallocated files could still take the write);
         // sled's own flush follows on its schedule or when asked for.
-        self.remove_checkpointed();
         if must_flush {
-            let synced = self.sync_journal();
             let flushed = self.flush();
-            let flushed = synced.and(flushed);
             for reply in replies {
                 reply.answer(Some(&flushed));
             }
@@ -1043,38 +1026,17 @@ impl Writer {
     }
 
     fn stage_statement(&self, staged: &mut StagedPuts, put: StatementPut) {
-        // Only a key new to the tree grows the count; a rewrite replaces.
-        let stored = if staged.group.staged_statements.contains(&put.key) {
-            Ok(true)
-        } else {
-            self.statements
-                .contains_key(put.key)
-                .map_err(StoreError::Read)
-        };
-        match stored {
-            Ok(stored) => {
-                staged.count(put.encoded.len() + put.events.iter().map(Vec::len).sum::<usize>());
-                staged.group.stage_statement(put.key, put.encoded, stored);
-                for event in &put.events {
-                    staged.group.stage_event(self.log.state.head, event);
-                }
-                match put.reply {
-                    Some(reply) if put.committed_only => {
-                        staged.committed_puts.push(reply);
-                        staged.wait(None, put.queued_at);
-                    }
-                    reply => staged.wait(reply, put.queued_at),
-                }
+        staged.count(put.encoded.len() + put.events.iter().map(Vec::len).sum::<usize>());
+        staged.group.stage_statement(put.key, &put.encoded);
+        for event in &put.events {
+            staged.group.stage_event(self.log.state.head, event);
+        }
+        match put.reply {
+            Some(reply) if put.committed_only => {
+                staged.committed_puts.push(reply);
+                staged.wait(None, put.queued_at);
             }
-            Err(error) => match put.reply {
-                Some(reply) => {
-                    let _ = reply.send(Err(error));
-                }
-                None => {
-                    self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, "batched statement write dropped");
-                }
-            },
+            reply => staged.wait(reply, put.queued_at),
         }
     }
 
@@ -1141,13 +1103,15 @@ impl Writer {
         }
     }
 
-    /// Applies `group` and the updated bookkeeping as one atomic sled transaction.
+    /// Appends `group` to the record log (statements and events live there only) and,
+    /// when it changes sessions or the store's bookkeeping, applies that to sled as one
+    /// transaction. A group of statements and events costs one `write` and no sled
+    /// insert.
     fn commit(&mut self, group: Group) -> Result<(), StoreError> {
         let mut counts = self.counts;
         for (previous, current) in &group.transitions {
             counts.record_transition(*previous, *current);
         }
-        counts.statements = counts.statements.saturating_add(group.new_statements);
         let last_session_id = self.persisted_last_session_id.max(group.highest_id).max(
             self.next_session_id
                 .load(Ordering::Relaxed)
@@ -1160,8 +1124,6 @@ impl Writer {
                 counts.denied = counts.denied.saturating_sub(1);
             }
         }
-        counts.statements = counts.statements.saturating_sub(group.removed_statements);
-        let counts_encoded = encode_counts(&counts)?;
         let mut log_state = self.log.state;
         if let Some(base) = group.new_base {
             log_state.base = base;
@@ -1169,85 +1131,100 @@ impl Writer {
         if let Some(head) = group.event_head {
             log_state.head = head;
         }
-        log_state.events =
-            (log_state.events + group.new_events).saturating_sub(group.removed_events);
-        log_state.bytes =
-            (log_state.bytes + group.new_event_bytes).saturating_sub(group.removed_event_bytes);
-        let log_changed = log_state != self.log.state;
-        let log_state_encoded = log_state.encode()?;
-        // The group goes to the journal first. Retention (which removes) is not
-        // journaled: its commit is flushed to sled before anything else is written.
-        let journaled = if group.journal.is_empty() || group.new_base.is_some() {
+        log_state.events += group.new_events;
+        // The log first: what it holds is committed (a crash replays its sessions).
+        let logged = if group.journal.is_empty() {
             None
         } else {
-            match self.journal.log.append(&group.journal) {
-                Ok(lsn) => Some(lsn),
+            let mut records = self.records.lock();
+            match records.log.append(&group.journal) {
+                Ok(lsn) => {
+                    let segment = records.log.active_first_lsn();
+                    match records.index.note(lsn, segment, &group.journal) {
+                        Ok(noted) => {
+                            counts.statements =
+                                counts.statements.saturating_add(noted.new_statements);
+                        }
+                        Err(reason) => {
+                            tracing::error!(lsn, %reason, "store log: a group did not index")
+                        }
+                    }
+                    if let Some(base) = group.new_base {
+                        records.base = base;
+                    }
+                    Some(lsn)
+                }
                 Err(error) => {
                     self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, "store journal write failed");
-                    return Err(StoreError::Journal(error.to_string()));
+                    tracing::error!(%error, "store log write failed");
+                    return Err(log_error(error));
                 }
             }
         };
-        let journaled_encoded = journaled.map(u64::to_be_bytes);
-
-        let result: sled::transaction::TransactionResult<(), std::convert::Infallible> = (
-            &self.sessions,
-            &self.statements,
-            &self.meta,
-            &self.log.events,
-        )
-            .transaction(|(sessions, statements, meta, events)| {
-                sessions.apply_batch(&group.sessions)?;
-                statements.apply_batch(&group.statements)?;
-                events.apply_batch(&group.events)?;
-                meta.insert(COUNTS_KEY, counts_encoded.as_slice())?;
-                meta.insert(LAST_SESSION_ID_KEY, &last_session_id_encoded[..])?;
-                if log_changed {
-                    meta.insert(EVENT_LOG_KEY, log_state_encoded.as_slice())?;
+        let sled_needed = !group.transitions.is_empty()
+            || !group.removed_sessions.is_empty()
+            || group.new_base.is_some()
+            || last_session_id > self.persisted_last_session_id;
+        if sled_needed {
+            let counts_encoded = encode_counts(&counts)?;
+            let log_state_encoded = group.new_base.map(|_| log_state.encode()).transpose()?;
+            let logged_encoded = logged.map(u64::to_be_bytes);
+            let dropped_encoded = group.dropped_through.map(u64::to_be_bytes);
+            let result: sled::transaction::TransactionResult<(), std::convert::Infallible> =
+                (&self.sessions, &self.meta).transaction(|(sessions, meta)| {
+                    sessions.apply_batch(&group.sessions)?;
+                    meta.insert(COUNTS_KEY, counts_encoded.as_slice())?;
+                    meta.insert(LAST_SESSION_ID_KEY, &last_session_id_encoded[..])?;
+                    if let Some(state) = &log_state_encoded {
+                        meta.insert(EVENT_LOG_KEY, state.as_slice())?;
+                    }
+                    if let Some(dropped) = &dropped_encoded {
+                        meta.insert(LOG_DROPPED_KEY, &dropped[..])?;
+                    }
+                    if let Some(lsn) = &logged_encoded {
+                        meta.insert(LOG_APPLIED_KEY, &lsn[..])?;
+                    }
+                    Ok(())
+                });
+            match result {
+                Ok(()) => {
+                    if let Some(lsn) = logged {
+                        self.applied = lsn;
+                    }
+                    self.persisted_last_session_id = last_session_id;
                 }
-                if let Some(lsn) = &journaled_encoded {
-                    meta.insert(JOURNAL_APPLIED_KEY, &lsn[..])?;
+                Err(sled::transaction::TransactionError::Abort(never)) => match never {},
+                Err(sled::transaction::TransactionError::Storage(error)) => {
+                    if logged.is_some() {
+                        // The log holds a group sled refused: nothing may follow it
+                        // there (its events' numbers would be handed out again), so the
+                        // log takes no more writes until restart, which replays it.
+                        self.records
+                            .lock()
+                            .log
+                            .fail(format!("sled refused group: {error}"));
+                    }
+                    self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        records = group.records(),
+                        statements = group.statement_records(),
+                        %error,
+                        "store commit failed"
+                    );
+                    return Err(StoreError::Commit(error));
                 }
-                Ok(())
-            });
-        match result {
-            Ok(()) => {
-                if let Some(lsn) = journaled {
-                    self.journal.applied = lsn;
-                }
-                self.counts = counts;
-                self.log.state = log_state;
-                self.persisted_last_session_id = last_session_id;
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .records_written
-                    .fetch_add(group.records() as u64, Ordering::Relaxed);
-                self.stats
-                    .statements_written
-                    .fetch_add(group.statement_records() as u64, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(sled::transaction::TransactionError::Abort(never)) => match never {},
-            Err(sled::transaction::TransactionError::Storage(error)) => {
-                if journaled.is_some() {
-                    // The journal holds a group sled refused: nothing may follow it
-                    // there (its events' numbers are handed out again), so the journal
-                    // takes no more writes until restart, which replays the group.
-                    self.journal
-                        .log
-                        .fail(format!("sled refused group: {error}"));
-                }
-                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    records = group.records(),
-                    statements = group.statement_records(),
-                    %error,
-                    "store commit failed"
-                );
-                Err(StoreError::Commit(error))
             }
         }
+        self.counts = counts;
+        self.log.state = log_state;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .records_written
+            .fetch_add(group.records() as u64, Ordering::Relaxed);
+        self.stats
+            .statements_written
+            .fetch_add(group.statement_records() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Rewrites every open record as closed, in one commit.
@@ -1283,7 +1260,7 @@ impl Writer {
         Ok(closed)
     }
 
-    /// Tells subscribers that everything committed is on disk, and (after a sled
+    /// Tells subscribers that everything committed is on disk, and (after a full
     /// flush, `in_sled`) the head file.
     fn publish_flushed(&mut self, in_sled: bool) {
         let head = self.log.state.head;
@@ -1300,50 +1277,81 @@ impl Writer {
         self.log.durable.send_replace(head.seq);
     }
 
-    /// One retention pass: drops the oldest events past `rule` and the closed sessions
-    /// (with their statements) that ended before the newest dropped event, and appends a
-    /// `retention` event, all in one commit.
+    /// One retention pass: drops the oldest segments of the record log past `rule`
+    /// (with the statements and events they hold) and the closed sessions that ended
+    /// before the newest dropped event, and appends a `retention` event, in one commit.
+    /// The log is cut at segment boundaries: the segment being appended to is sealed
+    /// first when it must go too.
     fn retain(
         &mut self,
         rule: RetentionRule,
         now: OffsetDateTime,
     ) -> Result<Option<RetentionOutcome>, StoreError> {
         let cutoff = rule.max_age.map(|age| now - age);
-        let over_size = rule.max_bytes.is_some_and(|max| self.log.state.bytes > max);
+        let (bounds, total) = {
+            let records = self.records.lock();
+            (records.log.segment_bounds(), records.log.total_bytes())
+        };
+        let over_size = rule.max_bytes.is_some_and(|max| total > max);
         let size_target = rule.max_bytes.map_or(0, |max| max / 10 * 9);
-        let mut group = Group::default();
-        let mut bytes = self.log.state.bytes;
+        let mut left = total;
         let mut first_dropped = None;
         let mut last_dropped: Option<(ChainLink, OffsetDateTime)> = None;
+        let mut dropped_through = None;
         let mut by_age_only = true;
-        for entry in self.log.events.iter() {
-            let (key, value) = entry.map_err(StoreError::Read)?;
-            let seq = decode_seq(&key)?;
-            if seq > self.log.state.head.seq {
+        for (first_lsn, last_lsn, bytes) in &bounds {
+            if last_lsn < first_lsn {
                 break;
             }
-            let (_, hash, json) = split_value(&value).ok_or_else(|| StoreError::Corrupt {
-                what: format!("event {seq}"),
-                reason: "shorter than an event's header".into(),
-            })?;
-            let time = event_time(seq, json)?;
-            let too_old = cutoff.is_some_and(|cutoff| time < cutoff);
-            let too_much = over_size && bytes > size_target;
+            // The segment's first and last events.
+            let span = self.records.lock().log.segment_span(*first_lsn);
+            let Some(span) = span else { break };
+            let mut first_event = None;
+            let mut last_event: Option<(u64, [u8; 32], Vec<u8>)> = None;
+            scan_span(&span, 0, |_, payload| {
+                for entry in entries(payload).unwrap_or_default() {
+                    if let Entry::Event { seq, value } = entry
+                        && let Some((_, hash, json)) = split_value(value)
+                    {
+                        first_event.get_or_insert(seq);
+                        last_event = Some((seq, hash, json.to_vec()));
+                    }
+                }
+                Ok(true)
+            })
+            .map_err(log_error)?;
+            let time = match &last_event {
+                Some((seq, _, json)) => Some(event_time(*seq, json)?),
+                None => None,
+            };
+            let too_old = cutoff.is_some_and(|cutoff| time.is_none_or(|time| time < cutoff));
+            let too_much = over_size && left > size_target;
             if !too_old && !too_much {
                 break;
             }
             by_age_only &= too_old;
-            let size = (key.len() + value.len()) as u64;
-            bytes = bytes.saturating_sub(size);
-            group.removed_event_bytes += size;
-            group.removed_events += 1;
-            group.events.remove(key);
-            first_dropped.get_or_insert(seq);
-            last_dropped = Some((ChainLink { seq, hash }, time));
+            left = left.saturating_sub(*bytes);
+            dropped_through = Some(*last_lsn);
+            if let Some(first) = first_event {
+                first_dropped.get_or_insert(first);
+            }
+            if let (Some((seq, hash, _)), Some(time)) = (last_event, time) {
+                last_dropped = Some((ChainLink { seq, hash }, time));
+            }
         }
-        let (Some(first_dropped), Some((last, last_time))) = (first_dropped, last_dropped) else {
+        let (Some(first_dropped), Some((last, last_time)), Some(dropped_through)) =
+            (first_dropped, last_dropped, dropped_through)
+        else {
             return Ok(None);
         };
+        {
+            // The active segment goes too: seal it, so it can be removed whole.
+            let mut records = self.records.lock();
+            if dropped_through >= records.log.active_first_lsn() {
+                records.log.seal().map_err(log_error)?;
+            }
+        }
+        let mut group = Group::default();
         for entry in self.sessions.iter() {
             let (key, value) = entry.map_err(StoreError::Read)?;
             let id = decode_session_key(&key)?;
@@ -1357,14 +1365,10 @@ impl Writer {
             }
             group.sessions.remove(&key);
             group.removed_sessions.push(RecordSummary::of(&record));
-            for statement in self.statements.scan_prefix(&key) {
-                let (statement_key, _) = statement.map_err(StoreError::Read)?;
-                group.statements.remove(statement_key);
-                group.removed_statements += 1;
-            }
         }
         let reason = if by_age_only { "age" } else { "size" };
         group.new_base = Some(last);
+        group.dropped_through = Some(dropped_through);
         let event = Event::now(
             Context::default(),
             Activity::Retention {
@@ -1379,19 +1383,33 @@ impl Writer {
             source,
         })?;
         let retention_seq = group.stage_event(self.log.state.head, &json);
+        let sessions_dropped = group.removed_sessions.len() as u64;
+        self.commit(group)?;
+        // On disk (the retention event, the new base, the sessions gone) before the
+        // segments are removed: a crash in between removes them at the next open.
+        self.flush()?;
+        let statements_before = self.counts.statements;
+        let spans = {
+            let mut records = self.records.lock();
+            records
+                .log
+                .remove_through(dropped_through)
+                .map_err(log_error)?;
+            records.log.spans_from(0)
+        };
+        let index = reindex(&spans)?;
+        let statements_after = index.statements;
+        self.records.lock().index = index;
+        self.counts.statements = statements_after;
         let outcome = RetentionOutcome {
             first_dropped_seq: first_dropped,
             last_dropped_seq: last.seq,
-            events_dropped: group.removed_events,
-            sessions_dropped: group.removed_sessions.len() as u64,
-            statements_dropped: group.removed_statements,
+            events_dropped: last.seq + 1 - first_dropped,
+            sessions_dropped,
+            statements_dropped: statements_before.saturating_sub(statements_after),
             reason,
             retention_seq,
         };
-        self.commit(group)?;
-        // Not journaled (it removes): on disk before any later group is journaled,
-        // so a replay never follows a chain this commit changed.
-        self.flush()?;
         tracing::info!(
             first_dropped_seq = outcome.first_dropped_seq,
             last_dropped_seq = outcome.last_dropped_seq,
@@ -1403,19 +1421,24 @@ impl Writer {
         Ok(Some(outcome))
     }
 
-    /// One sled flush for everything committed so far; the journal's segments sled
-    /// now holds for good are removed.
+    /// Syncs the log and flushes sled, for everything committed so far.
     fn flush(&mut self) -> Result<(), StoreError> {
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        let synced = self.records.lock().log.sync();
+        if let Err(error) = synced {
+            self.stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "store log sync failed");
+            self.flush_deadline = Some(Instant::now() + self.flush_interval);
+            return Err(log_error(error));
+        }
         match self.db.flush() {
             Ok(_bytes) => {
                 self.flush_deadline = None;
                 self.publish_flushed(true);
-                self.checkpointer.requested = self.checkpointer.requested.max(self.journal.applied);
+                self.checkpointer.requested = self.checkpointer.requested.max(self.applied);
                 self.checkpointer
                     .durable_lsn
-                    .fetch_max(self.journal.applied, Ordering::AcqRel);
-                self.remove_checkpointed();
+                    .fetch_max(self.applied, Ordering::AcqRel);
                 Ok(())
             }
             Err(error) => {
@@ -1428,72 +1451,33 @@ impl Writer {
         }
     }
 
-    /// At the flush deadline: batched writes become durable through the journal, and
-    /// sled is asked to flush in the background.
+    /// At the flush deadline: batched writes become durable through the log's sync,
+    /// and sled (when sessions changed) is asked to flush in the background.
     fn tick(&mut self, replies: Vec<PendingReply>) {
         self.request_sync(replies);
-        self.checkpointer
-            .request(self.journal.applied, self.log.state.head);
+        self.checkpointer.request(self.applied);
         self.flush_deadline = None;
     }
 
-    /// Hands `replies` to the syncer, to be answered after the journal's next sync.
+    /// Hands `replies` to the syncer, to be answered after the log's next sync.
     fn request_sync(&mut self, replies: Vec<PendingReply>) {
         let request = SyncRequest {
-            handle: self.journal.log.sync_handle(),
-            head_seq: self.log.state.head.seq,
+            handle: self.records.lock().log.sync_handle(),
+            head: self.log.state.head,
             replies,
         };
         if let Some(requests) = &self.syncer.requests
             && let Err(unsent) = requests.send(request)
         {
             // The sync thread is gone (it panicked): answer here.
-            let synced = unsent
-                .0
-                .handle
-                .sync()
-                .map_err(|e| StoreError::Journal(e.to_string()));
+            let synced = unsent.0.handle.sync().map_err(log_error);
             for reply in unsent.0.replies {
                 reply.answer(Some(&synced));
             }
         }
-        if self.journal.applied > self.checkpointer.requested {
+        if self.applied > self.checkpointer.requested {
             let due = Instant::now() + self.flush_interval;
             self.flush_deadline = Some(self.flush_deadline.map_or(due, |d| d.min(due)));
-        }
-    }
-
-    /// Removes the journal segments sled now holds on disk.
-    fn remove_checkpointed(&mut self) {
-        let durable = self.checkpointer.durable_lsn.load(Ordering::Acquire);
-        if durable <= self.removed_through {
-            return;
-        }
-        match self.journal.log.remove_through(durable) {
-            Ok(_) => self.removed_through = durable,
-            Err(error) => tracing::warn!(%error, "cannot remove applied journal segments"),
-        }
-    }
-
-    /// Group commit for durable waiters: one fdatasync of the journal makes every
-    /// group committed so far durable. sled catches up in the background, asked at the
-    /// next flush deadline.
-    fn sync_journal(&mut self) -> Result<(), StoreError> {
-        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        match self.journal.log.sync() {
-            Ok(()) => {
-                self.publish_flushed(false);
-                if self.journal.applied > self.checkpointer.requested {
-                    let due = Instant::now() + self.flush_interval;
-                    self.flush_deadline = Some(self.flush_deadline.map_or(due, |d| d.min(due)));
-                }
-                Ok(())
-            }
-            Err(error) => {
-                self.stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "store journal sync failed");
-                Err(StoreError::Journal(error.to_string()))
-            }
         }
     }
 }
