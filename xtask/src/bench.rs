@@ -167,6 +167,8 @@ pub struct Results {
     /// eBPF program counters over the sluice connection runs, and connections made.
     pub bpf: Vec<probes::ProgStats>,
     pub bpf_connections: u64,
+    /// The daemon's CPU seconds (user + system) over the same sluice connection runs.
+    pub connect_daemon_cpu_s: f64,
     pub idle: Option<idle::IdleResult>,
     pub masking_mb_s: Option<f64>,
     pub recording: Vec<(String, f64)>,
@@ -224,6 +226,7 @@ pub fn run_bench(workspace: &Path, options: Options) -> Result<()> {
         connect: Vec::new(),
         bpf: Vec::new(),
         bpf_connections: 0,
+        connect_daemon_cpu_s: 0.0,
         idle: None,
         masking_mb_s: None,
         recording: Vec::new(),
@@ -637,6 +640,7 @@ impl Bench<'_> {
             .collect();
         let mut bpf_total: std::collections::BTreeMap<u32, probes::ProgStats> = Default::default();
         let mut connections = 0;
+        let mut daemon_cpu_s = 0.0;
         for round in 1..=self.options.rounds {
             for (way, runs) in &mut all {
                 let mut cmd = self.pgbench(*way);
@@ -644,8 +648,10 @@ impl Bench<'_> {
                     .args(["-T", &self.options.seconds.to_string()])
                     .arg(DATABASE);
                 let before = probes::bpf_prog_stats(daemon)?;
+                let cpu_before = probes::cpu_seconds(daemon)?;
                 let result = pgbench::run(cmd, &self.log_dir()?, false)?;
                 if way.is_sluice() {
+                    daemon_cpu_s += probes::cpu_seconds(daemon)? - cpu_before;
                     let after = probes::bpf_prog_stats(daemon)?;
                     for (id, stats) in after {
                         let old = before.get(&id).cloned().unwrap_or_default();
@@ -671,6 +677,7 @@ impl Bench<'_> {
         results.connect = all;
         results.bpf = bpf_total.into_values().collect();
         results.bpf_connections = connections;
+        results.connect_daemon_cpu_s = daemon_cpu_s;
         Ok(())
     }
 
