@@ -1,8 +1,9 @@
 //! The audit event log end to end: a real daemon, a real PostgreSQL server on
 //! 127.0.0.2 and the real psql as the agent.
 //!
-//! The store is read (and tampered with) through sled itself, as a root attacker on the
-//! host would: sled's own checksums stay valid, so only the hash chain can tell.
+//! The store's record log (where statements and events live) is read and tampered with
+//! through its files, as a root attacker on the host would: the log's own checksums are
+//! recomputed, so only the hash chain can tell.
 
 use std::{
     collections::BTreeSet,
@@ -47,18 +48,134 @@ fn store_dir(daemon: &TestDaemon) -> PathBuf {
     daemon.dir.path().join("state").join("store")
 }
 
-/// Every stored event as `(seq, event JSON)`, read with sled (the daemon must be down).
+/// Bytes of a log record's frame before its payload: length, CRC-32, LSN.
+const FRAME_HEADER: usize = 16;
+/// The kind byte of an event entry in a record's payload.
+const EVENT_ENTRY: u8 = 3;
+
+/// One record of the store's log: its segment file, where it starts, its LSN, and the
+/// event entries of its payload as `(seq, value range in the file)`.
+struct LogRecord {
+    path: PathBuf,
+    offset: usize,
+    lsn: u64,
+    len: usize,
+    events: Vec<(u64, std::ops::Range<usize>)>,
+}
+
+/// The store's log segment files, oldest first.
+fn log_segments(store: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(store.join("log"))
+        .expect("the store's log directory")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Every record of the log, parsed from its files as documented in docs/events.md
+/// (a record torn by the kill at the very end is left out, as the daemon would).
+fn log_records(store: &Path) -> Vec<LogRecord> {
+    let mut records = Vec::new();
+    for path in log_segments(store) {
+        let bytes = std::fs::read(&path).expect("read a log segment");
+        let mut offset = 0;
+        while offset + FRAME_HEADER <= bytes.len() {
+            let len =
+                u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("len")) as usize;
+            let lsn = u64::from_le_bytes(bytes[offset + 8..offset + 16].try_into().expect("lsn"));
+            let start = offset + FRAME_HEADER;
+            if start + len > bytes.len() {
+                break;
+            }
+            let mut events = Vec::new();
+            let mut at = start;
+            while at < start + len {
+                let kind = bytes[at];
+                let key_len = if kind == 2 { 16 } else { 8 };
+                let key = &bytes[at + 1..at + 1 + key_len];
+                let value_len = u32::from_le_bytes(
+                    bytes[at + 1 + key_len..at + 5 + key_len]
+                        .try_into()
+                        .expect("value len"),
+                ) as usize;
+                let value = at + 5 + key_len..at + 5 + key_len + value_len;
+                if kind == EVENT_ENTRY {
+                    events.push((
+                        u64::from_be_bytes(key.try_into().expect("seq")),
+                        value.clone(),
+                    ));
+                }
+                at = value.end;
+            }
+            records.push(LogRecord {
+                path: path.clone(),
+                offset,
+                lsn,
+                len,
+                events,
+            });
+            offset = start + len;
+        }
+    }
+    records
+}
+
+/// Every stored event as `(seq, event JSON)`, read from the log's files (the daemon
+/// must be down).
 fn read_events(store: &Path) -> Vec<(u64, Value)> {
-    let db = sled::open(store).expect("open the store with sled");
-    let tree = db.open_tree("events").expect("events tree");
-    tree.iter()
-        .map(|entry| {
-            let (key, value) = entry.expect("read event");
-            let seq = u64::from_be_bytes(key.as_ref().try_into().expect("8-byte key"));
-            let event = serde_json::from_slice(&value[VALUE_HEADER..]).expect("event JSON");
-            (seq, event)
-        })
-        .collect()
+    let mut events = Vec::new();
+    for record in log_records(store) {
+        let bytes = std::fs::read(&record.path).expect("read a log segment");
+        for (seq, value) in record.events {
+            let event = serde_json::from_slice(&bytes[value.start + VALUE_HEADER..value.end])
+                .expect("event JSON");
+            events.push((seq, event));
+        }
+    }
+    events
+}
+
+/// CRC-32 (IEEE), as the log's frames carry it.
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut crc = !0u32;
+    for byte in parts.iter().flat_map(|part| part.iter()) {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Rewrites event `seq`'s stored value in place in its log file (same length) and
+/// recomputes its record's checksum, as a root attacker would.
+fn rewrite_event(store: &Path, seq: u64, edit: impl FnOnce(&mut [u8])) {
+    let record = log_records(store)
+        .into_iter()
+        .find(|record| record.events.iter().any(|(found, _)| *found == seq))
+        .expect("the event's record");
+    let (_, value) = record
+        .events
+        .iter()
+        .find(|(found, _)| *found == seq)
+        .expect("the event")
+        .clone();
+    let mut bytes = std::fs::read(&record.path).expect("read the segment");
+    edit(&mut bytes[value]);
+    let start = record.offset + FRAME_HEADER;
+    let crc = crc32(&[
+        &record.lsn.to_le_bytes(),
+        &(record.len as u32).to_le_bytes(),
+        &bytes[start..start + record.len],
+    ]);
+    bytes[record.offset + 4..record.offset + 8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&record.path, bytes).expect("write the segment");
 }
 
 fn verify(daemon: &TestDaemon, args: &[&str]) -> (Output, Value) {
@@ -80,13 +197,10 @@ fn activity_type(event: &Value) -> &str {
     event["activity"]["type"].as_str().unwrap_or_default()
 }
 
-/// Kills the daemon (SIGKILL, as a crash would), then lets the offline `sluice verify`
-/// apply the store's journal to sled, as the daemon's next start would: durable
-/// writes may be in the journal only until sled's next flush, and these tests read
-/// sled directly.
+/// Kills the daemon (SIGKILL, as a crash would); these tests then read the store's
+/// files directly.
 fn stop(daemon: &mut TestDaemon) {
     daemon.kill();
-    let _ = daemon.sluice(&["verify"]);
 }
 
 #[test]
@@ -168,18 +282,13 @@ fn a_changed_event_is_reported_by_seq() {
     );
     let insert_seq = *insert_seq;
 
-    // A root attacker rewrites one byte of the event through sled.
-    {
-        let db = sled::open(store_dir(&daemon)).expect("open the store");
-        let tree = db.open_tree("events").expect("events tree");
-        let key = insert_seq.to_be_bytes();
-        let mut value = tree.get(key).expect("read").expect("stored").to_vec();
+    // A root attacker rewrites one byte of the event in the log's file (and its
+    // record's checksum).
+    rewrite_event(&store_dir(&daemon), insert_seq, |value| {
         let text = String::from_utf8(value[VALUE_HEADER..].to_vec()).expect("UTF-8 JSON");
         let at = VALUE_HEADER + text.find("\"INSERT\"").expect("kind in the event") + 1;
         value[at] = b'U';
-        tree.insert(key, value).expect("rewrite");
-        db.flush().expect("flush");
-    }
+    });
 
     // Offline: the CLI opens the store itself.
     let (output, report) = verify(&daemon, &[]);
@@ -214,11 +323,15 @@ fn damaged_store_files_give_a_clear_verify_error() {
     assert!(output.status.success(), "{output:?}");
     stop(&mut daemon);
 
-    // Flip a byte of the marker wherever sled's files hold it.
+    // Flip a byte of the marker wherever the store's files hold it (its checksums
+    // left as they were: damage, not an edit).
     let store = store_dir(&daemon);
     let mut flipped = 0;
-    for entry in std::fs::read_dir(&store).expect("store dir") {
-        let path = entry.expect("entry").path();
+    let files = std::fs::read_dir(&store)
+        .expect("store dir")
+        .map(|entry| entry.expect("entry").path())
+        .chain(log_segments(&store));
+    for path in files {
         if !path.is_file() {
             continue;
         }
@@ -565,14 +678,14 @@ fn retention_by_size_drops_old_events_records_it_and_verify_passes() {
         .find(|(_, e)| activity_type(e) == "retention")
         .map(|(seq, _)| *seq)
         .expect("retention seq");
-    let kept_bytes: usize = {
-        let db = sled::open(store_dir(&daemon)).expect("open");
-        let tree = db.open_tree("events").expect("events");
-        tree.range(..retention_seq.to_be_bytes())
-            .map(|entry| entry.map(|(k, v)| k.len() + v.len()).expect("read"))
-            .sum()
-    };
-    assert!(kept_bytes <= 16384, "{kept_bytes} bytes of events kept");
+    // The log is cut whole segments at a time: what it keeps before the retention
+    // event's record is within the limit.
+    let kept_bytes: usize = log_records(&store_dir(&daemon))
+        .iter()
+        .take_while(|record| !record.events.iter().any(|(seq, _)| *seq == retention_seq))
+        .map(|record| FRAME_HEADER + record.len)
+        .sum();
+    assert!(kept_bytes <= 16384, "{kept_bytes} bytes of log kept");
     let (output, report) = verify(&daemon, &[]);
     assert!(output.status.success(), "{report:#}");
 }
