@@ -39,6 +39,7 @@ use super::{
 use crate::{
     approvals::{Outcome, Resolution},
     events::{Activity, Event},
+    masking::Masker,
     pipeline::{ByteStream, Details, Operation, Pipeline, SessionInfo, approval_record},
     policy::{Action, Decision, TlsMode},
     relay::ByteCounts,
@@ -576,6 +577,22 @@ struct Shared {
     /// A protocol spoken over HTTP (Kubernetes) that judges and answers requests in
     /// its own terms; `None` for plain HTTP.
     dialect: Option<Arc<dyn Dialect>>,
+    /// The injected header and the scrubber of its secrets, made at the connection's
+    /// first forwarded request: the resource and the credentials are the session's, so
+    /// every request of the connection would build the same (the scrubber's forms took
+    /// about a hundred allocations per request).
+    injection: std::sync::OnceLock<Result<Injection, String>>,
+    /// Compiled mask profiles by name, with the policy generation each was built from
+    /// (a reload reaches the connection at its next request), as the pipeline keeps
+    /// them for SQL sessions.
+    maskers: std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<Masker>)>>,
+}
+
+/// A credential injected into every request of a connection, and the scrubber of its
+/// secrets.
+struct Injection {
+    header: (HeaderName, HeaderValue),
+    scrubber: Scrubber,
 }
 
 /// A protocol carried over HTTP that judges, answers and filters requests in its own
@@ -666,7 +683,48 @@ impl Shared {
             ca,
             seq: AtomicU64::new(1),
             dialect: None,
+            injection: std::sync::OnceLock::new(),
+            maskers: Default::default(),
         }
+    }
+
+    /// The header to inject with `credential` (the resource's, the same for every
+    /// request of the connection) and the scrubber of its secrets.
+    fn injection(&self, credential: &crate::credentials::Credential) -> Result<&Injection, &str> {
+        self.injection
+            .get_or_init(|| {
+                injection(credential).map(|(name, value, secrets)| Injection {
+                    header: (name, value),
+                    scrubber: Scrubber::new(secrets.iter().map(String::as_str)),
+                })
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// The compiled mask profile `profile` of the policy in force; `None` when it does
+    /// not exist or cannot be compiled (the request is then refused).
+    fn masker(&self, profile: &str) -> Option<Arc<Masker>> {
+        let generation = self.session.policy.generation();
+        let mut maskers = self
+            .maskers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((built_from, masker)) = maskers.get(profile)
+            && *built_from == generation
+        {
+            return Some(Arc::clone(masker));
+        }
+        let policy = self.session.policy.current();
+        let masker = match Masker::new(policy.mask_profile(profile)?, &self.session.mask_key) {
+            Ok(masker) => Arc::new(masker),
+            Err(error) => {
+                tracing::error!(%error, profile, "mask profile unusable: refusing what it covers");
+                return None;
+            }
+        };
+        maskers.insert(profile.to_owned(), (generation, Arc::clone(&masker)));
+        Some(masker)
     }
 
     /// Records a connection-level refusal as a request record of its own.
@@ -1395,10 +1453,13 @@ impl Connection {
                 strip_agent_credentials = true;
                 facts.credential = Some(name.clone());
             } else {
-                match injection(credential) {
-                    Ok((header_name, value, secrets)) => {
-                        scrubber = Scrubber::new(secrets.iter().map(String::as_str));
-                        injected = Some((header_name, value));
+                match shared.injection(credential) {
+                    Ok(Injection {
+                        header,
+                        scrubber: secrets,
+                    }) => {
+                        scrubber = secrets.clone();
+                        injected = Some(header.clone());
                         facts.credential = Some(name.clone());
                     }
                     Err(problem) => {
@@ -1413,11 +1474,10 @@ impl Connection {
                 }
             }
         }
-        let masker = decision.mask.as_deref().and_then(|profile| {
-            let policy = shared.session.policy.current();
-            let profile = policy.mask_profile(profile)?;
-            crate::masking::Masker::new(profile, &shared.session.mask_key).ok()
-        });
+        let masker = decision
+            .mask
+            .as_deref()
+            .and_then(|profile| shared.masker(profile));
         if decision.mask.is_some() && masker.is_none() {
             return self
                 .refuse(

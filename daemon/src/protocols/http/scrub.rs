@@ -7,6 +7,8 @@
 //! `longest form - 1` bytes of each chunk so a secret split across chunks is still
 //! found.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 
 /// What a scrubbed secret is replaced with.
@@ -15,13 +17,14 @@ pub const SCRUBBED: &[u8] = b"[sluice:scrubbed]";
 /// Secrets too short to search for safely are refused at injection time instead.
 pub const MIN_SECRET_LEN: usize = 8;
 
-/// The forms of a set of secrets.
+/// The forms of a set of secrets. Built once per connection and cloned per request
+/// (each response's stream scrubber holds its own), so the forms are shared.
 #[derive(Clone, Default)]
 pub struct Scrubber {
-    forms: Vec<Vec<u8>>,
+    forms: Arc<[Vec<u8>]>,
     longest: usize,
     /// Which bytes start a form: the bytes in between are copied without a search.
-    starts: Vec<bool>,
+    starts: Arc<[bool]>,
 }
 
 impl std::fmt::Debug for Scrubber {
@@ -78,9 +81,9 @@ impl Scrubber {
             }
         }
         Self {
-            forms,
+            forms: forms.into(),
             longest,
-            starts,
+            starts: starts.into(),
         }
     }
 
