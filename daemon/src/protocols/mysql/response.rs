@@ -17,7 +17,7 @@ use super::{
     wire::{self, Column, ErrPacket, OkPacket, Reader, caps, status},
 };
 use crate::masking::{
-    ColumnAction, ColumnInfo, ColumnPlan, MaskOutcome, Masker, strictest_plan_per_column,
+    ColumnAction, ColumnInfo, ColumnPlan, MaskScratch, Masker, Written, strictest_plan_per_column,
 };
 
 /// What answer a command gets.
@@ -277,14 +277,14 @@ impl Relay<'_, '_> {
             }
             self.outcome.rows += 1;
             match active.as_deref_mut() {
-                Some(active) if active.masks_anything() => {
+                Some(active) if active.masks_anything => {
                     let masked = if binary {
                         active.mask_binary_row(&row, columns)
                     } else {
                         active.mask_text_row(&row)
                     }
                     .map_err(ProxyError::ServerMessage)?;
-                    self.send(&masked);
+                    self.send(masked);
                 }
                 _ => self.send(&row),
             }
@@ -347,6 +347,10 @@ fn retyped_as_text(definition: &[u8]) -> Bytes {
 /// A column with an origin (`org_table.org_name`) is planned for that table. A column
 /// without one (an expression, `CONCAT(email)`) is planned as if it came from each
 /// table the statement reads, and the strictest plan wins: over-masking, never a leak.
+///
+/// Rows are on the byte path: a masked row is rewritten into buffers kept here from
+/// row to row (values masked by [`Masker::mask_into`]), so a result set allocates
+/// nothing per row once they have grown to size.
 struct ActiveMask {
     masker: Arc<Masker>,
     plans: Vec<ColumnPlan>,
@@ -354,7 +358,36 @@ struct ActiveMask {
     names: Vec<String>,
     text_like: Vec<bool>,
     column_types: Vec<u8>,
+    /// For each column, whether its text-protocol values go out as they came without
+    /// being looked at (see [`copied`]).
+    copied: Vec<bool>,
+    /// Whether any column may change; when not, rows are relayed untouched.
+    masks_anything: bool,
     nulled: u64,
+    scratch: MaskScratch,
+    /// The masked value being written.
+    value: Vec<u8>,
+    /// The masked row being written.
+    row: BytesMut,
+    /// A binary row's NULL bitmap, updated as values are nulled.
+    bitmap: Vec<u8>,
+}
+
+/// Integer types whose text form is at most ten digits and a sign: TINY, SHORT, LONG,
+/// INT24 and YEAR (LONGLONG is not: a 16-digit BIGINT can be a card number).
+const NO_MATCH_TYPES: &[u8] = &[1, 2, 3, 9, 13];
+
+/// Whether a text-protocol column's values go out unchanged under `action` without a
+/// look: no rule, or detectors on an integer that no detector can match (no detector
+/// matches fewer than 13 digits without separators, `@`, `:`, `+` or a letter; the
+/// PostgreSQL proxy's `no_detector_matches_small_integers` test checks every 32-bit
+/// form).
+fn copied(action: ColumnAction, column: &Column) -> bool {
+    match action {
+        ColumnAction::Keep => true,
+        ColumnAction::Detectors => NO_MATCH_TYPES.contains(&column.column_type),
+        ColumnAction::WholeValue | ColumnAction::Null => false,
+    }
 }
 
 impl ActiveMask {
@@ -408,15 +441,27 @@ impl ActiveMask {
             })
             .collect();
         let strictest = strictest_plan_per_column(&plans, columns.len());
-        Self {
+        let mut active = Self {
             masker: Arc::clone(&spec.masker),
+            masks_anything: plans.iter().any(ColumnPlan::masks_anything),
             plans,
             strictest,
             names: columns.iter().map(|c| c.name.clone()).collect(),
             text_like,
             column_types: columns.iter().map(|c| c.column_type).collect(),
+            copied: Vec::new(),
             nulled: 0,
-        }
+            scratch: MaskScratch::default(),
+            value: Vec::new(),
+            row: BytesMut::new(),
+            bitmap: Vec::new(),
+        };
+        active.copied = columns
+            .iter()
+            .enumerate()
+            .map(|(index, column)| copied(active.action(index), column))
+            .collect();
+        active
     }
 
     fn plan_for(&self, column: usize) -> Option<&ColumnPlan> {
@@ -427,10 +472,6 @@ impl ActiveMask {
     fn action(&self, column: usize) -> ColumnAction {
         self.plan_for(column)
             .map_or(ColumnAction::Null, |plan| plan.action(column))
-    }
-
-    fn masks_anything(&self) -> bool {
-        self.plans.iter().any(ColumnPlan::masks_anything)
     }
 
     /// Whether a column's masked values are text where the server announced another
@@ -445,37 +486,57 @@ impl ActiveMask {
                 .is_some_and(|t| !text_type(*t))
     }
 
-    fn mask_value<'v>(
-        &mut self,
-        column: usize,
-        value: &'v [u8],
-    ) -> Option<std::borrow::Cow<'v, [u8]>> {
-        let outcome = match self.plan_for(column) {
-            Some(plan) => self.masker.mask_value(plan, column, value),
-            None => MaskOutcome::Nulled,
+    /// Masks one value of `column` into `self.value` (for [`Written::Masked`]).
+    fn mask_value(&mut self, column: usize, value: &[u8]) -> Written {
+        self.value.clear();
+        let plan = self
+            .plans
+            .get(self.strictest.get(column).copied().unwrap_or(0));
+        let written = match plan {
+            Some(plan) => {
+                self.masker
+                    .mask_into(plan, column, value, &mut self.scratch, &mut self.value)
+            }
+            None => Written::Nulled,
         };
-        if matches!(outcome, MaskOutcome::Nulled) {
+        if written == Written::Nulled {
             self.nulled += 1;
         }
-        outcome.into_wire(value)
+        written
     }
 
     /// A text-protocol row: one length-encoded string (or 0xFB for NULL) per column.
-    fn mask_text_row(&mut self, row: &[u8]) -> Result<Bytes, wire::DecodeError> {
+    fn mask_text_row(&mut self, row: &[u8]) -> Result<&[u8], wire::DecodeError> {
         let mut reader = Reader::new(row, "a text row");
-        let mut out = BytesMut::with_capacity(row.len());
+        let mut out = std::mem::take(&mut self.row);
+        out.clear();
+        out.reserve(row.len());
         let mut column = 0;
-        while reader.remaining() > 0 {
-            match reader.lenenc_bytes()? {
+        let result = loop {
+            if reader.remaining() == 0 {
+                break Ok(());
+            }
+            let before = reader.remaining();
+            let value = match reader.lenenc_bytes() {
+                Ok(value) => value,
+                Err(error) => break Err(error),
+            };
+            let raw = &row[row.len() - before..row.len() - reader.remaining()];
+            match value {
                 None => out.put_u8(0xFB),
+                Some(_) if self.copied.get(column).copied().unwrap_or(false) => {
+                    out.extend_from_slice(raw);
+                }
                 Some(value) => match self.mask_value(column, value) {
-                    Some(masked) => wire::put_lenenc_bytes(&mut out, &masked),
-                    None => out.put_u8(0xFB),
+                    Written::Unchanged => out.extend_from_slice(raw),
+                    Written::Masked { .. } => wire::put_lenenc_bytes(&mut out, &self.value),
+                    Written::Nulled => out.put_u8(0xFB),
                 },
             }
             column += 1;
-        }
-        Ok(out.freeze())
+        };
+        self.row = out;
+        result.map(|()| &self.row[..])
     }
 
     /// A binary-protocol row: 0x00, the NULL bitmap (offset 2), then each non-NULL
@@ -486,12 +547,32 @@ impl ActiveMask {
         &mut self,
         row: &[u8],
         columns: &[Column],
-    ) -> Result<Bytes, wire::DecodeError> {
+    ) -> Result<&[u8], wire::DecodeError> {
         let bitmap_len = (columns.len() + 7 + 2) / 8;
+        let mut out = std::mem::take(&mut self.row);
+        let result = self.binary_row_into(row, columns, bitmap_len, &mut out);
+        self.row = out;
+        result.map(|()| &self.row[..])
+    }
+
+    fn binary_row_into(
+        &mut self,
+        row: &[u8],
+        columns: &[Column],
+        bitmap_len: usize,
+        out: &mut BytesMut,
+    ) -> Result<(), wire::DecodeError> {
         let mut reader = Reader::new(row, "a binary row");
         let header = reader.u8()?;
-        let mut bitmap = reader.take(bitmap_len)?.to_vec();
-        let mut values = BytesMut::with_capacity(row.len());
+        let mut bitmap = std::mem::take(&mut self.bitmap);
+        bitmap.clear();
+        bitmap.extend_from_slice(reader.take(bitmap_len)?);
+        out.clear();
+        out.reserve(row.len());
+        out.put_u8(header);
+        // The bitmap is written once the values have been masked.
+        out.extend_from_slice(&bitmap);
+        let mut result = Ok(());
         for (index, column) in columns.iter().enumerate() {
             let bit = index + 2;
             let is_null = bitmap
@@ -500,56 +581,73 @@ impl ActiveMask {
             if is_null {
                 continue;
             }
-            let (raw, value) = if let Some(width) = wire::binary_fixed_width(column.column_type) {
-                let raw = reader.take(width)?;
-                (raw, raw)
+            let value = if let Some(width) = wire::binary_fixed_width(column.column_type) {
+                reader.take(width).map(|raw| (raw, raw))
             } else if wire::binary_is_temporal(column.column_type) {
                 let before = reader;
-                let length = usize::from(reader.u8()?);
-                let value = reader.take(length)?;
-                let raw = &row[row.len() - before.remaining()..row.len() - reader.remaining()];
-                (raw, value)
+                reader
+                    .u8()
+                    .and_then(|length| reader.take(usize::from(length)))
+                    .map(|value| {
+                        let raw =
+                            &row[row.len() - before.remaining()..row.len() - reader.remaining()];
+                        (raw, value)
+                    })
             } else {
                 let before = reader;
-                let value = reader.lenenc_str()?;
-                let raw = &row[row.len() - before.remaining()..row.len() - reader.remaining()];
-                (raw, value)
+                reader.lenenc_str().map(|value| {
+                    let raw = &row[row.len() - before.remaining()..row.len() - reader.remaining()];
+                    (raw, value)
+                })
             };
-            match self.action(index) {
-                ColumnAction::Keep => values.extend_from_slice(raw),
+            let (raw, value) = match value {
+                Ok(value) => value,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            };
+            let null = match self.action(index) {
+                ColumnAction::Keep => {
+                    out.extend_from_slice(raw);
+                    false
+                }
                 ColumnAction::Null => {
                     self.nulled += 1;
-                    if let Some(byte) = bitmap.get_mut(bit / 8) {
-                        *byte |= 1 << (bit % 8);
-                    }
+                    true
                 }
                 ColumnAction::WholeValue | ColumnAction::Detectors => {
-                    let text_like = self.text_like.get(index).copied().unwrap_or(false);
-                    let masked = if text_like {
-                        self.mask_value(index, value)
-                    } else {
-                        None
-                    };
-                    match masked {
-                        Some(masked) if masked.as_ref() == value => values.extend_from_slice(raw),
-                        Some(masked) => wire::put_lenenc_bytes(&mut values, &masked),
-                        None => {
-                            if !text_like {
-                                self.nulled += 1;
+                    if self.text_like.get(index).copied().unwrap_or(false) {
+                        match self.mask_value(index, value) {
+                            Written::Unchanged => {
+                                out.extend_from_slice(raw);
+                                false
                             }
-                            if let Some(byte) = bitmap.get_mut(bit / 8) {
-                                *byte |= 1 << (bit % 8);
+                            Written::Masked { .. } if self.value == value => {
+                                out.extend_from_slice(raw);
+                                false
                             }
+                            Written::Masked { .. } => {
+                                wire::put_lenenc_bytes(out, &self.value);
+                                false
+                            }
+                            Written::Nulled => true,
                         }
+                    } else {
+                        self.nulled += 1;
+                        true
                     }
                 }
+            };
+            if null && let Some(byte) = bitmap.get_mut(bit / 8) {
+                *byte |= 1 << (bit % 8);
             }
         }
-        let mut out = BytesMut::with_capacity(1 + bitmap.len() + values.len());
-        out.put_u8(header);
-        out.extend_from_slice(&bitmap);
-        out.extend_from_slice(&values);
-        Ok(out.freeze())
+        if let Some(slot) = out.get_mut(1..1 + bitmap.len()) {
+            slot.copy_from_slice(&bitmap);
+        }
+        self.bitmap = bitmap;
+        result
     }
 
     fn add_counts(&self, outcome: &mut Outcome) {
