@@ -752,8 +752,9 @@ impl<'s> Proxy<'s> {
         started: Instant,
         outcome: Option<&Outcome>,
     ) {
-        crate::metrics::global().statement(started.elapsed());
-        record.duration_us = Some(started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
+        let elapsed = started.elapsed();
+        crate::metrics::global().statement(elapsed);
+        record.duration_us = Some(elapsed.as_micros().min(u128::from(u64::MAX)) as u64);
         if let Some(outcome) = outcome {
             record.rows = Some(outcome.rows.max(outcome.affected));
             record.tag = outcome.tag.clone();
@@ -976,9 +977,11 @@ impl<'s> Proxy<'s> {
         };
         let parameters =
             response::parameter_summary(&mut reader, prepared.params, &mut prepared.param_types);
-        let classified = prepared.classified.clone();
-        let summary = prepared.summary.clone();
-        let mut operation = Operation::sql(Protocol::Mysql, &classified, summary);
+        let mut operation = Operation::sql(
+            Protocol::Mysql,
+            &prepared.classified,
+            prepared.summary.clone(),
+        );
         if let Details::Sql { database, .. } = &mut operation.details {
             database.clone_from(&self.context.schema);
         }
@@ -987,7 +990,7 @@ impl<'s> Proxy<'s> {
         let (decision, masker) = self.pipeline.judge_with_mask(&operation);
         let mask = masker.map(|masker| MaskSpec {
             masker,
-            tables: classified.tables_read.clone(),
+            tables: prepared.classified.tables_read.clone(),
         });
         let cursor = flags & 0x07 != 0;
         let outcome = self
