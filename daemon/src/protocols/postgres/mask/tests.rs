@@ -253,3 +253,106 @@ fn no_detector_matches_small_integers() {
     check("t");
     check("f");
 }
+
+/// [`take_data_rows`] writes what [`ActiveMask::mask_row`] writes row by row, and stops
+/// at the first frame it must leave to the decoder.
+#[test]
+fn runs_of_rows_are_taken_as_row_by_row() {
+    let mut rng = Rng(7);
+    let columns = columns();
+    let mask = result_mask(&[]);
+    let int_only = [column("abalance", 23, Format::Text)];
+    for (masked, width) in [
+        (None, columns.len()),
+        (Some(Some(&columns[..])), columns.len()),
+        (Some(None), columns.len()),
+        (Some(Some(&int_only[..])), 1),
+    ] {
+        let rows: Vec<Frame> = (0..200)
+            .map(|_| {
+                let values: Vec<Option<&[u8]>> = (0..width)
+                    .map(|_| match rng.below(8) {
+                        0 => None,
+                        _ => VALUES.get(rng.below(VALUES.len())).copied(),
+                    })
+                    .collect();
+                row(&values)
+            })
+            .collect();
+        let mut expected = BytesMut::new();
+        let mut oracle = masked.map(|known| ActiveMask::new(&mask, known));
+        for frame in &rows {
+            match &mut oracle {
+                Some(active) => {
+                    assert!(active.mask_row(frame, &mut expected).is_ok());
+                }
+                None => expected.extend_from_slice(frame.as_bytes()),
+            }
+        }
+        // The rows, then what ends the run: a CommandComplete and a partial row.
+        let mut buffer = BytesMut::new();
+        for frame in &rows {
+            buffer.extend_from_slice(frame.as_bytes());
+        }
+        let after = b"C\x00\x00\x00\x0dSELECT 200\x00D\x00\x00";
+        buffer.extend_from_slice(after);
+        let mut active = masked.map(|known| ActiveMask::new(&mask, known));
+        let mut out = BytesMut::from(&b"head"[..]);
+        let taken = take_data_rows(&mut buffer, active.as_mut(), 1 << 20, &mut out);
+        assert_eq!(taken, 200);
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(&out[4..], &expected[..]);
+        assert_eq!(&buffer[..], &after[..]);
+        if let (Some(a), Some(b)) = (&active, &oracle) {
+            assert_eq!(a.counts(), b.counts());
+        }
+    }
+}
+
+/// A malformed row, an oversized length or a partial row ends the run before it, with
+/// nothing of it written.
+#[test]
+fn a_run_stops_before_what_it_cannot_take() {
+    let columns = columns();
+    let mask = result_mask(&[]);
+    let good = row(&[Some(b"1"), Some(b"jane@example.com")]);
+    let mut malformed = good.as_bytes().to_vec();
+    malformed.push(0);
+    let len = (malformed.len() - 1) as i32;
+    malformed[1..5].copy_from_slice(&len.to_be_bytes());
+    let mut negative = good.as_bytes().to_vec();
+    negative[1..5].copy_from_slice(&(-1i32).to_be_bytes());
+    let mut short = good.as_bytes().to_vec();
+    short[1..5].copy_from_slice(&3i32.to_be_bytes());
+    let partial = &good.as_bytes()[..good.len() - 1];
+    for (bad, masked_only) in [
+        (&malformed[..], true),
+        (&negative[..], false),
+        (&short[..], false),
+        (partial, false),
+    ] {
+        for masked in [false, true] {
+            let mut buffer = BytesMut::from(good.as_bytes().as_ref());
+            buffer.extend_from_slice(bad);
+            let mut active = masked.then(|| ActiveMask::new(&mask, Some(&columns)));
+            let mut out = BytesMut::new();
+            let taken = take_data_rows(&mut buffer, active.as_mut(), 1 << 20, &mut out);
+            if masked || !masked_only {
+                assert_eq!(taken, 1, "{bad:?}");
+                assert_eq!(&buffer[..], bad);
+            } else {
+                // Unmasked, a malformed body is relayed like any other.
+                assert_eq!(taken, 2);
+            }
+        }
+    }
+    // Over the limit.
+    let mut buffer = BytesMut::from(good.as_bytes().as_ref());
+    let mut out = BytesMut::new();
+    assert_eq!(
+        take_data_rows(&mut buffer, None, good.len() - 2, &mut out),
+        0
+    );
+    assert_eq!(&buffer[..], &good.as_bytes()[..]);
+    assert!(out.is_empty());
+}
