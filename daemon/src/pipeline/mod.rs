@@ -298,29 +298,7 @@ impl SessionInfo {
     /// sync: the result goes to the agent, not upstream), so an agent never sees an
     /// answer whose record a daemon crash could lose.
     pub async fn store_result(&self, record: OperationRecord) {
-        let writing = Instant::now();
-        let result = Event::now(
-            self.audit_context.clone(),
-            Activity::statement_result(&record),
-        );
-        let written = if self.store.audit_durability() == Durability::Durable {
-            self.store
-                .put_statement_with_events_committed(&record, &[result])
-                .await
-        } else {
-            self.store
-                .put_statement_with_events(&record, &[result], Durability::Batched)
-                .await
-        };
-        crate::metrics::global().store_write(
-            "statement",
-            false,
-            written.is_ok(),
-            writing.elapsed(),
-        );
-        if let Err(error) = written {
-            tracing::error!(%error, seq = record.seq, "cannot record an operation");
-        }
+        store_result(&self.store, &self.audit_context, record).await;
     }
 
     /// Records the operations of a request whose agent left while they were held.
@@ -334,6 +312,30 @@ impl SessionInfo {
                 tracing::error!(%error, seq = record.seq, "cannot record an operation");
             }
         }
+    }
+}
+
+/// [`SessionInfo::store_result`] with the session's store and audit context, for a
+/// record stored after its session's task has gone.
+pub async fn store_result(
+    store: &Store,
+    context: &crate::events::Context,
+    record: OperationRecord,
+) {
+    let writing = Instant::now();
+    let result = Event::now(context.clone(), Activity::statement_result(&record));
+    let written = if store.audit_durability() == Durability::Durable {
+        store
+            .put_statement_with_events_committed(&record, &[result])
+            .await
+    } else {
+        store
+            .put_statement_with_events(&record, &[result], Durability::Batched)
+            .await
+    };
+    crate::metrics::global().store_write("statement", false, written.is_ok(), writing.elapsed());
+    if let Err(error) = written {
+        tracing::error!(%error, seq = record.seq, "cannot record an operation");
     }
 }
 

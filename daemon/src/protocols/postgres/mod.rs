@@ -11,6 +11,12 @@
 //! The ordering rests on one queue of [`Pending`] entries: one per request the server
 //! will answer, pushed before the request is written upstream, so the server loop always
 //! knows whose answer it is reading.
+//!
+//! Both loops run in the session's one task (polled together by `run`), so they share
+//! that queue directly ([`Handoff`]) instead of through a channel, whose every send
+//! would wake the task once more; only a denial, which no server frame will follow,
+//! wakes the server loop. A statement's result record is stored once its answer has
+//! been written to the agent in batched mode ([`Completed`]), before it in strict mode.
 
 pub mod cancel;
 pub mod codec;
@@ -20,15 +26,15 @@ mod tls;
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Arc,
     sync::atomic::AtomicBool,
+    sync::{Arc, Mutex, PoisonError},
     time::Instant,
 };
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf},
-    sync::mpsc,
+    sync::Notify,
 };
 
 use self::{
@@ -53,7 +59,7 @@ use crate::{
     protocols::ProtocolHandler,
     relay::ByteCounts,
     sql::{self, Classified},
-    store::StatementRecord,
+    store::{Durability, StatementRecord, Store},
 };
 
 /// SQLSTATE for a statement the policy refused: insufficient_privilege.
@@ -285,7 +291,7 @@ async fn run(
 
     let (agent_read, agent_write) = tokio::io::split(agent);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
-    let (pending_sender, pending_receiver) = mpsc::unbounded_channel();
+    let handoff = Handoff::default();
     let backslash_quoting = AtomicBool::new(false);
     let mut agent_loop = AgentLoop {
         session,
@@ -295,7 +301,7 @@ async fn run(
         write: upstream_write,
         buffer: agent_buffer,
         decoder: agent_decoder,
-        pending: pending_sender,
+        handoff: &handoff,
         statements: HashMap::new(),
         portals: HashMap::new(),
         skip_until_sync: false,
@@ -309,8 +315,9 @@ async fn run(
         write: agent_write,
         buffer: server_buffer,
         decoder: server_decoder,
-        pending: pending_receiver,
+        handoff: &handoff,
         queue: VecDeque::new(),
+        completed: Completed::new(session),
         status: TransactionStatus::Idle,
         rows: 0,
         query_index: 0,
@@ -373,6 +380,83 @@ async fn send_fatal(agent: &mut Box<dyn ByteStream>, code: &str, message: &str) 
     if encode_error_response(&Diagnostic::new(Severity::Fatal, code, message), &mut bytes).is_ok() {
         let _ = agent.write_all(&bytes).await;
         let _ = agent.shutdown().await;
+    }
+}
+
+/// The agent loop's [`Pending`] entries on their way to the server loop, in order.
+#[derive(Default)]
+struct Handoff {
+    queue: Mutex<VecDeque<Pending>>,
+    /// Wakes the server loop for a denial: no server frame may come to do it.
+    denial: Notify,
+}
+
+impl Handoff {
+    fn push(&self, pending: Pending) {
+        let denial = matches!(pending, Pending::Denied { .. });
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(pending);
+        if denial {
+            self.denial.notify_one();
+        }
+    }
+
+    /// Moves every entry pushed so far to the end of `queue`.
+    fn take_into(&self, queue: &mut VecDeque<Pending>) {
+        queue.extend(
+            self.queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain(..),
+        );
+    }
+}
+
+/// Statement records the server's answers completed, waiting for those answers to be
+/// written to the agent (batched mode only: storing a record encodes and queues it,
+/// which need not delay the agent). Strict mode stores each record before the agent
+/// can see its answer. Should the session's task be dropped in between, the records
+/// are stored from a task of their own: none is lost.
+struct Completed {
+    deferred: bool,
+    records: VecDeque<StatementRecord>,
+    store: Store,
+    context: crate::events::Context,
+}
+
+impl Completed {
+    fn new(session: &SessionInfo) -> Self {
+        Self {
+            deferred: session.store.audit_durability() == Durability::Batched,
+            records: VecDeque::new(),
+            store: session.store.clone(),
+            context: session.audit_context.clone(),
+        }
+    }
+}
+
+impl Drop for Completed {
+    fn drop(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.records);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                operations = records.len(),
+                "completed operations not recorded: no runtime"
+            );
+            return;
+        };
+        let store = self.store.clone();
+        let context = self.context.clone();
+        runtime.spawn(async move {
+            for record in records {
+                crate::pipeline::store_result(&store, &context, record).await;
+            }
+        });
     }
 }
 
@@ -443,7 +527,7 @@ struct AgentLoop<'a> {
     write: WriteHalf<Box<dyn ByteStream>>,
     buffer: BytesMut,
     decoder: FrameDecoder,
-    pending: mpsc::UnboundedSender<Pending>,
+    handoff: &'a Handoff,
     statements: HashMap<String, Arc<Prepared>>,
     /// Portal → (its statement name and statement, parameters bound, result formats).
     portals: HashMap<String, PortalInfo>,
@@ -538,8 +622,7 @@ impl AgentLoop<'_> {
     }
 
     fn push(&self, pending: Pending) {
-        // The server loop only goes away when the session is ending anyway.
-        let _ = self.pending.send(pending);
+        self.handoff.push(pending);
     }
 
     /// Handles one frame; `true` when the agent terminated the session.
@@ -1062,8 +1145,9 @@ struct ServerLoop<'a> {
     write: WriteHalf<Box<dyn ByteStream>>,
     buffer: BytesMut,
     decoder: FrameDecoder,
-    pending: mpsc::UnboundedReceiver<Pending>,
+    handoff: &'a Handoff,
     queue: VecDeque<Pending>,
+    completed: Completed,
     status: TransactionStatus,
     /// DataRows since the last completion.
     rows: u64,
@@ -1104,13 +1188,16 @@ fn columns_of(frame: &Frame) -> Result<Vec<Column>, ProxyError> {
 
 impl ServerLoop<'_> {
     async fn run(&mut self) -> Result<(), ProxyError> {
+        let result = self.relay().await;
+        self.store_completed().await;
+        result
+    }
+
+    async fn relay(&mut self) -> Result<(), ProxyError> {
         let mut out = BytesMut::with_capacity(64 * 1024);
-        let mut agent_done = false;
         loop {
             // Frames may already be buffered (the login read past AuthenticationOk).
-            while let Ok(pending) = self.pending.try_recv() {
-                self.queue.push_back(pending);
-            }
+            self.handoff.take_into(&mut self.queue);
             while let Some(frame) = self
                 .decoder
                 .decode(&mut self.buffer)
@@ -1131,11 +1218,9 @@ impl ServerLoop<'_> {
                     .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 out.clear();
             }
+            self.store_completed().await;
             tokio::select! {
-                pending = self.pending.recv(), if !agent_done => match pending {
-                    Some(pending) => self.queue.push_back(pending),
-                    None => agent_done = true,
-                },
+                () = self.handoff.denial.notified() => {}
                 read = self.read.read_buf(&mut self.buffer) => {
                     let read = read.map_err(ProxyError::UpstreamIo)?;
                     if read == 0 {
@@ -1473,8 +1558,19 @@ impl ServerLoop<'_> {
         }
     }
 
-    async fn store(&self, record: StatementRecord) {
-        self.session.store_result(record).await;
+    async fn store(&mut self, record: StatementRecord) {
+        if self.completed.deferred {
+            self.completed.records.push_back(record);
+        } else {
+            self.session.store_result(record).await;
+        }
+    }
+
+    /// Stores the records whose answers have been written to the agent.
+    async fn store_completed(&mut self) {
+        while let Some(record) = self.completed.records.pop_front() {
+            self.session.store_result(record).await;
+        }
     }
 }
 
