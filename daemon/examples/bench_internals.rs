@@ -1,6 +1,6 @@
 //! Throughput of two daemon components on their own, for `cargo xtask bench`: the
-//! masking engine over a generated row corpus, and statement recording into the sled
-//! store in both durability modes.
+//! masking engine over a generated row corpus, and statement recording into the store
+//! (its record log) in both durability modes.
 //!
 //! An example rather than a `sluice` subcommand, so the shipped binary carries no
 //! benchmark code. Build and run it in release mode:

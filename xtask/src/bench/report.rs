@@ -323,7 +323,7 @@ pub fn render(results: &Results, previous: &Path) -> Result<String> {
     for (mode, rate) in &results.recording {
         writeln!(
             out,
-            "| statement recording into sled, {mode}, 64 concurrent writers | {rate:.0} events/s |"
+            "| statement recording into the store (its record log), {mode}, 64 concurrent writers | {rate:.0} events/s |"
         )?;
     }
     writeln!(out)?;
