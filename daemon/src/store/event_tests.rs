@@ -267,6 +267,35 @@ async fn retention_by_size_drops_the_oldest_and_keeps_the_chain_verifiable() {
         .put_session_with_events(&closed, &[dns_event("old.example")], Durability::Durable)
         .await
         .expect("put");
+    // A session that stays open, and the closed one, each with statements in the
+    // segment that goes.
+    let open = SessionRecord {
+        state: SessionState::Open,
+        ended_at: None,
+        ..SessionRecord::refused(2, "test", "open")
+    };
+    store
+        .put_session(&open, Durability::Durable)
+        .await
+        .expect("put");
+    for (session_id, seq) in [(1, 1), (2, 1), (2, 2)] {
+        let record = StatementRecord::begun(
+            session_id,
+            seq,
+            "SELECT ?".into(),
+            "read".into(),
+            "SELECT".into(),
+            DecisionRecord {
+                action: "allow".into(),
+                rule: "r".into(),
+                reason: "allowed".into(),
+            },
+        );
+        store
+            .put_statement(&record, Durability::Batched)
+            .await
+            .expect("statement");
+    }
     for index in 0..40 {
         store
             .append(
@@ -293,7 +322,20 @@ async fn retention_by_size_drops_the_oldest_and_keeps_the_chain_verifiable() {
     assert_eq!(outcome.reason, "size");
     assert_eq!(outcome.sessions_dropped, 1);
     assert!(store.get_session(1).expect("read").is_none());
-    assert_eq!(store.counts().expect("counts").sessions, 0);
+    assert_eq!(store.counts().expect("counts").sessions, 1);
+    // The open session keeps its statements; the dropped one's went with it.
+    assert_eq!(
+        store
+            .statements(2)
+            .expect("statements")
+            .iter()
+            .map(|statement| statement.seq)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(store.statements(1).expect("statements").is_empty());
+    assert_eq!(store.counts().expect("counts").statements, 2);
+    assert_eq!(outcome.statements_dropped, 1);
     let after = log_bytes(&store);
     assert!(after <= before / 2, "{after} > {}", before / 2);
     assert_eq!(

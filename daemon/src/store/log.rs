@@ -171,6 +171,9 @@ impl LogIndex {
     }
 }
 
+/// A statement retention carries forward: its key (session id, seq) and value.
+pub(super) type CarriedStatement = ([u8; 16], Vec<u8>);
+
 fn split_key(key: &[u8; 16]) -> (u64, u64) {
     let mut session = [0; 8];
     let mut seq = [0; 8];
@@ -283,6 +286,77 @@ impl LogShared {
             Some(error) => Err(error),
             None => Ok(found),
         }
+    }
+
+    /// The statements in the segments up to LSN `dropped_through` (which retention is
+    /// about to remove) of sessions not in `removed`, with no later write in a kept
+    /// segment: what retention carries forward, so that a session that stays keeps its
+    /// statements. The last write of each key wins.
+    pub fn carried_statements(
+        &self,
+        dropped_through: u64,
+        removed: &std::collections::HashSet<u64>,
+    ) -> Result<Vec<CarriedStatement>, StoreError> {
+        let (dropped, sessions): (Vec<Span>, HashMap<u64, Vec<u64>>) = {
+            let inner = self.lock();
+            let dropped = inner
+                .log
+                .spans_from(0)
+                .into_iter()
+                .filter(|span| span.last_lsn <= dropped_through)
+                .collect();
+            let sessions = inner
+                .index
+                .sessions
+                .iter()
+                .filter(|(id, _)| !removed.contains(id))
+                .map(|(id, session)| (*id, session.segments.clone()))
+                .collect();
+            (dropped, sessions)
+        };
+        let mut carried: BTreeMap<[u8; 16], Vec<u8>> = BTreeMap::new();
+        for span in &dropped {
+            scan_span(span, 0, |lsn, payload| {
+                for entry in entries(payload).map_err(|reason| corrupt_group(span, lsn, reason))? {
+                    if let Entry::Statement { key, value } = entry
+                        && !removed.contains(&split_key(&key).0)
+                    {
+                        carried.insert(key, value.to_vec());
+                    }
+                }
+                Ok(true)
+            })
+            .map_err(log_error)?;
+        }
+        // A later write of the same statement in a segment that stays wins.
+        let mut kept_segments: Vec<u64> = carried
+            .keys()
+            .filter_map(|key| sessions.get(&split_key(key).0))
+            .flatten()
+            .copied()
+            .filter(|first| *first > dropped_through)
+            .collect();
+        kept_segments.sort_unstable();
+        kept_segments.dedup();
+        let spans: Vec<Span> = {
+            let inner = self.lock();
+            kept_segments
+                .iter()
+                .filter_map(|first| inner.log.segment_span(*first))
+                .collect()
+        };
+        for span in &spans {
+            scan_span(span, 0, |lsn, payload| {
+                for entry in entries(payload).map_err(|reason| corrupt_group(span, lsn, reason))? {
+                    if let Entry::Statement { key, .. } = entry {
+                        carried.remove(&key);
+                    }
+                }
+                Ok(true)
+            })
+            .map_err(log_error)?;
+        }
+        Ok(carried.into_iter().collect())
     }
 
     /// Hands every event logged, oldest first, to `visit` until it returns `false`.

@@ -1352,6 +1352,7 @@ impl Writer {
             }
         }
         let mut group = Group::default();
+        let mut removed_ids = HashSet::new();
         for entry in self.sessions.iter() {
             let (key, value) = entry.map_err(StoreError::Read)?;
             let id = decode_session_key(&key)?;
@@ -1365,6 +1366,16 @@ impl Writer {
             }
             group.sessions.remove(&key);
             group.removed_sessions.push(RecordSummary::of(&record));
+            removed_ids.insert(id);
+        }
+        // The statements of sessions that stay are carried into the log's newest
+        // segment, so they outlive the segments that go (as a session's statements
+        // always went with the session, not with the events).
+        for (key, value) in self
+            .records
+            .carried_statements(dropped_through, &removed_ids)?
+        {
+            group.stage_statement(key, &value);
         }
         let reason = if by_age_only { "age" } else { "size" };
         group.new_base = Some(last);
