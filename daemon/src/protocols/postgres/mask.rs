@@ -275,8 +275,6 @@ impl ActiveMask {
 /// at the first frame that is not a whole DataRow, has a length outside `4..=max_len`,
 /// or is a row the in-place reader cannot take; the frame decoder and
 /// [`ActiveMask::mask_row`] then take that frame as before and report what is wrong.
-// Wired into the server loop by the session loop's next commit (coordinated in notes).
-#[allow(dead_code)]
 pub(super) fn take_data_rows(
     buffer: &mut BytesMut,
     mut mask: Option<&mut ActiveMask>,

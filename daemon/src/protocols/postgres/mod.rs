@@ -1203,8 +1203,18 @@ impl ServerLoop<'_> {
                 .decode(&mut self.buffer)
                 .map_err(ProxyError::ServerFrame)?
             {
+                let data_row = frame.tag() == Some(b'D');
                 self.emit_denials(&mut out).await?;
                 self.handle(frame, &mut out).await?;
+                if data_row {
+                    // The rest of the result's rows in the buffer follow its first.
+                    self.rows += mask::take_data_rows(
+                        &mut self.buffer,
+                        self.active_mask.as_mut(),
+                        codec::frame::DEFAULT_MAX_FRAME_LEN,
+                        &mut out,
+                    );
+                }
             }
             self.emit_denials(&mut out).await?;
             if !out.is_empty() {
