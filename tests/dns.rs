@@ -83,7 +83,8 @@ impl Dnsmasq {
     }
 
     fn wait_until_answering(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Under emulation (a slowdown factor) dnsmasq's start and dig's run take longer.
+        let deadline = Instant::now() + Duration::from_secs(10) * sluice_tests::slowdown();
         while Instant::now() < deadline {
             let output = Command::new("dig")
                 .args([
