@@ -276,10 +276,14 @@ pub fn render(results: &Results, previous: &Path) -> Result<String> {
             prog.run_time_ns as f64 / connections
         )?;
     }
+    let (least, most) = connect_path_bounds(results);
     writeln!(
         out,
-        "| **connect path** (connect4/6, getpeername4/6; sock_ops in builds before `f4eb4be`, since which skb_egress files the record from the SYN) | | | **{:.0}** |",
-        bpf_ns_per_connection(results, true)
+        "| **connect path** (connect4/6, getpeername4/6; sock_ops in builds before `f4eb4be`, since which skb_egress files the record from the SYN) | | | **{least:.0}** |",
+    )?;
+    writeln!(
+        out,
+        "| **connect path with skb_egress** (every packet it saw, the SYN's filing among them: an upper bound) | | | **{most:.0}** |",
     )?;
     writeln!(
         out,
@@ -361,6 +365,24 @@ fn on_connect_path(name: &str) -> bool {
         "sluice_getpeername6",
     ]
     .contains(&name)
+}
+
+/// The eBPF connect path per connection, in ns, as bounds: without the record's filing
+/// where skb_egress does it (the connect-path programs alone), and with every packet
+/// skb_egress saw (the SYN's filing is one of them; the others are the connection's
+/// later packets, which the bench cannot tell apart in `run_time_ns`).
+fn connect_path_bounds(results: &Results) -> (f64, f64) {
+    let least = bpf_ns_per_connection(results, true);
+    let egress: u64 = results
+        .bpf
+        .iter()
+        .filter(|p| p.name == "sluice_skb_egress")
+        .map(|p| p.run_time_ns)
+        .sum();
+    (
+        least,
+        least + egress as f64 / results.bpf_connections.max(1) as f64,
+    )
 }
 
 /// eBPF run time per connection: of the connect path only, or of every program.
@@ -586,13 +608,20 @@ fn targets(out: &mut String, results: &Results) -> Result<()> {
         )?;
     }
     if results.bpf_connections > 0 {
-        let ns = bpf_ns_per_connection(results, true);
+        let (least, most) = connect_path_bounds(results);
+        let status = if most <= 1_500.0 {
+            "met"
+        } else if least > 1_500.0 {
+            "**missed**"
+        } else {
+            "**not shown**"
+        };
         writeln!(
             out,
-            "| eBPF connect path ≤ 1.5 µs per connection | {:.2} µs (connect4/6, getpeername, sock_ops before `f4eb4be`; the record's filing now runs in skb_egress: {:.2} µs with every program) | {} |",
-            ns / 1e3,
+            "| eBPF connect path ≤ 1.5 µs per connection | between {:.2} µs (connect4/6, getpeername; sock_ops in builds before `f4eb4be`) and {:.2} µs (with all of skb_egress's packets): since `f4eb4be` the record is filed by skb_egress from the SYN, and the bench cannot split one packet's share of it; {:.2} µs with every program | {status} |",
+            least / 1e3,
+            most / 1e3,
             bpf_ns_per_connection(results, false) / 1e3,
-            verdict(ns <= 1_500.0)
         )?;
     }
     if let Some(rate) = results.masking_mb_s {
