@@ -125,7 +125,7 @@ fn journal_error(error: super::segment::LogError) -> StoreError {
 /// Opens the journal in `dir` and replays into sled every group it has not applied;
 /// returns the journal and how many groups were replayed.
 pub(super) fn recover(dir: &Path, trees: &Trees<'_>) -> Result<(SegmentLog, u64), StoreError> {
-    let applied = read_applied(trees.meta)?;
+    let applied = super::log::read_u64(trees.meta, JOURNAL_APPLIED_KEY)?;
     let (mut journal, recovery) =
         SegmentLog::open(&dir.join(JOURNAL_DIR), SEGMENT_BYTES, applied + 1)
             .map_err(journal_error)?;
@@ -147,16 +147,9 @@ pub(super) fn recover(dir: &Path, trees: &Trees<'_>) -> Result<(SegmentLog, u64)
             "journal: replayed what the store had not flushed"
         );
     }
-    let applied = read_applied(trees.meta)?;
+    let applied = super::log::read_u64(trees.meta, JOURNAL_APPLIED_KEY)?;
     journal.remove_through(applied).map_err(journal_error)?;
     Ok((journal, replayed))
-}
-
-pub(super) fn read_applied(meta: &sled::Tree) -> Result<u64, StoreError> {
-    match meta.get(JOURNAL_APPLIED_KEY).map_err(StoreError::Read)? {
-        Some(value) => decode_session_key(&value),
-        None => Ok(0),
-    }
 }
 
 /// Applies one journaled group as one sled transaction.

@@ -470,6 +470,7 @@ pub(super) fn reindex(spans: &[Span]) -> Result<LogIndex, StoreError> {
     Ok(index)
 }
 
+/// A `u64` (big-endian) that `meta` keeps under `key`; 0 when it has none.
 pub(super) fn read_u64(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
     match meta.get(key).map_err(StoreError::Read)? {
         Some(value) => decode_session_key(&value),
